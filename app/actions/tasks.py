@@ -1,0 +1,47 @@
+"""ListTasksDetails and ListRunningTasks: a caller sees only its own tasks."""
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.taskstore import TaskRecord
+from app.deps import SignedCall
+from app.errors import ApiError, RetCode
+from app.resultlinks import make_link
+from app.services import Services
+
+MAX_TASK_UIDS = 100
+
+
+def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, Any]:
+    exp = int((rec.finished_at or rec.created_at) + svc.settings.result_retention_s)
+    base = svc.settings.base_url()
+    return {
+        "TaskUID": rec.uid,
+        "Action": rec.action,
+        "Status": rec.status.value,
+        "ImgList": [make_link(base, call.private_key, rec.uid, name, exp) for name in rec.images],
+        "Seed": rec.seed,
+        "ErrorCode": rec.error_code,
+        "ErrorMassage": rec.error_message,   # sic: the reference's spelling
+        "ErrorMessage": rec.error_message,
+        "Progress": rec.progress,
+        "Step": rec.step,
+        "TotalSteps": rec.total_steps,
+        "Notes": rec.notes,
+    }
+
+
+def list_tasks_details(call: SignedCall, svc: Services) -> dict[str, Any]:
+    uids = call.body.get("TaskUIDList")
+    if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+        raise ApiError(RetCode.BAD_PARAM, "Params [TaskUIDList] not available: must be an array of strings")
+    if len(uids) > MAX_TASK_UIDS:
+        raise ApiError(RetCode.BAD_PARAM, f"Params [TaskUIDList] not available: at most {MAX_TASK_UIDS} entries")
+    uids = list(dict.fromkeys(uids))
+    recs = svc.tasks.get_many(uids)
+    return {"TaskDetailList": [task_detail(r, call, svc) for r in recs
+                               if r is not None and r.owner == call.public_key]}
+
+
+def list_running_tasks(call: SignedCall, svc: Services) -> dict[str, Any]:
+    return {"TaskUIDList": svc.tasks.active(call.public_key)}

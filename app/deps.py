@@ -1,0 +1,64 @@
+"""FastAPI dependencies: the body (size-limited, parsed) and the signature check."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request
+
+from app.errors import ApiError, RetCode
+from app.services import Services, get_services
+from app.signature import verify
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+@dataclass
+class SignedCall:
+    action: str
+    public_key: str
+    private_key: str
+    body: dict[str, Any]
+
+
+async def read_body(request: Request, svc: ServicesDep) -> dict[str, Any]:
+    """The JSON object of the request; the body size limit (ATELIER_MAX_BODY_BYTES) lives here."""
+    limit = svc.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(RetCode.BAD_PARAM, f"Params [body] not available: larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(RetCode.BAD_PARAM, f"Params [body] not available: larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise ApiError(RetCode.BAD_PARAM, "Params [body] not available: not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(RetCode.BAD_PARAM, "Params [body] not available: must be a JSON object")
+    request.state.body = body  # lets the error handler echo Action and request_uuid
+    return body
+
+
+async def signed_call(body: Annotated[dict[str, Any], Depends(read_body)], svc: ServicesDep) -> SignedCall:
+    """Action present and known, then PublicKey/Signature present, the key known, the signature valid."""
+    from app.actions import ACTIONS
+
+    action = body.get("Action")
+    if action is None or action == "":
+        raise ApiError(RetCode.MISSING_ACTION, "Missing Action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise ApiError(RetCode.UNKNOWN_ACTION, f"Action [{action}] not exists")
+    public_key, signature = body.get("PublicKey"), body.get("Signature")
+    if not isinstance(public_key, str) or not public_key or not isinstance(signature, str) or not signature:
+        raise ApiError(RetCode.MISSING_SIGNATURE, "Missing signature")
+    private_key = svc.keys.private_key(public_key)
+    if private_key is None:
+        raise ApiError(RetCode.UNKNOWN_KEY, "User Not Exists")
+    if not verify(body, private_key):
+        raise ApiError(RetCode.BAD_SIGNATURE, "Signature VerifyAC Error")
+    return SignedCall(action, public_key, private_key, body)

@@ -1,0 +1,109 @@
+"""The gateway: ``POST /`` dispatches PICPIK actions; every API-level outcome is HTTP 200 with a
+RetCode. Also ``GET /healthz``, ``GET /metrics`` and ``GET /results/{TaskUID}/{i}.png`` (signed)."""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import redis
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, ORJSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+
+from app.deps import ServicesDep, SignedCall, signed_call
+from app.errors import ApiError, RetCode
+from app.resultlinks import check_link
+from app.services import get_services
+
+log = logging.getLogger("atelier.gateway")
+REQUESTS = Counter("atelier_api_requests_total", "API calls by action and RetCode", ["action", "retcode"])
+
+
+def _sweeper(stop: threading.Event) -> None:
+    svc = get_services()
+    while not stop.wait(svc.settings.cleanup_interval_s):
+        try:
+            n = svc.storage.sweep(svc.settings.result_retention_s)
+            if n:
+                log.info("retention sweep removed %d expired files/folders", n)
+        except Exception:
+            log.exception("retention sweep failed")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    stop = threading.Event()
+    t = threading.Thread(target=_sweeper, args=(stop,), name="retention-sweeper", daemon=True)
+    t.start()
+    yield
+    stop.set()
+
+
+app = FastAPI(title="Atelier", summary="PICPIK-compatible mannequin-to-model API", lifespan=lifespan)
+
+
+def answer(body: dict[str, Any] | None, code: int, message: str, **fields: Any) -> ORJSONResponse:
+    body = body or {}
+    action = body.get("Action") if isinstance(body.get("Action"), str) else ""
+    ruuid = body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else ""
+    REQUESTS.labels(action if code != RetCode.UNKNOWN_ACTION else "?", str(code)).inc()
+    return ORJSONResponse({"Action": action, "RetCode": int(code), "Message": message,
+                           "request_uuid": ruuid, **fields})
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> ORJSONResponse:
+    return answer(getattr(request.state, "body", None), exc.ret_code, exc.message)
+
+
+@app.exception_handler(redis.RedisError)
+async def _redis_error(request: Request, exc: redis.RedisError) -> ORJSONResponse:
+    log.warning("Redis unavailable: %s", exc)
+    return answer(getattr(request.state, "body", None), RetCode.UNAVAILABLE, "Service unavailable")
+
+
+@app.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception) -> ORJSONResponse:
+    log.exception("internal error")
+    return answer(getattr(request.state, "body", None), RetCode.INTERNAL, "Internal error")
+
+
+@app.post("/")
+async def api(call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> ORJSONResponse:
+    from app.actions import ACTIONS
+
+    result = await run_in_threadpool(ACTIONS[call.action], call, svc)
+    return answer(call.body, RetCode.OK, "", **result)
+
+
+@app.get("/healthz")
+async def healthz(svc: ServicesDep) -> JSONResponse:
+    try:
+        await run_in_threadpool(svc.tasks.r.ping)
+    except redis.RedisError as e:
+        return JSONResponse({"status": "unavailable", "broker": str(e)}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@app.get("/metrics")
+async def metrics() -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@app.get("/results/{uid}/{name}")
+async def result_file(uid: str, name: str, exp: int, sig: str, svc: ServicesDep):
+    not_found = JSONResponse({"detail": "not found or link expired"}, status_code=404)
+    try:
+        path = svc.storage.result_path(uid, name)
+    except ValueError:
+        return not_found
+    rec = await run_in_threadpool(svc.tasks.get, uid)
+    key = svc.keys.private_key(rec.owner) if rec else None
+    if rec is None or key is None or name not in rec.images or not check_link(key, uid, name, exp, sig):
+        return not_found
+    if not path.exists():
+        return not_found
+    return FileResponse(path, media_type="image/png")
