@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, ORJSONResponse, PlainTextResponse
+import orjson
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from app.deps import ServicesDep, SignedCall, signed_call
@@ -45,34 +46,34 @@ async def lifespan(app: FastAPI):
 app = FastAPI(title="Atelier", summary="PICPIK-compatible mannequin-to-model API", lifespan=lifespan)
 
 
-def answer(body: dict[str, Any] | None, code: int, message: str, **fields: Any) -> ORJSONResponse:
+def answer(body: dict[str, Any] | None, code: int, message: str, **fields: Any) -> Response:
     body = body or {}
     action = body.get("Action") if isinstance(body.get("Action"), str) else ""
     ruuid = body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else ""
     REQUESTS.labels(action if code != RetCode.UNKNOWN_ACTION else "?", str(code)).inc()
-    return ORJSONResponse({"Action": action, "RetCode": int(code), "Message": message,
-                           "request_uuid": ruuid, **fields})
+    return Response(orjson.dumps({"Action": action, "RetCode": int(code), "Message": message,
+                                  "request_uuid": ruuid, **fields}), media_type="application/json")
 
 
 @app.exception_handler(ApiError)
-async def _api_error(request: Request, exc: ApiError) -> ORJSONResponse:
+async def _api_error(request: Request, exc: ApiError) -> Response:
     return answer(getattr(request.state, "body", None), exc.ret_code, exc.message)
 
 
 @app.exception_handler(redis.RedisError)
-async def _redis_error(request: Request, exc: redis.RedisError) -> ORJSONResponse:
+async def _redis_error(request: Request, exc: redis.RedisError) -> Response:
     log.warning("Redis unavailable: %s", exc)
     return answer(getattr(request.state, "body", None), RetCode.UNAVAILABLE, "Service unavailable")
 
 
 @app.exception_handler(Exception)
-async def _internal(request: Request, exc: Exception) -> ORJSONResponse:
+async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("internal error")
     return answer(getattr(request.state, "body", None), RetCode.INTERNAL, "Internal error")
 
 
 @app.post("/")
-async def api(call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> ORJSONResponse:
+async def api(call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> Response:
     from app.actions import ACTIONS
 
     result = await run_in_threadpool(ACTIONS[call.action], call, svc)

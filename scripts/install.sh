@@ -42,6 +42,8 @@ if [ "$(readlink .venv 2>/dev/null)" != "$TARGET" ]; then
 fi
 
 # Editable install of this clone (cheap; re-pointed when another clone used the same cache).
-if ! .venv/bin/python -c "import app, os, sys; sys.exit(0 if os.path.dirname(os.path.dirname(os.path.abspath(app.__file__))) == os.getcwd() else 1)" 2>/dev/null; then
+# Checked from another directory, so that the clone on sys.path[0] does not fake it.
+HERE=$(pwd -P)
+if [ ! -x .venv/bin/atelier ] || ! (cd / && "$HERE/.venv/bin/python" -c "import app, os, sys; sys.exit(0 if os.path.realpath(app.__file__) == os.path.join('$HERE', 'app', '__init__.py') else 1)") 2>/dev/null; then
     .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 fi

@@ -99,7 +99,7 @@ def signed(body: dict, public_key: str = "pk-alice", private_key: str | None = N
     return body
 
 
-def example_inputs(w: int = 48, h: int = 64) -> tuple[Image.Image, Image.Image]:
+def example_inputs(w: int = 64, h: int = 80) -> tuple[Image.Image, Image.Image]:
     """A small mannequin (grey figure, red garment block) and its clothes mask."""
     man = Image.new("RGB", (w, h), (220, 220, 215))
     for x in range(w // 3, 2 * w // 3):

@@ -62,7 +62,7 @@ def test_tampered_body_is_refused(api):
 def test_body_size_limit(api, monkeypatch):
     from app.services import get_services
 
-    monkeypatch.setattr(get_services().settings, "max_body_bytes", 1000)
+    monkeypatch.setattr(get_services().settings, "max_body_bytes", 300)
     r = api(signed(generate_body()))
     assert r["RetCode"] == 230 and "[body]" in r["Message"]
 

@@ -22,7 +22,7 @@ def _download(url: str) -> Image.Image:
 
 
 def test_generate_end_to_end_clothes_kept_bit_exact(live_stack):
-    out = live_stack.post(signed(generate_body(BatchSize=2, Width=48, Height=64,
+    out = live_stack.post(signed(generate_body(BatchSize=2, Width=64, Height=80,
                                                Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 1,
                                                           "ResizeMode": "JustResize"})))
     assert out["RetCode"] == 0, out
@@ -34,7 +34,7 @@ def test_generate_end_to_end_clothes_kept_bit_exact(live_stack):
     keep = np.array(mask) > 127
     imgs = [np.array(_download(u).convert("RGB")) for u in detail["ImgList"]]
     for img in imgs:
-        assert img.shape == (64, 48, 3)
+        assert img.shape == (80, 64, 3)
         assert np.array_equal(img[keep], np.array(man)[keep]), "clothes pixels must be identical"
     assert not np.array_equal(imgs[0], imgs[1]), "image i uses seed s+i"
     assert not np.array_equal(imgs[0][~keep], np.array(man)[~keep]), "the rest is redrawn"

@@ -5,9 +5,9 @@ from typing import Any
 
 from app.core.taskstore import TaskRecord
 from app.deps import SignedCall
-from app.errors import ApiError, RetCode
 from app.resultlinks import make_link
 from app.services import Services
+from app.wire import check_str_list
 
 MAX_TASK_UIDS = 100
 
@@ -32,11 +32,7 @@ def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, A
 
 
 def list_tasks_details(call: SignedCall, svc: Services) -> dict[str, Any]:
-    uids = call.body.get("TaskUIDList")
-    if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
-        raise ApiError(RetCode.BAD_PARAM, "Params [TaskUIDList] not available: must be an array of strings")
-    if len(uids) > MAX_TASK_UIDS:
-        raise ApiError(RetCode.BAD_PARAM, f"Params [TaskUIDList] not available: at most {MAX_TASK_UIDS} entries")
+    uids = check_str_list(call.body.get("TaskUIDList"), "TaskUIDList", max_items=MAX_TASK_UIDS)
     uids = list(dict.fromkeys(uids))
     recs = svc.tasks.get_many(uids)
     return {"TaskDetailList": [task_detail(r, call, svc) for r in recs
