@@ -11,7 +11,7 @@ import logging
 import time
 from functools import lru_cache
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from app.core.contract import GENERATE_TASK_NAME, JOB_VERSION, ErrorCode, JobMessage, TaskStatus
 from app.core.redis_conn import get_redis
@@ -61,7 +61,7 @@ def _open_input(storage: Storage, key: str) -> Image.Image:
     try:
         img = Image.open(storage.input_path(key))
         img.load()
-        return img
+        return ImageOps.exif_transpose(img)  # phone photos: the mask was drawn on the upright image
     except (OSError, ValueError) as e:
         raise JobError(ErrorCode.BAD_INPUT, f"stored input image {key[:12]} is unreadable: {e}") from e
 
@@ -106,7 +106,7 @@ def _generate(job: JobMessage, settings, store: TaskStore) -> None:
     if entry is None or entry.model_type != "Main":
         raise JobError(ErrorCode.MODEL, f"Model [{job.main_model}] not exists")
     steps = entry.defaults.steps
-    store.mark_running(job.task_uid, steps)
+    store.mark_running(job.task_uid, steps * job.batch_size)  # refined by the first progress write
     t0 = time.monotonic()
 
     storage = Storage(settings.data_dir)
