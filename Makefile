@@ -21,3 +21,6 @@ examples: install
 
 clean:
 	rm -rf var out .pytest_cache
+
+bench: install
+	$(PY) scripts/bench.py
