@@ -39,6 +39,11 @@ SIZE_RANGE = (64, 2560)
 BATCH_SIZE_RANGE = (1, 16)
 REFER_STRENGTH_RANGE = (0.0, 1.0)
 LORA_WEIGHT_RANGE = (-1.0, 2.0)
+RESOLUTION_RANGE = (64, 2048)          # PreProcessor InferenceParams.Resolution, in steps of 64
+CONTROL_WEIGHT_RANGE = (0.0, 2.0)
+STEP_RATIO_RANGE = (0.0, 1.0)          # StartingStep / EndingStep
+MAX_CONTROL_UNITS = 4
+MAX_SUB_MODELS = 8
 
 
 def _num(x: float) -> str:
@@ -198,6 +203,21 @@ class SubModel:
 
 
 @dataclass(frozen=True)
+class ControlUnit:
+    """One entry of the ControlNet extension: which image is pre-processed by which PreProcessor
+    (None = the image is already a control map) and steers through which ControlModel. InferenceParams
+    left out are None: the worker takes the model's configured defaults."""
+
+    image_index: int
+    preprocessor: str | None
+    resolution: int | None
+    control_model: str
+    control_weight: float | None
+    starting_step: float | None
+    ending_step: float | None
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """A GenerateFromMannequin body, validated, with every default applied.
 
@@ -222,6 +242,7 @@ class GenerateRequest:
     invert_mask: bool
     background_index: int | None
     refer_strength: float
+    control_units: list[ControlUnit] | None = None  # None = the main model's default control
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -251,8 +272,47 @@ def _parse_model(value: Any, name: str) -> SubModel:
 
 
 def _parse_sub_models(value: Any) -> list[SubModel]:
-    entries = check_list(value, "SubModelList", default=[])
+    entries = check_list(value, "SubModelList", max_items=MAX_SUB_MODELS, default=[])
     return [_parse_model(entry, f"SubModelList[{i}]") for i, entry in enumerate(entries)]
+
+
+def _parse_control_units(value: Any, count: int, mannequin_index: int) -> list[ControlUnit] | None:
+    """``ControlNet``: absent or null = the deployment's default control for the main model;
+    ``[]`` = no control at all; else up to MAX_CONTROL_UNITS units."""
+    entries = check_list(value, "ControlNet", max_items=MAX_CONTROL_UNITS, default=None)
+    if entries is None:
+        return None
+    units = []
+    for i, entry in enumerate(entries):
+        name = f"ControlNet[{i}]"
+        unit = check_object(entry, name)
+        index = unit.get("ImageIndex")
+        index = mannequin_index if index is None else check_index(index, f"{name}.ImageIndex", count,
+                                                                   "ImageAndMaskList")
+        pre = check_object(unit.get("PreProcessor"), f"{name}.PreProcessor", default=None)
+        pre_code, resolution = None, None
+        if pre is not None:
+            pre_code = check_str(pre.get("ModelCode"), f"{name}.PreProcessor.ModelCode", non_empty=True)
+            pre_params = check_object(pre.get("InferenceParams"), f"{name}.PreProcessor.InferenceParams", default={})
+            rname = f"{name}.PreProcessor.InferenceParams.Resolution"
+            resolution = check_int(pre_params.get("Resolution"), rname, lo=RESOLUTION_RANGE[0],
+                                   hi=RESOLUTION_RANGE[1], default=None)
+            if resolution is not None and resolution % 64:
+                raise ApiError.param(rname, "must be a multiple of 64")
+        cm = check_object(unit.get("ControlModel"), f"{name}.ControlModel")
+        cm_code = check_str(cm.get("ModelCode"), f"{name}.ControlModel.ModelCode", non_empty=True)
+        pname = f"{name}.ControlModel.InferenceParams"
+        params = check_object(cm.get("InferenceParams"), pname, default={})
+        weight = check_float(params.get("ControlWeight"), f"{pname}.ControlWeight",
+                             lo=CONTROL_WEIGHT_RANGE[0], hi=CONTROL_WEIGHT_RANGE[1], default=None)
+        start = check_float(params.get("StartingStep"), f"{pname}.StartingStep",
+                            lo=STEP_RATIO_RANGE[0], hi=STEP_RATIO_RANGE[1], default=None)
+        end = check_float(params.get("EndingStep"), f"{pname}.EndingStep",
+                          lo=STEP_RATIO_RANGE[0], hi=STEP_RATIO_RANGE[1], default=None)
+        if start is not None and end is not None and start > end:
+            raise ApiError.param(f"{pname}.StartingStep", "must not be greater than EndingStep")
+        units.append(ControlUnit(index, pre_code, resolution, cm_code, weight, start, end))
+    return units
 
 
 def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
@@ -267,6 +327,7 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     2. ImageAndMaskList's shape: required, an array of 1..``max_images`` entries;
     3. Image2Image (optional): ImageIndex (required within it, in bounds), ReferStrength;
     4. Mannequin (required): ImageIndex, ResizeMode, ClothesMaskIndex, InvertMask;
+       then the ControlNet extension (optional), unit by unit;
     5. every ImageAndMaskList entry decoded, first to last (the expensive part comes last).
 
     ``max_images``, ``max_pixels`` and ``max_prompt_chars`` are the deployment's limits
@@ -307,6 +368,7 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     mask_index = check_index(mannequin.get("ClothesMaskIndex"), "Mannequin.ClothesMaskIndex",
                              count, "ImageAndMaskList")
     invert_mask = check_bool(mannequin.get("InvertMask"), "Mannequin.InvertMask", default=False)
+    control_units = _parse_control_units(body.get("ControlNet"), count, mannequin_index)
 
     images = [decode_image(src, f"ImageAndMaskList[{i}]", max_pixels) for i, src in enumerate(sources)]
 
@@ -328,4 +390,5 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         invert_mask=invert_mask,
         background_index=background_index,
         refer_strength=refer_strength,
+        control_units=control_units,
     )
