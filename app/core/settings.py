@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
     progress_interval_s: float = Field(0.5, description="min seconds between progress writes to Redis")
+    model_cache_bytes: int = Field(24 * 1024**3, ge=0, description="memory budget of the worker's warm pipelines"
+                                   " and VAEs (parameters + buffers); least recently used evicted beyond it")
+    dtype: str = Field("auto", pattern=r"^(auto|float16|bfloat16|float32)$",
+                       description="auto | float16 | bfloat16 | float32: weights dtype on CUDA (auto = float16);"
+                       " the CPU always uses float32")
 
     @property
     def inputs_dir(self) -> Path:
