@@ -133,9 +133,18 @@ def test_bad_vaes_entries_are_refused(vaes, message):
     ({"defaults": {"scheduler": "MagicScheduler"}}, r"unknown scheduler 'MagicScheduler'; known: DDIMScheduler"),
     ({"defaults": {"sampler": "euler"}}, r"defaults.sampler: Extra inputs are not permitted"),
     ({"defaults": {"steps": 0}}, r"defaults.steps"),
-    ({"ModelType": "ControlNet"}, r"ModelType: Input should be 'Main', 'LoRA', 'Embedding' or 'HyperNetwork'"),
-    ({"ModelType": "LoRA", "source": {"demo": "inpaint"}}, r"a LoRA source must be path or file, not demo"),
-    ({"ModelType": "Embedding", "source": {"hub": "a/b"}}, r"a Embedding source must be path or file, not hub"),
+    ({"ModelType": "ControlNet"}, r"ModelType: Input should be 'Main', 'LoRA', 'Embedding', 'HyperNetwork',"),
+    ({"ModelType": "LoRA", "source": {"demo": "inpaint"}}, r"demo: inpaint is not a LoRA model"),
+    ({"ModelType": "Embedding", "source": {"hub": "a/b"}}, r"a Embedding source must be path, file or demo, not hub"),
+    ({"ModelType": "PreProcessor"}, r"a PreProcessor needs `preprocessor:`"),
+    ({"ModelType": "PreProcessor", "preprocessor": "canny", "source": {"hub": "a/b"}},
+     r"a PreProcessor's source is an annotator folder"),
+    ({"preprocessor": "canny"}, r"`preprocessor:` is for PreProcessor entries only"),
+    ({"ModelType": "ControlModel", "source": None}, r"a ControlModel model needs a source"),
+    ({"ModelType": "ControlModel", "source": {"path": "cn"}, "default_control": [{"ControlModel": "x"}]},
+     r"`default_control:` is for Main models only"),
+    ({"defaults": {"resolution": 100}}, r"defaults.resolution"),
+    ({"defaults": {"control_weight": 3}}, r"defaults.control_weight"),
     ({"ModelType": "LoRA", "source": {"file": "l.safetensors", "config": "c"}},
      r"source.config is for single-file Main checkpoints, not LoRA"),
     ({"ModelType": "HyperNetwork", "source": {"file": "h.pt"}, "defaults": {"scheduler": "DDIMScheduler"}},
@@ -201,3 +210,25 @@ def test_the_known_schedulers_exist_in_diffusers_and_work_from_an_sd_scheduler_c
         scheduler = cls.from_config(sd_config)
         scheduler.set_timesteps(4)
         assert len(scheduler.timesteps) >= 4, name
+
+
+def test_control_types_and_default_control():
+    reg = registry_of(
+        model("main", default_control=[{"PreProcessor": "pose", "ControlModel": "cn"}]),
+        {"ModelCode": "pose", "Name": "OpenPose", "ModelType": "PreProcessor", "preprocessor": "openpose",
+         "source": {"path": "annotators"}, "defaults": {"resolution": 384}},
+        {"ModelCode": "canny", "Name": "Canny", "ModelType": "PreProcessor", "preprocessor": "canny"},
+        {"ModelCode": "cn", "Name": "Pose ControlNet", "ModelType": "ControlModel", "source": {"path": "cn"},
+         "defaults": {"control_weight": 0.7, "ending_step": 0.8}},
+    )
+    assert [e.model_code for e in reg.entries_of("PreProcessor")] == ["pose", "canny"]
+    assert reg.get("pose").to_wire()["InferenceParams"] == {"Resolution": 384}
+    assert reg.get("cn").to_wire()["InferenceParams"] == {"ControlWeight": 0.7, "StartingStep": 0.0,
+                                                          "EndingStep": 0.8}
+    assert reg.get("canny").source is None
+    assert reg.get("main").default_control[0].control_model == "cn"
+
+
+def test_default_control_must_name_models_of_the_file():
+    with pytest.raises(ValueError, match=r"default_control\[0\]: 'nope' is not a ControlModel"):
+        registry_of(model("main", default_control=[{"ControlModel": "nope"}]))

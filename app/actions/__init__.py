@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.actions.generate import generate_from_mannequin
-from app.actions.models import list_models
+from app.actions.models import list_control_nets, list_models
 from app.actions.tasks import list_running_tasks, list_tasks_details
 
 ACTIONS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -14,4 +14,5 @@ ACTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "ListTasksDetails": list_tasks_details,
     "ListModels": list_models,
     "ListRunningTasks": list_running_tasks,
+    "ListControlNets": list_control_nets,
 }

@@ -6,32 +6,58 @@ import logging
 import secrets
 from typing import Any
 
-from app.core.contract import GENERATE_TASK_NAME, JobMessage, SubModelRef
+from app.core.contract import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
+from app.core.registry import SUBMODEL_TYPES, ModelEntry
 from app.core.taskstore import TooManyActiveTasks
 from app.deps import SignedCall
 from app.errors import ApiError, RetCode
 from app.services import Services
-from app.wire import GenerateRequest, parse_generate
+from app.wire import ControlUnit, GenerateRequest, parse_generate
 
 log = logging.getLogger("atelier.gateway")
 
 
-def _check_models(req: GenerateRequest, svc: Services) -> None:
-    reg = svc.registry
-    main = reg.get(req.main_model)
-    if main is None or main.model_type != "Main":
-        raise ApiError.model(req.main_model)
-    for sub in req.sub_models:
-        entry = reg.get(sub.model_code)
-        if entry is None or entry.model_type == "Main":
-            raise ApiError.model(sub.model_code)
+def _model(svc: Services, code: str | None, *types: str) -> ModelEntry:
+    entry = svc.registry.get(code) if code else None
+    if entry is None or entry.model_type not in types:
+        raise ApiError.model(str(code))
+    return entry
+
+
+def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> list[tuple[int, dict[str, Any]]]:
+    """The request's units (absent: the main model's default_control), each model checked (240) and
+    every InferenceParam resolved against the model's configured defaults: (image index, ControlUnitRef fields)."""
+    if req.control_units is None:
+        units = [ControlUnit(req.mannequin_index, u.preprocessor, None, u.control_model, None, None, None)
+                 for u in main.default_control]
+    else:
+        units = req.control_units
+    refs = []
+    for u in units:
+        pre = _model(svc, u.preprocessor, "PreProcessor") if u.preprocessor is not None else None
+        cm = _model(svc, u.control_model, "ControlModel").defaults
+        start = cm.starting_step if u.starting_step is None else u.starting_step
+        end = cm.ending_step if u.ending_step is None else u.ending_step
+        if start > end:
+            raise ApiError.param("ControlNet.ControlModel.InferenceParams.StartingStep",
+                                 "must not be greater than EndingStep (with the model's defaults)")
+        refs.append((u.image_index, dict(
+            preprocessor=u.preprocessor,
+            resolution=u.resolution if u.resolution is not None else (pre.defaults.resolution if pre else 512),
+            control_model=u.control_model,
+            control_weight=cm.control_weight if u.control_weight is None else u.control_weight,
+            starting_step=start, ending_step=end)))
+    return refs
 
 
 def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
                          max_prompt_chars=s.max_prompt_chars)
-    _check_models(req, svc)
+    main = _model(svc, req.main_model, "Main")
+    for sub in req.sub_models:
+        _model(svc, sub.model_code, *SUBMODEL_TYPES)
+    controls = _control_units(req, main, svc)
     seed = req.seed if req.seed != -1 else secrets.randbelow(2**31)
     request_uuid = call.body.get("request_uuid")
     request_uuid = request_uuid if isinstance(request_uuid, str) and request_uuid else None
@@ -44,6 +70,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     job_images = {"mannequin_image": stored(req.mannequin_index),
                   "clothes_mask": stored(req.clothes_mask_index),
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
+    control_units = [ControlUnitRef(image=stored(index), **fields) for index, fields in controls]
     try:
         uid, created = svc.tasks.create(call.public_key, request_uuid, call.action, seed,
                                         s.max_active_tasks_per_key)
@@ -59,6 +86,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         translate_prompts=req.translate_prompts, seed=seed, width=req.width, height=req.height,
         batch_size=req.batch_size, use_main_model_vae=req.use_main_model_vae,
         resize_mode=req.resize_mode, invert_mask=req.invert_mask, refer_strength=req.refer_strength,
+        control_units=control_units,
         **job_images,
     )
     try:

@@ -1,11 +1,20 @@
-"""ListModels: the deployment's models (models_config/), each a PICPIK Model plus ModelType."""
+"""ListModels and ListControlNets: generated from the deployment's models_config/."""
 from __future__ import annotations
 
 from typing import Any
 
+from app.core.registry import GENERATION_TYPES
 from app.deps import SignedCall
 from app.services import Services
 
 
 def list_models(call: SignedCall, svc: Services) -> dict[str, Any]:
-    return {"Models": [e.to_wire() for e in svc.registry.entries()]}
+    """ListModels: the models usable as MainModel or in SubModelList (each with ModelType)."""
+    return {"Models": [e.to_wire() for e in svc.registry.entries_of(*GENERATION_TYPES)]}
+
+
+def list_control_nets(call: SignedCall, svc: Services) -> dict[str, Any]:
+    """ListControlNets: PreProcessors and ControlModels with their default InferenceParams."""
+    reg = svc.registry
+    return {"PreProcessors": [e.to_wire() for e in reg.entries_of("PreProcessor")],
+            "ControlModels": [e.to_wire() for e in reg.entries_of("ControlModel")]}

@@ -41,6 +41,18 @@ class SubModelRef(BaseModel):
     lora_weight: float | None = None
 
 
+class ControlUnitRef(BaseModel):
+    """One control unit, every value resolved (request, else the model's configured default)."""
+
+    image: str                      # storage key of the image the pre-processor reads
+    preprocessor: str | None        # PreProcessor ModelCode; None = the image is the control map
+    resolution: int
+    control_model: str              # ControlModel ModelCode
+    control_weight: float
+    starting_step: float
+    ending_step: float
+
+
 class JobMessage(BaseModel):
     """What a worker needs to run one GenerateFromMannequin task. All values already validated
     and defaulted by the gateway; image fields are storage keys (content hashes)."""
@@ -63,6 +75,7 @@ class JobMessage(BaseModel):
     invert_mask: bool = False
     background_image: str | None = None
     refer_strength: float = 0.5
+    control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:

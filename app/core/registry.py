@@ -19,7 +19,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ModelType = Literal["Main", "LoRA", "Embedding", "HyperNetwork"]
+ModelType = Literal["Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel", "PreProcessor"]
+#: the types ListModels answers (and SubModelList / MainModel accept); the control types are listed by
+#: ListControlNets
+GENERATION_TYPES = ("Main", "LoRA", "Embedding", "HyperNetwork")
+SUBMODEL_TYPES = ("LoRA", "Embedding", "HyperNetwork")
+PreProcessorKind = Literal["openpose", "canny", "depth", "lineart"]
 Family = Literal["sd15", "sdxl"]
 SourceKind = Literal["demo", "path", "file", "hub"]
 
@@ -57,7 +62,9 @@ class ModelSource(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    demo: Literal["inpaint", "sd15"] | None = Field(None, description="a tiny random-weight model generated locally")
+    demo: Literal["inpaint", "sd15", "translator", "controlnet", "annotators",
+                  "lora", "embedding", "hypernetwork"] | None = Field(
+        None, description="a tiny model generated locally (no download)")
     path: Path | None = Field(None, description="a local folder (diffusers layout for Main models and VAEs)")
     file: Path | None = Field(None, description="a single weights file (.safetensors/.ckpt for Main models)")
     config: Path | None = Field(None, description="with `file`: the local diffusers folder holding its configs")
@@ -116,6 +123,12 @@ class ModelDefaults(BaseModel):
     steps: int = Field(25, ge=1, le=150)
     guidance_scale: float = Field(7.0, ge=0, le=30)
     scheduler: str | None = Field(None, description="a diffusers scheduler class name; unset = the checkpoint's")
+    # InferenceParams defaults of the other model types (the reference's table; same ranges as the API)
+    lora_weight: float = Field(1.0, ge=-1, le=2, description="LoRA; HyperNetwork strength")
+    resolution: int = Field(512, ge=64, le=2048, multiple_of=64, description="PreProcessor")
+    control_weight: float = Field(1.0, ge=0, le=2, description="ControlModel")
+    starting_step: float = Field(0.0, ge=0, le=1, description="ControlModel")
+    ending_step: float = Field(1.0, ge=0, le=1, description="ControlModel")
 
     @field_validator("scheduler")
     @classmethod
@@ -123,6 +136,14 @@ class ModelDefaults(BaseModel):
         if v is not None and v not in KNOWN_SCHEDULERS:
             raise ValueError(f"unknown scheduler {v!r}; known: {', '.join(KNOWN_SCHEDULERS)}")
         return v
+
+
+class DefaultControl(BaseModel):
+    """A control unit a Main model gets when the request has no ``ControlNet`` field."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    preprocessor: str | None = Field(None, alias="PreProcessor", description="ModelCode of a PreProcessor")
+    control_model: str = Field(alias="ControlModel", description="ModelCode of a ControlModel")
 
 
 class ModelEntry(BaseModel):
@@ -133,12 +154,31 @@ class ModelEntry(BaseModel):
     is_official: bool = Field(True, alias="IsOfficial")
     trigger_words: list[str] = Field(default_factory=list, alias="TriggerWordList")
     family: Family = "sd15"
-    source: ModelSource
+    source: ModelSource | None = Field(None, description="required except for a PreProcessor needing no weights")
     defaults: ModelDefaults = Field(default_factory=ModelDefaults)
+    preprocessor: PreProcessorKind | None = Field(None, description="PreProcessor: which controlnet-aux detector")
+    default_control: list[DefaultControl] = Field(default_factory=list, description="Main: control by default")
 
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
+        if self.model_type == "PreProcessor":
+            if self.preprocessor is None:
+                raise ValueError("a PreProcessor needs `preprocessor:` (openpose, canny, depth or lineart)")
+            if self.source is not None and (self.source.kind not in ("path", "demo")
+                                            or self.source.demo not in (None, "annotators")):
+                raise ValueError("a PreProcessor's source is an annotator folder: `path:` or `demo: annotators`")
+            return self
+        if self.preprocessor is not None:
+            raise ValueError("`preprocessor:` is for PreProcessor entries only")
+        if self.default_control and self.model_type != "Main":
+            raise ValueError("`default_control:` is for Main models only")
+        if self.source is None:
+            raise ValueError(f"a {self.model_type} model needs a source")
         kind = self.source.kind
+        demo_kinds = {"Main": ("inpaint", "sd15"), "ControlModel": ("controlnet",), "LoRA": ("lora",),
+                      "Embedding": ("embedding",), "HyperNetwork": ("hypernetwork",)}[self.model_type]
+        if kind == "demo" and self.source.demo not in demo_kinds:
+            raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model")
         if self.model_type == "Main":
             if kind == "file" and self.source.file.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"a Main model's source.file must end in {' or '.join(CHECKPOINT_SUFFIXES)},"
@@ -146,8 +186,8 @@ class ModelEntry(BaseModel):
             if kind == "demo" and self.family != "sd15":
                 raise ValueError(f"demo models are family sd15, not {self.family}")
         else:
-            if kind not in ("path", "file"):
-                raise ValueError(f"a {self.model_type} source must be path or file, not {kind}")
+            if kind not in ("path", "file", "demo"):
+                raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}")
             if self.source.config is not None:
                 raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
             if self.defaults.scheduler is not None:
@@ -157,8 +197,16 @@ class ModelEntry(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The PICPIK ``Model`` object plus ``ModelType``."""
         return {"Name": self.name, "ModelCode": self.model_code, "IsOfficial": self.is_official,
-                "TriggerWordList": list(self.trigger_words), "InferenceParams": {},
+                "TriggerWordList": list(self.trigger_words), "InferenceParams": self.inference_params(),
                 "ModelType": self.model_type}
+
+    def inference_params(self) -> dict[str, Any]:
+        """The default InferenceParams the reference's table assigns to this model type."""
+        d = self.defaults
+        return {"LoRA": {"LoraWeight": d.lora_weight},
+                "PreProcessor": {"Resolution": d.resolution},
+                "ControlModel": {"ControlWeight": d.control_weight, "StartingStep": d.starting_step,
+                                 "EndingStep": d.ending_step}}.get(self.model_type, {})
 
 
 class VaeSources(BaseModel):
@@ -205,13 +253,27 @@ class Registry:
                 first = list(self._by_code).index(e.model_code)
                 raise ValueError(f"models[{index}] (ModelCode {e.model_code!r}): duplicate ModelCode,"
                                  f" already used by models[{first}]")
-            self._by_code[e.model_code] = e.model_copy(update={"source": e.source.resolved(self.base_dir)})
+            source = e.source.resolved(self.base_dir) if e.source is not None else None
+            self._by_code[e.model_code] = e.model_copy(update={"source": source})
+        for e in self._by_code.values():
+            for i, unit in enumerate(e.default_control):
+                for code, kind in ((unit.preprocessor, "PreProcessor"), (unit.control_model, "ControlModel")):
+                    ref = self._by_code.get(code) if code is not None else None
+                    if code is not None and (ref is None or ref.model_type != kind):
+                        raise ValueError(f"ModelCode {e.model_code!r}: default_control[{i}]: {code!r} is not"
+                                         f" a {kind} of this file")
         if isinstance(vaes, VaeSources):
             vaes = {f: s for f in ("sd15", "sdxl") if (s := getattr(vaes, f)) is not None}
         self.vaes: dict[str, ModelSource] = {f: s.resolved(self.base_dir) for f, s in (vaes or {}).items()}
 
+    #: the prompt translator (top-level ``translator:``), or None: prompts pass through untranslated
+    translator: ModelSource | None = None
+
     def get(self, code: str) -> ModelEntry | None:
         return self._by_code.get(code)
+
+    def entries_of(self, *types: str) -> list[ModelEntry]:
+        return [e for e in self._by_code.values() if e.model_type in types]
 
     def entries(self) -> list[ModelEntry]:
         return list(self._by_code.values())
@@ -248,9 +310,9 @@ class Registry:
         """Validate a parsed models YAML. Errors are ``ValueError`` naming ``origin`` and the entry."""
         if not isinstance(doc, dict):
             raise ValueError(f"{origin}: expected a mapping with `models:` (and optionally `vaes:`)")
-        unknown = set(doc) - {"models", "vaes"}
+        unknown = set(doc) - {"models", "vaes", "translator"}
         if unknown:
-            raise ValueError(f"{origin}: unknown top-level key(s) {sorted(unknown)}; expected models, vaes")
+            raise ValueError(f"{origin}: unknown top-level key(s) {sorted(unknown)}; expected models, vaes, translator")
         raw_models = doc.get("models") or []
         if not isinstance(raw_models, list):
             raise ValueError(f"{origin}: `models` must be a list")
@@ -264,10 +326,20 @@ class Registry:
             vaes = VaeSources.model_validate(doc.get("vaes") or {})
         except ValidationError as e:
             raise ValueError(f"{origin}: vaes: {_errors(e)}") from None
+        translator = None
+        if doc.get("translator") is not None:
+            try:
+                translator = ModelSource.model_validate(doc["translator"])
+            except ValidationError as e:
+                raise ValueError(f"{origin}: translator: {_errors(e)}") from None
+            if translator.kind not in ("path", "demo") or translator.demo not in (None, "translator"):
+                raise ValueError(f"{origin}: translator: source must be `path: <folder>` or `demo: translator`")
         try:
-            return cls(entries, base_dir, vaes)
+            registry = cls(entries, base_dir, vaes)
         except ValueError as e:
             raise ValueError(f"{origin}: {e}") from None
+        registry.translator = translator.resolved(registry.base_dir) if translator else None
+        return registry
 
     @classmethod
     def from_file(cls, path: Path) -> Registry:
