@@ -10,11 +10,13 @@ install:
 run: install
 	@exec $(PY) -m app.run
 
+# One torch thread per process in tests: the test process, the gateway and the worker share two
+# cores, and torch's spinning threads thrash under contention (tiny models run 10x slower).
 test: install
-	$(PY) -m pytest -q -ra
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra
 
 test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra -m "not slow"
 
 examples: install
 	$(PY) scripts/make_examples.py

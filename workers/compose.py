@@ -10,6 +10,10 @@ Conventions used throughout:
   white = "redraw here".
 * The kept pixels of the final image are bit-identical to :attr:`Composition.image` (the mannequin after
   resizing); :func:`paste_back` guarantees that and blends only *outside* the garment.
+* An Image2Image background reference is brought to the output size by :func:`fit_background` (cover and
+  centre-crop) and replaces everything outside the clothes in the starting image (:func:`with_background`);
+  :func:`redraw_strength` says how strongly each pixel is redrawn (clothes 0, the figure of a cut-out 1,
+  the background ``1 - ReferStrength``).
 """
 
 from __future__ import annotations
@@ -247,33 +251,96 @@ def _garment_distance(keep: np.ndarray, limit: int) -> np.ndarray:
     return distance
 
 
-def paste_back(generated: Image.Image, comp: Composition, feather_px: int = 4) -> Image.Image:
-    """Put the kept clothes of ``comp`` back into a generated image, exactly.
+def paste_back(
+    generated: Image.Image,
+    comp: Composition,
+    feather_px: int = 4,
+    *,
+    keep: np.ndarray | None = None,
+    source: Image.Image | None = None,
+) -> Image.Image:
+    """Put the kept pixels (the clothes of ``comp``, by default) back into a generated image, exactly.
 
     Returns an RGB image of ``comp``'s size (``generated`` is resized to it first if needed, Lanczos):
 
-    * on the garment (``comp.keep``): the pixels of ``comp.image``, bit for bit;
-    * in a band of ``feather_px`` pixels around the garment (chessboard distance d = 1..feather_px): a
-      blend ``w * original + (1 - w) * generated`` with ``w = 1 - d / (feather_px + 1)``, so the seam fades
-      from the garment into the generated image; the band lies entirely outside the garment, so the
-      garment's edge gets no halo;
+    * on the kept pixels (``keep``, default ``comp.keep``): the pixels of ``source`` (default
+      ``comp.image``), bit for bit;
+    * in a band of ``feather_px`` pixels around them (chessboard distance d = 1..feather_px): a blend
+      ``w * source + (1 - w) * generated`` with ``w = 1 - d / (feather_px + 1)``, so the seam fades from the
+      kept pixels into the generated image; the band lies entirely outside the kept pixels, so their edge
+      gets no halo;
     * everywhere else: the generated pixels, untouched.
 
-    ``feather_px = 0`` gives a hard cut.
+    ``feather_px = 0`` gives a hard cut. ``keep`` and ``source`` generalise the garment to any kept area, e.g.
+    the clothes plus a background held exactly (:func:`workers.pipeline.run_inpaint` with ReferStrength 1):
+    ``keep`` must then contain ``comp.keep`` and ``source`` must equal ``comp.image`` there, so that the
+    clothes stay exact.
     """
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0, got {feather_px}")
     size = (comp.width, comp.height)
+    keep = comp.keep if keep is None else keep
+    if keep.dtype != bool or keep.shape != comp.keep.shape:
+        raise ValueError(f"keep must be a bool array of shape {comp.keep.shape}, got {keep.dtype} {keep.shape}")
+    source = comp.image if source is None else source.convert("RGB")
+    if source.size != size:
+        raise ValueError(f"source must have the composition's size {size}, got {source.size}")
     generated = generated.convert("RGB")
     if generated.size != size:
         generated = generated.resize(size, Image.Resampling.LANCZOS)
-    original = np.asarray(comp.image)
+    original = np.asarray(source)
     result = np.asarray(generated).copy()
     if feather_px:
-        distance = _garment_distance(comp.keep, feather_px)
+        distance = _garment_distance(keep, feather_px)
         band = (distance > 0) & (distance <= feather_px)
         weight = (1.0 - distance[band] / (feather_px + 1))[:, None]
         blended = weight * original[band] + (1.0 - weight) * result[band]
         result[band] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    result[comp.keep] = original[comp.keep]
+    result[keep] = original[keep]
     return Image.fromarray(result, mode="RGB")
+
+
+# --- background reference (Image2Image) ----------------------------------------------------------------
+
+def fit_background(bg: Image.Image, width: int, height: int) -> Image.Image:
+    """Bring a background reference to exactly ``width`` x ``height``: scale it (keeping its aspect ratio,
+    Lanczos) so it covers the whole frame, then crop the centre (``CropAndResize`` of :func:`fit_geometry`,
+    whatever the mannequin's ResizeMode: a background has no subject that must stay whole, and neither
+    stretching nor margins would look like a background).
+
+    Returns an RGB image. A reference with transparency is composited onto :data:`NEUTRAL_GREY` first, like
+    a mannequin; palette images are converted.
+    """
+    if _has_alpha(bg):
+        rgba = bg.convert("RGBA")
+        rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, NEUTRAL_GREY + (255,)), rgba).convert("RGB")
+    else:
+        rgb = bg.convert("RGB")
+    return fit_geometry(rgb, width, height, "CropAndResize", Image.Resampling.LANCZOS)
+
+
+def with_background(comp: Composition, background: Image.Image) -> Composition:
+    """The starting image of an Image2Image request: ``comp`` with every pixel outside the clothes taken
+    from ``background`` (brought to the composition's size by :func:`fit_background`). Same masks as
+    ``comp``; the clothes pixels are ``comp.image``'s, bit for bit."""
+    fitted = np.asarray(fit_background(background, comp.width, comp.height))
+    start = np.where(comp.keep[..., None], np.asarray(comp.image), fitted)
+    return Composition(image=Image.fromarray(start, mode="RGB"), keep=comp.keep, figure=comp.figure)
+
+
+def redraw_strength(comp: Composition, refer_strength: float) -> np.ndarray:
+    """Per-pixel img2img strength of an Image2Image request (float32, height x width; 0 = kept as is,
+    1 = drawn from pure noise):
+
+    * the clothes (``comp.keep``): 0, they are kept (pasted back exactly);
+    * the figure outside the clothes, when the mannequin was a cut-out (``comp.figure``): 1, always, so a
+      person is drawn even when the background is held;
+    * the background (everything else; without alpha, everything outside the clothes): ``1 - refer_strength``.
+    """
+    if not 0.0 <= refer_strength <= 1.0:
+        raise ValueError(f"refer_strength must be between 0 and 1, got {refer_strength}")
+    strength = np.full(comp.keep.shape, 1.0 - refer_strength, dtype=np.float32)
+    if comp.figure is not None:
+        strength[comp.figure] = 1.0
+    strength[comp.keep] = 0.0
+    return strength

@@ -1,7 +1,7 @@
-"""Tiny random-weight Stable Diffusion checkpoints, built from code, for demos and tests.
+"""Tiny Stable Diffusion checkpoints, built from code, for demos and tests.
 
 Nothing is downloaded. :func:`ensure_demo_model` writes a real diffusers folder (``model_index.json``,
-``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``; safetensors weights, about 4.5 MB)
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``; safetensors weights, about 4 MB)
 that ``AutoPipelineForInpainting.from_pretrained`` loads like any downloaded checkpoint, so the service's
 real loading and inference code runs on it on a CPU in well under a second per image.
 
@@ -11,36 +11,61 @@ inpainting UNet (:func:`ensure_demo_model`) or a plain 4-channel one (:func:`ens
 CLIP text encoder and byte-level BPE tokenizer with ``model_max_length`` 77, DDIM scheduler with SD 1.5's
 betas. Everything else is as small as the classes allow.
 
-Weights are deterministic from the seed and independent of the machine and of torch's initialisers: each
-parameter is drawn from numpy's legacy ``RandomState`` (a frozen bit stream) seeded by (seed, parameter
-name), so two builds with the same seed write byte-identical safetensors.
+The text encoder and the UNet have random weights: what the UNet draws is noise-like, it is a plumbing
+model, not an image model. The VAE, however, really reconstructs (:func:`build_demo_vae`): a diffusers
+``AutoencoderTiny`` (the TAESD architecture) whose weights are set by construction so that
+``decode(encode(x))`` is ``x`` averaged over 8x8 blocks. So whatever the pipeline keeps in latent space
+(an image-to-image reference, the kept region of a 4-channel model) comes back out as that picture, and
+image-level properties of the service can be tested on this model.
 
-The images such a model produces are noise-like: it is a plumbing model, not an image model.
+Weights are deterministic from the seed and independent of the machine and of torch's initialisers: each
+random parameter is drawn from numpy's legacy ``RandomState`` (a frozen bit stream) seeded by (seed,
+parameter name), and the constructed ones are exact constants, so two builds with the same seed write
+byte-identical safetensors.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import shutil
 import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import (
-    AutoencoderKL,
+    AutoencoderTiny,
     DDIMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 #: Written into every demo folder; records what was built so a folder is never reused for another build.
 MARKER_FILE = "atelier_demo_model.json"
+
+#: Version of what a demo folder contains, recorded in its marker. Bump it whenever a build changes what it
+#: writes: a folder of the same kind and seed with an older build is then rebuilt and replaced (atomically)
+#: instead of being refused. Build 1 (no ``build`` key in the marker) had a random ``AutoencoderKL``;
+#: build 2 has the reconstructing ``AutoencoderTiny``.
+DEMO_BUILD = 2
+
+#: ``scaling_factor`` of the demo VAE: its raw latents lie in [-0.5, 0.5] (far inside the decoder's
+#: ``tanh`` clamp, so the decoder stays near-linear); the pipeline works on them times 2, in [-1, 1], the
+#: range of Stable Diffusion's scaled latents.
+DEMO_VAE_SCALING_FACTOR = 2.0
+
+#: Channels of every demo VAE level: R, G, B and luminance (ITU-R 601-2, :data:`LUMA`).
+DEMO_VAE_CHANNELS = 4
+LUMA = (0.299, 0.587, 0.114)
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -164,6 +189,108 @@ def _seed_parameters(model: torch.nn.Module, seed: int) -> None:
         raise RuntimeError(f"parameters left uninitialised: {sorted(missing)[:5]}")
 
 
+def _decoder_gain(half_range: float = 0.5) -> float:
+    """Least-squares gain g with g * 3 tanh(z / 3) ~= z on [-half_range, half_range].
+
+    ``DecoderTiny`` starts with a soft clamp, ``3 tanh(x / 3)``; at |z| <= 0.5 it is within 0.5% of the
+    identity, and scaling by g brings the worst error below half a grey level.
+    """
+    z = np.linspace(-half_range, half_range, 2001)
+    clamped = 3.0 * np.tanh(z / 3.0)
+    return float(z @ clamped / (clamped @ clamped))
+
+
+def _set_reconstruction_weights(vae: AutoencoderTiny, tint: Sequence[float]) -> None:
+    """Set the weights of a (4, 4, 4, 4)-channel ``AutoencoderTiny`` so that it reconstructs its input.
+
+    Encoder (input mapped to [0, 1] by ``EncoderTiny`` itself): the first conv copies R, G, B into channels
+    0-2 and puts the luminance into channel 3; every ``AutoencoderTinyBlock`` is the identity (its last
+    conv is zero, the skip is the identity, and the ReLU that fuses them keeps the non-negative values);
+    every stride-2 conv averages 2x2 pixels per channel; the last conv subtracts 0.5: the raw latents are
+    the 8x8 block means of (R, G, B, Y) - 0.5, in [-0.5, 0.5].
+
+    Decoder: after its ``3 tanh(x / 3)`` clamp, the first conv maps each latent back with the gain of
+    :func:`_decoder_gain` and adds 0.5 (then a ReLU: negative values are cut, as the image would clip them
+    anyway); blocks are identities, upsampling is nearest, the convs after it are identities, and the last
+    conv returns R, G, B times ``tint`` in [0, 1], which ``DecoderTiny`` maps to [-1, 1] itself.
+
+    The first two convs of each block keep their (seeded) random weights: with the last conv zero they do
+    not change the output, and they make the weights depend on the seed like those of the other models.
+    """
+    encoder = list(vae.encoder.layers)
+    decoder = list(vae.decoder.layers)
+    gain = _decoder_gain()
+
+    def centre(conv: torch.nn.Conv2d, matrix: np.ndarray, bias: Sequence[float] | None = None) -> None:
+        weight = np.zeros(tuple(conv.weight.shape), dtype=np.float32)
+        weight[:, :, 1, 1] = matrix
+        conv.weight.copy_(torch.from_numpy(weight))
+        if conv.bias is not None:
+            values = np.zeros(conv.out_channels, dtype=np.float32) if bias is None else np.asarray(bias, np.float32)
+            conv.bias.copy_(torch.from_numpy(values))
+
+    with torch.no_grad():
+        rgb_to_features = np.zeros((DEMO_VAE_CHANNELS, 3))
+        rgb_to_features[:3] = np.eye(3)
+        rgb_to_features[3] = LUMA
+        centre(encoder[0], rgb_to_features)
+        centre(encoder[-1], np.eye(DEMO_VAE_CHANNELS), [-0.5] * DEMO_VAE_CHANNELS)
+        for layer in encoder[1:-1]:
+            if isinstance(layer, torch.nn.Conv2d):  # stride 2: out(i, j) sees in(2i-1..2i+1, 2j-1..2j+1)
+                weight = np.zeros(tuple(layer.weight.shape), dtype=np.float32)
+                for channel in range(DEMO_VAE_CHANNELS):
+                    weight[channel, channel, 1:3, 1:3] = 0.25  # taps on in(2i..2i+1, 2j..2j+1)
+                layer.weight.copy_(torch.from_numpy(weight))
+
+        centre(decoder[0], gain * np.eye(DEMO_VAE_CHANNELS), [0.5] * DEMO_VAE_CHANNELS)
+        features_to_rgb = np.zeros((3, DEMO_VAE_CHANNELS))
+        features_to_rgb[:, :3] = np.diag(np.asarray(tint, dtype=np.float64))
+        centre(decoder[-1], features_to_rgb)
+        for layer in decoder[1:-1]:
+            if isinstance(layer, torch.nn.Conv2d):
+                centre(layer, np.eye(DEMO_VAE_CHANNELS))
+
+        for block in (*encoder, *decoder):
+            if isinstance(block, AutoencoderTinyBlock):
+                if not isinstance(block.skip, torch.nn.Identity):
+                    raise RuntimeError("demo VAE blocks must have an identity skip")
+                last = block.conv[-1]
+                last.weight.zero_()
+                last.bias.zero_()
+
+
+def _normalise_tint(tint: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(float(value) for value in tint)
+    if len(values) != 3 or not all(np.isfinite(values)) or min(values) < 0:
+        raise ValueError(f"tint must be three finite non-negative numbers, got {tint!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_demo_vae(seed: int, tint: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> AutoencoderTiny:
+    """A tiny ``AutoencoderTiny`` (TAESD architecture, 4 levels, scale factor 8, 4 latent channels) that
+    reconstructs images: ``decode(encode(x))`` is ``x`` averaged over 8x8 blocks (nearest upsampling), to
+    within half a grey level, each of R, G, B multiplied by ``tint`` (a test can see which VAE decoded).
+
+    Latents: the block means of (R, G, B, luminance) in [0, 1], minus 0.5; ``scaling_factor`` is
+    :data:`DEMO_VAE_SCALING_FACTOR`. See :func:`_set_reconstruction_weights` for the construction.
+    ``seed`` only changes weights that do not affect the output.
+    """
+    tint = _normalise_tint(tint)
+    vae = AutoencoderTiny(
+        in_channels=3,
+        out_channels=3,
+        encoder_block_out_channels=(DEMO_VAE_CHANNELS,) * 4,
+        decoder_block_out_channels=(DEMO_VAE_CHANNELS,) * 4,
+        latent_channels=DEMO_VAE_CHANNELS,
+        act_fn="relu",
+        upsample_fn="nearest",
+        scaling_factor=DEMO_VAE_SCALING_FACTOR,
+    )
+    _seed_parameters(vae, seed)
+    _set_reconstruction_weights(vae, tint)
+    return vae.eval()
+
+
 def _build_pipeline(
     workdir: Path, seed: int, in_channels: int
 ) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
@@ -193,17 +320,7 @@ def _build_pipeline(
         cross_attention_dim=32,
         attention_head_dim=8,
     )
-    vae = AutoencoderKL(
-        sample_size=256,
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 16, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-    )
+    vae = build_demo_vae(seed * 3 + 2)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -212,7 +329,7 @@ def _build_pipeline(
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    for index, model in enumerate((text_encoder, unet, vae)):
+    for index, model in enumerate((text_encoder, unet)):
         _seed_parameters(model, seed * 3 + index)
     pipeline_class = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
     return pipeline_class(
@@ -227,57 +344,146 @@ def _build_pipeline(
     )
 
 
-def _ensure(dest: Path, seed: int, in_channels: int) -> Path:
+def _read_marker(dest: Path) -> dict | None:
+    try:
+        found = json.loads((dest / MARKER_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return found if isinstance(found, dict) else {"unreadable": found}
+
+
+def _state(dest: Path, marker: dict) -> str:
+    """What ``dest`` holds: ``"current"`` (this very build), ``"outdated"`` (the same model from an older
+    build), ``"missing"`` (nothing, or an empty directory). Raises ``ValueError`` for a demo folder of another
+    model (kind, seed, ...) or of a newer build, ``FileExistsError`` for a folder that is not a demo folder."""
+    found = _read_marker(dest)
+    if found is None:
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise FileExistsError(f"{dest} exists and is not a demo model folder; refusing to overwrite it")
+        return "missing"
+    if found == marker:
+        return "current"
+    identity = {key: value for key, value in marker.items() if key != "build"}
+    found_identity = {key: value for key, value in found.items() if key != "build"}
+    found_build = found.get("build", 1)
+    if found_identity == identity and isinstance(found_build, int) and found_build < marker["build"]:
+        return "outdated"
+    raise ValueError(f"{dest} holds a different demo model ({found}), not {marker}")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); ``OSError`` where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError) as exc:
+        raise OSError(errno.ENOSYS, "renameat2 is not available") from exc
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _publish(folder: Path, dest: Path, marker: dict, parking: Path) -> None:
+    """Move the finished ``folder`` to ``dest``: onto nothing by ``rename``; over an outdated build by an
+    atomic exchange (``dest`` always holds a complete folder, the old one ends up at ``folder`` and is
+    deleted with the build directory), or, where the exchange is not supported, by moving the old build
+    aside to ``parking`` and renaming the new one in (``dest`` is missing for an instant). When another
+    process publishes the same build first, its folder is kept and ours is discarded."""
+    for _ in range(3):
+        state = _state(dest, marker)
+        if state == "current":
+            return
+        if state == "missing":
+            try:
+                # rename() onto a missing or empty directory; fails when another process got there first
+                os.rename(folder, dest)
+                return
+            except OSError:
+                if _state(dest, marker) == "missing":
+                    raise
+                continue
+        try:
+            _exchange(folder, dest)
+            return
+        except OSError:
+            pass
+        try:
+            os.rename(dest, parking)
+            os.rename(folder, dest)
+            return
+        except OSError:
+            if _state(dest, marker) != "current":
+                raise
+            return
+    raise RuntimeError(f"could not publish the demo build at {dest}: it keeps changing")
+
+
+def _ensure(dest: Path, marker: dict, write: Callable[[Path, Path], None]) -> Path:
+    """Make ``dest`` hold the build described by ``marker``; ``write(folder, workdir)`` saves it to ``folder``.
+
+    Idempotent, and safe when several processes call it at once: the folder is built in a temporary
+    directory next to ``dest`` and published by :func:`_publish`.
+    """
     dest = Path(dest)
-    marker = {"kind": "atelier-demo", "unet_in_channels": in_channels, "seed": seed}
-    marker_path = dest / MARKER_FILE
-
-    def existing() -> bool:
-        if not marker_path.is_file():
-            return False
-        found = json.loads(marker_path.read_text())
-        if found != marker:
-            raise ValueError(f"{dest} holds a different demo model ({found}), not {marker}")
-        return True
-
-    if existing():
+    marker = {**marker, "build": DEMO_BUILD}
+    if _state(dest, marker) == "current":
         return dest
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not a demo model folder; refusing to overwrite it")
     dest.parent.mkdir(parents=True, exist_ok=True)
     build_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
     try:
-        pipe = _build_pipeline(build_root / "work", seed, in_channels)
         folder = build_root / "model"
-        pipe.save_pretrained(folder, safe_serialization=True)
+        write(folder, build_root / "work")
         (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        for path in folder.rglob("*"):
+        for path in (folder, *folder.rglob("*")):
             # diffusers writes weight files 0600; let a worker running as another user read the folder too
             path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            # Atomic publish: rename() onto a missing (or empty) directory. When another process won the
-            # race, the rename fails (the destination is not empty) and its finished folder is used.
-            os.rename(folder, dest)
-        except OSError:
-            if not existing():
-                raise
+        _publish(folder, dest, marker, build_root / "replaced")
     finally:
         shutil.rmtree(build_root, ignore_errors=True)
     return dest
 
 
+def _ensure_pipeline(dest: Path, seed: int, in_channels: int) -> Path:
+    def write(folder: Path, workdir: Path) -> None:
+        _build_pipeline(workdir, seed, in_channels).save_pretrained(folder, safe_serialization=True)
+
+    return _ensure(dest, {"kind": "atelier-demo", "unet_in_channels": in_channels, "seed": seed}, write)
+
+
 def ensure_demo_model(dest: Path, seed: int = 0) -> Path:
-    """Build, once, a tiny random-weight ``StableDiffusionInpaintPipeline`` folder (9-channel UNet) at ``dest``.
+    """Build, once, a tiny ``StableDiffusionInpaintPipeline`` folder (9-channel UNet) at ``dest``.
 
     Idempotent and safe when several processes call it at once: the folder is built in a temporary
     directory next to ``dest`` and published by an atomic rename; a loser of the race discards its build
-    and returns the winner's. Returns ``dest``. Raises ``ValueError`` when ``dest`` already holds a demo
-    model of another kind or seed, ``FileExistsError`` when it holds anything else.
+    and returns the winner's. A folder holding the same demo model (kind and seed) from an older build
+    (:data:`DEMO_BUILD`) is rebuilt and replaced atomically. Returns ``dest``. Raises ``ValueError`` when
+    ``dest`` already holds a demo model of another kind or seed (or of a newer build), ``FileExistsError``
+    when it holds anything else.
     """
-    return _ensure(dest, seed, in_channels=9)
+    return _ensure_pipeline(dest, seed, in_channels=9)
 
 
 def ensure_demo_model_sd15(dest: Path, seed: int = 0) -> Path:
     """Like :func:`ensure_demo_model`, but a plain text-to-image checkpoint (``StableDiffusionPipeline``,
     4-channel UNet), the shape of SD 1.5 base models, which the service inpaints by latent blending."""
-    return _ensure(dest, seed, in_channels=4)
+    return _ensure_pipeline(dest, seed, in_channels=4)
+
+
+def ensure_demo_vae(
+    dest: Path, tint: tuple[float, float, float] = (1.0, 1.0, 1.0), seed: int = 0
+) -> Path:
+    """Build, once, a standalone VAE folder (``config.json`` + safetensors, ``AutoencoderTiny.save_pretrained``)
+    of :func:`build_demo_vae` at ``dest``: an "external VAE" for the demo family. Same guarantees and errors
+    as :func:`ensure_demo_model`; a folder with another ``tint`` or ``seed`` is refused. Load it with
+    ``AutoencoderTiny.from_pretrained(dest)``."""
+    tint = _normalise_tint(tint)
+
+    def write(folder: Path, workdir: Path) -> None:
+        build_demo_vae(seed, tint).save_pretrained(folder, safe_serialization=True)
+
+    return _ensure(dest, {"kind": "atelier-demo-vae", "seed": seed, "tint": list(tint)}, write)

@@ -13,9 +13,11 @@ from workers.compose import (
     fit_geometry,
     inpaint_mask,
     normalize_mask,
+    fit_background,
     pad_to_multiple,
     paste_back,
     prepare,
+    with_background,
 )
 
 NEAREST = Image.Resampling.NEAREST
@@ -304,3 +306,63 @@ def test_paste_back_resizes_a_generated_image_of_another_size():
 def test_paste_back_refuses_a_negative_feather():
     with pytest.raises(ValueError, match="feather_px"):
         paste_back(Image.new("RGB", (40, 30)), garment_composition(), feather_px=-1)
+
+
+def test_paste_back_with_a_wider_keep_mask_and_another_source():
+    """Generalised: any kept area (e.g. clothes + a held background) copied from any source image."""
+    rng = np.random.default_rng(4)
+    comp = garment_composition(original_value=200)
+    source = np.asarray(comp.image).copy()
+    source[:, :8] = rng.integers(0, 256, (30, 8, 3), dtype=np.uint8)  # a "background" strip on the left
+    keep = comp.keep.copy()
+    keep[:, :8] = True
+    generated = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    out = np.asarray(paste_back(Image.fromarray(generated), comp, feather_px=2, keep=keep,
+                                source=Image.fromarray(source)))
+    np.testing.assert_array_equal(out[keep], source[keep])
+    # the seam lies outside the kept area: x = 8, 9 next to the strip blend, x = 10.. (far enough) untouched
+    np.testing.assert_array_equal(out[0, 8], np.rint(2 / 3 * source[0, 8] + 1 / 3 * generated[0, 8]).astype(np.uint8))
+    np.testing.assert_array_equal(out[0, 10:], generated[0, 10:])
+    with pytest.raises(ValueError, match="keep"):
+        paste_back(Image.fromarray(generated), comp, keep=keep[:, :20])
+    with pytest.raises(ValueError, match="source"):
+        paste_back(Image.fromarray(generated), comp, keep=keep, source=Image.new("RGB", (8, 8)))
+
+
+# --- background reference -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src", [(200, 50), (50, 200), (64, 48), (3, 3)])
+@pytest.mark.parametrize("dst", [(64, 48), (67, 45), (1, 1)])
+def test_fit_background_gives_exact_size_rgb(src, dst):
+    out = fit_background(Image.new("RGB", src, (1, 2, 3)), *dst)
+    assert out.size == dst and out.mode == "RGB"
+
+
+def test_fit_background_covers_and_crops_the_centre():
+    # 40 columns x 10 rows into 10x10: scale 1 (height fits), crop columns 15..24
+    out = np.asarray(fit_background(column_index_image(40, 10).convert("RGB"), 10, 10))
+    np.testing.assert_array_equal(out[0, :, 0], np.arange(15, 25))
+    # 10 x 40 into 20 x 20: scaled x2 to 20 x 80, rows 30..49 kept (every source row twice, from row 15)
+    out = np.asarray(fit_background(row_index_image(10, 40).convert("RGB"), 20, 20))
+    assert out[0, 0, 0] in (14, 15) and out[-1, 0, 0] in (24, 25)
+    assert out.shape == (20, 20, 3)
+
+
+def test_fit_background_composites_transparency_onto_grey():
+    bg = Image.new("RGBA", (20, 20), (255, 0, 0, 0))
+    bg.paste((0, 0, 255, 255), (0, 0, 10, 20))
+    out = fit_background(bg, 20, 20)
+    assert out.getpixel((2, 5)) == (0, 0, 255) and out.getpixel((17, 5)) == NEUTRAL_GREY
+    palette = Image.new("P", (8, 8), 0)
+    assert fit_background(palette, 4, 4).mode == "RGB"
+
+
+def test_with_background_replaces_everything_but_the_clothes():
+    rng = np.random.default_rng(8)
+    comp = Composition(Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)),
+                       garment_composition().keep, np.ones((30, 40), bool))
+    start = with_background(comp, Image.new("RGB", (80, 60), (5, 6, 7)))
+    out = np.asarray(start.image)
+    np.testing.assert_array_equal(out[comp.keep], np.asarray(comp.image)[comp.keep])
+    assert (out[~comp.keep] == (5, 6, 7)).all()
+    assert start.keep is comp.keep and start.figure is comp.figure

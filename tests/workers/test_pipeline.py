@@ -3,6 +3,8 @@ progress, and the demo model builder itself."""
 
 from __future__ import annotations
 
+import errno
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +16,8 @@ import torch
 from PIL import Image
 
 from workers.compose import Composition, prepare
-from workers.demo_model import MARKER_FILE, ensure_demo_model, ensure_demo_model_sd15
+from workers import demo_model
+from workers.demo_model import DEMO_BUILD, MARKER_FILE, ensure_demo_model, ensure_demo_model_sd15
 from workers.pipeline import load_pipeline, pick_device, run_inpaint
 
 STEPS = 2
@@ -183,6 +186,67 @@ def test_concurrent_builders_publish_one_complete_folder(tmp_path):
     assert (dest / "model_index.json").is_file() and (dest / MARKER_FILE).is_file()
     assert sorted(p.name for p in dest.parent.iterdir()) == ["demo"]  # no temporary build left behind
     assert load_pipeline(dest, "cpu", torch.float32) is not None
+
+
+def make_outdated(folder: Path) -> None:
+    """Turn a demo folder into what build 1 left: a marker without ``build`` and a random AutoencoderKL."""
+    marker = json.loads((folder / MARKER_FILE).read_text())
+    del marker["build"]
+    (folder / MARKER_FILE).write_text(json.dumps(marker))
+    (folder / "vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    (folder / "vae" / "stale.bin").write_bytes(b"old")
+
+
+def assert_current_build(dest: Path, reference: Path) -> None:
+    assert json.loads((dest / MARKER_FILE).read_text())["build"] == DEMO_BUILD
+    assert json.loads((dest / "vae" / "config.json").read_text())["_class_name"] == "AutoencoderTiny"
+    assert not (dest / "vae" / "stale.bin").exists()
+    assert weight_files(dest) == weight_files(reference)
+    assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # no build or old folder left behind
+    assert load_pipeline(dest, "cpu", torch.float32) is not None
+
+
+def test_an_outdated_demo_build_is_replaced_by_an_atomic_exchange(tmp_path, demo_dir, monkeypatch):
+    probe_a, probe_b = tmp_path / "a", tmp_path / "b"
+    probe_a.mkdir(), probe_b.mkdir()
+    (probe_a / "x").touch()
+    try:
+        demo_model._exchange(probe_a, probe_b)
+    except OSError as exc:
+        pytest.skip(f"renameat2(RENAME_EXCHANGE) is not available here: {exc}")
+    assert (probe_b / "x").exists() and not (probe_a / "x").exists()
+    probe_a.rmdir(), (probe_b / "x").unlink(), probe_b.rmdir()
+
+    dest = ensure_demo_model(tmp_path / "demo")
+    make_outdated(dest)
+    exchanges = []
+    real_exchange = demo_model._exchange
+    monkeypatch.setattr(demo_model, "_exchange", lambda a, b: (real_exchange(a, b), exchanges.append(b)))
+    assert ensure_demo_model(dest) == dest
+    assert exchanges == [dest]
+    assert_current_build(dest, demo_dir)
+
+
+def test_an_outdated_demo_build_is_replaced_without_renameat2(tmp_path, demo_dir, monkeypatch):
+    dest = ensure_demo_model(tmp_path / "demo")
+    make_outdated(dest)
+
+    def unsupported(a, b):
+        raise OSError(errno.ENOSYS, "not here")
+
+    monkeypatch.setattr(demo_model, "_exchange", unsupported)
+    assert ensure_demo_model(dest) == dest
+    assert_current_build(dest, demo_dir)
+
+
+def test_only_an_older_build_of_the_same_demo_model_is_replaced(tmp_path):
+    dest = ensure_demo_model(tmp_path / "demo")
+    marker = json.loads((dest / MARKER_FILE).read_text())
+    for changed in ({"build": DEMO_BUILD + 1}, {"seed": 9}, {"unet_in_channels": 4}, {"kind": "other"}):
+        (dest / MARKER_FILE).write_text(json.dumps({**marker, **changed, "build": changed.get("build", 1)}))
+        with pytest.raises(ValueError, match="different demo model"):
+            ensure_demo_model(dest)
+    assert json.loads((dest / "vae" / "config.json").read_text())["_class_name"] == "AutoencoderTiny"  # untouched
 
 
 # --- device and loading -------------------------------------------------------------------------------
