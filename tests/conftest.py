@@ -23,6 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 KEYS = {"pk-alice": "alice-secret", "pk-bob": "bob-secret"}
 
+# The test deployment: the shipped models plus a 4-channel demo and a model whose files are missing.
+TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
+  - ModelCode: demo-sd15
+    Name: Demo 4-channel base model
+    ModelType: Main
+    source: {demo: sd15}
+    defaults: {steps: 4, guidance_scale: 5.0}
+    TriggerWordList: [fashion photo]
+  - ModelCode: broken
+    Name: A model whose files are missing
+    ModelType: Main
+    source: {path: /nonexistent/model}
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -46,7 +60,10 @@ def atelier_env(tmp_path_factory, redis_url) -> dict[str, str]:
     keys_file = base / "keys.yaml"
     keys_file.write_text(yaml.safe_dump({"keys": [{"PublicKey": k, "PrivateKey": v} for k, v in KEYS.items()]}))
     port = free_port()
+    models = base / "models.yaml"
+    models.write_text(TEST_MODELS_YAML)
     env = {
+        "ATELIER_MODELS_CONFIG": str(models),
         "ATELIER_DATA_DIR": str(base / "data"),
         "ATELIER_REDIS_URL": redis_url,
         "ATELIER_KEYS_FILE": str(keys_file),

@@ -24,8 +24,6 @@ from workers.model_cache import ModelLoadError, PipelineCache
 
 log = logging.getLogger("atelier.worker")
 
-NO_TRANSLATOR_NOTE = "TranslatePrompts: no translator configured, prompts passed through unchanged"
-
 
 class JobError(Exception):
     def __init__(self, code: int, message: str):
@@ -97,6 +95,43 @@ def run_job(message: dict) -> None:
             store.mark_error(job.task_uid, ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})")
 
 
+def _translator(registry):
+    """The deployment's prompt translator, loaded once per worker process (None if none configured)."""
+    source = registry.translator
+    if source is None:
+        return None
+    return _load_translator(source.path or source.demo)
+
+
+@lru_cache(maxsize=2)
+def _load_translator(where):
+    from workers.demo_translator import ensure_demo_translator
+    from workers.translate import Translator
+
+    if where == "translator":
+        where = ensure_demo_translator(get_settings().models_dir / "demo-translator")
+    log.info("loading prompt translator from %s", where)
+    return Translator.load(where)
+
+
+def _prompts(job: JobMessage, registry, store: TaskStore, trigger_words: list[str]) -> tuple[str, str]:
+    """Translate (when asked) and join the prompts; the main model's trigger words are added once."""
+    from workers.translate import TranslatorLoadError, is_english, translate_prompts
+
+    translator = None
+    if job.translate_prompts and not all(is_english(p) for p in job.positive_prompts + job.negative_prompts):
+        try:
+            translator = _translator(registry)
+        except TranslatorLoadError as e:
+            log.error("translator unavailable: %s", e)
+    positive = translate_prompts(job.positive_prompts, translator, job.translate_prompts)
+    negative = translate_prompts(job.negative_prompts, translator, job.translate_prompts)
+    for note in dict.fromkeys(positive.notes + negative.notes):
+        store.add_note(job.task_uid, note)
+    words = list(dict.fromkeys(p for p in [*positive.prompts, *trigger_words] if p))
+    return ", ".join(words), ", ".join(p for p in negative.prompts if p)
+
+
 def _generate(job: JobMessage, settings, store: TaskStore) -> None:
     from workers.compose import prepare
     from workers.pipeline import run_inpaint
@@ -112,19 +147,19 @@ def _generate(job: JobMessage, settings, store: TaskStore) -> None:
     storage = Storage(settings.data_dir)
     mannequin = _open_input(storage, job.mannequin_image)
     mask = _open_input(storage, job.clothes_mask)
+    background = _open_input(storage, job.background_image).convert("RGB") if job.background_image else None
     comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
+    prompt, negative = _prompts(job, registry, store, entry.trigger_words)
 
     try:
-        pipe = _cache().get(entry, registry)
+        with _cache().vae_for(entry, job.use_main_model_vae, registry) as pipe:
+            images = run_inpaint(pipe, comp, prompt, negative, seed=job.seed, batch_size=job.batch_size,
+                                 steps=steps, guidance_scale=entry.defaults.guidance_scale,
+                                 on_step=ProgressWriter(store, job.task_uid, settings.progress_interval_s),
+                                 background=background, refer_strength=job.refer_strength)
     except ModelLoadError as e:
-        raise JobError(ErrorCode.MODEL, str(e)) from e
-
-    words = list(dict.fromkeys([*job.positive_prompts, *entry.trigger_words]))
-    if job.translate_prompts:
-        store.add_note(job.task_uid, NO_TRANSLATOR_NOTE)
-    images = run_inpaint(pipe, comp, ", ".join(words), ", ".join(job.negative_prompts), seed=job.seed,
-                         batch_size=job.batch_size, steps=steps, guidance_scale=entry.defaults.guidance_scale,
-                         on_step=ProgressWriter(store, job.task_uid, settings.progress_interval_s))
+        log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
+        raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
     names = []
     for i, img in enumerate(images):
         buf = io.BytesIO()
