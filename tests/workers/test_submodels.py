@@ -218,7 +218,9 @@ def test_a_base_job_after_a_job_with_all_three_kinds_is_exactly_the_base(pipe, c
         spec("brand-a", "LoRA", files["kohya_a"], weight=0.8),
         spec("brand-p", "LoRA", files["peft"], weight=-0.5),
     ]
+    rng = torch.get_rng_state()
     with apply_submodels(pipe, specs, cache):
+        assert torch.equal(torch.get_rng_state(), rng)  # loading draws on no global random stream
         image = generate(pipe, comp)
     assert changed(image, base_image) > 5
     assert_is_base(pipe, base_state)
@@ -276,7 +278,7 @@ def test_a_bad_file_raises_a_submodel_error_naming_it_and_the_pipeline_stays_the
         "lora-as-embedding": lambda: spec("bad-model", "Embedding", files["kohya_a"], words=["x"]),
         "lora-as-hypernetwork": lambda: spec("bad-model", "HyperNetwork", files["kohya_a"]),
         # the UNet part loads, then the text encoder's does not fit: the half-loaded adapter must go too
-        "other-base-lora": lambda: spec("bad-model", "LoRA", _lora_with(files["kohya_a"], tmp_path / "sd2.safetensors", {
+        "other-base-lora": lambda: spec("bad-model", "LoRA", _lora_with(files["kohya_a"], tmp_path / "o.safetensors", {
             "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(rank, 768)})),
         "unmatched-layer": lambda: spec("bad-model", "LoRA", _lora_with(files["kohya_a"], tmp_path / "x.safetensors", {
             "lora_unet_down_blocks_2_attentions_0_proj_in.lora_down.weight": torch.zeros(rank, 64, 1, 1),
@@ -317,7 +319,8 @@ def test_bad_file_messages_say_what_is_wrong(pipe, files, cache, tmp_path):
         return str(info.value)
 
     assert "file not found" in message(spec("m", "LoRA", tmp_path / "nope.safetensors"))
-    assert "corrupt or truncated" in message(spec("m", "LoRA", _truncated(files["kohya_a"], tmp_path / "t.safetensors")))
+    truncated = _truncated(files["kohya_a"], tmp_path / "t.safetensors")
+    assert "corrupt or truncated" in message(spec("m", "LoRA", truncated))
     assert "not a textual-inversion embedding" in message(spec("m", "Embedding", files["kohya_a"], words=["x"]))
     assert "another base model" in message(spec("m", "Embedding", _embedding_768(tmp_path / "e.pt"), words=["x"]))
     assert "LoraWeight must be within -1..2" in message(spec("m", "LoRA", files["kohya_a"], weight=2.5))

@@ -1,0 +1,87 @@
+"""One context manager applies a job's submodels to a warm pipeline and restores the base in ``finally``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from workers.submodels import embedding, hypernetwork, lora
+from workers.submodels.cache import SubmodelCache
+from workers.submodels.files import FileFormatError, find_weights_file
+from workers.submodels.spec import LORA_WEIGHT_RANGE, SubModelSpec, SubmodelError
+
+_PREFERRED_NAMES = {
+    "LoRA": lora.PEFT_WEIGHT_NAMES,
+    "Embedding": embedding.DIFFUSERS_EMBEDDING_NAMES,
+    "HyperNetwork": (),
+}
+
+
+def _reader(model_type: str):
+    # looked up at call time, so that tests can count reads by patching the module function
+    return {"LoRA": lora.read_lora, "Embedding": embedding.read_embedding,
+            "HyperNetwork": hypernetwork.read_hypernetwork}[model_type]
+
+
+def read_submodel(spec: SubModelSpec, cache: SubmodelCache) -> Any:
+    """The parsed content of ``spec``'s file, from ``cache`` or read once into it.
+
+    Raises :class:`SubmodelError` for a missing, unreadable, corrupt or wrong-format file."""
+    try:
+        file = find_weights_file(spec.path, _PREFERRED_NAMES[spec.model_type])
+        return cache.get(spec.model_type, file, _reader(spec.model_type))
+    except FileFormatError as e:
+        raise SubmodelError(spec.model_code, f"{spec.model_type} {e}") from e
+    except OSError as e:
+        raise SubmodelError(spec.model_code, f"cannot read {spec.path}: {e.strerror or e}") from e
+
+
+def _check_weight(spec: SubModelSpec) -> float:
+    weight = float(spec.weight)
+    if not math.isfinite(weight):
+        raise SubmodelError(spec.model_code, f"weight must be a finite number, got {spec.weight!r}")
+    low, high = LORA_WEIGHT_RANGE
+    if spec.model_type == "LoRA" and not low <= weight <= high:
+        raise SubmodelError(spec.model_code, f"LoraWeight must be within {low:g}..{high:g}, got {weight:g}")
+    return weight
+
+
+@contextmanager
+def apply_submodels(pipe, specs: list[SubModelSpec], cache: SubmodelCache, *,
+                    hypernetwork_self_attention: bool = True) -> Iterator[None]:
+    """Apply ``specs`` to ``pipe`` for the ``with`` block; afterwards, on success or failure, ``pipe`` is
+    exactly the base pipeline again (same modules, parameters, tokenizer; bit-identical outputs).
+
+    All files are read (through ``cache``) and checked before the pipeline is touched. Then, whatever the
+    order of ``specs``: the LoRAs, as peft adapters active together with their weights
+    (:func:`workers.submodels.lora.lora_adapters`); the embeddings, each under its first trigger word
+    (:func:`workers.submodels.embedding.textual_inversion`); the hypernetworks, in order, each with its
+    weight as strength (:func:`workers.submodels.hypernetwork.hypernetwork_hooks`). They are undone in the
+    reverse order. Raises :class:`SubmodelError` (naming the model) for a file that is missing, corrupt, in
+    the wrong format or made for another base model; the pipeline is restored before it propagates.
+    Errors raised inside the ``with`` block propagate unchanged. Should undoing itself fail (it has not
+    been seen to), that error propagates instead and the pipeline must be discarded, not reused.
+    """
+    loaded: list[tuple[SubModelSpec, Any, float]] = []
+    for spec in specs:
+        weight = _check_weight(spec)
+        if spec.model_type == "Embedding" and not any(w.strip() for w in spec.trigger_words):
+            raise SubmodelError(spec.model_code, "an embedding needs a trigger word (its TriggerWordList is empty)")
+        loaded.append((spec, read_submodel(spec, cache), weight))
+
+    with ExitStack() as stack:
+        loras = [(spec.model_code, data, lora.adapter_name(spec.path, index), weight)
+                 for index, (spec, data, weight) in enumerate(loaded) if spec.model_type == "LoRA"]
+        if loras:
+            stack.enter_context(lora.lora_adapters(pipe, loras))
+        for spec, vectors, _ in loaded:
+            if spec.model_type == "Embedding":
+                trigger = next(w for w in spec.trigger_words if w.strip())
+                stack.enter_context(embedding.textual_inversion(pipe, spec.model_code, trigger, vectors))
+        for spec, hn, weight in loaded:
+            if spec.model_type == "HyperNetwork":
+                stack.enter_context(hypernetwork.hypernetwork_hooks(
+                    pipe, spec.model_code, hn, weight, self_attention=hypernetwork_self_attention))
+        yield None
