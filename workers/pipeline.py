@@ -181,6 +181,11 @@ class ReferenceHold:
         return torch.where(held, target.to(dtype=latents.dtype), latents)
 
 
+def size_multiple(pipe: DiffusionPipeline) -> int:
+    """Pipeline calls run at a size padded up to a multiple of this (8 and the VAE's scale factor)."""
+    return math.lcm(8, pipe.vae_scale_factor)
+
+
 def run_inpaint(
     pipe: DiffusionPipeline,
     comp: Composition,
@@ -193,6 +198,7 @@ def run_inpaint(
     on_step: StepCallback | None = None,
     background: Image.Image | None = None,
     refer_strength: float = 0.5,
+    pipeline_kwargs: dict | None = None,
 ) -> list[Image.Image]:
     """Redraw everything but the clothes of ``comp``; return ``batch_size`` RGB images of ``comp``'s size.
 
@@ -208,6 +214,9 @@ def run_inpaint(
     cut-out mannequin (see :class:`ReferenceHold` for how). ``refer_strength`` 0 ignores the reference
     (the images are exactly those without it); 1 keeps it: the background pixels of the result are the
     reference's, bit for bit, blended into the redrawn figure over the same seam as the clothes.
+
+    ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
+    already padded to the size this function pads to: :func:`padded_size`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -215,7 +224,7 @@ def run_inpaint(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 <= refer_strength <= 1.0:
         raise ValueError(f"refer_strength must be between 0 and 1, got {refer_strength}")
-    multiple = math.lcm(8, pipe.vae_scale_factor)
+    multiple = size_multiple(pipe)
     padded = pad_to_multiple(comp, multiple)
     start = with_background(comp, background) if background is not None else None
     strength = None
@@ -258,6 +267,7 @@ def run_inpaint(
             generator=torch.Generator(device="cpu").manual_seed(seed + image_index),
             callback_on_step_end=step_end if on_step is not None or hold is not None else None,
             output_type="pil",
+            **(pipeline_kwargs or {}),
         )
         generated = result.images[0].crop(crop_box)
         if start is not None and refer_strength == 1.0:

@@ -48,7 +48,8 @@ from diffusers import (
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
-from workers.compose import Composition, inpaint_mask, pad_to_multiple, paste_back
+from workers.compose import Composition
+from workers.pipeline import StepCallback, run_inpaint, size_multiple
 
 #: ControlWeight range (``controlnet_conditioning_scale``).
 WEIGHT_MIN, WEIGHT_MAX = 0.0, 2.0
@@ -274,6 +275,8 @@ def run_control_inpaint(
     control_guidance_start: float | Sequence[float] = 0.0,
     control_guidance_end: float | Sequence[float] = 1.0,
     on_step: StepCallback | None = None,
+    background: Image.Image | None = None,
+    refer_strength: float = 0.5,
 ) -> list[Image.Image]:
     """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``batch_size`` RGB
     images of ``comp``'s size.
@@ -285,9 +288,9 @@ def run_control_inpaint(
     ``control_guidance_start`` and ``control_guidance_end`` 0..1 with start <= end (see the module doc for
     the steps they select).
 
-    Everything else is :func:`workers.pipeline.run_inpaint`'s contract: image ``i`` from seed ``seed + i``
-    by its own pipeline call, height/width always passed (padded to a multiple of 8, cropped back), clothes
-    pixels bit-identical to ``comp.image``, ``on_step(step, total)`` after every denoising step of the batch.
+    Everything else is :func:`workers.pipeline.run_inpaint`, which this calls with the control arguments:
+    image ``i`` from seed ``seed + i`` by its own pipeline call, height/width always passed (padded, cropped
+    back), clothes pixels bit-identical to ``comp.image``, the background reference, ``on_step``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -312,9 +315,9 @@ def run_control_inpaint(
         if start == end:  # acts on no step: diffusers refuses start >= end; weight 0 is the same computation
             scales[index], starts[index], ends[index] = 0.0, 0.0, 1.0
 
-    padded = pad_to_multiple(comp, math.lcm(8, pipe.vae_scale_factor))
-    mask = inpaint_mask(padded)
-    maps = [_pad_edge(image.convert("RGB"), padded.width, padded.height) for image in images]
+    multiple = size_multiple(pipe)
+    width, height = -(-comp.width // multiple) * multiple, -(-comp.height // multiple) * multiple
+    maps = [_pad_edge(image.convert("RGB"), width, height) for image in images]
     single = units == 1
     control_kwargs = {
         "control_image": maps[0] if single else maps,
@@ -322,31 +325,6 @@ def run_control_inpaint(
         "control_guidance_start": starts[0] if single else starts,
         "control_guidance_end": ends[0] if single else ends,
     }
-    crop_box = (0, 0, comp.width, comp.height)
-    image_index = 0
-
-    def step_end(pipeline: DiffusionPipeline, index: int, timestep, tensors: dict) -> dict:
-        per_image = pipeline.num_timesteps
-        on_step(image_index * per_image + index + 1, batch_size * per_image)
-        return tensors
-
-    results = []
-    for image_index in range(batch_size):
-        result = pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            image=padded.image,
-            mask_image=mask,
-            height=padded.height,
-            width=padded.width,
-            strength=1.0,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            num_images_per_prompt=1,
-            generator=torch.Generator(device="cpu").manual_seed(seed + image_index),
-            callback_on_step_end=step_end if on_step is not None else None,
-            output_type="pil",
-            **control_kwargs,
-        )
-        results.append(paste_back(result.images[0].crop(crop_box), comp))
-    return results
+    return run_inpaint(pipe, comp, prompt, negative_prompt, seed, batch_size, steps, guidance_scale,
+                       on_step=on_step, background=background, refer_strength=refer_strength,
+                       pipeline_kwargs=control_kwargs)
