@@ -35,6 +35,17 @@ TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
     Name: A model whose files are missing
     ModelType: Main
     source: {path: /nonexistent/model}
+  - ModelCode: corrupt-lora
+    Name: A LoRA file that is not a LoRA
+    ModelType: LoRA
+    source: {file: corrupt-lora.safetensors}
+  - ModelCode: demo-canny-default
+    Name: Demo model with canny control by default
+    ModelType: Main
+    source: {demo: inpaint}
+    defaults: {steps: 8, guidance_scale: 5.0}
+    default_control:
+      - {PreProcessor: canny, ControlModel: demo-controlnet}
 """
 
 
@@ -62,6 +73,7 @@ def atelier_env(tmp_path_factory, redis_url) -> dict[str, str]:
     port = free_port()
     models = base / "models.yaml"
     models.write_text(TEST_MODELS_YAML)
+    (base / "corrupt-lora.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json" + b"\x00" * 64)
     env = {
         "ATELIER_MODELS_CONFIG": str(models),
         "ATELIER_DATA_DIR": str(base / "data"),

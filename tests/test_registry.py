@@ -34,8 +34,9 @@ def registry_of(*models: dict, vaes: dict | None = None, base: Path = Path("/dep
 
 def test_the_shipped_models_yaml_is_valid():
     registry = Registry.from_file(ROOT / "models_config" / "models.yaml")
-    assert registry.entries() and all(e.model_type in ("Main", "LoRA", "Embedding", "HyperNetwork")
-                                      for e in registry.entries())
+    types = {e.model_type for e in registry.entries()}
+    assert types == {"Main", "LoRA", "Embedding", "HyperNetwork", "PreProcessor", "ControlModel"}
+    assert registry.translator is not None and registry.translator.demo == "translator"
 
 
 def test_every_source_kind_parses(tmp_path):

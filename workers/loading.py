@@ -282,10 +282,9 @@ def _check_folder_family(code: str, folder: Path, family: str, what: str) -> dic
 
 
 def _demo_folder(kind: str, demo_dir: Path) -> Path:
-    from workers.demo_model import ensure_demo_model, ensure_demo_model_sd15
+    from workers.demo_assets import demo_path
 
-    build = ensure_demo_model if kind == "inpaint" else ensure_demo_model_sd15
-    return build(Path(demo_dir) / f"demo-{kind}")
+    return demo_path(kind, demo_dir)
 
 
 def _config_from_hf_cache(code: str, file: Path) -> str:

@@ -10,6 +10,7 @@ import io
 import logging
 import time
 from functools import lru_cache
+from pathlib import Path
 
 from PIL import Image, ImageOps
 
@@ -105,17 +106,18 @@ def _translator(registry):
 
 @lru_cache(maxsize=2)
 def _load_translator(where):
-    from workers.demo_translator import ensure_demo_translator
+    from workers.demo_assets import demo_path
     from workers.translate import Translator
 
     if where == "translator":
-        where = ensure_demo_translator(get_settings().models_dir / "demo-translator")
+        where = demo_path("translator", get_settings().models_dir)
     log.info("loading prompt translator from %s", where)
     return Translator.load(where)
 
 
 def _prompts(job: JobMessage, registry, store: TaskStore, trigger_words: list[str]) -> tuple[str, str]:
-    """Translate (when asked) and join the prompts; the main model's trigger words are added once."""
+    """Translate (when asked) and join the prompts; the models' trigger words are added once."""
+    from workers.submodels import build_prompt
     from workers.translate import TranslatorLoadError, is_english, translate_prompts
 
     translator = None
@@ -128,13 +130,103 @@ def _prompts(job: JobMessage, registry, store: TaskStore, trigger_words: list[st
     negative = translate_prompts(job.negative_prompts, translator, job.translate_prompts)
     for note in dict.fromkeys(positive.notes + negative.notes):
         store.add_note(job.task_uid, note)
-    words = list(dict.fromkeys(p for p in [*positive.prompts, *trigger_words] if p))
-    return ", ".join(words), ", ".join(p for p in negative.prompts if p)
+    return build_prompt(positive.prompts, trigger_words), ", ".join(p for p in negative.prompts if p)
+
+
+def _source_path(entry, registry) -> Path | None:
+    """The file or folder of a non-Main model (built first for a demo source)."""
+    from workers.demo_assets import demo_path
+
+    if entry.source is None:
+        return None
+    if entry.source.demo is not None:
+        return demo_path(entry.source.demo, get_settings().models_dir)
+    return registry.resolve_path(entry)
+
+
+def _submodel_specs(job: JobMessage, registry) -> list:
+    from workers.submodels import SubModelSpec
+
+    specs = []
+    for ref in job.sub_models:
+        entry = registry.get(ref.model_code)
+        if entry is None or entry.model_type not in ("LoRA", "Embedding", "HyperNetwork"):
+            raise JobError(ErrorCode.MODEL, f"Model [{ref.model_code}] not exists")
+        weight = ref.lora_weight if ref.lora_weight is not None else entry.defaults.lora_weight
+        specs.append(SubModelSpec(model_code=entry.model_code, model_type=entry.model_type,
+                                  path=_source_path(entry, registry), weight=weight,
+                                  trigger_words=list(entry.trigger_words)))
+    return specs
+
+
+@lru_cache
+def _submodel_cache():
+    from workers.submodels import SubmodelCache
+
+    return SubmodelCache()
+
+
+@lru_cache
+def _map_cache():
+    from workers.control.preprocess import MapCache
+
+    return MapCache()
+
+
+_controlnets: dict[str, object] = {}
+MAX_CONTROLNETS = 4
+
+
+def _controlnet(entry, registry):
+    """A ControlModel, loaded once per worker process (a few kept; the oldest dropped)."""
+    from workers.control.controlnet import drop_control_pipelines, load_controlnet
+
+    if entry.model_code in _controlnets:
+        return _controlnets[entry.model_code]
+    if len(_controlnets) >= MAX_CONTROLNETS:
+        old = _controlnets.pop(next(iter(_controlnets)))
+        drop_control_pipelines(old)
+    cache = _cache()
+    try:
+        net = load_controlnet(_source_path(entry, registry), cache.device, cache.dtype,
+                              config=registry.resolve_config(entry))
+    except Exception as e:
+        raise ModelLoadError(entry.model_code, str(e)) from e
+    _controlnets[entry.model_code] = net
+    return net
+
+
+def _control_maps(job: JobMessage, comp, registry, storage: Storage) -> list:
+    """One control map per unit, made from its image in the composition's geometry."""
+    from workers.compose import fit_geometry
+    from workers.control.preprocess import preprocess
+
+    maps = []
+    for unit in job.control_units:
+        if unit.image == job.mannequin_image:
+            image = comp.image
+        else:
+            raw = _open_input(storage, unit.image).convert("RGB")
+            image = fit_geometry(raw, comp.width, comp.height, job.resize_mode)
+        if unit.preprocessor is None:
+            maps.append(image)
+            continue
+        pre = registry.get(unit.preprocessor)
+        if pre is None or pre.model_type != "PreProcessor":
+            raise JobError(ErrorCode.MODEL, f"Model [{unit.preprocessor}] not exists")
+        try:
+            maps.append(preprocess(pre.preprocessor, image, unit.resolution, _source_path(pre, registry),
+                                   _map_cache(), device=_cache().device))
+        except (OSError, ValueError) as e:
+            log.error("pre-processor %s failed: %s", pre.model_code, e)
+            raise JobError(ErrorCode.MODEL, f"Model [{pre.model_code}] could not be used") from e
+    return maps
 
 
 def _generate(job: JobMessage, settings, store: TaskStore) -> None:
     from workers.compose import prepare
     from workers.pipeline import run_inpaint
+    from workers.submodels import SubmodelError, apply_submodels
 
     registry = get_registry(settings.models_config)
     entry = registry.get(job.main_model)
@@ -149,17 +241,37 @@ def _generate(job: JobMessage, settings, store: TaskStore) -> None:
     mask = _open_input(storage, job.clothes_mask)
     background = _open_input(storage, job.background_image).convert("RGB") if job.background_image else None
     comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
-    prompt, negative = _prompts(job, registry, store, entry.trigger_words)
-
+    specs = _submodel_specs(job, registry)
+    trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
+    prompt, negative = _prompts(job, registry, store, trigger_words)
+    common = dict(seed=job.seed, batch_size=job.batch_size, steps=steps,
+                  guidance_scale=entry.defaults.guidance_scale,
+                  on_step=ProgressWriter(store, job.task_uid, settings.progress_interval_s),
+                  background=background, refer_strength=job.refer_strength)
     try:
-        with _cache().vae_for(entry, job.use_main_model_vae, registry) as pipe:
-            images = run_inpaint(pipe, comp, prompt, negative, seed=job.seed, batch_size=job.batch_size,
-                                 steps=steps, guidance_scale=entry.defaults.guidance_scale,
-                                 on_step=ProgressWriter(store, job.task_uid, settings.progress_interval_s),
-                                 background=background, refer_strength=job.refer_strength)
+        maps = _control_maps(job, comp, registry, storage) if job.control_units else []
+        with _cache().vae_for(entry, job.use_main_model_vae, registry) as pipe, \
+                apply_submodels(pipe, specs, _submodel_cache()):
+            if job.control_units:
+                from workers.control.controlnet import control_pipeline, run_control_inpaint
+
+                nets = [_controlnet(registry.get(u.control_model), registry) for u in job.control_units]
+                cpipe = control_pipeline(pipe, nets)
+                cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
+                units = job.control_units
+                images = run_control_inpaint(
+                    cpipe, comp, prompt, negative, control_images=maps,
+                    controlnet_conditioning_scale=[u.control_weight for u in units],
+                    control_guidance_start=[u.starting_step for u in units],
+                    control_guidance_end=[u.ending_step for u in units], **common)
+            else:
+                images = run_inpaint(pipe, comp, prompt, negative, **common)
     except ModelLoadError as e:
         log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
         raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
+    except SubmodelError as e:
+        log.error("task %s: %s", job.task_uid, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be applied: {e.message}") from e
     names = []
     for i, img in enumerate(images):
         buf = io.BytesIO()

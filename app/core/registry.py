@@ -63,7 +63,7 @@ class ModelSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     demo: Literal["inpaint", "sd15", "translator", "controlnet", "annotators",
-                  "lora", "embedding", "hypernetwork"] | None = Field(
+                  "lora-kohya", "lora-peft", "embedding", "hypernetwork"] | None = Field(
         None, description="a tiny model generated locally (no download)")
     path: Path | None = Field(None, description="a local folder (diffusers layout for Main models and VAEs)")
     file: Path | None = Field(None, description="a single weights file (.safetensors/.ckpt for Main models)")
@@ -175,7 +175,7 @@ class ModelEntry(BaseModel):
         if self.source is None:
             raise ValueError(f"a {self.model_type} model needs a source")
         kind = self.source.kind
-        demo_kinds = {"Main": ("inpaint", "sd15"), "ControlModel": ("controlnet",), "LoRA": ("lora",),
+        demo_kinds = {"Main": ("inpaint", "sd15"), "ControlModel": ("controlnet",), "LoRA": ("lora-kohya", "lora-peft"),
                       "Embedding": ("embedding",), "HyperNetwork": ("hypernetwork",)}[self.model_type]
         if kind == "demo" and self.source.demo not in demo_kinds:
             raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model")
@@ -188,7 +188,7 @@ class ModelEntry(BaseModel):
         else:
             if kind not in ("path", "file", "demo"):
                 raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}")
-            if self.source.config is not None:
+            if self.source.config is not None and self.model_type != "ControlModel":
                 raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
             if self.defaults.scheduler is not None:
                 raise ValueError("defaults.scheduler applies to Main models only")
