@@ -57,7 +57,7 @@ def test_each_kind_changes_the_image_and_the_base_comes_back_exactly(live_stack)
 
 def test_lora_weight_zero_is_the_base_image_without_trigger_words(live_stack):
     """Weight 0 adds no LoRA effect; the trigger word still joins the prompt, so compare with it."""
-    base_with_word = _image(live_stack, PositivePrompts=["a woman", "studio photo", "demo style"])
+    base_with_word = _image(live_stack, PositivePrompts=["demo style", "a woman", "studio photo"])
     assert np.array_equal(_image(live_stack, SubModelList=[lora("demo-lora", 0)]), base_with_word)
 
 
