@@ -21,7 +21,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-KEYS = {"pk-alice": "alice-secret", "pk-bob": "bob-secret"}
+KEYS = {"pk-alice": "alice-secret", "pk-bob": "bob-secret"}  # logical key name -> PrivateKey
+# The PublicKeys are unique per test session, so that tasks left in Redis by an earlier session (or a
+# concurrent one) never count against this session's per-key limits or show up in its listings.
+PUB = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in KEYS}
 
 # The test deployment: the shipped models plus a 4-channel demo and a model whose files are missing.
 TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
@@ -69,7 +72,7 @@ def atelier_env(tmp_path_factory, redis_url) -> dict[str, str]:
     """Environment of an isolated deployment: its own data dir, keys and queue."""
     base = tmp_path_factory.mktemp("atelier")
     keys_file = base / "keys.yaml"
-    keys_file.write_text(yaml.safe_dump({"keys": [{"PublicKey": k, "PrivateKey": v} for k, v in KEYS.items()]}))
+    keys_file.write_text(yaml.safe_dump({"keys": [{"PublicKey": PUB[k], "PrivateKey": v} for k, v in KEYS.items()]}))
     port = free_port()
     models = base / "models.yaml"
     models.write_text(TEST_MODELS_YAML)
@@ -119,12 +122,13 @@ def png_b64(img: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def signed(body: dict, public_key: str = "pk-alice", private_key: str | None = None) -> dict:
-    """Sign with an implementation written independently of app.signature (tests/independent_signer.py)."""
+def signed(body: dict, key: str = "pk-alice", private_key: str | None = None) -> dict:
+    """Sign as the test key ``key`` ("pk-alice" or "pk-bob") with an implementation written independently
+    of app.signature (tests/independent_signer.py)."""
     from independent_signer import picpik_signature
 
-    body = {"PublicKey": public_key, "request_uuid": str(uuid.uuid4()), **body}
-    body["Signature"] = picpik_signature(body, private_key or KEYS[public_key])
+    body = {"PublicKey": PUB[key], "request_uuid": str(uuid.uuid4()), **body}
+    body["Signature"] = picpik_signature(body, private_key or KEYS[key])
     return body
 
 
@@ -209,10 +213,10 @@ def live_stack(atelier_env):
             assert r.status_code == 200, r.text
             return r.json()
 
-        def wait(self, uid: str, public_key: str = "pk-alice", timeout: float = 240) -> dict:
+        def wait(self, uid: str, key: str = "pk-alice", timeout: float = 240) -> dict:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                d = self.post(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}, public_key))
+                d = self.post(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}, key))
                 detail = d["TaskDetailList"][0]
                 if detail["Status"] in ("Finished", "Error"):
                     return detail

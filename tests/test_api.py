@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 import redis as redis_lib
-from conftest import KEYS, generate_body, signed
+from conftest import KEYS, PUB, generate_body, signed
 from independent_signer import picpik_signature
 
 
@@ -25,9 +25,9 @@ def test_list_models_lists_demo_model_with_type(api):
 @pytest.mark.parametrize("raw, code", [
     (b"not json", 230), (b"[1,2]", 230), (b'"str"', 230), (b"{}", 160),
     (b'{"Action": ""}', 160), (b'{"Action": "Nope"}', 161), (b'{"Action": 5}', 161),
-    (b'{"Action": "ListModels"}', 170), (b'{"Action": "ListModels", "PublicKey": "pk-alice"}', 170),
+    (b'{"Action": "ListModels"}', 170), (b'{"Action": "ListModels", "PublicKey": "%s"}' % PUB["pk-alice"].encode(), 170),
     (b'{"Action": "ListModels", "PublicKey": "nobody", "Signature": "00"}', 172),
-    (b'{"Action": "ListModels", "PublicKey": "pk-alice", "Signature": "00"}', 171),
+    (b'{"Action": "ListModels", "PublicKey": "%s", "Signature": "00"}' % PUB["pk-alice"].encode(), 171),
 ])
 def test_envelope_retcodes(api, raw, code):
     r = api.client.post("/", content=raw, headers={"content-type": "application/json"})

@@ -8,7 +8,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from conftest import example_inputs, generate_body, signed
+from conftest import PUB, example_inputs, generate_body, signed
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -87,7 +87,7 @@ def test_unsupported_job_version_ends_in_error_and_worker_goes_on(live_stack, at
     from app.services import get_services
 
     svc = get_services()
-    uid, _ = svc.tasks.create("pk-alice", None, "GenerateFromMannequin", 1, 0)
+    uid, _ = svc.tasks.create(PUB["pk-alice"], None, "GenerateFromMannequin", 1, 0)
     make_celery().send_task(GENERATE_TASK_NAME, args=[{"v": 99, "task_uid": uid}], queue=atelier_env["ATELIER_QUEUE"])
     d = live_stack.wait(uid)
     assert d["Status"] == "Error" and d["ErrorCode"] == 505 and "version" in d["ErrorMessage"]
