@@ -60,6 +60,26 @@ def _b64(path: str) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode()
 
 
+def _model_ref(text: str, param: str) -> dict[str, Any]:
+    """``CODE`` or ``CODE:VALUE`` -> a Model object (VALUE goes to InferenceParams[param])."""
+    code, _, value = text.partition(":")
+    ref: dict[str, Any] = {"ModelCode": code}
+    if value:
+        ref["InferenceParams"] = {param: float(value)}
+    return ref
+
+
+def _control_unit(text: str) -> dict[str, Any]:
+    """``PREPROCESSOR,CONTROLMODEL[:WEIGHT]`` (PREPROCESSOR may be empty) -> a ControlNet unit."""
+    pre, _, cm = text.partition(",")
+    if not cm:
+        raise ClientError(f"--control {text!r}: expected PREPROCESSOR,CONTROLMODEL[:WEIGHT]")
+    unit: dict[str, Any] = {"ControlModel": _model_ref(cm, "ControlWeight")}
+    if pre:
+        unit["PreProcessor"] = {"ModelCode": pre}
+    return unit
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
     images = [_b64(args.mannequin), _b64(args.clothes_mask)]
@@ -74,6 +94,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.background:
         images.append(_b64(args.background))
         params["Image2Image"] = {"ImageIndex": 2, "ReferStrength": args.refer_strength}
+    if args.sub_model:
+        params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
+    if args.control is not None:
+        params["ControlNet"] = [_control_unit(c) for c in args.control if c]
+    if args.no_translate:
+        params["TranslatePrompts"] = False
     uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
     console.print(f"task [bold]{uid}[/bold] submitted")
     detail: dict[str, Any] = {}
@@ -108,8 +134,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
-    for m in call(args.url, pub, priv, "ListModels")["Models"]:
-        print(f"{m['ModelCode']:<24} {m['ModelType']:<13} {m['Name']}")
+    control = call(args.url, pub, priv, "ListControlNets")
+    for m in [*call(args.url, pub, priv, "ListModels")["Models"], *control["PreProcessors"], *control["ControlModels"]]:
+        words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m["TriggerWordList"] else ""
+        print(f"{m['ModelCode']:<22} {m['ModelType']:<13} {m['Name']}{words}")
     return 0
 
 
@@ -133,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--seed", type=int, default=-1)
     g.add_argument("--resize-mode", default="ResizeAndFill", choices=["JustResize", "CropAndResize", "ResizeAndFill"])
     g.add_argument("--invert-mask", action="store_true")
+    g.add_argument("--sub-model", action="append", metavar="CODE[:WEIGHT]",
+                   help="LoRA / Embedding / HyperNetwork from `atelier models` (repeatable)")
+    g.add_argument("--control", action="append", metavar="PRE,MODEL[:WEIGHT]",
+                   help="a ControlNet unit, e.g. canny,demo-controlnet:0.8 (repeatable); "
+                        "--control '' switches a model's default control off")
+    g.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
     g.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
     g.add_argument("--timeout", type=float, default=1800)
     g.add_argument("-o", "--output", required=True, help="folder for the images")
