@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.signature import sign
@@ -127,7 +128,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         path.write_bytes(r.content)
         print(path)
     for note in detail.get("Notes", []):
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")
     console.print(f"seed {detail.get('Seed')}")
     return 0
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ClientError, httpx.HTTPError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         return 1
 
 
