@@ -38,17 +38,21 @@ def active_key(owner: str) -> str:
     return f"{P}active:{owner}"
 
 
-# Atomically: return the TaskUID already created for (owner, request_uuid); else refuse when the
-# owner has too many active tasks; else create the record, the idempotency key and the active entry.
+# Atomically: return the TaskUID already created for (owner, request_uuid) (KEYS[3], when given);
+# else refuse when the owner has too many active tasks; else create the record, the idempotency key
+# and the active entry. KEYS: task, active set[, idempotency]. ARGV: uid, retention, limit,
+# record TTL, field, value, ...
 _CREATE = """
-local existing = redis.call('GET', KEYS[1])
-if existing then return {existing, 0} end
+if KEYS[3] then
+  local existing = redis.call('GET', KEYS[3])
+  if existing then return {existing, 0} end
+end
 local limit = tonumber(ARGV[3])
-if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return {'', -1} end
-if KEYS[1] ~= KEYS[4] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('SADD', KEYS[3], ARGV[1])
+if limit > 0 and redis.call('SCARD', KEYS[2]) >= limit then return {'', -1} end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[1])
 return {ARGV[1], 1}
 """
 
@@ -103,13 +107,13 @@ class TaskStore:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
         returns the first TaskUID and created=False. Raises TooManyActiveTasks."""
         uid = new_task_uid()
-        idem = f"{P}idem:{owner}:{request_uuid}" if request_uuid else task_key(uid)
+        keys = [task_key(uid), active_key(owner)] + ([f"{P}idem:{owner}:{request_uuid}"] if request_uuid else [])
         fields: dict[str, Any] = {"owner": owner, "action": action, "status": TaskStatus.QUEUING.value,
                                   "seed": seed, "created_at": time.time(), "request_uuid": request_uuid or ""}
         argv = [uid, self.retention_s, max_active, 7 * self.retention_s]
         for k, v in fields.items():
             argv += [k, v]
-        got, flag = self._create(keys=[idem, task_key(uid), active_key(owner), task_key(uid)], args=argv)
+        got, flag = self._create(keys=keys, args=argv)
         if int(flag) == -1:
             raise TooManyActiveTasks()
         return got, int(flag) == 1
