@@ -5,10 +5,9 @@ Every builder is idempotent and publishes atomically, so several worker processe
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from workers.publish import ensure_folder
 
 #: annotators of the demo deployment; MiDaS (depth) is left out: its weights are ~250 MB even in fp16
 DEMO_ANNOTATORS = ("openpose", "lineart")
@@ -40,23 +39,14 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
 
 def ensure_demo_annotators(dest: Path) -> Path:
     """Random-weight annotator files (fp16) for the demo pre-processors, in controlnet-aux's layout."""
-    dest = Path(dest)
-    if (dest / ".complete").exists():
-        return dest
-    import torch
 
-    from workers.control.demo import write_demo_annotators
+    def write(folder: Path, work: Path) -> None:
+        import torch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        write_demo_annotators(work, dtype=torch.float16, detectors=DEMO_ANNOTATORS)
-        (work / ".complete").touch()
-        try:
-            os.rename(work, dest)
-        except OSError:  # another process published first
-            if not (dest / ".complete").exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return dest
+        from workers.control.demo import write_demo_annotators
+
+        write_demo_annotators(folder, dtype=torch.float16, detectors=DEMO_ANNOTATORS)
+
+    marker = {"kind": "atelier-demo-annotators", "detectors": list(DEMO_ANNOTATORS), "build": 1}
+    return ensure_folder(Path(dest), marker, write, marker_file="atelier_demo_annotators.json",
+                         what="demo annotator")

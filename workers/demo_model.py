@@ -26,12 +26,7 @@ byte-identical safetensors.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import os
-import shutil
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -48,6 +43,8 @@ from diffusers import (
 )
 from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from workers.publish import ensure_folder
 
 #: Written into every demo folder; records what was built so a folder is never reused for another build.
 MARKER_FILE = "atelier_demo_model.json"
@@ -344,108 +341,10 @@ def _build_pipeline(
     )
 
 
-def _read_marker(dest: Path) -> dict | None:
-    try:
-        found = json.loads((dest / MARKER_FILE).read_text())
-    except FileNotFoundError:
-        return None
-    return found if isinstance(found, dict) else {"unreadable": found}
-
-
-def _state(dest: Path, marker: dict) -> str:
-    """What ``dest`` holds: ``"current"`` (this very build), ``"outdated"`` (the same model from an older
-    build), ``"missing"`` (nothing, or an empty directory). Raises ``ValueError`` for a demo folder of another
-    model (kind, seed, ...) or of a newer build, ``FileExistsError`` for a folder that is not a demo folder."""
-    found = _read_marker(dest)
-    if found is None:
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            raise FileExistsError(f"{dest} exists and is not a demo model folder; refusing to overwrite it")
-        return "missing"
-    if found == marker:
-        return "current"
-    identity = {key: value for key, value in marker.items() if key != "build"}
-    found_identity = {key: value for key, value in found.items() if key != "build"}
-    found_build = found.get("build", 1)
-    if found_identity == identity and isinstance(found_build, int) and found_build < marker["build"]:
-        return "outdated"
-    raise ValueError(f"{dest} holds a different demo model ({found}), not {marker}")
-
-
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); ``OSError`` where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError) as exc:
-        raise OSError(errno.ENOSYS, "renameat2 is not available") from exc
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(a), None, str(b))
-
-
-def _publish(folder: Path, dest: Path, marker: dict, parking: Path) -> None:
-    """Move the finished ``folder`` to ``dest``: onto nothing by ``rename``; over an outdated build by an
-    atomic exchange (``dest`` always holds a complete folder, the old one ends up at ``folder`` and is
-    deleted with the build directory), or, where the exchange is not supported, by moving the old build
-    aside to ``parking`` and renaming the new one in (``dest`` is missing for an instant). When another
-    process publishes the same build first, its folder is kept and ours is discarded."""
-    for _ in range(3):
-        state = _state(dest, marker)
-        if state == "current":
-            return
-        if state == "missing":
-            try:
-                # rename() onto a missing or empty directory; fails when another process got there first
-                os.rename(folder, dest)
-                return
-            except OSError:
-                if _state(dest, marker) == "missing":
-                    raise
-                continue
-        try:
-            _exchange(folder, dest)
-            return
-        except OSError:
-            pass
-        try:
-            os.rename(dest, parking)
-            os.rename(folder, dest)
-            return
-        except OSError:
-            if _state(dest, marker) != "current":
-                raise
-            return
-    raise RuntimeError(f"could not publish the demo build at {dest}: it keeps changing")
-
-
 def _ensure(dest: Path, marker: dict, write: Callable[[Path, Path], None]) -> Path:
-    """Make ``dest`` hold the build described by ``marker``; ``write(folder, workdir)`` saves it to ``folder``.
-
-    Idempotent, and safe when several processes call it at once: the folder is built in a temporary
-    directory next to ``dest`` and published by :func:`_publish`.
-    """
-    dest = Path(dest)
-    marker = {**marker, "build": DEMO_BUILD}
-    if _state(dest, marker) == "current":
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    build_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    try:
-        folder = build_root / "model"
-        write(folder, build_root / "work")
-        (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        for path in (folder, *folder.rglob("*")):
-            # diffusers writes weight files 0600; let a worker running as another user read the folder too
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        _publish(folder, dest, marker, build_root / "replaced")
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    return dest
+    """Make ``dest`` hold the build described by ``marker`` (this module's :data:`DEMO_BUILD`);
+    ``write(folder, workdir)`` saves it to ``folder``. See :func:`workers.publish.ensure_folder`."""
+    return ensure_folder(dest, {**marker, "build": DEMO_BUILD}, write, marker_file=MARKER_FILE)
 
 
 def _ensure_pipeline(dest: Path, seed: int, in_channels: int) -> Path:

@@ -39,12 +39,12 @@ about 8 s on 2 CPU cores (300 full-batch Adam steps) plus ~4 s of torch/transfor
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import warnings
 import logging
 from pathlib import Path
+
+from workers.publish import ensure_folder
 
 log = logging.getLogger("atelier.worker.demo_translator")
 
@@ -322,43 +322,12 @@ def _build(workdir: Path, folder: Path, seed: int) -> None:
 def ensure_demo_translator(dest: Path, seed: int = 0) -> Path:
     """Build, once, the tiny MarianMT demo translator folder at ``dest`` (see the module docstring).
 
-    Idempotent and safe when several processes call it at once: the folder is built in a temporary
-    directory next to ``dest`` and published by an atomic rename; a loser of the race discards its build
-    and returns the winner's. Returns ``dest``. Raises ``ValueError`` when ``dest`` already holds a demo
+    Idempotent and safe when several processes call it at once (:func:`workers.publish.ensure_folder`).
+    Returns ``dest``. Raises ``ValueError`` when ``dest`` already holds a demo
     translator of another seed or recipe, ``FileExistsError`` when it holds anything else, and
     ``RuntimeError`` if training did not reproduce the whole corpus (never seen; it would be a bug).
     """
-    dest = Path(dest)
-    marker = {"kind": "atelier-demo-translator", "recipe": RECIPE_VERSION, "seed": seed}
-    marker_path = dest / MARKER_FILE
-
-    def existing() -> bool:
-        if not marker_path.is_file():
-            return False
-        found = json.loads(marker_path.read_text())
-        if found != marker:
-            raise ValueError(f"{dest} holds a different demo translator ({found}), not {marker}")
-        return True
-
-    if existing():
-        return dest
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} exists and is not a demo translator folder; refusing to overwrite it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    build_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    try:
-        folder = build_root / "model"
-        _build(build_root / "work", folder, seed)
-        (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        for path in folder.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            # Atomic publish: rename() onto a missing (or empty) directory. When another process won the
-            # race, the rename fails (the destination is not empty) and its finished folder is used.
-            os.rename(folder, dest)
-        except OSError:
-            if not existing():
-                raise
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    return dest
+    # build 2: published by workers.publish (build 1 folders had no "build" key and are rebuilt)
+    marker = {"kind": "atelier-demo-translator", "recipe": RECIPE_VERSION, "seed": seed, "build": 2}
+    return ensure_folder(Path(dest), marker, lambda folder, work: _build(work, folder, seed),
+                         marker_file=MARKER_FILE, what="demo translator")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from workers.compose import Composition, prepare
-from workers import demo_model
+from workers import publish
 from workers.demo_model import DEMO_BUILD, MARKER_FILE, ensure_demo_model, ensure_demo_model_sd15
 from workers.pipeline import load_pipeline, pick_device, run_inpaint
 
@@ -211,7 +211,7 @@ def test_an_outdated_demo_build_is_replaced_by_an_atomic_exchange(tmp_path, demo
     probe_a.mkdir(), probe_b.mkdir()
     (probe_a / "x").touch()
     try:
-        demo_model._exchange(probe_a, probe_b)
+        publish.exchange(probe_a, probe_b)
     except OSError as exc:
         pytest.skip(f"renameat2(RENAME_EXCHANGE) is not available here: {exc}")
     assert (probe_b / "x").exists() and not (probe_a / "x").exists()
@@ -220,8 +220,8 @@ def test_an_outdated_demo_build_is_replaced_by_an_atomic_exchange(tmp_path, demo
     dest = ensure_demo_model(tmp_path / "demo")
     make_outdated(dest)
     exchanges = []
-    real_exchange = demo_model._exchange
-    monkeypatch.setattr(demo_model, "_exchange", lambda a, b: (real_exchange(a, b), exchanges.append(b)))
+    real_exchange = publish.exchange
+    monkeypatch.setattr(publish, "exchange", lambda a, b: (real_exchange(a, b), exchanges.append(b)))
     assert ensure_demo_model(dest) == dest
     assert exchanges == [dest]
     assert_current_build(dest, demo_dir)
@@ -234,7 +234,7 @@ def test_an_outdated_demo_build_is_replaced_without_renameat2(tmp_path, demo_dir
     def unsupported(a, b):
         raise OSError(errno.ENOSYS, "not here")
 
-    monkeypatch.setattr(demo_model, "_exchange", unsupported)
+    monkeypatch.setattr(publish, "exchange", unsupported)
     assert ensure_demo_model(dest) == dest
     assert_current_build(dest, demo_dir)
 

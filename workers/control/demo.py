@@ -34,9 +34,7 @@ every tensor is drawn from its own CPU ``torch.Generator`` seeded by (seed, tens
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
@@ -46,6 +44,7 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from workers.control.preprocess import LINEART_FILES, MIDAS_FILES, OPENPOSE_FILES
+from workers.publish import ensure_folder, read_marker
 
 MARKER_FILE = "atelier_demo_controlnet.json"
 
@@ -293,53 +292,25 @@ def ensure_demo_controlnet(dest: Path, seed: int = 0, base_model: Path | None = 
     without ``base_model``, the demo inpainting model of the same ``seed`` is built in a temporary folder
     for the purpose and discarded (the ControlNet then fits any demo model: they share the UNet shape).
 
-    Idempotent and safe when several processes call it at once (built next to ``dest``, published by an
-    atomic rename). Returns ``dest``. Raises ``ValueError`` when ``dest`` holds a demo ControlNet of
+    Idempotent and safe when several processes call it at once (:func:`workers.publish.ensure_folder`).
+    Returns ``dest``. Raises ``ValueError`` when ``dest`` holds a demo ControlNet of
     another seed or UNet shape, ``FileExistsError`` when it holds anything else.
     """
     dest = Path(dest)
-
-    def existing(marker: dict | None) -> bool:
-        path = dest / MARKER_FILE
-        if not path.is_file():
-            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-                raise FileExistsError(f"{dest} exists and is not a demo ControlNet folder; refusing to overwrite it")
-            return False
-        found = json.loads(path.read_text())
-        if marker is not None and found != marker:
-            raise ValueError(f"{dest} holds a different demo ControlNet ({found}), not {marker}")
-        if marker is None and (found.get("seed") != seed or found.get("build") != DEMO_CONTROLNET_BUILD):
-            raise ValueError(f"{dest} holds a different demo ControlNet ({found}), seed {seed} wanted")
-        return True
-
-    if base_model is None and existing(None):
-        return dest
+    if base_model is None:
+        found = read_marker(dest, MARKER_FILE)
+        if found is not None and found.get("seed") == seed and found.get("build") == DEMO_CONTROLNET_BUILD:
+            return dest  # any demo ControlNet of this seed fits every demo model (they share the UNet shape)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    build_root = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.base-", dir=dest.parent) as scratch:
         if base_model is None:
             from workers.demo_model import ensure_demo_model
 
-            base_model = ensure_demo_model(build_root / "base", seed=seed)
+            base_model = ensure_demo_model(Path(scratch) / "base", seed=seed)
         unet = UNet2DConditionModel.from_pretrained(Path(base_model) / "unet", local_files_only=True)
-        marker = {
-            "kind": "atelier-demo-controlnet",
-            "build": DEMO_CONTROLNET_BUILD,
-            "seed": seed,
-            "unet": _unet_signature(unet),
-        }
-        if existing(marker):
-            return dest
-        folder = build_root / "controlnet"
-        build_demo_controlnet(unet, seed).save_pretrained(folder, safe_serialization=True)
-        (folder / MARKER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
-        for path in folder.rglob("*"):
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        try:
-            os.rename(folder, dest)
-        except OSError:
-            if not existing(marker):
-                raise
-    finally:
-        shutil.rmtree(build_root, ignore_errors=True)
-    return dest
+        marker = {"kind": "atelier-demo-controlnet", "build": DEMO_CONTROLNET_BUILD, "seed": seed,
+                  "unet": _unet_signature(unet)}
+        return ensure_folder(dest, marker,
+                             lambda folder, work: build_demo_controlnet(unet, seed).save_pretrained(
+                                 folder, safe_serialization=True),
+                             marker_file=MARKER_FILE, what="demo ControlNet")
