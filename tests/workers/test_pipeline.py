@@ -23,16 +23,6 @@ from workers.pipeline import load_pipeline, pick_device, run_inpaint
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return ensure_demo_model(tmp_path_factory.mktemp("models") / "demo-inpaint")
-
-
-@pytest.fixture(scope="module")
-def pipe(demo_dir):
-    return load_pipeline(demo_dir, "cpu", torch.float32)
-
-
 def garment(width: int, height: int) -> Composition:
     """A random photo with a rectangular garment in the middle."""
     rng = np.random.default_rng(width * 1000 + height)

@@ -18,7 +18,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from workers.compose import prepare
-from workers.demo_model import ensure_demo_model
 from workers.pipeline import load_pipeline, run_inpaint
 from workers.submodels import SubModelSpec, SubmodelCache, SubmodelError, apply_submodels, build_prompt
 from workers.submodels import demo, embedding, hypernetwork, lora
@@ -30,16 +29,6 @@ PROMPT = build_prompt(["a woman in a dress"], [TRIGGER])
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    return ensure_demo_model(tmp_path_factory.mktemp("models") / "demo-inpaint")
-
-
-@pytest.fixture(scope="module")
-def pipe(demo_dir):
-    return load_pipeline(demo_dir, "cpu", torch.float32)
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
