@@ -71,12 +71,14 @@ def test_starting_and_ending_step_bound_where_control_acts(live_stack):
 
 def test_default_control_of_a_model_and_switching_it_off(live_stack):
     with_default = _image(live_stack, MainModel={"ModelCode": "demo-canny-default"})
-    explicit = _image(live_stack, MainModel={"ModelCode": "demo-inpaint"}, ControlNet=[canny()])
+    # the same unit given explicitly, with the models' default InferenceParams
+    explicit = _image(live_stack, MainModel={"ModelCode": "demo-inpaint"},
+                      ControlNet=[{"PreProcessor": {"ModelCode": "canny"}, "ControlModel": {"ModelCode": "demo-controlnet"}}])
     off = _image(live_stack, MainModel={"ModelCode": "demo-canny-default"}, ControlNet=[])
     plain = _image(live_stack)
     assert not np.array_equal(with_default, plain)
+    assert np.array_equal(with_default, explicit), "the default unit is the configured one"
     assert np.array_equal(off, plain), "ControlNet: [] switches the default control off"
-    assert explicit.shape == with_default.shape
 
 
 def test_openpose_default_control_of_the_demo_deployment(live_stack):
@@ -86,8 +88,11 @@ def test_openpose_default_control_of_the_demo_deployment(live_stack):
 
 
 def test_two_units_at_once(live_stack):
+    one = _image(live_stack, ControlNet=[canny()])
     two = _image(live_stack, ControlNet=[canny(), {**canny(weight=0.5), "PreProcessor": None}])
-    assert two.shape == (64, 64, 3)
+    zero = _image(live_stack, ControlNet=[canny(), {**canny(weight=0), "PreProcessor": None}])
+    assert not np.array_equal(two, one), "the second unit (the raw image as its map) acts too"
+    assert np.array_equal(zero, one), "a second unit of weight 0 changes nothing"
 
 
 def test_prompts_are_translated_and_english_untouched(live_stack):
