@@ -69,9 +69,10 @@ class PipelineCache:
         self.budget = int(settings.model_cache_bytes)
         self._load_main = load_main or loading.load_main_pipeline
         self._load_vae = load_vae or loading.load_vae
-        self._items: OrderedDict[tuple[str, str], _Item] = OrderedDict()
+        self._items: OrderedDict[tuple[str, Any], _Item] = OrderedDict()
         self._lock = threading.RLock()
         self._registry: Registry | None = None
+        self._pipe_keys: dict[str, tuple] = {}  # ModelCode -> key of its pipeline in _items
         self.loads = 0
         self.evictions = 0
 
@@ -93,16 +94,21 @@ class PipelineCache:
 
         Raises :class:`ModelLoadError`.
         """
-        key = ("pipe", entry.model_code)
+        # Models with the same weights, family and scheduler (e.g. one checkpoint listed twice with
+        # different default control) share one warm pipeline.
         fingerprint = (entry.source, entry.family, entry.defaults.scheduler)
+        key = ("pipe", fingerprint)
         with self._lock:
             self._registry = registry
+            previous = self._pipe_keys.get(entry.model_code)
+            self._pipe_keys[entry.model_code] = key
+            if previous is not None and previous != key and previous in self._items \
+                    and previous not in self._pipe_keys.values():
+                self._evict(previous, f"the models config entry of {entry.model_code} changed")
             item = self._items.get(key)
-            if item is not None and item.fingerprint == fingerprint:
+            if item is not None:
                 self._items.move_to_end(key)
                 return item.obj
-            if item is not None:
-                self._evict(key, "its models config entry changed")
 
             from workers.loading import estimate_bytes
 
@@ -118,7 +124,7 @@ class PipelineCache:
 
     # --- external VAEs --------------------------------------------------------------------------------
 
-    def get_vae(self, family: str, source: ModelSource, protect: tuple[tuple[str, str], ...] = ()):
+    def get_vae(self, family: str, source: ModelSource, protect: tuple[tuple[str, Any], ...] = ()):
         """The warm external VAE of ``family`` loaded from ``source``. Raises :class:`ModelLoadError`."""
         key = ("vae", family)
         label = f"vae:{family}"
@@ -156,7 +162,7 @@ class PipelineCache:
         if source is None:
             yield pipe
             return
-        vae = self.get_vae(entry.family, source, protect=(("pipe", entry.model_code),))
+        vae = self.get_vae(entry.family, source, protect=(self._pipe_keys[entry.model_code],))
         original = pipe.vae
         own = getattr(getattr(original, "config", None), "latent_channels", None)
         theirs = getattr(getattr(vae, "config", None), "latent_channels", None)
@@ -194,7 +200,7 @@ class PipelineCache:
         self.loads += 1
         return obj
 
-    def _store(self, key: tuple[str, str], label: str, obj: Any, fingerprint: Any, protect: tuple = ()):
+    def _store(self, key: tuple[str, Any], label: str, obj: Any, fingerprint: Any, protect: tuple = ()):
         from workers.loading import module_bytes
 
         size = module_bytes(obj)
@@ -215,7 +221,7 @@ class PipelineCache:
             self._evict(victim, f"to make room for {for_label} (needs {fmt_bytes(needed) if needed else 'its size'},"
                                 f" budget {fmt_bytes(self.budget)})")
 
-    def _evict(self, key: tuple[str, str], reason: str) -> None:
+    def _evict(self, key: tuple[str, Any], reason: str) -> None:
         item = self._items.pop(key)
         self.evictions += 1
         log.info("evicting %s (%s) %s; cache holds %s of %s", item.label, fmt_bytes(item.size), reason,

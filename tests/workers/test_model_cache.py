@@ -281,3 +281,16 @@ def test_on_cuda_weights_are_float16_and_eviction_frees_gpu_memory(tmp_path):
     cache.get(registry.get("b"), registry)
     assert labels(cache) == ["b"]
     assert torch.cuda.memory_allocated() <= with_a  # a's weights were released, not kept next to b's
+
+
+def test_models_sharing_weights_share_one_pipeline(tmp_path):
+    """One checkpoint listed twice (say, with and without default control) is loaded once."""
+    cache, loader, _ = make_cache(tmp_path, budget=10 * MB)
+    shared = Registry([entry("A", path="/models/A"), entry("A-posed", path="/models/A")], Path("/"))
+    first = cache.get(shared.get("A"), shared)
+    assert cache.get(shared.get("A-posed"), shared) is first
+    assert loader.calls == ["A"]
+    # A-posed moving to other weights leaves A's pipeline alone (A still uses it)
+    moved = Registry([entry("A", path="/models/A"), entry("A-posed", path="/models/B")], Path("/"))
+    cache.get(moved.get("A-posed"), moved)
+    assert cache.get(moved.get("A"), moved) is first and loader.calls == ["A", "A-posed"]
