@@ -31,7 +31,8 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,6 +256,20 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError)
 
 
+@contextmanager
+def _load_errors(code: str, source: ModelSource) -> Iterator[None]:
+    """Any failure of the block becomes a :class:`ModelLoadError` naming ``source``, except an
+    out-of-memory error (the cache evicts and retries on those) and a ModelLoadError already."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        if is_oom(e):
+            raise
+        raise ModelLoadError(code, f"{source.describe()}: {_short(e)}") from e
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -383,7 +398,7 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
         raise ModelLoadError(code, f"it is a {entry.model_type}, not a Main model")
     cls = pipeline_class_for(family)
     t0 = time.monotonic()
-    try:
+    with _load_errors(code, source):
         if source.demo is not None:
             folder = _demo_folder(source.demo, demo_dir)
             _check_folder_family(code, folder, family, "demo folder")
@@ -415,12 +430,6 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
         _check_loaded(code, pipe, family)
         apply_scheduler(pipe, entry.defaults.scheduler)
         pipe = pipe.to(device)
-    except ModelLoadError:
-        raise
-    except Exception as e:
-        if is_oom(e):
-            raise
-        raise ModelLoadError(code, f"{source.describe()}: {_short(e)}") from e
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s (%s, %s) from %s in %.1fs", code, type(pipe).__name__, family, source.describe(),
              time.monotonic() - t0)
@@ -462,7 +471,7 @@ def load_vae(source: ModelSource, device: str, dtype: torch.dtype, *, family: st
     """
     code = label or f"vae:{family or '?'}"
     t0 = time.monotonic()
-    try:
+    with _load_errors(code, source):
         if source.demo is not None:
             if demo_dir is None:
                 raise ModelLoadError(code, "a demo VAE needs demo_dir")
@@ -485,12 +494,6 @@ def load_vae(source: ModelSource, device: str, dtype: torch.dtype, *, family: st
             raise ModelLoadError(code, f"the VAE checkpoint has no weights for {len(missing)} tensor(s)"
                                        f" (e.g. {missing[0]})")
         vae = vae.to(device).eval()
-    except ModelLoadError:
-        raise
-    except Exception as e:
-        if is_oom(e):
-            raise
-        raise ModelLoadError(code, f"{source.describe()}: {_short(e)}") from e
     log.info("loaded VAE %s (%s) from %s in %.1fs", code, type(vae).__name__, source.describe(),
              time.monotonic() - t0)
     return vae
