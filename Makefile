@@ -8,7 +8,7 @@ install:
 	@bash scripts/install.sh
 
 run: install
-	@exec $(PY) -m app.run
+	@exec $(PY) -m app.cli.run
 
 # One torch thread per process in tests: the test process, the gateway and the worker share two
 # cores, and torch's spinning threads thrash under contention (tiny models run 10x slower).

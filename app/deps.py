@@ -1,25 +1,19 @@
 """FastAPI dependencies: the body (size-limited, parsed) and the signature check."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Request
 
-from app.errors import ApiError, RetCode
+from app.actions import ACTIONS
+from app.actions.base import SignedCall
+from app.contract.codes import RetCode
+from app.errors import ApiError
 from app.services import Services, get_services
 from app.signature import verify
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-@dataclass
-class SignedCall:
-    action: str
-    public_key: str
-    private_key: str
-    body: dict[str, Any]
 
 
 async def read_body(request: Request, svc: ServicesDep) -> dict[str, Any]:
@@ -46,13 +40,11 @@ async def read_body(request: Request, svc: ServicesDep) -> dict[str, Any]:
 
 async def signed_call(body: Annotated[dict[str, Any], Depends(read_body)], svc: ServicesDep) -> SignedCall:
     """Action present and known, then PublicKey/Signature present, the key known, the signature valid."""
-    from app.actions import ACTIONS
-
     action = body.get("Action")
     if action is None or action == "":
         raise ApiError(RetCode.MISSING_ACTION, "Missing Action")
     if not isinstance(action, str) or action not in ACTIONS:
-        raise ApiError(RetCode.UNKNOWN_ACTION, f"Action [{action}] not exists")
+        raise ApiError.unknown_action(action)
     public_key, signature = body.get("PublicKey"), body.get("Signature")
     if not isinstance(public_key, str) or not public_key or not isinstance(signature, str) or not signature:
         raise ApiError(RetCode.MISSING_SIGNATURE, "Missing signature")

@@ -1,4 +1,4 @@
-"""API-level outcomes: the ``RetCode`` values of the wire contract and the exception that carries one.
+"""The exception that carries an API-level outcome (a ``RetCode`` of :mod:`app.contract.codes`).
 
 Every failure the gateway reports is an :class:`ApiError`; the HTTP layer turns it into a
 ``200`` answer with ``RetCode`` and ``Message`` (see ``docs/API.md`` "Return codes").
@@ -6,39 +6,8 @@ The messages follow PICPIK's wording, e.g. ``Params [Width] not available: must 
 """
 from __future__ import annotations
 
-from enum import IntEnum
+from app.contract.codes import DEFAULT_MESSAGES, RetCode, action_message, model_message, param_message
 
-
-class RetCode(IntEnum):
-    """The ``RetCode`` of an answer. 0 is success; everything else is a failure with a ``Message``."""
-
-    OK = 0
-    UNAVAILABLE = 150        # the queue/broker or storage is unavailable
-    RATE_LIMIT = 153         # the key is over its rate or concurrency limit
-    MISSING_ACTION = 160     # ``Action`` missing
-    UNKNOWN_ACTION = 161     # ``Action`` names no action
-    MISSING_SIGNATURE = 170  # ``Signature`` or ``PublicKey`` missing
-    BAD_SIGNATURE = 171      # the signature does not verify
-    UNKNOWN_KEY = 172        # unknown ``PublicKey``
-    BAD_PARAM = 230          # a parameter is missing, mistyped, out of range, ... (the message names it)
-    UNKNOWN_MODEL = 240      # a ModelCode is unknown or of the wrong kind
-    INTERNAL = 500           # an internal error (never a traceback)
-
-
-DEFAULT_MESSAGES: dict[RetCode, str] = {
-    RetCode.OK: "",
-    RetCode.UNAVAILABLE: "Service unavailable",
-    RetCode.RATE_LIMIT: "Rate limit exceeded",
-    RetCode.MISSING_ACTION: "Missing Action",
-    RetCode.UNKNOWN_ACTION: "Action not exists",
-    RetCode.MISSING_SIGNATURE: "Missing signature",
-    RetCode.BAD_SIGNATURE: "Signature VerifyAC Error",
-    RetCode.UNKNOWN_KEY: "User Not Exists",
-    RetCode.BAD_PARAM: "Params not available",
-    RetCode.UNKNOWN_MODEL: "Model not exists",
-    RetCode.INTERNAL: "Internal error",
-}
-"""The ``Message`` of each code when nothing more specific is said (the contract's table)."""
 
 
 class ApiError(Exception):
@@ -64,14 +33,14 @@ class ApiError(Exception):
         or ``SubModelList[1].InferenceParams.LoraWeight``; ``rule`` completes the sentence
         "... not available: <rule>", e.g. ``must be between 64 and 2560``.
         """
-        return cls(RetCode.BAD_PARAM, f"Params [{name}] not available: {rule}")
+        return cls(RetCode.BAD_PARAM, param_message(name, rule))
 
     @classmethod
     def model(cls, code: str) -> ApiError:
         """240 for a ModelCode that is unknown or of the wrong kind: ``Model [X] not exists``."""
-        return cls(RetCode.UNKNOWN_MODEL, f"Model [{code}] not exists")
+        return cls(RetCode.UNKNOWN_MODEL, model_message(code))
 
     @classmethod
     def unknown_action(cls, action: str) -> ApiError:
         """161 for an ``Action`` that names no action: ``Action [X] not exists``."""
-        return cls(RetCode.UNKNOWN_ACTION, f"Action [{action}] not exists")
+        return cls(RetCode.UNKNOWN_ACTION, action_message(action))

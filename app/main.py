@@ -14,8 +14,11 @@ import orjson
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from app.deps import ServicesDep, SignedCall, signed_call
-from app.errors import ApiError, RetCode
+from app.actions import ACTIONS
+from app.actions.base import SignedCall
+from app.deps import ServicesDep, signed_call
+from app.contract.codes import RetCode
+from app.errors import ApiError
 from app.resultlinks import check_link
 from app.services import get_services
 
@@ -74,8 +77,6 @@ async def _internal(request: Request, exc: Exception) -> Response:
 
 @app.post("/")
 async def api(call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> Response:
-    from app.actions import ACTIONS
-
     result = await run_in_threadpool(ACTIONS[call.action], call, svc)
     return answer(call.body, RetCode.OK, "", **result)
 

@@ -66,7 +66,7 @@ def bare_call_seconds(pipe, comp, steps: int, guidance: float, seed: int, repeat
     """The diffusers call alone (no composition, no paste-back, no storage), warm."""
     import torch
 
-    from workers.compose import inpaint_mask
+    from workers.inference.compose import inpaint_mask
 
     times = []
     for _ in range(repeats):
@@ -84,10 +84,10 @@ def main() -> int:
     ap.add_argument("--target-s", type=float, default=1.0, help="aimed duration of the bare call")
     args = ap.parse_args()
 
-    from app.core.registry import get_registry
-    from app.core.settings import Settings
-    from workers.compose import prepare
-    from workers.model_cache import PipelineCache
+    from app.contract.registry import get_registry
+    from app.contract.settings import Settings
+    from workers.inference.compose import prepare
+    from workers.models.cache import PipelineCache
 
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
     keys = work / "keys.yaml"
@@ -117,8 +117,8 @@ def main() -> int:
 
     import redis
 
-    from app.core.taskstore import TaskStore
-    from app.run import start_embedded_redis
+    from app.contract.taskstore import TaskStore
+    from app.cli.run import start_embedded_redis
     from tests.conftest import free_port
 
     redis_proc, url = start_embedded_redis(work / "data", env)
@@ -195,9 +195,9 @@ def bench_lora_switch(pipe, comp, steps, guidance, repeats, settings, entry, reg
     """lora_switch_ratio: a job (submodels applied, image generated, submodels removed, as the worker
     does) whose LoRA differs from the previous job's, divided by one that uses the same LoRA again, on
     one warm pipeline, with the LoRA files in the RAM cache; and what reloading the pipeline would cost."""
-    from workers.demo_assets import demo_path
-    from workers.loading import load_main_pipeline
-    from workers.pipeline import run_inpaint
+    from workers.demo import demo_path
+    from workers.models.loading import load_main_pipeline
+    from workers.inference.inpaint import run_inpaint
     from workers.submodels import SubModelSpec, SubmodelCache, apply_submodels
 
     loras = [SubModelSpec(model_code=k, model_type="LoRA", path=demo_path(k, settings.models_dir), weight=0.8)

@@ -1,14 +1,14 @@
 """The worker's Celery application: ``celery -A workers.celery_app worker --pool solo``.
 
-One process per GPU (``--pool solo``, concurrency 1): the process keeps its pipelines warm in
-memory between jobs (workers/model_cache.py)."""
+One process per GPU (``--pool solo``, concurrency 1): the process keeps its models warm in memory
+between jobs (``workers/models``). The tasks are in ``workers/tasks.py``.
+"""
 from __future__ import annotations
 
-import logging
+from app.contract.queue import make_celery
+from workers.logs import configure_worker_logging
 
-from app.core.queue import make_celery
-
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+configure_worker_logging()
 
 celery = make_celery("atelier-worker")
 celery.conf.include = ["workers.tasks"]

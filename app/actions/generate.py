@@ -6,13 +6,15 @@ import logging
 import secrets
 from typing import Any
 
-from app.core.contract import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
-from app.core.registry import SUBMODEL_TYPES, ModelEntry
-from app.core.taskstore import TooManyActiveTasks
-from app.deps import SignedCall
-from app.errors import ApiError, RetCode
+from app.contract.jobs import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
+from app.contract.limits import DEFAULT_RESOLUTION, SUBMODEL_TYPES
+from app.contract.registry import ModelEntry
+from app.contract.taskstore import TooManyActiveTasks
+from app.actions.base import SignedCall
+from app.contract.codes import RetCode
+from app.errors import ApiError
 from app.services import Services
-from app.wire import ControlUnit, GenerateRequest, parse_generate
+from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
 
 log = logging.getLogger("atelier.gateway")
 
@@ -43,7 +45,7 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
                                  "must not be greater than EndingStep (with the model's defaults)")
         refs.append((u.image_index, dict(
             preprocessor=u.preprocessor,
-            resolution=u.resolution if u.resolution is not None else (pre.defaults.resolution if pre else 512),
+            resolution=u.resolution if u.resolution is not None else (pre.defaults.resolution if pre else DEFAULT_RESOLUTION),
             control_model=u.control_model,
             control_weight=cm.control_weight if u.control_weight is None else u.control_weight,
             starting_step=start, ending_step=end)))

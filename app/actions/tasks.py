@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.core.taskstore import TaskRecord
-from app.deps import SignedCall
+from app.contract.taskstore import TaskRecord
+from app.actions.base import SignedCall
 from app.resultlinks import make_link
 from app.services import Services
-from app.wire import check_str_list
-
-MAX_TASK_UIDS = 100
+from app.contract.limits import MAX_TASK_UIDS
+from app.validation.fields import check_str_list
 
 
 def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, Any]:

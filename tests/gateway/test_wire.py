@@ -1,12 +1,10 @@
-"""GenerateFromMannequin body validation (app.wire) and image decoding (app.images).
+"""GenerateFromMannequin body validation (app.validation.fields) and image decoding (app.validation.images).
 
 Every failure must be a 230 whose message names the parameter by its path and states the rule."""
 from __future__ import annotations
 
 import base64
 import hashlib
-import io
-import random
 import re
 import struct
 import warnings
@@ -15,44 +13,13 @@ import zlib
 import pytest
 from PIL import Image, ImageFile
 
-from app.errors import ApiError, RetCode
-from app.images import decode_image
-from app.wire import check_float, check_int, check_str_list, parse_generate
+from app.contract.codes import RetCode
+from app.errors import ApiError
+from app.validation.images import decode_image
+from app.validation.fields import check_float, check_int, check_str_list
+from app.validation.generate import parse_generate
 
-LIMITS = {"max_images": 8, "max_pixels": 4096 * 4096, "max_prompt_chars": 100}
-
-
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def image_bytes(size=(8, 8), mode="RGB", fmt="PNG", noise=False, seed=0) -> bytes:
-    if noise:
-        image = Image.frombytes(mode, size, random.Random(seed).randbytes(size[0] * size[1] * len(mode)))
-    else:
-        image = Image.new(mode, size, "white" if mode != "1" else 1)
-    out = io.BytesIO()
-    image.save(out, fmt)
-    return out.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-PHOTO = b64(image_bytes((8, 8), "RGB"))
-MASK = b64(image_bytes((8, 8), "L"))
-
-
-def body(**top) -> dict:
-    """A minimal valid body, with top-level fields replaced/added by ``top``."""
-    out = {
-        "Action": "GenerateFromMannequin",
-        "MainModel": {"ModelCode": "base-sd15"},
-        "ImageAndMaskList": [PHOTO, MASK],
-        "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1},
-    }
-    out.update(top)
-    return out
+from support.bodies import LIMITS, MASK, PHOTO, b64, body, image_bytes
 
 
 def full_body() -> dict:

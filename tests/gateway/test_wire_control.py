@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from test_wire import LIMITS, body
+from support.bodies import LIMITS, body
 
 from app.errors import ApiError
-from app.wire import MAX_CONTROL_UNITS, ControlUnit, parse_generate
+from app.contract.limits import MAX_CONTROL_UNITS
+from app.validation.generate import ControlUnit, parse_generate
 
 
 def unit(**over) -> dict:

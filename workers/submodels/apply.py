@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from workers.submodels import embedding, hypernetwork, lora
-from workers.submodels.cache import SubmodelCache
 from workers.submodels.files import FileFormatError, find_weights_file
-from workers.submodels.spec import LORA_WEIGHT_RANGE, SubModelSpec, SubmodelError
+from app.contract.limits import LORA_WEIGHT_RANGE
+from workers.submodels.spec import SubModelSpec, SubmodelError
 
 _PREFERRED_NAMES = {
     "LoRA": lora.PEFT_WEIGHT_NAMES,
@@ -25,13 +26,26 @@ def _reader(model_type: str):
             "HyperNetwork": hypernetwork.read_hypernetwork}[model_type]
 
 
-def read_submodel(spec: SubModelSpec, cache: SubmodelCache) -> Any:
-    """The parsed content of ``spec``'s file, from ``cache`` or read once into it.
+def submodel_file(spec: SubModelSpec) -> Path:
+    """The weights file of ``spec`` (its ``path``, or the file a folder of that type holds).
+
+    Raises :class:`SubmodelError` when it is missing or the folder holds no such file."""
+    try:
+        return find_weights_file(spec.path, _PREFERRED_NAMES[spec.model_type])
+    except FileFormatError as e:
+        raise SubmodelError(spec.model_code, f"{spec.model_type} {e}") from e
+    except OSError as e:
+        raise SubmodelError(spec.model_code, f"cannot read {spec.path}: {e.strerror or e}") from e
+
+
+def read_submodel(spec: SubModelSpec, file: Path | None = None) -> Any:
+    """The parsed content of ``spec``'s file (``file`` when already found), read now: the worker keeps what
+    it read in its model cache (``workers/models``). Treat it as read-only: it is shared between jobs.
 
     Raises :class:`SubmodelError` for a missing, unreadable, corrupt or wrong-format file."""
+    file = file or submodel_file(spec)
     try:
-        file = find_weights_file(spec.path, _PREFERRED_NAMES[spec.model_type])
-        return cache.get(spec.model_type, file, _reader(spec.model_type))
+        return _reader(spec.model_type)(file)
     except FileFormatError as e:
         raise SubmodelError(spec.model_code, f"{spec.model_type} {e}") from e
     except OSError as e:
@@ -49,12 +63,12 @@ def _check_weight(spec: SubModelSpec) -> float:
 
 
 @contextmanager
-def apply_submodels(pipe, specs: list[SubModelSpec], cache: SubmodelCache, *,
+def apply_submodels(pipe, specs: list[SubModelSpec], read: Callable[[SubModelSpec], Any] = read_submodel, *,
                     hypernetwork_self_attention: bool = True) -> Iterator[None]:
     """Apply ``specs`` to ``pipe`` for the ``with`` block; afterwards, on success or failure, ``pipe`` is
     exactly the base pipeline again (same modules, parameters, tokenizer; bit-identical outputs).
 
-    All files are read (through ``cache``) and checked before the pipeline is touched. Then, whatever the
+    All files are read (by ``read``, the worker's cached :func:`read_submodel`) and checked before the pipeline is touched. Then, whatever the
     order of ``specs``: the LoRAs, as peft adapters active together with their weights
     (:func:`workers.submodels.lora.lora_adapters`); the embeddings, each under its first trigger word
     (:func:`workers.submodels.embedding.textual_inversion`); the hypernetworks, in order, each with its
@@ -69,7 +83,7 @@ def apply_submodels(pipe, specs: list[SubModelSpec], cache: SubmodelCache, *,
         weight = _check_weight(spec)
         if spec.model_type == "Embedding" and not any(w.strip() for w in spec.trigger_words):
             raise SubmodelError(spec.model_code, "an embedding needs a trigger word (its TriggerWordList is empty)")
-        loaded.append((spec, read_submodel(spec, cache), weight))
+        loaded.append((spec, read(spec), weight))
 
     with ExitStack() as stack:
         loras = [(spec.model_code, data, lora.adapter_name(spec.path, index), weight)

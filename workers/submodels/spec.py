@@ -8,11 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-SubModelType = Literal["LoRA", "Embedding", "HyperNetwork"]
-SUBMODEL_TYPES: tuple[str, ...] = ("LoRA", "Embedding", "HyperNetwork")
+from app.contract.limits import SUBMODEL_TYPES
 
-#: LoraWeight range accepted by the service (negative weights invert a LoRA's effect, 0 = no effect).
-LORA_WEIGHT_RANGE = (-1.0, 2.0)
+SubModelType = Literal[SUBMODEL_TYPES]
 
 
 class SubmodelError(Exception):

@@ -1,0 +1,83 @@
+"""Every fact of the wire, written once: ranges, defaults, mode names and type lists.
+
+The gateway validates requests against these (``app/validation``), the registry checks
+``models_config/`` against them (``app/contract/registry.py``), the worker and the ``atelier`` client
+import them. Inclusive ranges. The deployment's own limits (body size, pixels, images, prompt length,
+active tasks per key) are settings (``app/contract/settings.py``), not facts of the wire.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Range(NamedTuple):
+    """An inclusive range of a numeric field."""
+
+    lo: float
+    hi: float
+
+
+# --- GenerateFromMannequin -----------------------------------------------------------------------------
+
+SEED_RANGE = Range(-1, 2147483647)          # -1 = draw one
+SIZE_RANGE = Range(64, 2560)                # Width, Height
+DEFAULT_SIZE = 1024
+BATCH_SIZE_RANGE = Range(1, 16)
+REFER_STRENGTH_RANGE = Range(0.0, 1.0)      # Image2Image.ReferStrength
+DEFAULT_REFER_STRENGTH = 0.5
+
+JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "JustResize", "CropAndResize", "ResizeAndFill"
+RESIZE_MODES: tuple[str, ...] = (JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL)        # Mannequin.ResizeMode
+DEFAULT_RESIZE_MODE = RESIZE_AND_FILL
+
+MAX_SUB_MODELS = 8                          # SubModelList entries
+MAX_CONTROL_UNITS = 4                       # ControlNet units
+MAX_TASK_UIDS = 100                         # ListTasksDetails.TaskUIDList entries
+
+# --- InferenceParams (request values and models_config defaults) --------------------------------------
+
+LORA_WEIGHT_RANGE = Range(-1.0, 2.0)        # LoRA LoraWeight; a HyperNetwork's strength
+DEFAULT_LORA_WEIGHT = 1.0
+RESOLUTION_RANGE = Range(64, 2048)          # PreProcessor Resolution ...
+RESOLUTION_STEP = 64                        # ... a multiple of this
+DEFAULT_RESOLUTION = 512
+CONTROL_WEIGHT_RANGE = Range(0.0, 2.0)      # ControlModel ControlWeight
+DEFAULT_CONTROL_WEIGHT = 1.0
+STEP_RATIO_RANGE = Range(0.0, 1.0)          # ControlModel StartingStep / EndingStep, fractions of the steps
+DEFAULT_STARTING_STEP = 0.0
+DEFAULT_ENDING_STEP = 1.0
+
+# A Main model's sampling defaults in models_config/ (not request fields).
+STEPS_RANGE = Range(1, 150)
+DEFAULT_STEPS = 25
+GUIDANCE_SCALE_RANGE = Range(0.0, 30.0)
+DEFAULT_GUIDANCE_SCALE = 7.0
+
+# --- model types (ModelType), families and sources ---------------------------------------------------
+
+MODEL_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel", "PreProcessor")
+GENERATION_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork")   # listed by ListModels
+SUBMODEL_TYPES: tuple[str, ...] = ("LoRA", "Embedding", "HyperNetwork")             # SubModelList
+CONTROL_TYPES: tuple[str, ...] = ("PreProcessor", "ControlModel")                   # listed by ListControlNets
+
+PREPROCESSOR_KINDS: tuple[str, ...] = ("openpose", "canny", "depth", "lineart")     # a PreProcessor's detector
+FAMILIES: tuple[str, ...] = ("sd15", "sdxl")
+SOURCE_KINDS: tuple[str, ...] = ("demo", "path", "file", "hub")
+
+#: ``source: {demo: <kind>}``: the tiny models the demo deployment builds by code (``workers/demo``), by the
+#: ModelType that may name each (``translator`` is the top-level translator's).
+DEMO_SOURCES: dict[str, tuple[str, ...]] = {
+    "Main": ("inpaint", "sd15"),
+    "LoRA": ("lora-kohya", "lora-peft"),
+    "Embedding": ("embedding",),
+    "HyperNetwork": ("hypernetwork",),
+    "ControlModel": ("controlnet",),
+    "PreProcessor": ("annotators",),
+    "translator": ("translator",),
+}
+DEMO_SOURCE_KINDS: tuple[str, ...] = tuple(kind for kinds in DEMO_SOURCES.values() for kind in kinds)
+
+
+def number(x: float) -> str:
+    """A bound as written in a message: ``1`` rather than ``1.0``."""
+    return str(int(x)) if float(x).is_integer() else str(x)

@@ -1,0 +1,32 @@
+"""The Celery application configuration, shared by the gateway (which only sends) and the workers.
+
+Jobs are acknowledged late (after the task ran) and re-delivered if a worker dies mid-job; the task
+writes its results under the TaskUID, so running it twice is safe. One job at a time per worker
+process (prefetch 1): a GPU worker holds one pipeline and should not hoard queued jobs.
+"""
+from __future__ import annotations
+
+from celery import Celery
+
+from app.contract.redis_conn import celery_url
+from app.contract.settings import get_settings
+
+
+def make_celery(name: str = "atelier") -> Celery:
+    s = get_settings()
+    app = Celery(name, broker=celery_url())
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=s.queue,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 6 * 3600},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app

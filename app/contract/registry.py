@@ -1,0 +1,382 @@
+"""The model registry: what a deployment serves, from ``models_config/*.yaml``.
+
+Each entry maps a ModelCode to its ModelType (Main, LoRA, Embedding, HyperNetwork), family, source
+and defaults; ListModels is generated from it and the gateway refuses unknown codes (240) before
+anything is queued. A top-level ``vaes:`` section names the deployment's external VAE per family.
+See models_config/README.md for the format.
+
+Light on purpose: the gateway imports this module, so it never imports torch or diffusers. Everything
+that can be checked without them (exactly one source kind, family and scheduler names, which source
+kinds a ModelType accepts, duplicate codes) is checked here, when the file is read; relative paths are
+resolved against the YAML file's folder then, so a loader never needs to know where the YAML was.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.contract.limits import (
+    CONTROL_WEIGHT_RANGE,
+    DEFAULT_CONTROL_WEIGHT,
+    DEFAULT_ENDING_STEP,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_LORA_WEIGHT,
+    DEFAULT_RESOLUTION,
+    DEFAULT_STARTING_STEP,
+    DEFAULT_STEPS,
+    DEMO_SOURCE_KINDS,
+    DEMO_SOURCES,
+    FAMILIES,
+    GUIDANCE_SCALE_RANGE,
+    LORA_WEIGHT_RANGE,
+    MODEL_TYPES,
+    PREPROCESSOR_KINDS,
+    RESOLUTION_RANGE,
+    RESOLUTION_STEP,
+    SOURCE_KINDS,
+    STEP_RATIO_RANGE,
+    STEPS_RANGE,
+)
+
+ModelType = Literal[MODEL_TYPES]
+PreProcessorKind = Literal[PREPROCESSOR_KINDS]
+Family = Literal[FAMILIES]
+SourceKind = Literal[SOURCE_KINDS]
+DemoKind = Literal[DEMO_SOURCE_KINDS]
+
+#: diffusers scheduler classes a Main model's ``defaults.scheduler`` may name: the ones Stable Diffusion
+#: (1.x/2.x and XL) pipelines declare compatible (``KarrasDiffusionSchedulers``) that need no extra
+#: package, plus LCM/TCD for distilled checkpoints. Checked against diffusers by tests/test_registry.py.
+KNOWN_SCHEDULERS: tuple[str, ...] = (
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+    "LMSDiscreteScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+)
+
+#: File suffixes a single-file Main checkpoint (or an external VAE file) may have.
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+
+class ModelSource(BaseModel):
+    """Where a model's weights come from: exactly one of ``demo``, ``path``, ``file``, ``hub``.
+
+    Relative ``path``/``file``/``config`` values are resolved against the YAML file's folder by
+    :class:`Registry` (see :meth:`resolved`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    demo: DemoKind | None = Field(
+        None, description="a tiny model generated locally (no download)")
+    path: Path | None = Field(None, description="a local folder (diffusers layout for Main models and VAEs)")
+    file: Path | None = Field(None, description="a single weights file (.safetensors/.ckpt for Main models)")
+    config: Path | None = Field(None, description="with `file`: the local diffusers folder holding its configs")
+    hub: str | None = Field(None, description="a Hugging Face hub repo id; downloaded when the deployment is online")
+    revision: str | None = Field(None, description="with `hub`: branch, tag or commit")
+
+    @field_validator("hub")
+    @classmethod
+    def _repo_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            parts = v.split("/")
+            if len(parts) != 2 or not all(p.strip() for p in parts) or v != v.strip():
+                raise ValueError(f"hub must be a repo id like 'owner/name', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> ModelSource:
+        given = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = ", ".join(given) if given else "none"
+            raise ValueError(f"source needs exactly one of: demo, path, file, hub (got {got})")
+        if self.config is not None and self.file is None:
+            raise ValueError("source.config is only allowed with source.file")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("source.revision is only allowed with source.hub")
+        return self
+
+    @property
+    def kind(self) -> SourceKind:
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    def resolved(self, base_dir: Path) -> ModelSource:
+        """This source with relative ``path``/``file``/``config`` made absolute against ``base_dir``."""
+
+        def absolute(p: Path | None) -> Path | None:
+            if p is None:
+                return None
+            p = p.expanduser()
+            return p if p.is_absolute() else (base_dir / p).resolve()
+
+        return self.model_copy(update={"path": absolute(self.path), "file": absolute(self.file),
+                                       "config": absolute(self.config)})
+
+    def describe(self) -> str:
+        """``kind=value`` for logs and error messages."""
+        text = f"{self.kind}={getattr(self, self.kind)}"
+        if self.config is not None:
+            text += f" (config={self.config})"
+        if self.revision is not None:
+            text += f" (revision={self.revision})"
+        return text
+
+
+class ModelDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(DEFAULT_STEPS, ge=STEPS_RANGE.lo, le=STEPS_RANGE.hi)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE_SCALE, ge=GUIDANCE_SCALE_RANGE.lo, le=GUIDANCE_SCALE_RANGE.hi)
+    scheduler: str | None = Field(None, description="a diffusers scheduler class name; unset = the checkpoint's")
+    # InferenceParams defaults of the other model types (the reference's table; same ranges as the API)
+    lora_weight: float = Field(DEFAULT_LORA_WEIGHT, ge=LORA_WEIGHT_RANGE.lo, le=LORA_WEIGHT_RANGE.hi,
+                                description="LoRA; HyperNetwork strength")
+    resolution: int = Field(DEFAULT_RESOLUTION, ge=RESOLUTION_RANGE.lo, le=RESOLUTION_RANGE.hi,
+                            multiple_of=RESOLUTION_STEP, description="PreProcessor")
+    control_weight: float = Field(DEFAULT_CONTROL_WEIGHT, ge=CONTROL_WEIGHT_RANGE.lo, le=CONTROL_WEIGHT_RANGE.hi,
+                                   description="ControlModel")
+    starting_step: float = Field(DEFAULT_STARTING_STEP, ge=STEP_RATIO_RANGE.lo, le=STEP_RATIO_RANGE.hi,
+                                  description="ControlModel")
+    ending_step: float = Field(DEFAULT_ENDING_STEP, ge=STEP_RATIO_RANGE.lo, le=STEP_RATIO_RANGE.hi,
+                                description="ControlModel")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str | None) -> str | None:
+        if v is not None and v not in KNOWN_SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; known: {', '.join(KNOWN_SCHEDULERS)}")
+        return v
+
+
+class DefaultControl(BaseModel):
+    """A control unit a Main model gets when the request has no ``ControlNet`` field."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    preprocessor: str | None = Field(None, alias="PreProcessor", description="ModelCode of a PreProcessor")
+    control_model: str = Field(alias="ControlModel", description="ModelCode of a ControlModel")
+
+
+class ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_code: str = Field(alias="ModelCode", min_length=1)
+    name: str = Field(alias="Name")
+    model_type: ModelType = Field(alias="ModelType")
+    is_official: bool = Field(True, alias="IsOfficial")
+    trigger_words: list[str] = Field(default_factory=list, alias="TriggerWordList")
+    family: Family = "sd15"
+    source: ModelSource | None = Field(None, description="required except for a PreProcessor needing no weights")
+    defaults: ModelDefaults = Field(default_factory=ModelDefaults)
+    preprocessor: PreProcessorKind | None = Field(None, description="PreProcessor: which controlnet-aux detector")
+    default_control: list[DefaultControl] = Field(default_factory=list, description="Main: control by default")
+
+    @model_validator(mode="after")
+    def _source_fits_type(self) -> ModelEntry:
+        if self.model_type == "PreProcessor":
+            if self.preprocessor is None:
+                raise ValueError(f"a PreProcessor needs `preprocessor:` ({', '.join(PREPROCESSOR_KINDS)})")
+            if self.source is not None and (self.source.kind not in ("path", "demo")
+                                            or self.source.demo not in (None, *DEMO_SOURCES["PreProcessor"])):
+                raise ValueError("a PreProcessor's source is an annotator folder: `path:` or `demo: annotators`")
+            return self
+        if self.preprocessor is not None:
+            raise ValueError("`preprocessor:` is for PreProcessor entries only")
+        if self.default_control and self.model_type != "Main":
+            raise ValueError("`default_control:` is for Main models only")
+        if self.source is None:
+            raise ValueError(f"a {self.model_type} model needs a source")
+        kind = self.source.kind
+        if kind == "demo" and self.source.demo not in DEMO_SOURCES[self.model_type]:
+            raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model")
+        if self.model_type == "Main":
+            if kind == "file" and self.source.file.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                raise ValueError(f"a Main model's source.file must end in {' or '.join(CHECKPOINT_SUFFIXES)},"
+                                 f" got {self.source.file.name!r}")
+            if kind == "demo" and self.family != "sd15":
+                raise ValueError(f"demo models are family sd15, not {self.family}")
+        else:
+            if kind not in ("path", "file", "demo"):
+                raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}")
+            if self.source.config is not None and self.model_type != "ControlModel":
+                raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
+            if self.defaults.scheduler is not None:
+                raise ValueError("defaults.scheduler applies to Main models only")
+        return self
+
+    def to_wire(self) -> dict[str, Any]:
+        """The PICPIK ``Model`` object plus ``ModelType``."""
+        return {"Name": self.name, "ModelCode": self.model_code, "IsOfficial": self.is_official,
+                "TriggerWordList": list(self.trigger_words), "InferenceParams": self.inference_params(),
+                "ModelType": self.model_type}
+
+    def inference_params(self) -> dict[str, Any]:
+        """The default InferenceParams the reference's table assigns to this model type."""
+        d = self.defaults
+        return {"LoRA": {"LoraWeight": d.lora_weight},
+                "PreProcessor": {"Resolution": d.resolution},
+                "ControlModel": {"ControlWeight": d.control_weight, "StartingStep": d.starting_step,
+                                 "EndingStep": d.ending_step}}.get(self.model_type, {})
+
+
+class VaeSources(BaseModel):
+    """The top-level ``vaes:`` section: family -> the deployment's external VAE for that family."""
+
+    model_config = ConfigDict(extra="forbid")
+    sd15: ModelSource | None = None
+    sdxl: ModelSource | None = None
+
+    @model_validator(mode="after")
+    def _file_suffix(self) -> VaeSources:
+        for family in FAMILIES:
+            src = getattr(self, family)
+            if src is not None and src.file is not None and src.file.suffix.lower() not in CHECKPOINT_SUFFIXES:
+                raise ValueError(f"vaes.{family}.file must end in {' or '.join(CHECKPOINT_SUFFIXES)},"
+                                 f" got {src.file.name!r}")
+        return self
+
+
+def _entry_label(index: int, raw: Any) -> str:
+    code = raw.get("ModelCode") if isinstance(raw, dict) else None
+    return f"models[{index}]" + (f" (ModelCode {code!r})" if code else "")
+
+
+def _errors(e: ValidationError) -> str:
+    """A pydantic error on one line per problem, without the pydantic URL noise."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+class Registry:
+    """The validated contents of one models YAML. Source paths are absolute (resolved against ``base_dir``)."""
+
+    def __init__(self, entries: list[ModelEntry], base_dir: Path,
+                 vaes: dict[str, ModelSource] | VaeSources | None = None):
+        self.base_dir = Path(base_dir)
+        self._by_code: dict[str, ModelEntry] = {}
+        for index, e in enumerate(entries):
+            if e.model_code in self._by_code:
+                first = list(self._by_code).index(e.model_code)
+                raise ValueError(f"models[{index}] (ModelCode {e.model_code!r}): duplicate ModelCode,"
+                                 f" already used by models[{first}]")
+            source = e.source.resolved(self.base_dir) if e.source is not None else None
+            self._by_code[e.model_code] = e.model_copy(update={"source": source})
+        for e in self._by_code.values():
+            for i, unit in enumerate(e.default_control):
+                for code, kind in ((unit.preprocessor, "PreProcessor"), (unit.control_model, "ControlModel")):
+                    ref = self._by_code.get(code) if code is not None else None
+                    if code is not None and (ref is None or ref.model_type != kind):
+                        raise ValueError(f"ModelCode {e.model_code!r}: default_control[{i}]: {code!r} is not"
+                                         f" a {kind} of this file")
+        if isinstance(vaes, VaeSources):
+            vaes = {f: s for f in FAMILIES if (s := getattr(vaes, f)) is not None}
+        self.vaes: dict[str, ModelSource] = {f: s.resolved(self.base_dir) for f, s in (vaes or {}).items()}
+
+    #: the prompt translator (top-level ``translator:``), or None: prompts pass through untranslated
+    translator: ModelSource | None = None
+
+    def get(self, code: str) -> ModelEntry | None:
+        return self._by_code.get(code)
+
+    def entries_of(self, *types: str) -> list[ModelEntry]:
+        return [e for e in self._by_code.values() if e.model_type in types]
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._by_code.values())
+
+    def vae_source(self, family: str) -> ModelSource | None:
+        """The external VAE configured for ``family`` (``vaes:`` section), or None."""
+        return self.vaes.get(family)
+
+    def resolve_path(self, item: ModelEntry | ModelSource | Path | str | None) -> Path | None:
+        """An absolute local path.
+
+        For an entry or a source: its ``path`` or ``file`` (None for demo and hub sources); for a path
+        (e.g. a source's ``config``): that path resolved against the YAML file's folder.
+        """
+        if item is None:
+            return None
+        if isinstance(item, ModelEntry):
+            item = item.source
+        if isinstance(item, ModelSource):
+            p = item.path if item.path is not None else item.file
+            if p is None:
+                return None
+        else:
+            p = Path(item).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def resolve_config(self, item: ModelEntry | ModelSource) -> Path | None:
+        """The absolute config folder of a single-file source, or None when it has none."""
+        source = item.source if isinstance(item, ModelEntry) else item
+        return self.resolve_path(source.config) if source.config is not None else None
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], base_dir: Path, origin: str = "<models config>") -> Registry:
+        """Validate a parsed models YAML. Errors are ``ValueError`` naming ``origin`` and the entry."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"{origin}: expected a mapping with `models:` (and optionally `vaes:`)")
+        unknown = set(doc) - {"models", "vaes", "translator"}
+        if unknown:
+            raise ValueError(f"{origin}: unknown top-level key(s) {sorted(unknown)}; expected models, vaes, translator")
+        raw_models = doc.get("models") or []
+        if not isinstance(raw_models, list):
+            raise ValueError(f"{origin}: `models` must be a list")
+        entries = []
+        for index, raw in enumerate(raw_models):
+            try:
+                entries.append(ModelEntry.model_validate(raw))
+            except ValidationError as e:
+                raise ValueError(f"{origin}: {_entry_label(index, raw)}: {_errors(e)}") from None
+        try:
+            vaes = VaeSources.model_validate(doc.get("vaes") or {})
+        except ValidationError as e:
+            raise ValueError(f"{origin}: vaes: {_errors(e)}") from None
+        translator = None
+        if doc.get("translator") is not None:
+            try:
+                translator = ModelSource.model_validate(doc["translator"])
+            except ValidationError as e:
+                raise ValueError(f"{origin}: translator: {_errors(e)}") from None
+            if translator.kind not in ("path", "demo") or translator.demo not in (None, *DEMO_SOURCES["translator"]):
+                raise ValueError(f"{origin}: translator: source must be `path: <folder>` or `demo: translator`")
+        try:
+            registry = cls(entries, base_dir, vaes)
+        except ValueError as e:
+            raise ValueError(f"{origin}: {e}") from None
+        registry.translator = translator.resolved(registry.base_dir) if translator else None
+        return registry
+
+    @classmethod
+    def from_file(cls, path: Path) -> Registry:
+        path = Path(path)
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {e}") from None
+        return cls.from_dict(doc, path.parent.resolve(), origin=str(path))
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, mtime: float) -> Registry:
+    return Registry.from_file(Path(path))
+
+
+def get_registry(path: Path) -> Registry:
+    """The registry at ``path``, re-read when the file changes."""
+    return _load(str(path), path.stat().st_mtime)

@@ -1,0 +1,66 @@
+"""All configuration, from environment variables with the ``ATELIER_`` prefix (or a ``.env`` file).
+
+Read through :func:`get_settings` (cached), never at import time, so tests and the launcher can set
+the environment first. Every limit the service enforces is a field here, documented in README.md.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="inputs, results, generated demo models, embedded Redis")
+    redis_url: str | None = Field(None, description="broker + task store; unset = embedded Redis (make run)")
+    keys_file: Path | None = Field(None, description="YAML with `keys: [{PublicKey, PrivateKey}]`; unset = dev key")
+    models_config: Path = Field(PROJECT_ROOT / "models_config" / "models.yaml")
+    demo_models_dir: Path | None = Field(None, description="where demo models are generated; default data_dir/models")
+
+    # --- gateway -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = Field(None, description="base URL put into ImgList; default http://host:port")
+
+    # --- limits (each enforced in exactly one place; see README "Limits") -----------------------
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="request body size; larger -> 230")
+    max_image_pixels: int = Field(4096 * 4096, description="decoded pixels per input image (bomb guard)")
+    max_images: int = Field(8, description="entries in ImageAndMaskList")
+    max_prompt_chars: int = Field(2000, description="all positive (or negative) prompts together")
+    max_active_tasks_per_key: int = Field(32, description="Queuing+Running tasks per key; more -> 153")
+
+    # --- results -------------------------------------------------------------------------------
+    result_retention_s: int = Field(24 * 3600, description="results, inputs and task records kept this long")
+    cleanup_interval_s: int = Field(300, description="how often the gateway sweeps expired files")
+
+    # --- worker --------------------------------------------------------------------------------
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
+    progress_interval_s: float = Field(0.5, description="min seconds between progress writes to Redis")
+    model_cache_bytes: int = Field(24 * 1024**3, ge=0, description="worker: budget of the models on its device"
+                                   " (pipelines, VAEs, ControlNets, annotators), measured from their tensors;"
+                                   " least recently used evicted beyond it, never one a running job holds")
+    model_cache_ram_bytes: int = Field(4 * 1024**3, ge=0, description="worker: budget of the models it keeps in host"
+                                       " RAM (parsed LoRA/embedding/hypernetwork files, the prompt translator)")
+    dtype: str = Field("auto", pattern=r"^(auto|float16|bfloat16|float32)$",
+                       description="auto | float16 | bfloat16 | float32: weights dtype on CUDA (auto = float16);"
+                       " the CPU always uses float32")
+
+    @property
+    def models_dir(self) -> Path:
+        return self.demo_models_dir or self.data_dir / "models"
+
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

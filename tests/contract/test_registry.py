@@ -1,0 +1,235 @@
+"""app/core/registry.py: the models YAML format (source kinds, families, schedulers, the vaes section),
+its error messages, relative path resolution and the ListModels wire output."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.contract.registry import KNOWN_SCHEDULERS, ModelEntry, ModelSource, Registry, get_registry
+
+from support.api import ROOT
+
+
+def write(folder: Path, text: str, name: str = "models.yaml") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def model(code: str = "m", **fields) -> dict:
+    return {"ModelCode": code, "Name": code, "ModelType": "Main", "source": {"demo": "inpaint"}, **fields}
+
+
+def registry_of(*models: dict, vaes: dict | None = None, base: Path = Path("/deploy")) -> Registry:
+    doc = {"models": list(models)}
+    if vaes is not None:
+        doc["vaes"] = vaes
+    return Registry.from_dict(doc, base, origin="models.yaml")
+
+
+def test_the_shipped_models_yaml_is_valid():
+    registry = Registry.from_file(ROOT / "models_config" / "models.yaml")
+    types = {e.model_type for e in registry.entries()}
+    assert types == {"Main", "LoRA", "Embedding", "HyperNetwork", "PreProcessor", "ControlModel"}
+    assert registry.translator is not None and registry.translator.demo == "translator"
+
+
+def test_every_source_kind_parses(tmp_path):
+    path = write(tmp_path / "cfg", """
+        models:
+          - {ModelCode: demo, Name: Demo, ModelType: Main, source: {demo: inpaint}}
+          - {ModelCode: folder, Name: Folder, ModelType: Main, family: sdxl, source: {path: /models/sdxl-inpaint}}
+          - ModelCode: single
+            Name: Single file
+            ModelType: Main
+            source: {file: /models/real.safetensors, config: /models/sd15-inpaint-config}
+            defaults: {steps: 30, guidance_scale: 6.5, scheduler: DPMSolverMultistepScheduler}
+          - {ModelCode: ckpt, Name: Ckpt, ModelType: Main, source: {file: /models/old.ckpt}}
+          - {ModelCode: hub, Name: Hub, ModelType: Main, source: {hub: org/repo, revision: main}}
+          - {ModelCode: lora, Name: LoRA, ModelType: LoRA, source: {file: /loras/style.safetensors}}
+          - {ModelCode: emb, Name: Embedding, ModelType: Embedding, source: {file: /emb/easyneg.pt}}
+          - {ModelCode: hn, Name: Hypernetwork, ModelType: HyperNetwork, source: {file: /hn/anime.pt}}
+          - {ModelCode: lora-dir, Name: LoRA folder, ModelType: LoRA, family: sdxl, source: {path: /loras/peft}}
+        """)
+    registry = Registry.from_file(path)
+    kinds = {e.model_code: e.source.kind for e in registry.entries()}
+    assert kinds == {"demo": "demo", "folder": "path", "single": "file", "ckpt": "file", "hub": "hub",
+                     "lora": "file", "emb": "file", "hn": "file", "lora-dir": "path"}
+    single = registry.get("single")
+    assert single.defaults.scheduler == "DPMSolverMultistepScheduler" and single.defaults.steps == 30
+    assert registry.resolve_path(single) == Path("/models/real.safetensors")
+    assert registry.resolve_config(single) == Path("/models/sd15-inpaint-config")
+    assert registry.get("folder").family == "sdxl"
+    assert registry.get("hub").source.hub == "org/repo" and registry.resolve_path(registry.get("hub")) is None
+    assert registry.get("demo").defaults.scheduler is None
+    assert registry.vaes == {}
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
+    path = write(tmp_path / "deploy" / "config", """
+        models:
+          - {ModelCode: a, Name: A, ModelType: Main, source: {path: ../models/a}}
+          - {ModelCode: b, Name: B, ModelType: Main, source: {file: b.safetensors, config: configs/sd15}}
+          - {ModelCode: c, Name: C, ModelType: Main, source: {path: /abs/c}}
+          - {ModelCode: l, Name: L, ModelType: LoRA, source: {file: loras/l.safetensors}}
+        vaes:
+          sd15: {file: vaes/ft-mse.safetensors, config: vaes/ft-mse}
+          sdxl: {path: vaes/sdxl}
+        """)
+    registry = Registry.from_file(path)
+    cfg = (tmp_path / "deploy" / "config").resolve()
+    assert registry.resolve_path(registry.get("a")) == (tmp_path / "deploy" / "models" / "a").resolve()
+    assert registry.get("a").source.path == registry.resolve_path(registry.get("a"))  # stored absolute
+    assert registry.resolve_path(registry.get("b")) == cfg / "b.safetensors"
+    assert registry.resolve_config(registry.get("b")) == cfg / "configs" / "sd15"
+    assert registry.resolve_path(registry.get("c")) == Path("/abs/c")
+    assert registry.resolve_path(registry.get("l")) == cfg / "loras" / "l.safetensors"
+    assert registry.vae_source("sd15").file == cfg / "vaes" / "ft-mse.safetensors"
+    assert registry.vae_source("sd15").config == cfg / "vaes" / "ft-mse"
+    assert registry.vae_source("sdxl").path == cfg / "vaes" / "sdxl"
+    assert registry.resolve_path(Path("x/y")) == cfg / "x" / "y"
+    assert registry.resolve_path(registry.vae_source("sdxl")) == cfg / "vaes" / "sdxl"
+
+
+def test_entries_built_in_code_get_their_paths_resolved_too():
+    e = ModelEntry.model_validate(model(source={"file": "m.safetensors", "config": "cfg"}))
+    registry = Registry([e], Path("/deploy"))
+    assert registry.get("m").source.file == Path("/deploy/m.safetensors")
+    assert registry.resolve_config(registry.get("m")) == Path("/deploy/cfg")
+
+
+def test_the_vaes_section_accepts_every_source_kind():
+    registry = registry_of(model(), vaes={"sd15": {"hub": "stabilityai/sd-vae-ft-mse"}, "sdxl": {"demo": "inpaint"}})
+    assert registry.vae_source("sd15").kind == "hub" and registry.vae_source("sdxl").kind == "demo"
+    assert registry_of(model()).vae_source("sd15") is None
+
+
+@pytest.mark.parametrize(("vaes", "message"), [
+    ({"sd3": {"path": "x"}}, r"vaes: sd3: Extra inputs are not permitted"),
+    ({"sd15": {"path": "x", "file": "y.safetensors"}}, r"vaes: sd15: source needs exactly one of"),
+    ({"sd15": {"file": "vae.pt"}}, r"vaes.sd15.file must end in .safetensors or .ckpt"),
+    ({"sd15": {}}, r"source needs exactly one of: demo, path, file, hub \(got none\)"),
+])
+def test_bad_vaes_entries_are_refused(vaes, message):
+    with pytest.raises(ValueError, match=message):
+        registry_of(model(), vaes=vaes)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"source": {"demo": "inpaint", "path": "x"}}, r"exactly one of: demo, path, file, hub \(got demo, path\)"),
+    ({"source": {"path": "x", "hub": "a/b"}}, r"\(got path, hub\)"),
+    ({"source": {}}, r"\(got none\)"),
+    ({"source": {"path": "x", "config": "c"}}, r"source.config is only allowed with source.file"),
+    ({"source": {"path": "x", "revision": "main"}}, r"source.revision is only allowed with source.hub"),
+    ({"source": {"hub": "not-a-repo-id"}}, r"hub must be a repo id like 'owner/name'"),
+    ({"source": {"file": "model.pt"}}, r"a Main model's source.file must end in .safetensors or .ckpt"),
+    ({"source": {"nfs": "/x"}}, r"source.nfs: Extra inputs are not permitted"),
+    ({"family": "sd3"}, r"family: Input should be 'sd15' or 'sdxl'"),
+    ({"family": "sdxl"}, r"demo models are family sd15, not sdxl"),
+    ({"defaults": {"scheduler": "MagicScheduler"}}, r"unknown scheduler 'MagicScheduler'; known: DDIMScheduler"),
+    ({"defaults": {"sampler": "euler"}}, r"defaults.sampler: Extra inputs are not permitted"),
+    ({"defaults": {"steps": 0}}, r"defaults.steps"),
+    ({"ModelType": "ControlNet"}, r"ModelType: Input should be 'Main', 'LoRA', 'Embedding', 'HyperNetwork',"),
+    ({"ModelType": "LoRA", "source": {"demo": "inpaint"}}, r"demo: inpaint is not a LoRA model"),
+    ({"ModelType": "Embedding", "source": {"hub": "a/b"}}, r"a Embedding source must be path, file or demo, not hub"),
+    ({"ModelType": "PreProcessor"}, r"a PreProcessor needs `preprocessor:`"),
+    ({"ModelType": "PreProcessor", "preprocessor": "canny", "source": {"hub": "a/b"}},
+     r"a PreProcessor's source is an annotator folder"),
+    ({"preprocessor": "canny"}, r"`preprocessor:` is for PreProcessor entries only"),
+    ({"ModelType": "ControlModel", "source": None}, r"a ControlModel model needs a source"),
+    ({"ModelType": "ControlModel", "source": {"path": "cn"}, "default_control": [{"ControlModel": "x"}]},
+     r"`default_control:` is for Main models only"),
+    ({"defaults": {"resolution": 100}}, r"defaults.resolution"),
+    ({"defaults": {"control_weight": 3}}, r"defaults.control_weight"),
+    ({"ModelType": "LoRA", "source": {"file": "l.safetensors", "config": "c"}},
+     r"source.config is for single-file Main checkpoints, not LoRA"),
+    ({"ModelType": "HyperNetwork", "source": {"file": "h.pt"}, "defaults": {"scheduler": "DDIMScheduler"}},
+     r"defaults.scheduler applies to Main models only"),
+])
+def test_bad_entries_are_refused_with_a_message_naming_the_entry(fields, message):
+    with pytest.raises(ValueError, match=r"^models.yaml: models\[1\] \(ModelCode 'bad'\): .*" + message):
+        registry_of(model("good"), model("bad", **fields))
+
+
+def test_an_entry_without_a_model_code_is_named_by_its_index():
+    with pytest.raises(ValueError, match=r"models\[0\]: ModelCode: Field required"):
+        registry_of({"Name": "x", "ModelType": "Main", "source": {"demo": "inpaint"}})
+
+
+def test_duplicate_codes_are_refused_naming_both_entries():
+    with pytest.raises(ValueError, match=r"models.yaml: models\[2\] \(ModelCode 'a'\): duplicate ModelCode,"
+                                         r" already used by models\[0\]"):
+        registry_of(model("a"), model("b"), model("a", ModelType="LoRA", source={"file": "a.safetensors"}))
+
+
+def test_unknown_top_level_keys_and_bad_yaml_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['vae'\]"):
+        Registry.from_file(write(tmp_path, "models: []\nvae: {sd15: {path: x}}\n"))
+    with pytest.raises(ValueError, match="not valid YAML"):
+        Registry.from_file(write(tmp_path, "models: [\n"))
+    with pytest.raises(ValueError, match="`models` must be a list"):
+        Registry.from_file(write(tmp_path, "models: {a: 1}\n"))
+
+
+def test_the_wire_output_is_unchanged():
+    e = ModelEntry.model_validate(model("x", TriggerWordList=["tw"], IsOfficial=False,
+                                        source={"file": "x.safetensors", "config": "c"},
+                                        defaults={"scheduler": "EulerDiscreteScheduler"}))
+    assert e.to_wire() == {"Name": "x", "ModelCode": "x", "IsOfficial": False, "TriggerWordList": ["tw"],
+                           "InferenceParams": {}, "ModelType": "Main"}
+
+
+def test_get_registry_rereads_the_file_when_it_changes(tmp_path):
+    import os
+
+    path = write(tmp_path, yaml.safe_dump({"models": [model("a")]}))
+    assert [e.model_code for e in get_registry(path).entries()] == ["a"]
+    path.write_text(yaml.safe_dump({"models": [model("a"), model("b")]}))
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
+    assert [e.model_code for e in get_registry(path).entries()] == ["a", "b"]
+
+
+def test_sources_describe_themselves_for_logs():
+    assert ModelSource(file=Path("/m.safetensors"), config=Path("/c")).describe() == "file=/m.safetensors (config=/c)"
+    assert ModelSource(hub="a/b", revision="v1").describe() == "hub=a/b (revision=v1)"
+
+
+def test_the_known_schedulers_exist_in_diffusers_and_work_from_an_sd_scheduler_config():
+    """The registry cannot import diffusers (the gateway imports it); this keeps its list honest."""
+    import diffusers
+
+    sd_config = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        steps_offset=1, clip_sample=False, set_alpha_to_one=False).config
+    for name in KNOWN_SCHEDULERS:
+        cls = getattr(diffusers, name)
+        assert issubclass(cls, diffusers.SchedulerMixin), name
+        scheduler = cls.from_config(sd_config)
+        scheduler.set_timesteps(4)
+        assert len(scheduler.timesteps) >= 4, name
+
+
+def test_control_types_and_default_control():
+    reg = registry_of(
+        model("main", default_control=[{"PreProcessor": "pose", "ControlModel": "cn"}]),
+        {"ModelCode": "pose", "Name": "OpenPose", "ModelType": "PreProcessor", "preprocessor": "openpose",
+         "source": {"path": "annotators"}, "defaults": {"resolution": 384}},
+        {"ModelCode": "canny", "Name": "Canny", "ModelType": "PreProcessor", "preprocessor": "canny"},
+        {"ModelCode": "cn", "Name": "Pose ControlNet", "ModelType": "ControlModel", "source": {"path": "cn"},
+         "defaults": {"control_weight": 0.7, "ending_step": 0.8}},
+    )
+    assert [e.model_code for e in reg.entries_of("PreProcessor")] == ["pose", "canny"]
+    assert reg.get("pose").to_wire()["InferenceParams"] == {"Resolution": 384}
+    assert reg.get("cn").to_wire()["InferenceParams"] == {"ControlWeight": 0.7, "StartingStep": 0.0,
+                                                          "EndingStep": 0.8}
+    assert reg.get("canny").source is None
+    assert reg.get("main").default_control[0].control_model == "cn"
+
+
+def test_default_control_must_name_models_of_the_file():
+    with pytest.raises(ValueError, match=r"default_control\[0\]: 'nope' is not a ControlModel"):
+        registry_of(model("main", default_control=[{"ControlModel": "nope"}]))

@@ -1,0 +1,95 @@
+"""Helpers of the API tests: the test deployment (keys, models), signed bodies and small example images."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+from support.signer import picpik_signature
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+KEYS = {"pk-alice": "alice-secret", "pk-bob": "bob-secret"}  # logical key name -> PrivateKey
+# The PublicKeys are unique per test session, so that tasks left in Redis by an earlier session (or a
+# concurrent one) never count against this session's per-key limits or show up in its listings.
+PUB = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in KEYS}
+
+# The test deployment: the shipped models plus a 4-channel demo and a model whose files are missing.
+TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
+  - ModelCode: demo-sd15
+    Name: Demo 4-channel base model
+    ModelType: Main
+    source: {demo: sd15}
+    defaults: {steps: 4, guidance_scale: 5.0}
+    TriggerWordList: [fashion photo]
+  - ModelCode: broken
+    Name: A model whose files are missing
+    ModelType: Main
+    source: {path: /nonexistent/model}
+  - ModelCode: corrupt-lora
+    Name: A LoRA file that is not a LoRA
+    ModelType: LoRA
+    source: {file: corrupt-lora.safetensors}
+  - ModelCode: demo-canny-default
+    Name: Demo model with canny control by default
+    ModelType: Main
+    source: {demo: inpaint}
+    defaults: {steps: 8, guidance_scale: 5.0}
+    default_control:
+      - {PreProcessor: canny, ControlModel: demo-controlnet}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- request helpers ---------------------------------------------------------------------------
+
+def png_b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def signed(body: dict, key: str = "pk-alice", private_key: str | None = None) -> dict:
+    """Sign as the test key ``key`` ("pk-alice" or "pk-bob") with an implementation written independently
+    of app.signature (tests/support/signer.py)."""
+    body = {"PublicKey": PUB[key], "request_uuid": str(uuid.uuid4()), **body}
+    body["Signature"] = picpik_signature(body, private_key or KEYS[key])
+    return body
+
+
+def example_inputs(w: int = 64, h: int = 80) -> tuple[Image.Image, Image.Image]:
+    """A small mannequin (grey figure, red garment block) and its clothes mask."""
+    man = Image.new("RGB", (w, h), (220, 220, 215))
+    for x in range(w // 3, 2 * w // 3):
+        for y in range(4, h - 4):
+            man.putpixel((x, y), (140, 140, 140))
+    mask = Image.new("L", (w, h), 0)
+    for x in range(w // 3, 2 * w // 3):
+        for y in range(h // 3, 2 * h // 3):
+            man.putpixel((x, y), (200, 20 + (x * 7) % 50, 40 + (y * 5) % 60))
+            mask.putpixel((x, y), 255)
+    return man, mask
+
+
+def generate_body(**overrides) -> dict:
+    man, mask = example_inputs()
+    body = {
+        "Action": "GenerateFromMannequin",
+        "MainModel": {"ModelCode": "demo-inpaint"},
+        "PositivePrompts": ["a woman", "studio photo"],
+        "ImageAndMaskList": [png_b64(man), png_b64(mask)],
+        "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1},
+        "Width": 64, "Height": 64, "Seed": 1234,
+    }
+    body.update(overrides)
+    return body

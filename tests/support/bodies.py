@@ -1,0 +1,40 @@
+"""Minimal GenerateFromMannequin bodies for the validation tests (no server involved)."""
+from __future__ import annotations
+
+import base64
+import io
+import random
+
+from PIL import Image
+
+LIMITS = {"max_images": 8, "max_pixels": 4096 * 4096, "max_prompt_chars": 100}
+
+
+def image_bytes(size=(8, 8), mode="RGB", fmt="PNG", noise=False, seed=0) -> bytes:
+    if noise:
+        image = Image.frombytes(mode, size, random.Random(seed).randbytes(size[0] * size[1] * len(mode)))
+    else:
+        image = Image.new(mode, size, "white" if mode != "1" else 1)
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+PHOTO = b64(image_bytes((8, 8), "RGB"))
+MASK = b64(image_bytes((8, 8), "L"))
+
+
+def body(**top) -> dict:
+    """A minimal valid body, with top-level fields replaced/added by ``top``."""
+    out = {
+        "Action": "GenerateFromMannequin",
+        "MainModel": {"ModelCode": "base-sd15"},
+        "ImageAndMaskList": [PHOTO, MASK],
+        "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1},
+    }
+    out.update(top)
+    return out

@@ -1,0 +1,52 @@
+"""Where each ``demo:`` source of models_config/ lives: built locally on first use under the demo
+models dir (``ATELIER_DEMO_MODELS_DIR``, default ``$ATELIER_DATA_DIR/models``), never downloaded.
+
+Every builder is idempotent and publishes atomically, so several worker processes may ask at once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from workers.demo.publish import ensure_folder
+
+#: annotators of the demo deployment; MiDaS (depth) is left out: its weights are ~250 MB even in fp16
+DEMO_ANNOTATORS = ("openpose", "lineart")
+
+
+def demo_path(kind: str, demo_dir: Path) -> Path:
+    """The folder or file of demo source ``kind`` (see ModelSource.demo), built if missing."""
+    demo_dir = Path(demo_dir)
+    if kind in ("inpaint", "sd15"):
+        from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
+
+        return (ensure_demo_model if kind == "inpaint" else ensure_demo_model_sd15)(demo_dir / f"demo-{kind}")
+    if kind == "translator":
+        from workers.demo.translator import ensure_demo_translator
+
+        return ensure_demo_translator(demo_dir / "demo-translator")
+    if kind in ("lora-kohya", "lora-peft", "embedding", "hypernetwork"):
+        from workers.demo.submodels import ensure_demo_submodels
+
+        return ensure_demo_submodels(demo_dir / "demo-submodels")[kind]
+    if kind == "controlnet":
+        from workers.demo.control import ensure_demo_controlnet
+
+        return ensure_demo_controlnet(demo_dir / "demo-controlnet", base_model=demo_path("inpaint", demo_dir))
+    if kind == "annotators":
+        return ensure_demo_annotators(demo_dir / "demo-annotators")
+    raise ValueError(f"unknown demo source {kind!r}")
+
+
+def ensure_demo_annotators(dest: Path) -> Path:
+    """Random-weight annotator files (fp16) for the demo pre-processors, in controlnet-aux's layout."""
+
+    def write(folder: Path, work: Path) -> None:
+        import torch
+
+        from workers.demo.control import write_demo_annotators
+
+        write_demo_annotators(folder, dtype=torch.float16, detectors=DEMO_ANNOTATORS)
+
+    marker = {"kind": "atelier-demo-annotators", "detectors": list(DEMO_ANNOTATORS), "build": 1}
+    return ensure_folder(Path(dest), marker, write, marker_file="atelier_demo_annotators.json",
+                         what="demo annotator")

@@ -1,0 +1,347 @@
+"""Mannequin composition: geometry, masks and the exact paste-back of the kept clothes.
+
+Pure functions on PIL images and numpy arrays (no torch), so every rule here is testable without a GPU.
+
+Conventions used throughout:
+
+* The clothes mask marks the garment in white; the garment is KEPT, everything else is redrawn.
+  :func:`normalize_mask` turns any mask image into a boolean array (True = clothes = kept).
+* :func:`inpaint_mask` produces the opposite picture, the one diffusers inpainting pipelines expect:
+  white = "redraw here".
+* The kept pixels of the final image are bit-identical to :attr:`Composition.image` (the mannequin after
+  resizing); :func:`paste_back` guarantees that and blends only *outside* the garment.
+* An Image2Image background reference is brought to the output size by :func:`fit_background` (cover and
+  centre-crop) and replaces everything outside the clothes in the starting image (:func:`with_background`);
+  :func:`redraw_strength` says how strongly each pixel is redrawn (clothes 0, the figure of a cut-out 1,
+  the background ``1 - ReferStrength``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from app.contract.limits import CROP_AND_RESIZE, DEFAULT_RESIZE_MODE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
+
+ResizeMode = Literal[RESIZE_MODES]
+
+#: Colour that transparent mannequin pixels are composited onto before the image is fed to the model.
+NEUTRAL_GREY: tuple[int, int, int] = (128, 128, 128)
+
+#: Luminance (0..255) from which a mask pixel counts as white.
+MASK_THRESHOLD = 128
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The mannequin brought to the output size, with the masks that go with it.
+
+    Attributes:
+        image: RGB image of exactly the output size. Transparent mannequin pixels are already composited
+            onto :data:`NEUTRAL_GREY`. The kept clothes of every result are copied from this image.
+        keep: bool array (height, width); True = clothes, kept bit-exactly; False = redrawn.
+        figure: bool array (height, width), True where the mannequin was opaque (alpha > 0) when the
+            mannequin had an alpha channel (a cut-out), else None.
+    """
+
+    image: Image.Image
+    keep: np.ndarray
+    figure: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        if self.image.mode != "RGB":
+            raise ValueError(f"Composition.image must be RGB, got mode {self.image.mode!r}")
+        shape = (self.image.height, self.image.width)
+        if self.keep.dtype != bool or self.keep.shape != shape:
+            raise ValueError(f"Composition.keep must be a bool array of shape {shape}, got "
+                             f"{self.keep.dtype} {self.keep.shape}")
+        if self.figure is not None and (self.figure.dtype != bool or self.figure.shape != shape):
+            raise ValueError(f"Composition.figure must be None or a bool array of shape {shape}, got "
+                             f"{self.figure.dtype} {self.figure.shape}")
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info)
+
+
+def normalize_mask(mask: Image.Image) -> np.ndarray:
+    """Turn a clothes mask image into a bool array (True = white = clothes = kept).
+
+    Any PIL mode is accepted (``1``, ``L``, ``RGB``, ``RGBA``, ``LA``, ``P`` with or without a transparent
+    palette entry, ...). Colour is reduced to luminance (ITU-R 601-2, PIL's ``L`` conversion). A mask with
+    transparency is first composited onto black, so a fully transparent pixel is black (not clothes)
+    whatever its colour, and a half-transparent white one counts by its premultiplied luminance. A pixel is
+    white when that luminance is >= :data:`MASK_THRESHOLD` (128).
+    """
+    if _has_alpha(mask):
+        la = np.asarray(mask.convert("RGBA").convert("LA"), dtype=np.uint16)
+        luminance = la[..., 0] * la[..., 1] // 255
+    else:
+        luminance = np.asarray(mask.convert("L"), dtype=np.uint16)
+    return luminance >= MASK_THRESHOLD
+
+
+def _scaled_size(src_w: int, src_h: int, scale: float) -> tuple[int, int]:
+    return max(1, round(src_w * scale)), max(1, round(src_h * scale))
+
+
+def fit_geometry(
+    img: Image.Image,
+    width: int,
+    height: int,
+    mode: ResizeMode,
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
+    fill: Literal["edge"] | int | tuple[int, ...] = "edge",
+) -> Image.Image:
+    """Bring ``img`` to exactly ``width`` x ``height`` by the PICPIK ResizeMode ``mode``.
+
+    * ``JustResize``: stretch to width x height (the aspect ratio is not kept).
+    * ``CropAndResize``: scale (keeping the aspect ratio) so the image covers width x height, then crop the
+      centre.
+    * ``ResizeAndFill``: scale (keeping the aspect ratio) so the image fits inside width x height, centre it,
+      and fill the margins with ``fill``: ``"edge"`` replicates the border pixels outward (edge extension;
+      what the mannequin photo and its alpha channel use, so the margins continue the picture instead of
+      showing a flat band the model would have to redraw around), or a constant pixel value (what the
+      clothes mask uses: ``0``, nothing in the margins is clothes).
+
+    When the margin or crop is uneven, the extra pixel goes to the right/bottom. The geometry depends only on
+    the image size and the target, so images of the same size (the mannequin, its clothes mask, its alpha)
+    are transformed identically, whatever ``resample`` each one uses. The result has ``img``'s mode;
+    palette images (``P``, ``PA``) are refused: convert them first.
+    """
+    if img.mode in ("P", "PA"):
+        raise ValueError(f"fit_geometry needs a non-palette image, got mode {img.mode!r}; convert it first")
+    if width < 1 or height < 1:
+        raise ValueError(f"width and height must be >= 1, got {width}x{height}")
+    src_w, src_h = img.size
+    if mode == JUST_RESIZE:
+        return img.resize((width, height), resample)
+    if mode == CROP_AND_RESIZE:
+        scaled_w, scaled_h = _scaled_size(src_w, src_h, max(width / src_w, height / src_h))
+        scaled_w, scaled_h = max(scaled_w, width), max(scaled_h, height)
+        left, top = (scaled_w - width) // 2, (scaled_h - height) // 2
+        return img.resize((scaled_w, scaled_h), resample).crop((left, top, left + width, top + height))
+    if mode == RESIZE_AND_FILL:
+        scaled_w, scaled_h = _scaled_size(src_w, src_h, min(width / src_w, height / src_h))
+        scaled_w, scaled_h = min(scaled_w, width), min(scaled_h, height)
+        inner = img.resize((scaled_w, scaled_h), resample)
+        left, top = (width - scaled_w) // 2, (height - scaled_h) // 2
+        if fill == "edge":
+            arr = np.asarray(inner)
+            pad = [(top, height - scaled_h - top), (left, width - scaled_w - left)] + [(0, 0)] * (arr.ndim - 2)
+            return Image.fromarray(np.pad(arr, pad, mode="edge"), mode=inner.mode)
+        canvas = Image.new(inner.mode, (width, height), fill)
+        canvas.paste(inner, (left, top))
+        return canvas
+    raise ValueError(f"unknown resize mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+
+
+def _fit_bool(
+    mask: np.ndarray, width: int, height: int, mode: ResizeMode, fill: Literal["edge"] | int
+) -> np.ndarray:
+    """Apply :func:`fit_geometry` to a bool mask: bilinear on 0/255, then threshold (smooth, still binary)."""
+    as_image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+    fitted = fit_geometry(as_image, width, height, mode, Image.Resampling.BILINEAR, fill=fill)
+    return np.asarray(fitted) >= MASK_THRESHOLD
+
+
+def prepare(
+    mannequin: Image.Image,
+    clothes_mask: Image.Image,
+    width: int,
+    height: int,
+    resize_mode: ResizeMode = DEFAULT_RESIZE_MODE,
+    invert_mask: bool = False,
+) -> Composition:
+    """Compose the mannequin photo and its clothes mask at the output size.
+
+    1. A clothes mask of a different size than the mannequin is resized to the mannequin's size (nearest).
+    2. The mask is normalised (:func:`normalize_mask`) and flipped when ``invert_mask``.
+    3. A mannequin with an alpha channel is composited onto :data:`NEUTRAL_GREY`; its alpha > 0 area
+       becomes :attr:`Composition.figure`.
+    4. The same geometry (:func:`fit_geometry`, ``resize_mode``) is applied to the image (Lanczos, edge
+       fill), the mask (bilinear + threshold, margins = not clothes) and the alpha (bilinear, edge fill:
+       a figure cut by the frame continues into the margins, as the edge-extended image does).
+
+    When the mannequin already has the output size, no resampling happens and the kept pixels are exactly
+    the input's.
+    """
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+    if clothes_mask.size != mannequin.size:
+        clothes_mask = clothes_mask.resize(mannequin.size, Image.Resampling.NEAREST)
+    keep = normalize_mask(clothes_mask)
+    if invert_mask:
+        keep = ~keep
+
+    figure = None
+    if _has_alpha(mannequin):
+        rgba = mannequin.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        background = Image.new("RGBA", rgba.size, NEUTRAL_GREY + (255,))
+        rgb = Image.alpha_composite(background, rgba).convert("RGB")
+        fitted_alpha = fit_geometry(alpha, width, height, resize_mode, Image.Resampling.BILINEAR, fill="edge")
+        figure = np.asarray(fitted_alpha) > 0
+    else:
+        rgb = mannequin.convert("RGB")
+
+    return Composition(
+        image=fit_geometry(rgb, width, height, resize_mode, Image.Resampling.LANCZOS, fill="edge"),
+        keep=_fit_bool(keep, width, height, resize_mode, fill=0),
+        figure=figure,
+    )
+
+
+def pad_to_multiple(comp: Composition, multiple: int) -> Composition:
+    """Grow ``comp`` on the right and bottom to the next multiple of ``multiple`` in each dimension.
+
+    Used to run a model whose sizes must be multiples of its VAE factor (8 for Stable Diffusion) at any
+    output size. The image and the figure are edge-replicated; the padding is never clothes (it is redrawn).
+    Cropping the result back to ``(0, 0, comp.width, comp.height)`` gives the original geometry.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    pad_w = -comp.width % multiple
+    pad_h = -comp.height % multiple
+    if not pad_w and not pad_h:
+        return comp
+    pad = [(0, pad_h), (0, pad_w)]
+    image = np.pad(np.asarray(comp.image), pad + [(0, 0)], mode="edge")
+    return Composition(
+        image=Image.fromarray(image, mode="RGB"),
+        keep=np.pad(comp.keep, pad, mode="constant", constant_values=False),
+        figure=None if comp.figure is None else np.pad(comp.figure, pad, mode="edge"),
+    )
+
+
+def inpaint_mask(comp: Composition) -> Image.Image:
+    """The mask to give a diffusers inpainting pipeline: mode ``L``, 255 where the model redraws (not kept)."""
+    return Image.fromarray(np.where(comp.keep, 0, 255).astype(np.uint8), mode="L")
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """Grow a bool mask by one pixel in all 8 directions (a 3x3 square, applied as two 1-D passes)."""
+    tall = mask.copy()
+    tall[1:] |= mask[:-1]
+    tall[:-1] |= mask[1:]
+    grown = tall.copy()
+    grown[:, 1:] |= tall[:, :-1]
+    grown[:, :-1] |= tall[:, 1:]
+    return grown
+
+
+def _garment_distance(keep: np.ndarray, limit: int) -> np.ndarray:
+    """Chessboard distance (in pixels) from each pixel to the garment: 0 on it, capped at ``limit + 1``."""
+    distance = np.full(keep.shape, limit + 1, dtype=np.int32)
+    distance[keep] = 0
+    reached = keep
+    for step in range(1, limit + 1):
+        reached = _dilate(reached)
+        distance[reached & (distance > step)] = step
+    return distance
+
+
+def paste_back(
+    generated: Image.Image,
+    comp: Composition,
+    feather_px: int = 4,
+    *,
+    keep: np.ndarray | None = None,
+    source: Image.Image | None = None,
+) -> Image.Image:
+    """Put the kept pixels (the clothes of ``comp``, by default) back into a generated image, exactly.
+
+    Returns an RGB image of ``comp``'s size (``generated`` is resized to it first if needed, Lanczos):
+
+    * on the kept pixels (``keep``, default ``comp.keep``): the pixels of ``source`` (default
+      ``comp.image``), bit for bit;
+    * in a band of ``feather_px`` pixels around them (chessboard distance d = 1..feather_px): a blend
+      ``w * source + (1 - w) * generated`` with ``w = 1 - d / (feather_px + 1)``, so the seam fades from the
+      kept pixels into the generated image; the band lies entirely outside the kept pixels, so their edge
+      gets no halo;
+    * everywhere else: the generated pixels, untouched.
+
+    ``feather_px = 0`` gives a hard cut. ``keep`` and ``source`` generalise the garment to any kept area, e.g.
+    the clothes plus a background held exactly (:func:`workers.inference.inpaint.run_inpaint` with ReferStrength 1):
+    ``keep`` must then contain ``comp.keep`` and ``source`` must equal ``comp.image`` there, so that the
+    clothes stay exact.
+    """
+    if feather_px < 0:
+        raise ValueError(f"feather_px must be >= 0, got {feather_px}")
+    size = (comp.width, comp.height)
+    keep = comp.keep if keep is None else keep
+    if keep.dtype != bool or keep.shape != comp.keep.shape:
+        raise ValueError(f"keep must be a bool array of shape {comp.keep.shape}, got {keep.dtype} {keep.shape}")
+    source = comp.image if source is None else source.convert("RGB")
+    if source.size != size:
+        raise ValueError(f"source must have the composition's size {size}, got {source.size}")
+    generated = generated.convert("RGB")
+    if generated.size != size:
+        generated = generated.resize(size, Image.Resampling.LANCZOS)
+    original = np.asarray(source)
+    result = np.asarray(generated).copy()
+    if feather_px:
+        distance = _garment_distance(keep, feather_px)
+        band = (distance > 0) & (distance <= feather_px)
+        weight = (1.0 - distance[band] / (feather_px + 1))[:, None]
+        blended = weight * original[band] + (1.0 - weight) * result[band]
+        result[band] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    result[keep] = original[keep]
+    return Image.fromarray(result, mode="RGB")
+
+
+# --- background reference (Image2Image) ----------------------------------------------------------------
+
+def fit_background(bg: Image.Image, width: int, height: int) -> Image.Image:
+    """Bring a background reference to exactly ``width`` x ``height``: scale it (keeping its aspect ratio,
+    Lanczos) so it covers the whole frame, then crop the centre (``CropAndResize`` of :func:`fit_geometry`,
+    whatever the mannequin's ResizeMode: a background has no subject that must stay whole, and neither
+    stretching nor margins would look like a background).
+
+    Returns an RGB image. A reference with transparency is composited onto :data:`NEUTRAL_GREY` first, like
+    a mannequin; palette images are converted.
+    """
+    if _has_alpha(bg):
+        rgba = bg.convert("RGBA")
+        rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, NEUTRAL_GREY + (255,)), rgba).convert("RGB")
+    else:
+        rgb = bg.convert("RGB")
+    return fit_geometry(rgb, width, height, CROP_AND_RESIZE, Image.Resampling.LANCZOS)
+
+
+def with_background(comp: Composition, background: Image.Image) -> Composition:
+    """The starting image of an Image2Image request: ``comp`` with every pixel outside the clothes taken
+    from ``background`` (brought to the composition's size by :func:`fit_background`). Same masks as
+    ``comp``; the clothes pixels are ``comp.image``'s, bit for bit."""
+    fitted = np.asarray(fit_background(background, comp.width, comp.height))
+    start = np.where(comp.keep[..., None], np.asarray(comp.image), fitted)
+    return Composition(image=Image.fromarray(start, mode="RGB"), keep=comp.keep, figure=comp.figure)
+
+
+def redraw_strength(comp: Composition, refer_strength: float) -> np.ndarray:
+    """Per-pixel img2img strength of an Image2Image request (float32, height x width; 0 = kept as is,
+    1 = drawn from pure noise):
+
+    * the clothes (``comp.keep``): 0, they are kept (pasted back exactly);
+    * the figure outside the clothes, when the mannequin was a cut-out (``comp.figure``): 1, always, so a
+      person is drawn even when the background is held;
+    * the background (everything else; without alpha, everything outside the clothes): ``1 - refer_strength``.
+    """
+    if not 0.0 <= refer_strength <= 1.0:
+        raise ValueError(f"refer_strength must be between 0 and 1, got {refer_strength}")
+    strength = np.full(comp.keep.shape, 1.0 - refer_strength, dtype=np.float32)
+    if comp.figure is not None:
+        strength[comp.figure] = 1.0
+    strength[comp.keep] = 0.0
+    return strength

@@ -1,0 +1,238 @@
+"""Stable Diffusion inpainting around a :class:`~workers.inference.compose.Composition`.
+
+Imports torch and diffusers: only the worker imports this module.
+
+What the service relies on, and how it is obtained:
+
+* **Exact output size.** ``height`` and ``width`` are always passed to the pipeline (without them it
+  silently works at the UNet's native size). Sizes that are not a multiple of the VAE factor (8 for Stable
+  Diffusion) are run at the size rounded *up* (:func:`~workers.inference.compose.pad_to_multiple`: the image
+  edge-replicated, the padding redrawn) and cropped back to exactly width x height.
+* **Exact clothes.** Every result goes through :func:`~workers.inference.compose.paste_back`.
+* **Background reference (Image2Image).** The image the pipeline starts from is the background reference
+  outside the clothes (:func:`~workers.inference.compose.with_background`), denoised with a *per-pixel* strength
+  (:func:`~workers.inference.compose.redraw_strength`): ``1 - refer_strength`` on the background, always 1 on the
+  figure of a cut-out mannequin. This is differential diffusion, done inside the denoising loop
+  (:class:`ReferenceHold`): the pipeline runs at strength 1 and, after every step, the latent pixels whose
+  own start step has not come yet are reset to the reference's latents noised to the next timestep.
+* **Reproducible batches.** Image ``i`` of a batch is generated from seed ``seed + i`` by its own pipeline
+  call with its own CPU ``torch.Generator``, so it is bit-identical to a single-image request with seed
+  ``seed + i``. One call per image is deliberate: a batched call gives each image slightly different
+  numbers (different kernels for a different batch size; measured: off by one grey level on the CPU), and
+  with a single input image diffusers VAE-encodes it with ``generator[0]`` for the whole batch, so image
+  ``i`` would also depend on ``seed``. It also bounds memory at large sizes. CPU generators make the
+  starting noise the same on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import retrieve_latents
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from workers.inference.compose import (
+    Composition,
+    inpaint_mask,
+    pad_to_multiple,
+    paste_back,
+    redraw_strength,
+    with_background,
+)
+
+StepCallback = Callable[[int, int], None]
+
+
+def latent_strength(strength: np.ndarray, keep: np.ndarray, factor: int) -> np.ndarray:
+    """Bring a per-pixel strength map (:func:`~workers.inference.compose.redraw_strength`) to latent resolution.
+
+    Each ``factor`` x ``factor`` block of pixels becomes one latent pixel whose strength is the *largest*
+    strength of the block's pixels outside the clothes, so whatever must be redrawn wins (the figure of a
+    cut-out, at 1, takes every block it touches: the person is never held back by a background pixel
+    sharing its block). Blocks that are all clothes get 1: they are not held to the reference, the pipeline
+    treats them as without a reference (a 9-channel model draws them from its masked-image input, a
+    4-channel one keeps them itself), and the clothes are pasted back in pixel space anyway.
+    """
+    height, width = strength.shape
+    if height % factor or width % factor:
+        raise ValueError(f"a {width}x{height} map does not split into {factor}x{factor} blocks")
+    candidates = np.where(keep, -1.0, strength).reshape(height // factor, factor, width // factor, factor)
+    pooled = candidates.max(axis=(1, 3))
+    return np.where(pooled < 0, 1.0, pooled).astype(np.float32)
+
+
+def start_steps(strength: np.ndarray, total: int) -> np.ndarray:
+    """The denoising step index at which each latent pixel starts: ``round((1 - strength) * total)``
+    (halves rounded up). 0 = from the first step (pure noise); ``total`` = never (kept at the reference).
+
+    Halves are rounded up with a small tolerance: strengths are decimal fractions stored in binary
+    (``1 - 0.1`` in float32 times 5 is 4.49999999), and ReferStrength 0.9 over 5 steps must start at 5.
+    """
+    return np.floor((1.0 - strength.astype(np.float64)) * total + 0.5 + 1e-4).astype(np.int64)
+
+
+def reference_latents(pipe: DiffusionPipeline, image: Image.Image) -> torch.Tensor:
+    """The VAE latents of ``image`` as the pipeline's denoising loop sees them: preprocessed like the
+    pipeline's own input image, encoded deterministically (the mode of a ``latent_dist``, or an
+    ``AutoencoderTiny``'s ``.latents``), times the VAE's ``scaling_factor``."""
+    device = pipe._execution_device
+    pixels = pipe.image_processor.preprocess(image, height=image.height, width=image.width)
+    pixels = pixels.to(device=device, dtype=pipe.vae.dtype)
+    with torch.no_grad():
+        latents = retrieve_latents(pipe.vae.encode(pixels), sample_mode="argmax")
+    return latents * pipe.vae.config.scaling_factor
+
+
+class ReferenceHold:
+    """Differential diffusion towards a reference, applied in ``callback_on_step_end``.
+
+    Latent pixel p (strength s_p, :func:`latent_strength`) starts at step index
+    k_p = round((1 - s_p) * N), N being the number of denoising steps the pipeline runs. Until then it
+    follows the reference: after step i, every pixel with k_p > i is set to
+    ``scheduler.add_noise(x0, noise, t_{i+1})``, the reference latents ``x0`` noised to the level the
+    latents are at now, with one fixed ``noise`` tensor per image, so step k_p denoises it from exactly the
+    state an img2img run of strength s_p starts from. After the last step, pixels with k_p = N (s_p = 0)
+    are set to ``x0`` itself. Pixels with k_p = 0 are never touched.
+
+    Notes: the values written are ``add_noise`` outputs, which are already in the latents' space for every
+    scheduler (variance-preserving for DDIM/PNDM, ``x0 + sigma * noise`` for Euler-type ones), so they are
+    not multiplied by ``init_noise_sigma``, and ``noise`` is unit Gaussian noise (what the pipeline draws
+    before scaling its initial latents). Euler-type schedulers' ``add_noise`` ignore the timestep passed
+    inside the loop and use their current step index, which after step i is i + 1: the same level. During
+    the very first step, held pixels are the pipeline's pure noise rather than the reference noised to the
+    first timestep: at the first (strength 1) timestep the reference's share is negligible (sqrt of
+    alpha-bar ~ 0.07 for SD's schedule), the approximation diffusers itself makes for strength 1. The
+    callback runs after a 4-channel pipeline's own blend of its kept region, so it has the last word.
+
+    Use one per image, ``noise_seed`` = that image's seed (the noise is then the very draw a pipeline
+    generator with that seed makes for its initial latents when nothing else consumes it first, as with a
+    9-channel model), and call it from ``callback_on_step_end`` as
+    ``tensors["latents"] = hold(pipeline, index, tensors["latents"])``; any pipeline with the Stable
+    Diffusion loop (a ControlNet one too) works the same way.
+    """
+
+    def __init__(self, x0: torch.Tensor, strength: np.ndarray, noise_seed: int):
+        self.x0 = x0
+        self.strength = strength
+        self.noise = randn_tensor(
+            tuple(x0.shape), generator=torch.Generator(device="cpu").manual_seed(noise_seed),
+            device=x0.device, dtype=x0.dtype,
+        )
+        self._starts: torch.Tensor | None = None
+
+    def __call__(self, pipeline: DiffusionPipeline, index: int, latents: torch.Tensor) -> torch.Tensor:
+        total = pipeline.num_timesteps
+        if self._starts is None:
+            starts = torch.from_numpy(start_steps(self.strength, total))
+            self._starts = starts[None, None].to(latents.device)
+        held = self._starts > index
+        if not bool(held.any()):
+            return latents
+        if index + 1 < total:
+            timesteps = pipeline.scheduler.timesteps
+            target = pipeline.scheduler.add_noise(self.x0, self.noise, timesteps[index + 1 : index + 2])
+        else:
+            target = self.x0
+        return torch.where(held, target.to(dtype=latents.dtype), latents)
+
+
+def size_multiple(pipe: DiffusionPipeline) -> int:
+    """Pipeline calls run at a size padded up to a multiple of this (8 and the VAE's scale factor)."""
+    return math.lcm(8, pipe.vae_scale_factor)
+
+
+def run_inpaint(
+    pipe: DiffusionPipeline,
+    comp: Composition,
+    prompt: str,
+    negative_prompt: str,
+    seed: int,
+    batch_size: int,
+    steps: int,
+    guidance_scale: float,
+    on_step: StepCallback | None = None,
+    background: Image.Image | None = None,
+    refer_strength: float = 0.5,
+    pipeline_kwargs: dict | None = None,
+) -> list[Image.Image]:
+    """Redraw everything but the clothes of ``comp``; return ``batch_size`` RGB images of ``comp``'s size.
+
+    Image ``i`` is generated from seed ``seed + i`` and equals a single-image run with that seed (same
+    model, device and inputs). The clothes pixels of every image are bit-identical to ``comp.image``'s.
+    ``on_step(step, total)`` is called after every denoising step of the whole batch, ``step`` counting from
+    1 to ``total`` = ``batch_size`` x the scheduler's number of timesteps (for some schedulers, e.g. PNDM,
+    that differs from ``steps``).
+
+    ``background`` (Image2Image): a reference for everything outside the clothes, of any size (brought to
+    ``comp``'s by :func:`~workers.inference.compose.fit_background`), denoised with the per-pixel strength of
+    :func:`~workers.inference.compose.redraw_strength`: ``1 - refer_strength`` on the background, 1 on the figure of a
+    cut-out mannequin (see :class:`ReferenceHold` for how). ``refer_strength`` 0 ignores the reference
+    (the images are exactly those without it); 1 keeps it: the background pixels of the result are the
+    reference's, bit for bit, blended into the redrawn figure over the same seam as the clothes.
+
+    ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
+    already padded to the size this function pads to: :func:`padded_size`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 <= refer_strength <= 1.0:
+        raise ValueError(f"refer_strength must be between 0 and 1, got {refer_strength}")
+    multiple = size_multiple(pipe)
+    padded = pad_to_multiple(comp, multiple)
+    start = with_background(comp, background) if background is not None else None
+    strength = None
+    if start is not None and refer_strength > 0:
+        padded_start = pad_to_multiple(start, multiple)
+        pixel_strength = redraw_strength(padded_start, refer_strength)
+        strength = latent_strength(pixel_strength, padded_start.keep, pipe.vae_scale_factor)
+        if (strength < 1).any():
+            padded = padded_start
+        else:
+            strength = None  # no latent pixel is held: the reference plays no part
+    x0 = reference_latents(pipe, padded.image) if strength is not None else None
+    mask = inpaint_mask(padded)
+    crop_box = (0, 0, comp.width, comp.height)
+    image_index = 0
+    hold: ReferenceHold | None = None
+
+    def step_end(pipeline: DiffusionPipeline, index: int, timestep, tensors: dict) -> dict:
+        if hold is not None:
+            tensors["latents"] = hold(pipeline, index, tensors["latents"])
+        if on_step is not None:
+            per_image = pipeline.num_timesteps
+            on_step(image_index * per_image + index + 1, batch_size * per_image)
+        return tensors
+
+    images = []
+    for image_index in range(batch_size):
+        hold = ReferenceHold(x0, strength, seed + image_index) if x0 is not None else None
+        result = pipe(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            image=padded.image,
+            mask_image=mask,
+            height=padded.height,
+            width=padded.width,
+            strength=1.0,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            num_images_per_prompt=1,
+            generator=torch.Generator(device="cpu").manual_seed(seed + image_index),
+            callback_on_step_end=step_end if on_step is not None or hold is not None else None,
+            output_type="pil",
+            **(pipeline_kwargs or {}),
+        )
+        generated = result.images[0].crop(crop_box)
+        if start is not None and refer_strength == 1.0:
+            kept = redraw_strength(start, 1.0) == 0  # the clothes and the background
+            images.append(paste_back(generated, comp, keep=kept, source=start.image))
+        else:
+            images.append(paste_back(generated, comp))
+    return images

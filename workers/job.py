@@ -1,0 +1,262 @@
+"""One GenerateFromMannequin task, from the job message to stored PNGs: plan, run, store.
+
+Queuing -> Running -> Finished, or Error with a code and a one-line message (never a traceback; that
+goes to the worker's log). Safe to run twice (acks_late re-delivery): a task that already ended is
+skipped, and results are written under the TaskUID.
+
+1. **plan**: the Main model, the stored inputs composed to the output size, the submodels, the prompts
+   (translated when asked; the models' trigger words first), a control map per control unit;
+2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets), held in
+   the model cache for the whole job, denoising with progress written to the task record;
+3. **store**: PNGs under the TaskUID, the task Finished.
+
+Each job logs one line with its timings: queue wait, model loads, inference, store.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image, ImageOps
+
+from app.contract.codes import ErrorCode, model_message
+from app.contract.jobs import JOB_VERSION, JobMessage, TaskStatus
+from app.contract.limits import SUBMODEL_TYPES
+from app.contract.registry import ModelEntry, Registry
+from app.contract.taskstore import TaskStore
+from workers.inference.compose import Composition, fit_geometry, prepare
+from workers.inference.control import control_pipeline, run_control_inpaint
+from workers.inference.inpaint import run_inpaint
+from workers.inference.preprocess import preprocess
+from workers.models.cache import Lease, ModelLoadError, is_oom
+from workers.models.sources import local_path
+from workers.runtime import WorkerRuntime
+from workers.submodels.apply import apply_submodels
+from workers.submodels.spec import SubModelSpec, SubmodelError, build_prompt
+from workers.translate.detect import is_english
+from workers.translate.translator import TranslatorLoadError, translate_prompts
+
+log = logging.getLogger("atelier.worker")
+
+
+class JobError(Exception):
+    """A job that cannot finish: the task ends in Error with ``code`` and ``message``."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class ProgressWriter:
+    """Writes Step/TotalSteps to the task record at most every ``interval`` seconds (and at the end)."""
+
+    def __init__(self, store: TaskStore, uid: str, interval: float):
+        self.store, self.uid, self.interval = store, uid, interval
+        self._last = 0.0
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.monotonic()
+        if step >= total or now - self._last >= self.interval:
+            self._last = now
+            self.store.set_progress(self.uid, step, total)
+
+
+@dataclass
+class Timings:
+    """Seconds spent by one job in each phase (``load`` counts the model loads of the plan and the run)."""
+
+    queue_wait: float = 0.0
+    load: float = 0.0
+    inference: float = 0.0
+    store: float = 0.0
+
+    def line(self) -> str:
+        return (f"queue wait {self.queue_wait:.2f}s, load {self.load:.2f}s, inference {self.inference:.2f}s,"
+                f" store {self.store:.2f}s")
+
+
+@dataclass
+class Plan:
+    """What :func:`_run` needs, every input read and checked."""
+
+    entry: ModelEntry
+    comp: Composition
+    background: Image.Image | None
+    specs: list[SubModelSpec]
+    prompt: str
+    negative: str
+    control_maps: list[Image.Image] = field(default_factory=list)
+    control_models: list[ModelEntry] = field(default_factory=list)
+
+
+def run_job(rt: WorkerRuntime, message: dict) -> None:
+    """Run one job message to its end; whatever goes wrong ends the task in Error and returns normally,
+    so that the worker takes the next job."""
+    store = rt.store
+    uid = str(message.get("task_uid", ""))
+    if message.get("v") != JOB_VERSION:
+        log.error("task %s: job message version %r not supported (want %d)", uid, message.get("v"), JOB_VERSION)
+        if uid and store.get(uid):
+            store.mark_error(uid, ErrorCode.UNSUPPORTED_JOB, f"job message version {message.get('v')} not supported")
+        return
+    job = JobMessage.model_validate(message)
+    rec = store.get(job.task_uid)
+    if rec is None or rec.status in (TaskStatus.FINISHED, TaskStatus.ERROR):
+        log.info("task %s already ended or expired; skipping re-delivery", job.task_uid)
+        return
+    timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at))
+    try:
+        with rt.cache.lease() as lease:
+            count = _generate(rt, lease, job, timings)
+    except JobError as e:
+        log.warning("task %s failed: %s", job.task_uid, e.message)
+        store.mark_error(job.task_uid, e.code, e.message)
+    except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
+        if is_oom(e):
+            torch.cuda.empty_cache()
+            msg = f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}: lower BatchSize or Width/Height"
+            store.mark_error(job.task_uid, ErrorCode.OUT_OF_MEMORY, msg)
+        else:
+            log.exception("task %s: internal error", job.task_uid)
+            store.mark_error(job.task_uid, ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})")
+    else:
+        log.info("task %s finished: %d image(s) of %dx%d with %s; %s", job.task_uid, count, job.width, job.height,
+                 job.main_model, timings.line())
+
+
+def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings) -> int:
+    registry = rt.registry
+    entry = registry.get(job.main_model)
+    if entry is None or entry.model_type != "Main":
+        raise JobError(ErrorCode.MODEL, model_message(job.main_model))
+    rt.store.mark_running(job.task_uid, entry.defaults.steps * job.batch_size)  # refined by the first progress write
+    try:
+        plan = _plan(rt, lease, registry, entry, job)
+        images = _run(rt, lease, registry, plan, job, timings)
+    except ModelLoadError as e:
+        log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
+        raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
+    except SubmodelError as e:
+        log.error("task %s: %s", job.task_uid, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be applied: {e.message}") from e
+    timings.load = lease.load_seconds
+    t0 = time.monotonic()
+    names = []
+    for i, img in enumerate(images):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        names.append(rt.storage.write_result(job.task_uid, i, buf.getvalue()))
+    rt.store.mark_finished(job.task_uid, names, job.seed)
+    timings.store = time.monotonic() - t0
+    return len(names)
+
+
+# --- plan ------------------------------------------------------------------------------------------------
+
+
+def _plan(rt: WorkerRuntime, lease: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
+    mannequin = _open_input(rt, job.mannequin_image)
+    mask = _open_input(rt, job.clothes_mask)
+    background = _open_input(rt, job.background_image).convert("RGB") if job.background_image else None
+    comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
+    specs = _submodel_specs(rt, registry, job)
+    trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
+    prompt, negative = _prompts(rt, lease, registry, job, trigger_words)
+    plan = Plan(entry, comp, background, specs, prompt, negative)
+    for unit in job.control_units:
+        plan.control_maps.append(_control_map(rt, lease, registry, job, unit, comp))
+        cm = registry.get(unit.control_model)
+        if cm is None or cm.model_type != "ControlModel":
+            raise JobError(ErrorCode.MODEL, model_message(unit.control_model))
+        plan.control_models.append(cm)
+    return plan
+
+
+def _open_input(rt: WorkerRuntime, key: str) -> Image.Image:
+    try:
+        img = Image.open(rt.storage.input_path(key))
+        img.load()
+        return ImageOps.exif_transpose(img)  # phone photos: the mask was drawn on the upright image
+    except (OSError, ValueError) as e:
+        raise JobError(ErrorCode.BAD_INPUT, f"stored input image {key[:12]} is unreadable: {e}") from e
+
+
+def _submodel_specs(rt: WorkerRuntime, registry: Registry, job: JobMessage) -> list[SubModelSpec]:
+    specs = []
+    for ref in job.sub_models:
+        entry = registry.get(ref.model_code)
+        if entry is None or entry.model_type not in SUBMODEL_TYPES:
+            raise JobError(ErrorCode.MODEL, model_message(ref.model_code))
+        weight = ref.lora_weight if ref.lora_weight is not None else entry.defaults.lora_weight
+        specs.append(SubModelSpec(model_code=entry.model_code, model_type=entry.model_type,
+                                  path=local_path(entry, registry, rt.settings.models_dir), weight=weight,
+                                  trigger_words=list(entry.trigger_words)))
+    return specs
+
+
+def _prompts(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMessage,
+             trigger_words: list[str]) -> tuple[str, str]:
+    """Translate (when asked) and join the prompts; the models' trigger words are added once."""
+    translator = None
+    if job.translate_prompts and not all(is_english(p) for p in job.positive_prompts + job.negative_prompts):
+        try:
+            translator = rt.models.translator(lease, registry)
+        except TranslatorLoadError as e:
+            log.error("translator unavailable: %s", e)
+    positive = translate_prompts(job.positive_prompts, translator, job.translate_prompts)
+    negative = translate_prompts(job.negative_prompts, translator, job.translate_prompts)
+    for note in dict.fromkeys(positive.notes + negative.notes):
+        rt.store.add_note(job.task_uid, note)
+    return build_prompt(positive.prompts, trigger_words), ", ".join(p for p in negative.prompts if p)
+
+
+def _control_map(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMessage, unit,
+                 comp: Composition) -> Image.Image:
+    """The control map of one unit, made from its image in the composition's geometry."""
+    if unit.image == job.mannequin_image:
+        image = comp.image
+    else:
+        image = fit_geometry(_open_input(rt, unit.image).convert("RGB"), comp.width, comp.height, job.resize_mode)
+    if unit.preprocessor is None:
+        return image
+    pre = registry.get(unit.preprocessor)
+    if pre is None or pre.model_type != "PreProcessor":
+        raise JobError(ErrorCode.MODEL, model_message(unit.preprocessor))
+    try:
+        return preprocess(pre.preprocessor, image, unit.resolution, local_path(pre, registry, rt.settings.models_dir),
+                          rt.maps, device=rt.models.device, detectors=rt.models.detectors(lease))
+    except (OSError, ValueError) as e:
+        log.error("pre-processor %s failed: %s", pre.model_code, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{pre.model_code}] could not be used") from e
+
+
+# --- run -------------------------------------------------------------------------------------------------
+
+
+def _run(rt: WorkerRuntime, lease: Lease, registry: Registry, plan: Plan, job: JobMessage,
+         timings: Timings) -> list[Image.Image]:
+    common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
+                  guidance_scale=plan.entry.defaults.guidance_scale,
+                  on_step=ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s),
+                  background=plan.background, refer_strength=job.refer_strength)
+    with rt.models.vae_for(lease, plan.entry, registry, job.use_main_model_vae) as pipe, \
+            apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(lease, spec)):
+        nets = [rt.models.controlnet(lease, cm, registry) for cm in plan.control_models]
+        loaded = lease.load_seconds
+        t0 = time.monotonic()
+        if not nets:
+            images = run_inpaint(pipe, plan.comp, plan.prompt, plan.negative, **common)
+        else:
+            cpipe = control_pipeline(pipe, nets)
+            cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
+            units = job.control_units
+            images = run_control_inpaint(
+                cpipe, plan.comp, plan.prompt, plan.negative, control_images=plan.control_maps,
+                controlnet_conditioning_scale=[u.control_weight for u in units],
+                control_guidance_start=[u.starting_step for u in units],
+                control_guidance_end=[u.ending_step for u in units], **common)
+        timings.inference = time.monotonic() - t0 - (lease.load_seconds - loaded)
+    return images

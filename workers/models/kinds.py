@@ -1,0 +1,146 @@
+"""Every kind of model a worker loads, each through the one :class:`~workers.models.cache.ModelCache`.
+
+One method per kind says how it is keyed (what makes two requests share one loaded copy), where it lives
+(``device`` or ``host``), what names it in logs and errors, and which loader reads it:
+
+==============  ======================================================  ======  ==================================
+kind            key (shared by)                                         place   loader (:class:`Loaders`)
+==============  ======================================================  ======  ==================================
+``pipeline``    source, family, scheduler (ModelCodes with the same     device  :func:`~workers.models.loading.load_main_pipeline`
+                weights share one pipeline)
+``vae``         family, source                                          device  :func:`~workers.models.loading.load_vae`
+``controlnet``  resolved file or folder, config folder                  device  :func:`~workers.models.loading.load_controlnet`
+``annotator``   detector, annotator folder, device                      device  :func:`~workers.inference.preprocess.load_detector`
+``submodel``    type, resolved file, its mtime and size                 host    :func:`~workers.submodels.apply.read_submodel`
+``translator``  resolved folder                                         host    :meth:`~workers.translate.translator.Translator.load`
+==============  ======================================================  ======  ==================================
+
+A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.contract.registry import ModelEntry, Registry
+from workers.inference.control import drop_control_pipelines
+from workers.inference.preprocess import detector_key, load_detector
+from workers.models import loading
+from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
+from workers.models.sources import local_path
+from workers.submodels.apply import read_submodel, submodel_file
+from workers.submodels.spec import SubModelSpec
+from workers.translate.translator import Translator
+
+
+@dataclass
+class Loaders:
+    """The functions that read each kind from disk (tests put stand-ins of known sizes here)."""
+
+    main: Callable[..., Any] = loading.load_main_pipeline
+    vae: Callable[..., Any] = loading.load_vae
+    controlnet: Callable[..., Any] = loading.load_controlnet
+    detector: Callable[..., Any] = load_detector
+    submodel: Callable[..., Any] = read_submodel
+    translator: Callable[..., Any] = Translator.load
+
+
+class WorkerModels:
+    """The models of one worker process, by kind, on ``device`` in ``dtype``; ``models_dir`` is where
+    ``demo:`` sources are built."""
+
+    def __init__(self, cache: ModelCache, *, device: str, dtype: Any, models_dir: Path,
+                 loaders: Loaders | None = None):
+        self.cache = cache
+        self.device = device
+        self.dtype = dtype
+        self.models_dir = Path(models_dir)
+        self.loaders = loaders or Loaders()
+
+    def pipeline(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
+        """The warm inpainting pipeline of the Main model ``entry``. Raises :class:`ModelLoadError`."""
+        return lease.get(
+            ("pipeline", entry.source, entry.family, entry.defaults.scheduler),
+            lambda: self.loaders.main(entry, registry, self.device, self.dtype, self.models_dir),
+            label=entry.model_code, kind="pipeline", estimate=loading.estimate_bytes(entry.source, self.dtype),
+            slot=("pipeline", entry.model_code))
+
+    @contextmanager
+    def vae_for(self, lease: Lease, entry: ModelEntry, registry: Registry, use_main_model_vae: bool) -> Iterator[Any]:
+        """``with models.vae_for(lease, entry, registry, use_main_model_vae) as pipe:`` the warm pipeline of
+        ``entry`` with ``pipe.vae`` replaced by the deployment's external VAE of its family (``vaes:``),
+        unless ``use_main_model_vae`` or none is configured. The checkpoint's own VAE is put back when the
+        block ends, whatever happens in it. Raises :class:`ModelLoadError`."""
+        pipe = self.pipeline(lease, entry, registry)
+        source = None if use_main_model_vae else registry.vae_source(entry.family)
+        if source is None:
+            yield pipe
+            return
+        label = f"vae:{entry.family}"
+        vae = lease.get(
+            ("vae", entry.family, source),
+            lambda: self.loaders.vae(source, self.device, self.dtype, family=entry.family,
+                                     demo_dir=self.models_dir, label=label),
+            label=label, kind="vae", estimate=loading.estimate_bytes(source, self.dtype),
+            slot=("vae", entry.family))
+        original = pipe.vae
+        own = getattr(getattr(original, "config", None), "latent_channels", None)
+        theirs = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if own is not None and theirs is not None and own != theirs:
+            raise ModelLoadError(label, f"it has {theirs} latent channels, model {entry.model_code} {own}")
+        pipe.vae = vae
+        try:
+            yield pipe
+        finally:
+            pipe.vae = original
+
+    def controlnet(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
+        """The ControlModel ``entry`` on the device. Raises :class:`ModelLoadError`."""
+        path = local_path(entry, registry, self.models_dir)
+        config = registry.resolve_config(entry)
+
+        def load() -> Any:
+            try:
+                return self.loaders.controlnet(path, self.device, self.dtype, config=config)
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                raise ModelLoadError(entry.model_code, str(e)) from e
+
+        return lease.get(("controlnet", str(path), str(config)), load, label=entry.model_code, kind="controlnet",
+                         slot=("controlnet", entry.model_code), on_evict=drop_control_pipelines)
+
+    def detectors(self, lease: Lease) -> Callable[[str, Path | None], Any]:
+        """``detectors(kind, annotator_folder)`` for :func:`workers.inference.preprocess.preprocess`: each
+        controlnet-aux detector loaded once. Its files are checked first (``FileNotFoundError``)."""
+
+        def get(kind: str, folder: Path | None) -> Any:
+            key = detector_key(kind, folder, self.device)
+            detector, _, device = key
+            return lease.get(("annotator", *key), lambda: self.loaders.detector(kind, folder, device),
+                             label=f"annotator:{detector}", kind="annotator",
+                             place="device" if folder is not None else "host")
+
+        return get
+
+    def submodel(self, lease: Lease, spec: SubModelSpec) -> Any:
+        """The parsed file of a LoRA, embedding or hypernetwork (read-only, shared between jobs). A file
+        replaced on disk is read again. Raises :class:`~workers.submodels.spec.SubmodelError`."""
+        file = submodel_file(spec).resolve()
+        st = os.stat(file)
+        return lease.get(("submodel", spec.model_type, str(file), st.st_mtime_ns, st.st_size),
+                         lambda: self.loaders.submodel(spec, file), label=spec.model_code, kind="submodel",
+                         place="host", slot=("submodel", spec.model_type, str(file)))
+
+    def translator(self, lease: Lease, registry: Registry) -> Translator | None:
+        """The deployment's prompt translator (``translator:``), or None when none is configured. Raises
+        :class:`~workers.translate.translator.TranslatorLoadError`."""
+        if registry.translator is None:
+            return None
+        path = local_path(registry.translator, registry, self.models_dir)
+        return lease.get(("translator", str(path)), lambda: self.loaders.translator(path), label="translator",
+                         kind="translator", place="host", slot=("translator",))

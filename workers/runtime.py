@@ -1,0 +1,54 @@
+"""One object per worker process that owns everything jobs share, built once at worker start.
+
+:class:`WorkerRuntime` holds the task store (Redis), the file storage, the model registry (re-read when
+``models_config`` changes), the one model cache with the worker's models by kind, and the control-map
+cache. ``workers/tasks.py`` builds it when the worker starts and hands it to every job
+(:func:`workers.job.run_job`); tests build their own.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from app.contract.redis_conn import broker_url, connect
+from app.contract.registry import Registry, get_registry
+from app.contract.settings import Settings
+from app.contract.storage import Storage
+from app.contract.taskstore import TaskStore
+from workers.inference.preprocess import MapCache
+from workers.models.cache import ModelCache
+from workers.models.device import pick_device, resolve_dtype
+from workers.models.kinds import Loaders, WorkerModels
+from workers.models.sizes import fmt_bytes
+
+log = logging.getLogger("atelier.worker")
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    store: TaskStore
+    storage: Storage
+    cache: ModelCache
+    models: WorkerModels
+    maps: MapCache = field(default_factory=MapCache)
+
+    @classmethod
+    def build(cls, settings: Settings, *, store: TaskStore | None = None, loaders: Loaders | None = None) -> WorkerRuntime:
+        """Everything from ``settings``: the device and dtype (``ATELIER_DEVICE``, ``ATELIER_DTYPE``), the
+        model cache's budgets, the task store at ``ATELIER_REDIS_URL``. Loads no model."""
+        device, _ = pick_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        cache = ModelCache(device_bytes=settings.model_cache_bytes, host_bytes=settings.model_cache_ram_bytes,
+                           device=device)
+        models = WorkerModels(cache, device=device, dtype=dtype, models_dir=settings.models_dir, loaders=loaders)
+        store = store or TaskStore(connect(settings.redis_url or broker_url()), settings.result_retention_s)
+        log.info("worker runtime on %s (%s): model cache %s on the device, %s in host RAM", device,
+                 str(dtype).removeprefix("torch."), fmt_bytes(settings.model_cache_bytes),
+                 fmt_bytes(settings.model_cache_ram_bytes))
+        return cls(settings, store, Storage(settings.data_dir), cache, models)
+
+    @property
+    def registry(self) -> Registry:
+        """The deployment's models, re-read when the models config file changes."""
+        return get_registry(self.settings.models_config)
