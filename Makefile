@@ -2,7 +2,7 @@
 # Both create/refresh ./.venv first (scripts/install.sh; idempotent, cached outside the clone).
 PY := .venv/bin/python
 
-.PHONY: install run test test-fast bench examples clean
+.PHONY: install run lint test test-fast bench examples clean
 
 install:
 	@bash scripts/install.sh
@@ -10,9 +10,13 @@ install:
 run: install
 	@exec $(PY) -m app.cli.run
 
+# ruff (configured in pyproject.toml): the code passes it; `make test` runs it first.
+lint: install
+	.venv/bin/ruff check app workers tests scripts
+
 # One torch thread per process in tests: the test process, the gateway and the worker share two
 # cores, and torch's spinning threads thrash under contention (tiny models run 10x slower).
-test: install
+test: install lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -ra
 
 test-fast: install

@@ -21,19 +21,19 @@ async def read_body(request: Request, svc: ServicesDep) -> dict[str, Any]:
     limit = svc.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(RetCode.BAD_PARAM, f"Params [body] not available: larger than {limit} bytes")
+        raise ApiError.param("body", f"larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(RetCode.BAD_PARAM, f"Params [body] not available: larger than {limit} bytes")
+            raise ApiError.param("body", f"larger than {limit} bytes")
         chunks.append(chunk)
     try:
         body = orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
-        raise ApiError(RetCode.BAD_PARAM, "Params [body] not available: not valid JSON") from None
+        raise ApiError.param("body", "not valid JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(RetCode.BAD_PARAM, "Params [body] not available: must be a JSON object")
+        raise ApiError.param("body", "must be a JSON object")
     request.state.body = body  # lets the error handler echo Action and request_uuid
     return body
 
@@ -42,15 +42,15 @@ async def signed_call(body: Annotated[dict[str, Any], Depends(read_body)], svc: 
     """Action present and known, then PublicKey/Signature present, the key known, the signature valid."""
     action = body.get("Action")
     if action is None or action == "":
-        raise ApiError(RetCode.MISSING_ACTION, "Missing Action")
+        raise ApiError(RetCode.MISSING_ACTION)
     if not isinstance(action, str) or action not in ACTIONS:
         raise ApiError.unknown_action(action)
     public_key, signature = body.get("PublicKey"), body.get("Signature")
     if not isinstance(public_key, str) or not public_key or not isinstance(signature, str) or not signature:
-        raise ApiError(RetCode.MISSING_SIGNATURE, "Missing signature")
+        raise ApiError(RetCode.MISSING_SIGNATURE)
     private_key = svc.keys.private_key(public_key)
     if private_key is None:
-        raise ApiError(RetCode.UNKNOWN_KEY, "User Not Exists")
+        raise ApiError(RetCode.UNKNOWN_KEY)
     if not verify(body, private_key):
-        raise ApiError(RetCode.BAD_SIGNATURE, "Signature VerifyAC Error")
+        raise ApiError(RetCode.BAD_SIGNATURE)
     return SignedCall(action, public_key, private_key, body)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from app.contract.codes import DEFAULT_MESSAGES, RetCode, action_message, model_message, param_message
 
 
-
 class ApiError(Exception):
     """A failed request: ``ret_code`` and the ``message`` to put into the answer.
 

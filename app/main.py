@@ -7,17 +7,17 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import orjson
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-import orjson
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from app.actions import ACTIONS
 from app.actions.base import SignedCall
+from app.contract.codes import DEFAULT_MESSAGES, RetCode
 from app.deps import ServicesDep, signed_call
-from app.contract.codes import RetCode
 from app.errors import ApiError
 from app.resultlinks import check_link
 from app.services import get_services
@@ -66,13 +66,13 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
 @app.exception_handler(redis.RedisError)
 async def _redis_error(request: Request, exc: redis.RedisError) -> Response:
     log.warning("Redis unavailable: %s", exc)
-    return answer(getattr(request.state, "body", None), RetCode.UNAVAILABLE, "Service unavailable")
+    return answer(getattr(request.state, "body", None), RetCode.UNAVAILABLE, DEFAULT_MESSAGES[RetCode.UNAVAILABLE])
 
 
 @app.exception_handler(Exception)
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("internal error")
-    return answer(getattr(request.state, "body", None), RetCode.INTERNAL, "Internal error")
+    return answer(getattr(request.state, "body", None), RetCode.INTERNAL, DEFAULT_MESSAGES[RetCode.INTERNAL])
 
 
 @app.post("/")

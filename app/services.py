@@ -4,13 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-from app.keys import KeyStore, load_keystore
+from app.contract.queue import make_celery
 from app.contract.redis_conn import get_redis
 from app.contract.registry import Registry, get_registry
-from app.contract.queue import make_celery
 from app.contract.settings import Settings, get_settings
 from app.contract.storage import Storage
 from app.contract.taskstore import TaskStore
+from app.keys import KeyStore, load_keystore
 
 
 @dataclass

@@ -20,8 +20,8 @@ from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.main import app
 from app.services import get_services
-
 from support.api import KEYS, PUB, ROOT, TEST_MODELS_YAML, TEST_REDIS_URL, free_port, signed
+
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:

@@ -35,7 +35,7 @@ from workers.models.cache import Lease, ModelLoadError, is_oom
 from workers.models.sources import local_path
 from workers.runtime import WorkerRuntime
 from workers.submodels.apply import apply_submodels
-from workers.submodels.spec import SubModelSpec, SubmodelError, build_prompt
+from workers.submodels.spec import SubmodelError, SubModelSpec, build_prompt
 from workers.translate.detect import is_english
 from workers.translate.translator import TranslatorLoadError, translate_prompts
 
@@ -108,8 +108,9 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
         log.info("task %s already ended or expired; skipping re-delivery", job.task_uid)
         return
     timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at))
+    lease = rt.cache.lease()
     try:
-        with rt.cache.lease() as lease:
+        with lease:
             count = _generate(rt, lease, job, timings)
     except JobError as e:
         log.warning("task %s failed: %s", job.task_uid, e.message)
@@ -118,13 +119,15 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
         if is_oom(e):
             torch.cuda.empty_cache()
             msg = f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}: lower BatchSize or Width/Height"
+            log.warning("task %s failed: %s (%s)", job.task_uid, msg, e)
             store.mark_error(job.task_uid, ErrorCode.OUT_OF_MEMORY, msg)
         else:
             log.exception("task %s: internal error", job.task_uid)
             store.mark_error(job.task_uid, ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})")
     else:
-        log.info("task %s finished: %d image(s) of %dx%d with %s; %s", job.task_uid, count, job.width, job.height,
-                 job.main_model, timings.line())
+        models = ", ".join(f"{label} ({how})" for label, how in lease.used.items())
+        log.info("task %s finished: %d image(s) of %dx%d; models %s; %s", job.task_uid, count, job.width,
+                 job.height, models, timings.line())
 
 
 def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings) -> int:

@@ -25,7 +25,8 @@ HARMLESS: dict[str, tuple[re.Pattern[str], ...]] = {
                    r" but are not expected and will be ignored"),
     ),
     "diffusers.pipelines.pipeline_utils": (
-        re.compile(r"^Expected types for vae: \(<class '[\w.]*AutoencoderKL'>,\), got <class '[\w.]*AutoencoderTiny'>"),
+        re.compile(r"^Expected types for vae: \((<class '[\w.]*AutoencoderKL'>(, )?)+,?\),"
+                   r" got <class '[\w.]*AutoencoderTiny'>"),
     ),
 }
 
@@ -43,8 +44,13 @@ class DropHarmless(logging.Filter):
 
 
 def configure_worker_logging(level: int = logging.INFO) -> None:
-    """Set up the worker process's logging (idempotent)."""
+    """Set up the worker process's logging: the format, and :func:`quiet_libraries` (idempotent)."""
     logging.basicConfig(level=level, format=FORMAT)
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """No progress bars, no known-harmless warnings from diffusers and transformers (idempotent)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()

@@ -16,6 +16,7 @@ from app.contract.settings import Settings
 from app.contract.storage import Storage
 from app.contract.taskstore import TaskStore
 from workers.inference.preprocess import MapCache
+from workers.logs import quiet_libraries
 from workers.models.cache import ModelCache
 from workers.models.device import pick_device, resolve_dtype
 from workers.models.kinds import Loaders, WorkerModels
@@ -34,9 +35,11 @@ class WorkerRuntime:
     maps: MapCache = field(default_factory=MapCache)
 
     @classmethod
-    def build(cls, settings: Settings, *, store: TaskStore | None = None, loaders: Loaders | None = None) -> WorkerRuntime:
+    def build(cls, settings: Settings, *, store: TaskStore | None = None,
+              loaders: Loaders | None = None) -> WorkerRuntime:
         """Everything from ``settings``: the device and dtype (``ATELIER_DEVICE``, ``ATELIER_DTYPE``), the
         model cache's budgets, the task store at ``ATELIER_REDIS_URL``. Loads no model."""
+        quiet_libraries()
         device, _ = pick_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         cache = ModelCache(device_bytes=settings.model_cache_bytes, host_bytes=settings.model_cache_ram_bytes,

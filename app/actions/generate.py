@@ -6,12 +6,12 @@ import logging
 import secrets
 from typing import Any
 
+from app.actions.base import SignedCall
+from app.contract.codes import RetCode
 from app.contract.jobs import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
 from app.contract.limits import DEFAULT_RESOLUTION, SUBMODEL_TYPES
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import TooManyActiveTasks
-from app.actions.base import SignedCall
-from app.contract.codes import RetCode
 from app.errors import ApiError
 from app.services import Services
 from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
@@ -45,7 +45,8 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
                                  "must not be greater than EndingStep (with the model's defaults)")
         refs.append((u.image_index, dict(
             preprocessor=u.preprocessor,
-            resolution=u.resolution if u.resolution is not None else (pre.defaults.resolution if pre else DEFAULT_RESOLUTION),
+            resolution=(u.resolution if u.resolution is not None
+                        else pre.defaults.resolution if pre else DEFAULT_RESOLUTION),
             control_model=u.control_model,
             control_weight=cm.control_weight if u.control_weight is None else u.control_weight,
             starting_step=start, ending_step=end)))
@@ -96,7 +97,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     except Exception:
         log.exception("enqueue failed for task %s", uid)
         svc.tasks.discard(uid, call.public_key, request_uuid)
-        raise ApiError(RetCode.UNAVAILABLE, "Service unavailable") from None
+        raise ApiError(RetCode.UNAVAILABLE) from None
     log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, req.main_model,
              req.width, req.height, req.batch_size)
     return {"TaskUID": uid}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.contract.limits import GENERATION_TYPES
 from app.actions.base import SignedCall
+from app.contract.limits import GENERATION_TYPES
 from app.services import Services
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.contract.taskstore import TaskRecord
 from app.actions.base import SignedCall
+from app.contract.limits import MAX_TASK_UIDS
+from app.contract.taskstore import TaskRecord
 from app.resultlinks import make_link
 from app.services import Services
-from app.contract.limits import MAX_TASK_UIDS
 from app.validation.fields import check_str_list
 
 

@@ -107,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     detail: dict[str, Any] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                   TimeElapsedColumn(), console=console) as bar:
-        t = bar.add_task("Queuing", total=100)
+        t = bar.add_task(TaskStatus.QUEUING, total=100)
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             details = call(args.url, pub, priv, "ListTasksDetails", TaskUIDList=[uid])["TaskDetailList"]

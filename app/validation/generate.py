@@ -39,6 +39,7 @@ from app.validation.fields import (
 )
 from app.validation.images import DecodedImage, decode_image
 
+
 @dataclass(frozen=True)
 class SubModel:
     """One entry of SubModelList: its ModelCode and, when given, InferenceParams.LoraWeight."""
@@ -204,7 +205,8 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         background_index = check_index(image2image.get("ImageIndex"), "Image2Image.ImageIndex",
                                        count, "ImageAndMaskList")
         refer_strength = check_float(image2image.get("ReferStrength"), "Image2Image.ReferStrength",
-                                     lo=REFER_STRENGTH_RANGE.lo, hi=REFER_STRENGTH_RANGE.hi, default=DEFAULT_REFER_STRENGTH)
+                                     lo=REFER_STRENGTH_RANGE.lo, hi=REFER_STRENGTH_RANGE.hi,
+                                     default=DEFAULT_REFER_STRENGTH)
 
     mannequin = check_object(body.get("Mannequin"), "Mannequin")
     mannequin_index = check_index(mannequin.get("ImageIndex"), "Mannequin.ImageIndex", count, "ImageAndMaskList")

@@ -1,4 +1,4 @@
-"""app/core/registry.py: the models YAML format (source kinds, families, schedulers, the vaes section),
+"""app/contract/registry.py: the models YAML format (source kinds, families, schedulers, the vaes section),
 its error messages, relative path resolution and the ListModels wire output."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from app.contract.registry import KNOWN_SCHEDULERS, ModelEntry, ModelSource, Registry, get_registry
-
 from support.api import ROOT
 
 

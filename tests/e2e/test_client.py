@@ -6,8 +6,9 @@ import sys
 
 import numpy as np
 import pytest
-from support.api import KEYS, PUB, ROOT, example_inputs
 from PIL import Image
+
+from support.api import KEYS, PUB, ROOT, example_inputs
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,9 @@ import io
 import httpx
 import numpy as np
 import pytest
-from support.api import generate_body, signed
 from PIL import Image
+
+from support.api import generate_body, signed
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,8 @@ def test_default_control_of_a_model_and_switching_it_off(live_stack):
     with_default = _image(live_stack, MainModel={"ModelCode": "demo-canny-default"})
     # the same unit given explicitly, with the models' default InferenceParams
     explicit = _image(live_stack, MainModel={"ModelCode": "demo-inpaint"},
-                      ControlNet=[{"PreProcessor": {"ModelCode": "canny"}, "ControlModel": {"ModelCode": "demo-controlnet"}}])
+                      ControlNet=[{"PreProcessor": {"ModelCode": "canny"},
+                                   "ControlModel": {"ModelCode": "demo-controlnet"}}])
     off = _image(live_stack, MainModel={"ModelCode": "demo-canny-default"}, ControlNet=[])
     plain = _image(live_stack)
     assert not np.array_equal(with_default, plain)

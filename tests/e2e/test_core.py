@@ -7,8 +7,9 @@ import io
 import httpx
 import numpy as np
 import pytest
-from support.api import example_inputs, generate_body, png_b64, signed
 from PIL import Image
+
+from support.api import example_inputs, generate_body, png_b64, signed
 
 pytestmark = pytest.mark.slow
 

@@ -3,13 +3,18 @@ the real demo model (tiny random weights, built by code), results downloaded ove
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import httpx
 import numpy as np
 import pytest
-from support.api import PUB, example_inputs, generate_body, signed
 from PIL import Image
+
+from app.contract.jobs import GENERATE_TASK_NAME
+from app.contract.queue import make_celery
+from app.services import get_services
+from support.api import PUB, example_inputs, generate_body, signed
 
 pytestmark = pytest.mark.slow
 
@@ -82,10 +87,6 @@ def test_bad_requests_keep_service_serving(live_stack):
 
 def test_unsupported_job_version_ends_in_error_and_worker_goes_on(live_stack, atelier_env):
     """A job message of an unknown version ends its task in Error; the next job still runs."""
-    from app.contract.jobs import GENERATE_TASK_NAME
-    from app.contract.queue import make_celery
-    from app.services import get_services
-
     svc = get_services()
     uid, _ = svc.tasks.create(PUB["pk-alice"], None, "GenerateFromMannequin", 1, 0)
     make_celery().send_task(GENERATE_TASK_NAME, args=[{"v": 99, "task_uid": uid}], queue=atelier_env["ATELIER_QUEUE"])
@@ -93,3 +94,17 @@ def test_unsupported_job_version_ends_in_error_and_worker_goes_on(live_stack, at
     assert d["Status"] == "Error" and d["ErrorCode"] == 505 and "version" in d["ErrorMessage"]
     assert "Traceback" not in d["ErrorMessage"]
     assert live_stack.wait(live_stack.post(signed(generate_body()))["TaskUID"])["Status"] == "Finished"
+
+
+def test_the_worker_log_is_quiet_and_has_one_timing_line_per_job(live_stack):
+    """No progress bars, no known-harmless warnings, and each finished job's phases in one line."""
+    uid = live_stack.post(signed(generate_body(Seed=4242)))["TaskUID"]
+    assert live_stack.wait(uid)["Status"] == "Finished"
+    log = (live_stack.log_dir / "worker.log").read_text()
+    for noise in ("Loading pipeline components", "Loading weights", "it/s]", "%|",
+                  "were passed to AutoencoderTiny", "Expected types for vae"):
+        assert noise not in log, noise
+    [line] = [x for x in log.splitlines() if f"task {uid} finished:" in x]
+    assert re.search(r"queue wait \d+\.\d\ds, load \d+\.\d\ds, inference \d+\.\d\ds, store \d+\.\d\ds$", line), line
+    assert "worker runtime on cpu" in log  # built once at start, before the first job
+    assert log.count("worker runtime on") == 1

@@ -1,4 +1,4 @@
-"""`make run`'s launcher (app/run.py) as a user runs it: embedded Redis (never 6379), gateway and
+"""`make run`'s launcher (app/cli/run.py) as a user runs it: embedded Redis (never 6379), gateway and
 worker come up, a dev key is created and printed, Ctrl-C (SIGINT to the process group) stops all
 of it and leaves nothing running; the embedded Redis keeps its data across a restart."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 import redis
+
 from support.api import ROOT, free_port
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,9 @@ import io
 import httpx
 import numpy as np
 import pytest
-from support.api import generate_body, signed
 from PIL import Image
+
+from support.api import generate_body, signed
 
 pytestmark = pytest.mark.slow
 

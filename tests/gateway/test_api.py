@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 import pytest
 import redis as redis_lib
-from support.api import KEYS, PUB, generate_body, signed
-from support.signer import picpik_signature
 
 from app.resultlinks import make_link
 from app.services import get_services
+from support.api import KEYS, PUB, generate_body, signed
+from support.signer import picpik_signature
 
 
 def test_published_check_value_against_independent_signer():
@@ -32,7 +32,8 @@ def test_list_models_lists_demo_model_with_type(api):
 @pytest.mark.parametrize("raw, code", [
     (b"not json", 230), (b"[1,2]", 230), (b'"str"', 230), (b"{}", 160),
     (b'{"Action": ""}', 160), (b'{"Action": "Nope"}', 161), (b'{"Action": 5}', 161),
-    (b'{"Action": "ListModels"}', 170), (b'{"Action": "ListModels", "PublicKey": "%s"}' % PUB["pk-alice"].encode(), 170),
+    (b'{"Action": "ListModels"}', 170),
+    (b'{"Action": "ListModels", "PublicKey": "%s"}' % PUB["pk-alice"].encode(), 170),
     (b'{"Action": "ListModels", "PublicKey": "nobody", "Signature": "00"}', 172),
     (b'{"Action": "ListModels", "PublicKey": "%s", "Signature": "00"}' % PUB["pk-alice"].encode(), 171),
 ])

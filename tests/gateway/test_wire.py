@@ -15,10 +15,9 @@ from PIL import Image, ImageFile
 
 from app.contract.codes import RetCode
 from app.errors import ApiError
-from app.validation.images import decode_image
 from app.validation.fields import check_float, check_int, check_str_list
 from app.validation.generate import parse_generate
-
+from app.validation.images import decode_image
 from support.bodies import LIMITS, MASK, PHOTO, b64, body, image_bytes
 
 

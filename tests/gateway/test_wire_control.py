@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from support.bodies import LIMITS, body
 
-from app.errors import ApiError
 from app.contract.limits import MAX_CONTROL_UNITS
+from app.errors import ApiError
 from app.validation.generate import ControlUnit, parse_generate
+from support.bodies import LIMITS, body
 
 
 def unit(**over) -> dict:

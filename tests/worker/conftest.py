@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from workers.demo.model import ensure_demo_model
 from support.models import load_folder
+from workers.demo.model import ensure_demo_model
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from PIL import Image
 
-from workers.inference.compose import Composition, fit_background, prepare, redraw_strength, with_background
-from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from support.models import load_folder
+from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
+from workers.inference.compose import Composition, fit_background, prepare, redraw_strength, with_background
 from workers.inference.inpaint import (
     latent_strength,
     reference_latents,

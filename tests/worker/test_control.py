@@ -17,6 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from support.models import load_folder
+from workers.demo.control import MARKER_FILE, build_demo_controlnet, ensure_demo_controlnet, write_demo_annotators
+from workers.demo.model import ensure_demo_model
 from workers.inference.compose import Composition, prepare
 from workers.inference.control import (
     clear_control_pipeline_cache,
@@ -24,12 +27,9 @@ from workers.inference.control import (
     drop_control_pipelines,
     run_control_inpaint,
 )
-from workers.models.loading import load_controlnet
-from workers.demo.control import MARKER_FILE, build_demo_controlnet, ensure_demo_controlnet, write_demo_annotators
-from workers.inference.preprocess import MapCache, load_detector, map_key, preprocess
-from workers.demo.model import ensure_demo_model
-from support.models import load_folder
 from workers.inference.inpaint import run_inpaint
+from workers.inference.preprocess import MapCache, load_detector, map_key, preprocess
+from workers.models.loading import load_controlnet
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 2

@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderTiny
 from PIL import Image
 
-from workers.inference.compose import Composition
+from support.models import load_folder
 from workers.demo.model import (
     DEMO_VAE_SCALING_FACTOR,
     MARKER_FILE,
@@ -21,7 +21,7 @@ from workers.demo.model import (
     ensure_demo_model_sd15,
     ensure_demo_vae,
 )
-from support.models import load_folder
+from workers.inference.compose import Composition
 from workers.inference.inpaint import run_inpaint
 
 #: Reconstruction quality the demo VAE must reach on smooth images, compared at 8x8 block resolution.

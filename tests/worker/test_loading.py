@@ -1,4 +1,4 @@
-"""workers/loading.py on tiny random-weight models built here, on the CPU: diffusers folders (9-channel
+"""workers/models/loading.py on tiny random-weight models built here, on the CPU: diffusers folders (9-channel
 inpainting, 4-channel base, SDXL with two text encoders), a single-file checkpoint in the original
 (LDM/CompVis) key layout with its config folder, external VAEs, schedulers, and the errors a deployment
 meets (missing files, corrupt or truncated checkpoints, wrong family, mismatched config)."""

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.inference.compose import Composition, prepare
+from support.models import load_folder
 from workers.demo import publish
 from workers.demo.model import DEMO_BUILD, MARKER_FILE, ensure_demo_model, ensure_demo_model_sd15
-from support.models import load_folder
+from workers.inference.compose import Composition, prepare
 from workers.inference.inpaint import run_inpaint
 from workers.models.cache import ModelLoadError
 from workers.models.device import pick_device

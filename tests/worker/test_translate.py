@@ -176,8 +176,8 @@ def test_translator_load_of_a_missing_folder_fails_clearly(tmp_path):
 # --- translate_prompts ------------------------------------------------------------------------------------
 
 def test_spanish_and_chinese_prompts_are_translated(translator, spies):
-    result = translate_prompts(["chica, sonrisa, vestido rojo", "女孩，微笑，红色连衣裙", "una chica con un vestido rojo"],
-                               translator, enabled=True)
+    prompts = ["chica, sonrisa, vestido rojo", "女孩，微笑，红色连衣裙", "una chica con un vestido rojo"]
+    result = translate_prompts(prompts, translator, enabled=True)
     assert result.prompts == ["girl, smile, red dress", "girl, smile, red dress", "a girl in a red dress"]
     assert result.languages == ["es", "zh", "es"]
     assert len(result.notes) == 1 and result.notes[0].startswith("TranslatePrompts: translated 3 prompts from es, zh")

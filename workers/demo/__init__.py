@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from workers.demo.control import ensure_demo_controlnet, write_demo_annotators
+from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.demo.publish import ensure_folder
+from workers.demo.submodels import ensure_demo_submodels
+from workers.demo.translator import ensure_demo_translator
 
 #: annotators of the demo deployment; MiDaS (depth) is left out: its weights are ~250 MB even in fp16
 DEMO_ANNOTATORS = ("openpose", "lineart")
@@ -17,20 +23,12 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
     """The folder or file of demo source ``kind`` (see ModelSource.demo), built if missing."""
     demo_dir = Path(demo_dir)
     if kind in ("inpaint", "sd15"):
-        from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
-
         return (ensure_demo_model if kind == "inpaint" else ensure_demo_model_sd15)(demo_dir / f"demo-{kind}")
     if kind == "translator":
-        from workers.demo.translator import ensure_demo_translator
-
         return ensure_demo_translator(demo_dir / "demo-translator")
     if kind in ("lora-kohya", "lora-peft", "embedding", "hypernetwork"):
-        from workers.demo.submodels import ensure_demo_submodels
-
         return ensure_demo_submodels(demo_dir / "demo-submodels")[kind]
     if kind == "controlnet":
-        from workers.demo.control import ensure_demo_controlnet
-
         return ensure_demo_controlnet(demo_dir / "demo-controlnet", base_model=demo_path("inpaint", demo_dir))
     if kind == "annotators":
         return ensure_demo_annotators(demo_dir / "demo-annotators")
@@ -41,10 +39,6 @@ def ensure_demo_annotators(dest: Path) -> Path:
     """Random-weight annotator files (fp16) for the demo pre-processors, in controlnet-aux's layout."""
 
     def write(folder: Path, work: Path) -> None:
-        import torch
-
-        from workers.demo.control import write_demo_annotators
-
         write_demo_annotators(folder, dtype=torch.float16, detectors=DEMO_ANNOTATORS)
 
     marker = {"kind": "atelier-demo-annotators", "detectors": list(DEMO_ANNOTATORS), "build": 1}

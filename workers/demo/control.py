@@ -43,8 +43,9 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
-from workers.inference.preprocess import LINEART_FILES, MIDAS_FILES, OPENPOSE_FILES
+from workers.demo.model import ensure_demo_model
 from workers.demo.publish import ensure_folder, read_marker
+from workers.inference.preprocess import LINEART_FILES, MIDAS_FILES, OPENPOSE_FILES
 
 MARKER_FILE = "atelier_demo_controlnet.json"
 
@@ -304,8 +305,6 @@ def ensure_demo_controlnet(dest: Path, seed: int = 0, base_model: Path | None = 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.base-", dir=dest.parent) as scratch:
         if base_model is None:
-            from workers.demo.model import ensure_demo_model
-
             base_model = ensure_demo_model(Path(scratch) / "base", seed=seed)
         unet = UNet2DConditionModel.from_pretrained(Path(base_model) / "unet", local_files_only=True)
         marker = {"kind": "atelier-demo-controlnet", "build": DEMO_CONTROLNET_BUILD, "seed": seed,

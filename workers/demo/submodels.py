@@ -19,12 +19,17 @@ Formats written (the exact key layouts are listed in each function's docstring):
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import zlib
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionPipeline
+from peft import LoraConfig
 from safetensors.torch import save_file
 
 #: Width of the demo text encoder (= the UNet's cross-attention context width).
@@ -163,9 +168,6 @@ def write_demo_lora_peft(directory: Path, seed: int, rank: int = DEMO_LORA_RANK,
     from ``rank`` on purpose (scale ``alpha / rank`` = 2 by default), so a loader that drops the metadata
     gives a visibly different image.
     """
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
-
     directory = Path(directory)
     layers: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text_encoder": {}}
     targets: dict[str, set[str]] = {"unet": set(), "text_encoder": set()}
@@ -360,10 +362,6 @@ def ensure_demo_submodels(root: Path, seed: int = 0) -> dict[str, Path]:
     """Write, once, one demo file of each kind under ``root`` (see :data:`DEMO_SUBMODELS`); return
     name -> path. Each is written under a temporary name and renamed into place, so concurrent callers and
     interrupted writes never leave a half-written file behind; existing files are kept."""
-    import os
-    import shutil
-    import tempfile
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     writers = {

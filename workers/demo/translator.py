@@ -38,15 +38,20 @@ about 8 s on 2 CPU cores (300 full-batch Adam steps) plus ~4 s of torch/transfor
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import shutil
 import warnings
-import logging
 from pathlib import Path
+
+import sentencepiece as spm
+import torch
+from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
 from workers.demo.publish import ensure_folder
 
-log = logging.getLogger("atelier.worker.demo_translator")
+log = logging.getLogger("atelier.worker.demo.translator")
 
 #: Written into every demo folder; records what was built so a folder is never reused for another build.
 MARKER_FILE = "atelier_demo_translator.json"
@@ -203,10 +208,6 @@ def _train_spm(workdir: Path) -> Path:
 
     Trained from an iterator into memory, so that no temporary path ends up in the model's stored
     TrainerSpec: the file is byte-identical from build to build."""
-    import io
-
-    import sentencepiece as spm
-
     lines = [s for s, _ in DEMO_PAIRS] + [t for _, t in DEMO_PAIRS]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -229,8 +230,6 @@ def _train_spm(workdir: Path) -> Path:
 
 def _marian_vocab(spm_model: Path) -> dict[str, int]:
     """Marian id layout: </s>=0, <unk>=1, the pieces, <pad>=last."""
-    import sentencepiece as spm
-
     sp = spm.SentencePieceProcessor(model_file=str(spm_model))
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     vocab = {EOS: 0, UNK: 1}
@@ -242,9 +241,6 @@ def _marian_vocab(spm_model: Path) -> dict[str, int]:
 
 
 def _build(workdir: Path, folder: Path, seed: int) -> None:
-    import torch
-    from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
-
     workdir.mkdir(parents=True, exist_ok=True)
     spm_model = _train_spm(workdir)
     vocab = _marian_vocab(spm_model)

@@ -137,10 +137,10 @@ def control_pipeline(base_pipe: DiffusionPipeline, controlnets: Sequence[Control
     Built from ``base_pipe.components``: it *shares* the base pipeline's modules (``ctrl.unet is
     base.unet``, ...) and scheduler object, so it costs no memory, and what is done to the base modules in
     place (LoRA, attention settings) applies to both. The ControlNets must already be on the base
-    pipeline's device in its dtype (checked, with their shapes: ``ValueError`` when they do not fit). One ControlNet is used as is; several are
-    wrapped in a ``MultiControlNetModel``. The result is cached per (base pipeline, ControlNet objects)
-    and returned again for the same objects in the same order. The pipelines share a scheduler: run them
-    one at a time (as a worker does), not concurrently.
+    pipeline's device in its dtype (checked, with their shapes: ``ValueError`` when they do not fit). One
+    ControlNet is used as is; several are wrapped in a ``MultiControlNetModel``. The result is cached per
+    (base pipeline, ControlNet objects) and returned again for the same objects in the same order. The
+    pipelines share a scheduler: run them one at a time (as a worker does), not concurrently.
     """
     controlnets = tuple(controlnets)
     if not controlnets:

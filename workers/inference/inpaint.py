@@ -176,7 +176,7 @@ def run_inpaint(
     reference's, bit for bit, blended into the redrawn figure over the same seam as the clothes.
 
     ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
-    already padded to the size this function pads to: :func:`padded_size`).
+    already padded to the size this function pads to: the composition rounded up to :func:`size_multiple`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

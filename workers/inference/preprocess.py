@@ -27,7 +27,8 @@ The files are checked *before* controlnet-aux is called: given a path that is no
 call ``hf_hub_download`` (the network), and MiDaS downloads a missing ``dpt_hybrid`` file by itself
 (``basicsr``); here a missing file is a :class:`FileNotFoundError` naming it, nothing is ever downloaded.
 
-Caching: detectors are kept in the worker's model cache (keyed by :func:`detector_key`); maps are cached in a :class:`MapCache` (LRU, bounded in entries and bytes) by :func:`map_key`: the
+Caching: detectors are kept in the worker's model cache (keyed by :func:`detector_key`); maps are cached
+in a :class:`MapCache` (LRU, bounded in entries and bytes) by :func:`map_key`: the
 SHA-256 of the image's mode, size and pixel bytes, the kind, the resolution and, for the kinds with
 weights, the annotator folder (two folders with different weights give different maps).
 
@@ -50,7 +51,6 @@ import numpy as np
 from PIL import Image
 
 from app.contract.limits import RESOLUTION_RANGE, RESOLUTION_STEP
-
 
 OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 MIDAS_FILES = ("dpt_hybrid-midas-501f0c75.pt",)
@@ -99,8 +99,8 @@ def validate_resolution(resolution: int) -> int:
     resolution = int(resolution)
     if not RESOLUTION_RANGE.lo <= resolution <= RESOLUTION_RANGE.hi or resolution % RESOLUTION_STEP:
         raise ValueError(
-            f"resolution must be a multiple of {RESOLUTION_STEP} between {RESOLUTION_RANGE.lo} and {RESOLUTION_RANGE.hi},"
-            f" got {resolution}"
+            f"resolution must be a multiple of {RESOLUTION_STEP} between {RESOLUTION_RANGE.lo} and"
+            f" {RESOLUTION_RANGE.hi}, got {resolution}"
         )
     return resolution
 
@@ -229,7 +229,8 @@ def _load_detector(detector: str, folder: Path | None, device: str) -> Any:
     return loaded.to(device)
 
 
-def detector_key(kind: str, annotator_dir: Path | str | None = None, device: str = "cpu") -> tuple[str, str | None, str]:
+def detector_key(kind: str, annotator_dir: Path | str | None = None,
+                 device: str = "cpu") -> tuple[str, str | None, str]:
     """What identifies a loaded detector: (detector, resolved annotator folder, device). ``openpose`` and
     ``openpose_full`` share one detector, as do the two line-art kinds; ``canny`` has no weights and runs
     on the CPU."""

@@ -23,7 +23,9 @@ Rules:
   gets a new key (the models config changed what a ModelCode points at, a file changed on disk), the entry
   of its old key is evicted at once unless another slot or a job still uses it.
 * A CUDA out-of-memory error while loading evicts every entry no job holds and retries once.
-* Loads, hits and evictions are logged (``atelier.worker.cache``) with sizes and counted in :attr:`stats`.
+* Loads and evictions are logged (``atelier.worker.cache``) with sizes; hits at DEBUG level, and a job's
+  own line says which of its models were cached and which it loaded (:attr:`Lease.used`). All three are
+  counted in :attr:`stats`.
 
 Light to import: no torch here (the measuring and the out-of-memory check import it when they run).
 """
@@ -82,6 +84,7 @@ class CacheStats:
     hits: int = 0
     evictions: int = 0
     load_seconds: float = 0.0
+    #: the most each place held, right after a load and before the room-making that follows it
     peak_bytes: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PLACES})
 
 
@@ -130,15 +133,18 @@ class ModelCache:
             if slot is not None:
                 self._move_slot(slot, key, label)
             entry = self._entries.get(key)
-            if entry is not None:
+            hit = entry is not None
+            if hit:
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
+                log.debug("hit %s %s", kind, label)
             else:
                 entry = self._load(key, load, label=label, kind=kind, place=place, estimate=estimate,
                                    on_evict=on_evict)
             if lease is not None:
                 entry.holds += 1
                 lease._keys.append(key)
+                lease.used.setdefault(label, "cached" if hit else "loaded")
             return entry.obj
 
     def evict_all(self, reason: str = "asked to") -> None:
@@ -185,13 +191,13 @@ class ModelCache:
         self.stats.load_seconds += seconds
         entry = _Entry(key, label, kind, place, obj, measure_bytes(obj), on_evict=on_evict)
         self._entries[key] = entry
+        self.stats.peak_bytes[place] = max(self.stats.peak_bytes[place], self.used_bytes(place))
         entry.holds += 1  # protected from its own room-making
         try:
             self._make_room(place, 0, label)
         finally:
             entry.holds -= 1
         used, budget = self.used_bytes(place), self.budgets[place]
-        self.stats.peak_bytes[place] = max(self.stats.peak_bytes[place], used)
         log.info("loaded %s %s in %.2fs: %s; %s cache holds %s of %s", kind, label, seconds, fmt_bytes(entry.size),
                  place, fmt_bytes(used), fmt_bytes(budget))
         if used > budget:
@@ -237,13 +243,15 @@ class ModelCache:
 class Lease:
     """The models one job holds: got through :meth:`get`, released together when the lease closes.
 
-    ``load_seconds`` is the time this lease spent loading (for the job's timing line).
+    ``load_seconds`` is the time this lease spent loading and ``used`` what it got, label ->
+    ``"cached"`` or ``"loaded"`` (for the job's log line).
     """
 
     def __init__(self, cache: ModelCache):
         self.cache = cache
         self._keys: list[Hashable] = []
         self.load_seconds = 0.0
+        self.used: dict[str, str] = {}
 
     def get(self, key: Hashable, load: Callable[[], T], **kwargs: Any) -> T:
         before = self.cache.stats.load_seconds

@@ -3,17 +3,16 @@
 One method per kind says how it is keyed (what makes two requests share one loaded copy), where it lives
 (``device`` or ``host``), what names it in logs and errors, and which loader reads it:
 
-==============  ======================================================  ======  ==================================
-kind            key (shared by)                                         place   loader (:class:`Loaders`)
-==============  ======================================================  ======  ==================================
-``pipeline``    source, family, scheduler (ModelCodes with the same     device  :func:`~workers.models.loading.load_main_pipeline`
-                weights share one pipeline)
-``vae``         family, source                                          device  :func:`~workers.models.loading.load_vae`
-``controlnet``  resolved file or folder, config folder                  device  :func:`~workers.models.loading.load_controlnet`
-``annotator``   detector, annotator folder, device                      device  :func:`~workers.inference.preprocess.load_detector`
-``submodel``    type, resolved file, its mtime and size                 host    :func:`~workers.submodels.apply.read_submodel`
-``translator``  resolved folder                                         host    :meth:`~workers.translate.translator.Translator.load`
-==============  ======================================================  ======  ==================================
+* ``pipeline``: keyed by source, family and scheduler (ModelCodes with the same weights share one
+  pipeline); on the device; :func:`~workers.models.loading.load_main_pipeline`.
+* ``vae``: by family and source; device; :func:`~workers.models.loading.load_vae`.
+* ``controlnet``: by resolved file or folder and config folder; device;
+  :func:`~workers.models.loading.load_controlnet`.
+* ``annotator``: by detector, annotator folder and device; device (host for weight-free ``canny``);
+  :func:`~workers.inference.preprocess.load_detector`.
+* ``submodel``: by type, resolved file, its mtime and size; host;
+  :func:`~workers.submodels.apply.read_submodel`.
+* ``translator``: by resolved folder; host; :meth:`~workers.translate.translator.Translator.load`.
 
 A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
 """
@@ -26,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.contract.registry import ModelEntry, Registry
+import torch
+
+from app.contract.registry import ModelEntry, ModelSource, Registry
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
 from workers.models import loading
@@ -66,7 +67,7 @@ class WorkerModels:
         return lease.get(
             ("pipeline", entry.source, entry.family, entry.defaults.scheduler),
             lambda: self.loaders.main(entry, registry, self.device, self.dtype, self.models_dir),
-            label=entry.model_code, kind="pipeline", estimate=loading.estimate_bytes(entry.source, self.dtype),
+            label=entry.model_code, kind="pipeline", estimate=self._estimate(entry, registry),
             slot=("pipeline", entry.model_code))
 
     @contextmanager
@@ -112,7 +113,8 @@ class WorkerModels:
                 raise ModelLoadError(entry.model_code, str(e)) from e
 
         return lease.get(("controlnet", str(path), str(config)), load, label=entry.model_code, kind="controlnet",
-                         slot=("controlnet", entry.model_code), on_evict=drop_control_pipelines)
+                         estimate=self._estimate(entry, registry), slot=("controlnet", entry.model_code),
+                         on_evict=drop_control_pipelines)
 
     def detectors(self, lease: Lease) -> Callable[[str, Path | None], Any]:
         """``detectors(kind, annotator_folder)`` for :func:`workers.inference.preprocess.preprocess`: each
@@ -122,7 +124,7 @@ class WorkerModels:
             key = detector_key(kind, folder, self.device)
             detector, _, device = key
             return lease.get(("annotator", *key), lambda: self.loaders.detector(kind, folder, device),
-                             label=f"annotator:{detector}", kind="annotator",
+                             label=detector, kind="annotator",
                              place="device" if folder is not None else "host")
 
         return get
@@ -134,7 +136,16 @@ class WorkerModels:
         st = os.stat(file)
         return lease.get(("submodel", spec.model_type, str(file), st.st_mtime_ns, st.st_size),
                          lambda: self.loaders.submodel(spec, file), label=spec.model_code, kind="submodel",
-                         place="host", slot=("submodel", spec.model_type, str(file)))
+                         place="host", slot=("submodel", spec.model_type, str(file)),
+                         # a safetensors file is its tensors plus a small header; a pickle, not reliably
+                         estimate=st.st_size if file.suffix == ".safetensors" else None)
+
+    def _estimate(self, entry: ModelEntry, registry: Registry) -> int | None:
+        """The bytes ``entry`` will take once loaded, from its files' headers (None when unknown: hub)."""
+        path = local_path(entry, registry, self.models_dir)
+        if path is None:
+            return None
+        return loading.estimate_bytes(ModelSource(path=path) if path.is_dir() else ModelSource(file=path), self.dtype)
 
     def translator(self, lease: Lease, registry: Registry) -> Translator | None:
         """The deployment's prompt translator (``translator:``), or None when none is configured. Raises
@@ -142,5 +153,6 @@ class WorkerModels:
         if registry.translator is None:
             return None
         path = local_path(registry.translator, registry, self.models_dir)
-        return lease.get(("translator", str(path)), lambda: self.loaders.translator(path), label="translator",
-                         kind="translator", place="host", slot=("translator",))
+        return lease.get(("translator", str(path)), lambda: self.loaders.translator(path), label=path.name,
+                         kind="translator", place="host", slot=("translator",),
+                         estimate=loading.estimate_bytes(ModelSource(path=path), torch.float32))  # on the CPU

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
+from app.contract.limits import LORA_WEIGHT_RANGE
 from workers.submodels import embedding, hypernetwork, lora
 from workers.submodels.files import FileFormatError, find_weights_file
-from app.contract.limits import LORA_WEIGHT_RANGE
-from workers.submodels.spec import SubModelSpec, SubmodelError
+from workers.submodels.spec import SubmodelError, SubModelSpec
 
 _PREFERRED_NAMES = {
     "LoRA": lora.PEFT_WEIGHT_NAMES,
@@ -68,9 +68,9 @@ def apply_submodels(pipe, specs: list[SubModelSpec], read: Callable[[SubModelSpe
     """Apply ``specs`` to ``pipe`` for the ``with`` block; afterwards, on success or failure, ``pipe`` is
     exactly the base pipeline again (same modules, parameters, tokenizer; bit-identical outputs).
 
-    All files are read (by ``read``, the worker's cached :func:`read_submodel`) and checked before the pipeline is touched. Then, whatever the
-    order of ``specs``: the LoRAs, as peft adapters active together with their weights
-    (:func:`workers.submodels.lora.lora_adapters`); the embeddings, each under its first trigger word
+    All files are read (by ``read``: the worker's cached :func:`read_submodel`) and checked before the
+    pipeline is touched. Then, whatever the order of ``specs``: the LoRAs, as peft adapters active together
+    with their weights (:func:`workers.submodels.lora.lora_adapters`); the embeddings, each under its first trigger word
     (:func:`workers.submodels.embedding.textual_inversion`); the hypernetworks, in order, each with its
     weight as strength (:func:`workers.submodels.hypernetwork.hypernetwork_hooks`). They are undone in the
     reverse order. Raises :class:`SubmodelError` (naming the model) for a file that is missing, corrupt, in

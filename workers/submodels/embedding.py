@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from workers.submodels.files import FileFormatError, find_weights_file, read_weights
 from workers.submodels.spec import SubmodelError
@@ -147,8 +148,6 @@ def textual_inversion(pipe, model_code: str, trigger_word: str, vectors: torch.T
     saved_converter = pipe_dict.get("maybe_convert_prompt", _MISSING)
     base_len = len(tokenizer)
     try:
-        from tokenizers import Tokenizer
-
         tokenizer._tokenizer = Tokenizer.from_str(backend.to_str())  # the job's private copy
         text_encoder.set_input_embeddings(_grown_embedding(saved_embedding, base_len + n_vectors))
         try:

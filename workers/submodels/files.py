@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 
 class FileFormatError(Exception):
@@ -40,8 +41,6 @@ def sniff(path: Path) -> str:
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors of a safetensors file (on the CPU) and its ``__metadata__`` header (may be empty)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         tensors: dict[str, torch.Tensor] = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:

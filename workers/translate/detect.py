@@ -36,7 +36,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["LATIN_LANGUAGES", "SEPARATOR", "detect_language", "has_non_latin", "is_english", "is_positively_english", "split_words"]
+__all__ = ["LATIN_LANGUAGES", "SEPARATOR", "detect_language", "has_non_latin", "is_english", "is_positively_english",
+           "split_words"]
 
 # --------------------------------------------------------------------------------------------------
 # Language detection

@@ -47,7 +47,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.translate.detect import LATIN_LANGUAGES, SEPARATOR, detect_language, has_non_latin, is_positively_english, split_words
+from workers.translate.detect import (
+    LATIN_LANGUAGES,
+    SEPARATOR,
+    detect_language,
+    has_non_latin,
+    is_positively_english,
+    split_words,
+)
 
 __all__ = [
     "NOTE_NO_TRANSLATOR",
