@@ -23,11 +23,11 @@ import torch
 from PIL import Image, ImageOps
 
 from app.contract.codes import ErrorCode, model_message
-from app.contract.jobs import JOB_VERSION, JobMessage, TaskStatus
+from app.contract.jobs import ENDED_STATUSES, JOB_VERSION, JobMessage
 from app.contract.limits import SUBMODEL_TYPES
 from app.contract.registry import ModelEntry, Registry
 from app.contract.taskstore import TaskStore
-from workers.inference.compose import Composition, fit_geometry, prepare
+from workers.inference.compose import Composition, fit_background, fit_geometry, prepare
 from workers.inference.control import control_pipeline, run_control_inpaint
 from workers.inference.inpaint import run_inpaint
 from workers.inference.preprocess import preprocess
@@ -104,7 +104,7 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
         return
     job = JobMessage.model_validate(message)
     rec = store.get(job.task_uid)
-    if rec is None or rec.status in (TaskStatus.FINISHED, TaskStatus.ERROR):
+    if rec is None or rec.status in ENDED_STATUSES:
         log.info("task %s already ended or expired; skipping re-delivery", job.task_uid)
         return
     timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at))
@@ -163,8 +163,11 @@ def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings
 def _plan(rt: WorkerRuntime, lease: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
     mannequin = _open_input(rt, job.mannequin_image)
     mask = _open_input(rt, job.clothes_mask)
-    background = _open_input(rt, job.background_image).convert("RGB") if job.background_image else None
     comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
+    background = None
+    if job.background_image:
+        raw = _open_input(rt, job.background_image)
+        background = fit_background(raw, comp.width, comp.height, job.background_resize_mode)
     specs = _submodel_specs(rt, registry, job)
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, lease, registry, job, trigger_words)
@@ -188,12 +191,17 @@ def _open_input(rt: WorkerRuntime, key: str) -> Image.Image:
 
 
 def _submodel_specs(rt: WorkerRuntime, registry: Registry, job: JobMessage) -> list[SubModelSpec]:
+    """The job's submodels, resolved. One at weight 0 contributes nothing, its trigger words included: it is
+    left out (and the task's Notes say so)."""
     specs = []
     for ref in job.sub_models:
         entry = registry.get(ref.model_code)
         if entry is None or entry.model_type not in SUBMODEL_TYPES:
             raise JobError(ErrorCode.MODEL, model_message(ref.model_code))
         weight = ref.lora_weight if ref.lora_weight is not None else entry.defaults.lora_weight
+        if weight == 0:
+            rt.store.add_note(job.task_uid, f"SubModelList: {entry.model_code} at weight 0 left out")
+            continue
         specs.append(SubModelSpec(model_code=entry.model_code, model_type=entry.model_type,
                                   path=local_path(entry, registry, rt.settings.models_dir), weight=weight,
                                   trigger_words=list(entry.trigger_words)))

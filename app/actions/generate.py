@@ -35,13 +35,13 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
     else:
         units = req.control_units
     refs = []
-    for u in units:
+    for i, u in enumerate(units):
         pre = _model(svc, u.preprocessor, "PreProcessor") if u.preprocessor is not None else None
         cm = _model(svc, u.control_model, "ControlModel").defaults
         start = cm.starting_step if u.starting_step is None else u.starting_step
         end = cm.ending_step if u.ending_step is None else u.ending_step
         if start > end:
-            raise ApiError.param("ControlNet.ControlModel.InferenceParams.StartingStep",
+            raise ApiError.param(f"{req.control_units_field}[{i}].ControlModel.InferenceParams.StartingStep",
                                  "must not be greater than EndingStep (with the model's defaults)")
         refs.append((u.image_index, dict(
             preprocessor=u.preprocessor,
@@ -57,7 +57,16 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
                          max_prompt_chars=s.max_prompt_chars)
-    main = _model(svc, req.main_model, "Main")
+    notes = []
+    if req.main_model is None:
+        main = svc.registry.default_main()
+        if main is None:
+            raise ApiError.param("MainModel", "is required (this deployment has no default main model)")
+        notes.append(f"MainModel: not given; the deployment's default {main.model_code} was used")
+    else:
+        main = _model(svc, req.main_model, "Main")
+    if req.ignored_fields:
+        notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
     for sub in req.sub_models:
         _model(svc, sub.model_code, *SUBMODEL_TYPES)
     controls = _control_units(req, main, svc)
@@ -76,20 +85,20 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     control_units = [ControlUnitRef(image=stored(index), **fields) for index, fields in controls]
     try:
         uid, created = svc.tasks.create(call.public_key, request_uuid, call.action, seed,
-                                        s.max_active_tasks_per_key)
+                                        s.max_active_tasks_per_key, notes=notes, points=main.points)
     except TooManyActiveTasks:
         raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
     if not created:
         return {"TaskUID": uid}
 
     job = JobMessage(
-        task_uid=uid, main_model=req.main_model,
+        task_uid=uid, main_model=main.model_code,
         sub_models=[SubModelRef(model_code=m.model_code, lora_weight=m.lora_weight) for m in req.sub_models],
         positive_prompts=req.positive_prompts, negative_prompts=req.negative_prompts,
         translate_prompts=req.translate_prompts, seed=seed, width=req.width, height=req.height,
         batch_size=req.batch_size, use_main_model_vae=req.use_main_model_vae,
         resize_mode=req.resize_mode, invert_mask=req.invert_mask, refer_strength=req.refer_strength,
-        control_units=control_units,
+        background_resize_mode=req.background_resize_mode, control_units=control_units,
         **job_images,
     )
     try:
@@ -98,6 +107,6 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         log.exception("enqueue failed for task %s", uid)
         svc.tasks.discard(uid, call.public_key, request_uuid)
         raise ApiError(RetCode.UNAVAILABLE) from None
-    log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, req.main_model,
+    log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, main.model_code,
              req.width, req.height, req.batch_size)
     return {"TaskUID": uid}

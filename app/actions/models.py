@@ -4,17 +4,23 @@ from __future__ import annotations
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.limits import GENERATION_TYPES
+from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS
 from app.services import Services
 
 
 def list_models(call: SignedCall, svc: Services) -> dict[str, Any]:
-    """ListModels: the models usable as MainModel or in SubModelList (each with ModelType)."""
-    return {"Models": [e.to_wire() for e in svc.registry.entries_of(*GENERATION_TYPES)]}
+    """ListModels: PICPIK's ``MainModels``, ``LoraModels``, ``EmbeddingModels``, ``HypernetworkModels`` (arrays
+    of Model objects), and, beyond PICPIK, ``Models``: all of them in one list, each with its ``ModelType``."""
+    reg = svc.registry
+    answer: dict[str, Any] = {field: [e.to_model() for e in reg.entries_of(model_type)]
+                              for model_type, field in LIST_MODELS_FIELDS.items()}
+    answer["Models"] = [e.to_wire() for e in reg.entries_of(*GENERATION_TYPES)]
+    return answer
 
 
 def list_control_nets(call: SignedCall, svc: Services) -> dict[str, Any]:
-    """ListControlNets: PreProcessors and ControlModels with their default InferenceParams."""
+    """ListControlNets: ``PreProcessors`` and ``ControlModels``, arrays of ``{ModelCode, Name, InferenceParams}``
+    with the default InferenceParams."""
     reg = svc.registry
-    return {"PreProcessors": [e.to_wire() for e in reg.entries_of("PreProcessor")],
-            "ControlModels": [e.to_wire() for e in reg.entries_of("ControlModel")]}
+    return {"PreProcessors": [e.to_control() for e in reg.entries_of("PreProcessor")],
+            "ControlModels": [e.to_control() for e in reg.entries_of("ControlModel")]}

@@ -20,6 +20,8 @@ def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, A
         "Status": rec.status.value,
         "ImgList": [make_link(base, call.private_key, rec.uid, name, exp) for name in rec.images],
         "Seed": rec.seed,
+        "TxtList": [],                      # text results: none for the image actions
+        "ConsumeApiPoint": rec.consumed_points,
         "ErrorCode": rec.error_code,
         "ErrorMassage": rec.error_message,   # sic: the reference's spelling
         "ErrorMessage": rec.error_message,

@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.contract.jobs import TaskStatus
-from app.contract.limits import DEFAULT_REFER_STRENGTH, DEFAULT_RESIZE_MODE, RESIZE_MODES
+from app.contract.jobs import ENDED_STATUSES, TaskStatus
+from app.contract.limits import DEFAULT_REFER_STRENGTH, DEFAULT_RESIZE_MODE, LIST_MODELS_FIELDS, RESIZE_MODES
 from app.keys import KeyStore, dev_keys_path
 from app.signature import sign
 
@@ -99,7 +99,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.sub_model:
         params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
     if args.control is not None:
-        params["ControlNet"] = [_control_unit(c) for c in args.control if c]
+        params["ControlNetList"] = [_control_unit(c) for c in args.control if c]
     if args.no_translate:
         params["TranslatePrompts"] = False
     uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
@@ -114,7 +114,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             detail = details[0] if details else {}
             status = detail.get("Status", "?")
             bar.update(t, description=status, completed=detail.get("Progress", 0))
-            if status in (TaskStatus.FINISHED, TaskStatus.ERROR):
+            if status in ENDED_STATUSES:
                 break
             time.sleep(args.poll)
     if detail.get("Status") != TaskStatus.FINISHED:
@@ -136,10 +136,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
+    models = call(args.url, pub, priv, "ListModels")
     control = call(args.url, pub, priv, "ListControlNets")
-    for m in [*call(args.url, pub, priv, "ListModels")["Models"], *control["PreProcessors"], *control["ControlModels"]]:
-        words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m["TriggerWordList"] else ""
-        print(f"{m['ModelCode']:<22} {m['ModelType']:<13} {m['Name']}{words}")
+    rows = [(m, model_type) for model_type, field in LIST_MODELS_FIELDS.items() for m in models.get(field, [])]
+    rows += [(m, "PreProcessor") for m in control["PreProcessors"]]
+    rows += [(m, "ControlModel") for m in control["ControlModels"]]
+    for m, model_type in rows:
+        words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
+        print(f"{m['ModelCode']:<22} {model_type:<13} {m.get('Name', '')}{words}")
     return 0
 
 

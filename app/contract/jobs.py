@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.contract.limits import DEFAULT_REFER_STRENGTH, DEFAULT_RESIZE_MODE
+from app.contract.limits import DEFAULT_BACKGROUND_RESIZE_MODE, DEFAULT_REFER_STRENGTH, DEFAULT_RESIZE_MODE
 
 JOB_VERSION = 1
 GENERATE_TASK_NAME = "atelier.generate"
@@ -22,9 +22,11 @@ class TaskStatus(StrEnum):
     RUNNING = "Running"
     FINISHED = "Finished"
     ERROR = "Error"
+    CANCELED = "Canceled"  # reserved for CancelTask; nothing ends a task so yet
 
 
 ACTIVE_STATUSES = (TaskStatus.QUEUING, TaskStatus.RUNNING)
+ENDED_STATUSES = (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELED)
 
 
 class SubModelRef(BaseModel):
@@ -66,6 +68,7 @@ class JobMessage(BaseModel):
     invert_mask: bool = False
     background_image: str | None = None
     refer_strength: float = DEFAULT_REFER_STRENGTH
+    background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
 

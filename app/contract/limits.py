@@ -17,6 +17,9 @@ class Range(NamedTuple):
     hi: float
 
 
+#: The fields every request carries (the signature covers every field but ``Signature``).
+COMMON_FIELDS: tuple[str, ...] = ("Action", "PublicKey", "Signature", "request_uuid")
+
 # --- GenerateFromMannequin -----------------------------------------------------------------------------
 
 SEED_RANGE = Range(-1, 2147483647)          # -1 = draw one
@@ -29,9 +32,10 @@ DEFAULT_REFER_STRENGTH = 0.5
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "JustResize", "CropAndResize", "ResizeAndFill"
 RESIZE_MODES: tuple[str, ...] = (JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL)        # Mannequin.ResizeMode
 DEFAULT_RESIZE_MODE = RESIZE_AND_FILL
+DEFAULT_BACKGROUND_RESIZE_MODE = CROP_AND_RESIZE   # Image2Image.ResizeMode: a background covers the frame
 
 MAX_SUB_MODELS = 8                          # SubModelList entries
-MAX_CONTROL_UNITS = 4                       # ControlNet units
+MAX_CONTROL_UNITS = 3                       # ControlNetList (alias ControlNet) units, as PICPIK's
 MAX_TASK_UIDS = 100                         # ListTasksDetails.TaskUIDList entries
 
 # --- InferenceParams (request values and models_config defaults) --------------------------------------
@@ -63,6 +67,13 @@ CONTROL_TYPES: tuple[str, ...] = ("PreProcessor", "ControlModel")               
 PREPROCESSOR_KINDS: tuple[str, ...] = ("openpose", "canny", "depth", "lineart")     # a PreProcessor's detector
 FAMILIES: tuple[str, ...] = ("sd15", "sdxl")
 SOURCE_KINDS: tuple[str, ...] = ("demo", "path", "file", "hub")
+
+#: ListModels' answer: the PICPIK field that lists each generation type.
+LIST_MODELS_FIELDS: dict[str, str] = {"Main": "MainModels", "LoRA": "LoraModels", "Embedding": "EmbeddingModels",
+                                      "HyperNetwork": "HypernetworkModels"}
+
+#: ConsumeApiPoint: each image a task makes costs its Main model's ``points`` (models_config/), by default
+DEFAULT_POINTS = 1
 
 #: ``source: {demo: <kind>}``: the tiny models the demo deployment builds by code (``workers/demo``), by the
 #: ModelType that may name each (``translator`` is the top-level translator's).

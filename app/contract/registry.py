@@ -25,6 +25,7 @@ from app.contract.limits import (
     DEFAULT_ENDING_STEP,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_LORA_WEIGHT,
+    DEFAULT_POINTS,
     DEFAULT_RESOLUTION,
     DEFAULT_STARTING_STEP,
     DEFAULT_STEPS,
@@ -181,6 +182,8 @@ class ModelEntry(BaseModel):
     defaults: ModelDefaults = Field(default_factory=ModelDefaults)
     preprocessor: PreProcessorKind | None = Field(None, description="PreProcessor: which controlnet-aux detector")
     default_control: list[DefaultControl] = Field(default_factory=list, description="Main: control by default")
+    default_main: bool = Field(False, description="Main: the model of a request without MainModel (one at most)")
+    points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image costs (TaskDetail.ConsumeApiPoint)")
 
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
@@ -193,8 +196,12 @@ class ModelEntry(BaseModel):
             return self
         if self.preprocessor is not None:
             raise ValueError("`preprocessor:` is for PreProcessor entries only")
-        if self.default_control and self.model_type != "Main":
-            raise ValueError("`default_control:` is for Main models only")
+        if self.model_type != "Main":
+            for field, value, default in (("default_control", self.default_control, []),
+                                          ("default_main", self.default_main, False),
+                                          ("points", self.points, DEFAULT_POINTS)):
+                if value != default:
+                    raise ValueError(f"`{field}:` is for Main models only")
         if self.source is None:
             raise ValueError(f"a {self.model_type} model needs a source")
         kind = self.source.kind
@@ -215,11 +222,19 @@ class ModelEntry(BaseModel):
                 raise ValueError("defaults.scheduler applies to Main models only")
         return self
 
-    def to_wire(self) -> dict[str, Any]:
-        """The PICPIK ``Model`` object plus ``ModelType``."""
+    def to_model(self) -> dict[str, Any]:
+        """PICPIK's ``Model`` object (ListModels' MainModels, LoraModels, ...), fit to be sent back as
+        MainModel or in SubModelList unchanged."""
         return {"Name": self.name, "ModelCode": self.model_code, "IsOfficial": self.is_official,
-                "TriggerWordList": list(self.trigger_words), "InferenceParams": self.inference_params(),
-                "ModelType": self.model_type}
+                "TriggerWordList": list(self.trigger_words), "InferenceParams": self.inference_params()}
+
+    def to_wire(self) -> dict[str, Any]:
+        """The ``Model`` object plus ``ModelType`` (ListModels' ``Models``, an extension)."""
+        return {**self.to_model(), "ModelType": self.model_type}
+
+    def to_control(self) -> dict[str, Any]:
+        """A ListControlNets entry: ``{ModelCode, Name, InferenceParams}``."""
+        return {"ModelCode": self.model_code, "Name": self.name, "InferenceParams": self.inference_params()}
 
     def inference_params(self) -> dict[str, Any]:
         """The default InferenceParams the reference's table assigns to this model type."""
@@ -276,6 +291,9 @@ class Registry:
                                  f" already used by models[{first}]")
             source = e.source.resolved(self.base_dir) if e.source is not None else None
             self._by_code[e.model_code] = e.model_copy(update={"source": source})
+        marked = [e.model_code for e in self._by_code.values() if e.default_main]
+        if len(marked) > 1:
+            raise ValueError(f"`default_main: true` on {len(marked)} Main models ({', '.join(marked)}); mark one")
         for e in self._by_code.values():
             for i, unit in enumerate(e.default_control):
                 for code, kind in ((unit.preprocessor, "PreProcessor"), (unit.control_model, "ControlModel")):
@@ -292,6 +310,12 @@ class Registry:
 
     def get(self, code: str) -> ModelEntry | None:
         return self._by_code.get(code)
+
+    def default_main(self) -> ModelEntry | None:
+        """The Main model of a request without MainModel: the one marked ``default_main: true``, else the
+        first Main model of the file, else None."""
+        mains = self.entries_of("Main")
+        return next((e for e in mains if e.default_main), mains[0] if mains else None)
 
     def entries_of(self, *types: str) -> list[ModelEntry]:
         return [e for e in self._by_code.values() if e.model_type in types]

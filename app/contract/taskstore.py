@@ -20,6 +20,7 @@ import redis
 
 from app.contract.codes import ErrorCode
 from app.contract.jobs import ACTIVE_STATUSES, TaskStatus
+from app.contract.limits import DEFAULT_POINTS
 
 P = "atelier:"
 _B32 = "0123456789abcdefghijklmnopqrstuv"
@@ -75,6 +76,7 @@ class TaskRecord:
     step: int = 0
     total_steps: int = 0
     notes: list[str] = field(default_factory=list)
+    points: int = DEFAULT_POINTS
     created_at: float = 0.0
     finished_at: float = 0.0
 
@@ -85,9 +87,14 @@ class TaskRecord:
             seed=int(h.get("seed", -1)), images=orjson.loads(h.get("images", "[]")),
             error_code=int(h.get("error_code", 0)), error_message=h.get("error_message", ""),
             step=int(h.get("step", 0)), total_steps=int(h.get("total_steps", 0)),
-            notes=orjson.loads(h.get("notes", "[]")), created_at=float(h.get("created_at", 0)),
-            finished_at=float(h.get("finished_at", 0)),
+            notes=orjson.loads(h.get("notes", "[]")), points=int(h.get("points", DEFAULT_POINTS)),
+            created_at=float(h.get("created_at", 0)), finished_at=float(h.get("finished_at", 0)),
         )
+
+    @property
+    def consumed_points(self) -> int:
+        """ConsumeApiPoint: the images the task made times its model's points."""
+        return len(self.images) * self.points
 
     @property
     def progress(self) -> int:
@@ -104,13 +111,16 @@ class TaskStore:
 
     # -- gateway side ---------------------------------------------------------------------------
     def create(self, owner: str, request_uuid: str | None, action: str, seed: int,
-               max_active: int) -> tuple[str, bool]:
+               max_active: int, *, notes: list[str] | tuple[str, ...] = (),
+               points: int = DEFAULT_POINTS) -> tuple[str, bool]:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
-        returns the first TaskUID and created=False. Raises TooManyActiveTasks."""
+        returns the first TaskUID and created=False. Raises TooManyActiveTasks. ``notes`` start the
+        task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint)."""
         uid = new_task_uid()
         keys = [task_key(uid), active_key(owner)] + ([f"{P}idem:{owner}:{request_uuid}"] if request_uuid else [])
         fields: dict[str, Any] = {"owner": owner, "action": action, "status": TaskStatus.QUEUING.value,
-                                  "seed": seed, "created_at": time.time(), "request_uuid": request_uuid or ""}
+                                  "seed": seed, "created_at": time.time(), "request_uuid": request_uuid or "",
+                                  "notes": orjson.dumps(list(notes)), "points": int(points)}
         argv = [uid, self.retention_s, max_active, 7 * self.retention_s]
         for k, v in fields.items():
             argv += [k, v]

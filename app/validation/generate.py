@@ -5,12 +5,14 @@ The ranges and names come from :mod:`app.contract.limits`; the type rules and me
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.contract.limits import (
     BATCH_SIZE_RANGE,
+    COMMON_FIELDS,
     CONTROL_WEIGHT_RANGE,
+    DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SIZE,
@@ -38,6 +40,17 @@ from app.validation.fields import (
     check_str_list,
 )
 from app.validation.images import DecodedImage, decode_image
+
+#: The control units' field: PICPIK's name, and the older spelling still accepted (not both in one request).
+CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS = "ControlNetList", "ControlNet"
+
+#: The top-level fields GenerateFromMannequin reads besides the common ones; any other is ignored and
+#: named in the task's Notes.
+GENERATE_FIELDS: tuple[str, ...] = (
+    "MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed", "Width",
+    "Height", "BatchSize", "UseMainModelVAE", "Image2Image", "Mannequin", "ImageAndMaskList", "ImageList",
+    "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS,
+)
 
 
 @dataclass(frozen=True)
@@ -67,11 +80,13 @@ class ControlUnit:
 class GenerateRequest:
     """A GenerateFromMannequin body, validated, with every default applied.
 
-    Indexes point into ``images`` (ImageAndMaskList, every entry decoded and checked).
+    Indexes point into ``images``: every entry of ImageAndMaskList, or of ImageList followed by MaskList,
+    decoded and checked. ``main_model`` is None without MainModel (the deployment's default applies).
     ``seed`` is the request's (-1 = draw one); ``background_index`` is None without Image2Image.
+    ``ignored_fields``: the top-level fields of the body that no rule reads, in body order.
     """
 
-    main_model: str
+    main_model: str | None
     sub_models: list[SubModel]
     positive_prompts: list[str]
     negative_prompts: list[str]
@@ -88,7 +103,10 @@ class GenerateRequest:
     invert_mask: bool
     background_index: int | None
     refer_strength: float
+    background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnit] | None = None  # None = the main model's default control
+    control_units_field: str = CONTROL_UNITS_FIELD  # the name the request used (or its alias ControlNet)
+    ignored_fields: list[str] = field(default_factory=list)
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -122,19 +140,27 @@ def _parse_sub_models(value: Any) -> list[SubModel]:
     return [_parse_model(entry, f"SubModelList[{i}]") for i, entry in enumerate(entries)]
 
 
-def _parse_control_units(value: Any, count: int, mannequin_index: int) -> list[ControlUnit] | None:
-    """``ControlNet``: absent or null = the deployment's default control for the main model;
-    ``[]`` = no control at all; else up to MAX_CONTROL_UNITS units."""
-    entries = check_list(value, "ControlNet", max_items=MAX_CONTROL_UNITS, default=None)
+def control_units_field(body: dict[str, Any]) -> str:
+    """The name the body gives its control units: ``ControlNetList``, or its alias ``ControlNet``."""
+    return CONTROL_UNITS_ALIAS if body.get(CONTROL_UNITS_ALIAS) is not None else CONTROL_UNITS_FIELD
+
+
+def _parse_control_units(body: dict[str, Any], images: _ImageLists,
+                         mannequin_index: int) -> list[ControlUnit] | None:
+    """``ControlNetList`` (or its alias ``ControlNet``, not both): absent or null = the deployment's default
+    control for the main model; ``[]`` = no control at all; else up to MAX_CONTROL_UNITS units."""
+    if body.get(CONTROL_UNITS_FIELD) is not None and body.get(CONTROL_UNITS_ALIAS) is not None:
+        raise ApiError.param(CONTROL_UNITS_ALIAS, f"is another name of {CONTROL_UNITS_FIELD}: send one of them")
+    field_name = control_units_field(body)
+    entries = check_list(body.get(field_name), field_name, max_items=MAX_CONTROL_UNITS, default=None)
     if entries is None:
         return None
     units = []
     for i, entry in enumerate(entries):
-        name = f"ControlNet[{i}]"
+        name = f"{field_name}[{i}]"
         unit = check_object(entry, name)
         index = unit.get("ImageIndex")
-        index = mannequin_index if index is None else check_index(index, f"{name}.ImageIndex", count,
-                                                                   "ImageAndMaskList")
+        index = mannequin_index if index is None else images.image_index(index, f"{name}.ImageIndex")
         pre = check_object(unit.get("PreProcessor"), f"{name}.PreProcessor", default=None)
         pre_code, resolution = None, None
         if pre is not None:
@@ -161,27 +187,76 @@ def _parse_control_units(value: Any, count: int, mannequin_index: int) -> list[C
     return units
 
 
+@dataclass(frozen=True)
+class _ImageLists:
+    """The request's images in either style: one ``ImageAndMaskList`` (``masks`` is None: every index points
+    into ``images``) or ``ImageList`` + ``MaskList`` (clothes masks point into ``masks``)."""
+
+    images: list[Any]
+    masks: list[Any] | None
+    images_field: str
+
+    def image_index(self, value: Any, name: str) -> int:
+        """An index into the images (ImageAndMaskList or ImageList)."""
+        return check_index(value, name, len(self.images), self.images_field)
+
+    def mask_index(self, value: Any, name: str) -> int:
+        """An index of a clothes mask, as an index into :meth:`sources`."""
+        if self.masks is None:
+            return self.image_index(value, name)
+        if not self.masks:
+            check_int(value, name)
+            raise ApiError.param(name, "points into MaskList, which is missing or empty")
+        return len(self.images) + check_index(value, name, len(self.masks), "MaskList")
+
+    def sources(self) -> list[tuple[str, Any]]:
+        """(field path, base64 string) of every image, in the order the indexes count them."""
+        named = [(f"{self.images_field}[{i}]", v) for i, v in enumerate(self.images)]
+        return named + [(f"MaskList[{i}]", v) for i, v in enumerate(self.masks or [])]
+
+
+def _parse_image_lists(body: dict[str, Any], max_images: int) -> _ImageLists:
+    """``ImageAndMaskList``, or ``ImageList`` (required then) with ``MaskList``; never both styles."""
+    pair = [name for name in ("ImageList", "MaskList") if body.get(name) is not None]
+    if body.get("ImageAndMaskList") is not None and pair:
+        raise ApiError.param(pair[0], "cannot be combined with ImageAndMaskList: send ImageAndMaskList, or"
+                                      " ImageList and MaskList")
+    if not pair:
+        if body.get("ImageAndMaskList") is None:
+            raise ApiError.param("ImageAndMaskList", "is required (or ImageList and MaskList)")
+        sources = check_list(body["ImageAndMaskList"], "ImageAndMaskList", min_items=1, max_items=max_images)
+        return _ImageLists(sources, None, "ImageAndMaskList")
+    images = check_list(body.get("ImageList"), "ImageList", min_items=1, max_items=max_images)
+    masks = check_list(body.get("MaskList"), "MaskList", max_items=max_images, default=[])
+    if len(images) + len(masks) > max_images:
+        raise ApiError.param("MaskList", f"ImageList and MaskList together must have at most {max_images} images")
+    return _ImageLists(images, masks, "ImageList")
+
+
 def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
                    max_prompt_chars: int) -> GenerateRequest:
     """Validate a GenerateFromMannequin body; raise ApiError 230 for the first problem found.
 
     The order of the checks (so the same bad body always gets the same message):
 
-    1. the top-level fields in the reference page's order: MainModel, SubModelList (entry by entry),
-       PositivePrompts, NegativePrompts, TranslatePrompts, Seed, Width, Height, BatchSize,
-       UseMainModelVAE;
-    2. ImageAndMaskList's shape: required, an array of 1..``max_images`` entries;
-    3. Image2Image (optional): ImageIndex (required within it, in bounds), ReferStrength;
+    1. the top-level fields in the reference page's order: MainModel (optional: absent = the deployment's
+       default main model), SubModelList (entry by entry), PositivePrompts, NegativePrompts, TranslatePrompts,
+       Seed, Width, Height, BatchSize, UseMainModelVAE;
+    2. the images' shape: ``ImageAndMaskList`` (1..``max_images`` entries), or ``ImageList`` (1..) with
+       ``MaskList`` (0..), at most ``max_images`` together; both styles at once is refused;
+    3. Image2Image (optional): ImageIndex (required within it, in bounds), ReferStrength, ResizeMode;
     4. Mannequin (required): ImageIndex, ResizeMode, ClothesMaskIndex, InvertMask;
-       then the ControlNet extension (optional), unit by unit;
-    5. every ImageAndMaskList entry decoded, first to last (the expensive part comes last).
+       then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
+    5. every image decoded, first to last (the expensive part comes last).
 
+    Indexes point into ImageAndMaskList, or, in the other style, into ImageList (``Mannequin.ImageIndex``,
+    ``Image2Image.ImageIndex``, control units' ``ImageIndex``) and MaskList (``Mannequin.ClothesMaskIndex``).
     ``max_images``, ``max_pixels`` and ``max_prompt_chars`` are the deployment's limits
     (``Settings.max_images``, ``max_image_pixels``, ``max_prompt_chars``).
     """
     if not isinstance(body, dict):
         raise ApiError.param("body", "must be a JSON object")
-    main = _parse_model(body.get("MainModel"), "MainModel")
+    main = _parse_model(body["MainModel"], "MainModel") if body.get("MainModel") is not None else None
     sub_models = _parse_sub_models(body.get("SubModelList"))
     positive = check_str_list(body.get("PositivePrompts"), "PositivePrompts",
                               max_total_chars=max_prompt_chars, default=[])
@@ -195,32 +270,33 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
                            lo=BATCH_SIZE_RANGE.lo, hi=BATCH_SIZE_RANGE.hi, default=1)
     use_vae = check_bool(body.get("UseMainModelVAE"), "UseMainModelVAE", default=False)
 
-    sources = check_list(body.get("ImageAndMaskList"), "ImageAndMaskList", min_items=1, max_items=max_images)
-    count = len(sources)
+    lists = _parse_image_lists(body, max_images)
 
     background_index = None
     refer_strength = DEFAULT_REFER_STRENGTH
+    background_resize_mode = DEFAULT_BACKGROUND_RESIZE_MODE
     image2image = check_object(body.get("Image2Image"), "Image2Image", default=None)
     if image2image is not None:
-        background_index = check_index(image2image.get("ImageIndex"), "Image2Image.ImageIndex",
-                                       count, "ImageAndMaskList")
+        background_index = lists.image_index(image2image.get("ImageIndex"), "Image2Image.ImageIndex")
         refer_strength = check_float(image2image.get("ReferStrength"), "Image2Image.ReferStrength",
                                      lo=REFER_STRENGTH_RANGE.lo, hi=REFER_STRENGTH_RANGE.hi,
                                      default=DEFAULT_REFER_STRENGTH)
+        background_resize_mode = check_choice(image2image.get("ResizeMode"), "Image2Image.ResizeMode",
+                                              RESIZE_MODES, default=DEFAULT_BACKGROUND_RESIZE_MODE)
 
     mannequin = check_object(body.get("Mannequin"), "Mannequin")
-    mannequin_index = check_index(mannequin.get("ImageIndex"), "Mannequin.ImageIndex", count, "ImageAndMaskList")
+    mannequin_index = lists.image_index(mannequin.get("ImageIndex"), "Mannequin.ImageIndex")
     resize_mode = check_choice(mannequin.get("ResizeMode"), "Mannequin.ResizeMode", RESIZE_MODES,
                                default=DEFAULT_RESIZE_MODE)
-    mask_index = check_index(mannequin.get("ClothesMaskIndex"), "Mannequin.ClothesMaskIndex",
-                             count, "ImageAndMaskList")
+    mask_index = lists.mask_index(mannequin.get("ClothesMaskIndex"), "Mannequin.ClothesMaskIndex")
     invert_mask = check_bool(mannequin.get("InvertMask"), "Mannequin.InvertMask", default=False)
-    control_units = _parse_control_units(body.get("ControlNet"), count, mannequin_index)
+    control_units = _parse_control_units(body, lists, mannequin_index)
 
-    images = [decode_image(src, f"ImageAndMaskList[{i}]", max_pixels) for i, src in enumerate(sources)]
+    images = [decode_image(src, name, max_pixels) for name, src in lists.sources()]
+    known = (*COMMON_FIELDS, *GENERATE_FIELDS)
 
     return GenerateRequest(
-        main_model=main.model_code,
+        main_model=main.model_code if main is not None else None,
         sub_models=sub_models,
         positive_prompts=positive,
         negative_prompts=negative,
@@ -237,5 +313,8 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         invert_mask=invert_mask,
         background_index=background_index,
         refer_strength=refer_strength,
+        background_resize_mode=background_resize_mode,
         control_units=control_units,
+        control_units_field=control_units_field(body),
+        ignored_fields=[name for name in body if name not in known],
     )

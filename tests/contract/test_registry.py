@@ -143,6 +143,10 @@ def test_bad_vaes_entries_are_refused(vaes, message):
     ({"ModelType": "ControlModel", "source": None}, r"a ControlModel model needs a source"),
     ({"ModelType": "ControlModel", "source": {"path": "cn"}, "default_control": [{"ControlModel": "x"}]},
      r"`default_control:` is for Main models only"),
+    ({"ModelType": "LoRA", "source": {"file": "l.safetensors"}, "default_main": True},
+     r"`default_main:` is for Main models only"),
+    ({"ModelType": "LoRA", "source": {"file": "l.safetensors"}, "points": 3}, r"`points:` is for Main models only"),
+    ({"points": -1}, r"points: Input should be greater than or equal to 0"),
     ({"defaults": {"resolution": 100}}, r"defaults.resolution"),
     ({"defaults": {"control_weight": 3}}, r"defaults.control_weight"),
     ({"ModelType": "LoRA", "source": {"file": "l.safetensors", "config": "c"}},
@@ -232,3 +236,30 @@ def test_control_types_and_default_control():
 def test_default_control_must_name_models_of_the_file():
     with pytest.raises(ValueError, match=r"default_control\[0\]: 'nope' is not a ControlModel"):
         registry_of(model("main", default_control=[{"ControlModel": "nope"}]))
+
+
+def test_the_default_main_model_is_the_marked_one_else_the_first():
+    lora = model("l", ModelType="LoRA", source={"file": "l.safetensors"})
+    assert registry_of(lora, model("a"), model("b")).default_main().model_code == "a"
+    assert registry_of(lora, model("a"), model("b", default_main=True)).default_main().model_code == "b"
+    assert registry_of(lora).default_main() is None
+    with pytest.raises(ValueError, match=r"`default_main: true` on 2 Main models \(a, b\); mark one"):
+        registry_of(model("a", default_main=True), model("b", default_main=True))
+    shipped = Registry.from_file(ROOT / "models_config" / "models.yaml")
+    assert shipped.default_main().model_code == "demo-inpaint"
+
+
+def test_points_per_image_default_to_one():
+    assert registry_of(model("a"), model("b", points=3)).get("a").points == 1
+    assert registry_of(model("a"), model("b", points=3)).get("b").points == 3
+
+
+def test_picpik_shapes_of_models_and_control_models():
+    lora = ModelEntry.model_validate(model("l", ModelType="LoRA", source={"file": "l.safetensors"},
+                                           TriggerWordList=["tw"], defaults={"lora_weight": 0.7}))
+    assert lora.to_model() == {"Name": "l", "ModelCode": "l", "IsOfficial": True, "TriggerWordList": ["tw"],
+                               "InferenceParams": {"LoraWeight": 0.7}}
+    cm = ModelEntry.model_validate(model("c", ModelType="ControlModel", source={"path": "cn"},
+                                         defaults={"control_weight": 0.5}))
+    assert cm.to_control() == {"ModelCode": "c", "Name": "c", "InferenceParams": {
+        "ControlWeight": 0.5, "StartingStep": 0.0, "EndingStep": 1.0}}

@@ -121,3 +121,31 @@ def test_use_main_model_vae_switches_between_checkpoint_and_external_vae(live_st
     assert unclipped.sum() > 50
     ratio = ext[..., 1][unclipped].sum() / own[..., 1][unclipped].sum()
     assert 0.8 < ratio < 0.9, f"external (tinted) VAE decoded the redrawn area: G ratio {ratio:.3f}"
+
+
+def test_image2image_resize_mode_fits_the_background_as_asked(live_stack):
+    """ReferStrength 1 keeps the reference's pixels: so the background of the result shows how it was fitted.
+    The default (CropAndResize) covers the frame and crops the centre; JustResize stretches it."""
+    man, mask = example_inputs()
+    bg = Image.new("RGB", (128, 64))
+    bg.putdata([(x * 2, 40 + y * 3, 255 - x) for y in range(64) for x in range(128)])
+    keep = np.array(mask) > 127
+    far = np.ones(keep.shape, bool)
+    ys, xs = np.nonzero(keep)
+    far[max(ys.min() - 8, 0):ys.max() + 9, max(xs.min() - 8, 0):xs.max() + 9] = False
+
+    def background(mode: str | None) -> np.ndarray:
+        image2image = {"ImageIndex": 1, "ReferStrength": 1.0, **({"ResizeMode": mode} if mode else {})}
+        d = _run(live_stack, ImageAndMaskList=None, ImageList=[png_b64(man), png_b64(bg)], MaskList=[png_b64(mask)],
+                 Width=64, Height=80, Seed=3, Image2Image=image2image,
+                 Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 0, "ResizeMode": "JustResize"})
+        return _img(d["ImgList"][0])
+
+    stretched = np.array(bg.resize((64, 80), Image.Resampling.LANCZOS)).astype(int)
+    scaled = np.array(bg.resize((160, 80), Image.Resampling.LANCZOS)).astype(int)  # covers 64x80
+    covered = scaled[:, 48:112]  # its centre
+    default, just, crop = background(None), background("JustResize"), background("CropAndResize")
+    assert np.array_equal(default[far], crop[far])
+    assert np.abs(just[far] - stretched[far]).max() <= 1
+    assert np.abs(crop[far] - covered[far]).max() <= 1
+    assert np.abs(just[far] - crop[far]).mean() > 10

@@ -56,10 +56,13 @@ def test_each_kind_changes_the_image_and_the_base_comes_back_exactly(live_stack)
     assert np.array_equal(_image(live_stack), base), "a base job after submodel jobs gives the base image"
 
 
-def test_lora_weight_zero_is_the_base_image_without_trigger_words(live_stack):
-    """Weight 0 adds no LoRA effect; the trigger word still joins the prompt, so compare with it."""
-    base_with_word = _image(live_stack, PositivePrompts=["demo style", "a woman", "studio photo"])
-    assert np.array_equal(_image(live_stack, SubModelList=[lora("demo-lora", 0)]), base_with_word)
+def test_a_submodel_at_weight_zero_contributes_nothing_trigger_words_included(live_stack):
+    """demo-lora has the trigger word "demo style": at weight 0 it is left out, word and all."""
+    base = _image(live_stack)
+    assert np.array_equal(_image(live_stack, SubModelList=[lora("demo-lora", 0)]), base)
+    assert np.array_equal(_image(live_stack, SubModelList=[lora("demo-hypernetwork", 0)]), base)
+    with_word = _image(live_stack, PositivePrompts=["demo style", "a woman", "studio photo"])
+    assert not np.array_equal(with_word, base)  # the word alone would have changed the image
 
 
 def test_alternating_loras_give_the_right_images_in_order(live_stack):

@@ -29,6 +29,32 @@ def test_list_models_lists_demo_model_with_type(api):
     assert set(demo) >= {"Name", "ModelCode", "IsOfficial", "TriggerWordList", "InferenceParams", "ModelType"}
 
 
+def test_list_models_answers_picpiks_fields_as_arrays_of_model_objects(api):
+    r = api(signed({"Action": "ListModels"}))
+    by_field = {field: {m["ModelCode"]: m for m in r[field]}
+                for field in ("MainModels", "LoraModels", "EmbeddingModels", "HypernetworkModels")}
+    assert {"demo-inpaint", "demo-inpaint-posed", "demo-sd15"} <= set(by_field["MainModels"])
+    assert {"demo-lora", "demo-lora-peft"} <= set(by_field["LoraModels"])
+    assert set(by_field["EmbeddingModels"]) == {"demo-embedding"}
+    assert set(by_field["HypernetworkModels"]) == {"demo-hypernetwork"}
+    for models in by_field.values():
+        for m in models.values():
+            assert set(m) == {"Name", "ModelCode", "IsOfficial", "TriggerWordList", "InferenceParams"}, m
+    assert by_field["LoraModels"]["demo-lora"]["InferenceParams"] == {"LoraWeight": 1.0}
+    assert by_field["LoraModels"]["demo-lora"]["TriggerWordList"] == ["demo style"]
+    # every entry of the PICPIK lists is in the flat extension list too, with its type
+    flat = {m["ModelCode"]: m["ModelType"] for m in r["Models"]}
+    assert {code: flat[code] for code in by_field["HypernetworkModels"]} == {"demo-hypernetwork": "HyperNetwork"}
+    assert sum(map(len, by_field.values())) == len(flat)
+
+
+def test_a_model_from_list_models_is_accepted_back_unchanged(api):
+    r = api(signed({"Action": "ListModels"}))
+    main, lora = r["MainModels"][0], r["LoraModels"][0]
+    out = api(signed(generate_body(MainModel=main, SubModelList=[lora])))
+    assert out["RetCode"] == 0, out
+
+
 @pytest.mark.parametrize("raw, code", [
     (b"not json", 230), (b"[1,2]", 230), (b'"str"', 230), (b"{}", 160),
     (b'{"Action": ""}', 160), (b'{"Action": "Nope"}', 161), (b'{"Action": 5}', 161),
@@ -199,3 +225,49 @@ def test_result_links_serve_only_the_owners_listed_files_while_valid(api):
     assert get(unlisted.path, **{k: v[0] for k, v in parse_qs(unlisted.query).items()}).status_code == 404
     other = urlsplit(make_link("", KEYS["pk-alice"], "a" * 21, "0.png", int(exp)))  # no such task
     assert get(other.path, **{k: v[0] for k, v in parse_qs(other.query).items()}).status_code == 404
+
+
+def _detail(api, uid: str, key: str = "pk-alice") -> dict:
+    [detail] = api(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}, key))["TaskDetailList"]
+    return detail
+
+
+def test_without_main_model_the_default_is_used_and_named_in_the_notes(api):
+    body = generate_body()
+    del body["MainModel"]
+    out = api(signed(body))
+    assert out["RetCode"] == 0, out
+    detail = _detail(api, out["TaskUID"])
+    assert "MainModel: not given; the deployment's default demo-inpaint was used" in detail["Notes"]
+    raw = redis_lib.Redis.from_url(get_services().settings.redis_url).lindex(api.queue, 0)
+    job = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0][0]
+    assert job["task_uid"] == out["TaskUID"] and job["main_model"] == "demo-inpaint"
+
+
+def test_unknown_top_level_fields_are_named_in_the_notes(api):
+    out = api(signed(generate_body(Widht=512, Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 1, "Extra": 1})))
+    assert out["RetCode"] == 0, out
+    assert _detail(api, out["TaskUID"])["Notes"] == ["ignored fields: Widht"]
+    assert _detail(api, api(signed(generate_body()))["TaskUID"])["Notes"] == []
+
+
+def test_task_details_carry_txt_list_and_consumed_points(api):
+    svc = get_services()
+    uid, _ = svc.tasks.create(PUB["pk-alice"], None, "GenerateFromMannequin", 1, 0, points=3)
+    queued = _detail(api, uid)
+    assert queued["TxtList"] == [] and queued["ConsumeApiPoint"] == 0 and queued["Status"] == "Queuing"
+    svc.storage.write_result(uid, 0, b"png")
+    svc.storage.write_result(uid, 1, b"png")
+    svc.tasks.mark_finished(uid, ["0.png", "1.png"], 1)
+    assert _detail(api, uid)["ConsumeApiPoint"] == 6  # 2 images x 3 points
+    failed, _ = svc.tasks.create(PUB["pk-alice"], None, "GenerateFromMannequin", 1, 0, points=3)
+    svc.tasks.mark_error(failed, 500, "Internal error")
+    assert _detail(api, failed)["ConsumeApiPoint"] == 0
+
+
+def test_control_net_list_units_are_checked_against_the_models(api):
+    unit = {"PreProcessor": {"ModelCode": "canny"}, "ControlModel": {"ModelCode": "nope"}}
+    out = api(signed(generate_body(ControlNetList=[unit])))
+    assert out["RetCode"] == 240 and out["Message"] == "Model [nope] not exists"
+    both = api(signed(generate_body(ControlNetList=[], ControlNet=[])))
+    assert both["RetCode"] == 230 and "[ControlNet]" in both["Message"]

@@ -9,6 +9,7 @@ import re
 import struct
 import warnings
 import zlib
+from dataclasses import replace
 
 import pytest
 from PIL import Image, ImageFile
@@ -137,10 +138,12 @@ def test_whole_floats_are_ints_and_ints_are_floats():
 def test_unknown_fields_are_ignored_at_every_level():
     b = full_body()
     b.update(PublicKey="k", Signature="s", request_uuid="u", SomethingNew={"x": [1]})
-    b["Image2Image"]["ResizeMode"] = "ResizeAndFill"
     b["MainModel"]["ModelType"] = "Main"
     b["Mannequin"]["Extra"] = 1
-    assert parse(b) == parse(full_body())
+    b["Image2Image"]["Extra"] = "x"
+    got = parse(b)
+    assert got.ignored_fields == ["SomethingNew"]  # only the top level is reported (in the task's Notes)
+    assert replace(got, ignored_fields=[]) == parse(full_body())
 
 
 # --- ranges ------------------------------------------------------------------------------------
@@ -204,8 +207,8 @@ def test_index_bounds_follow_the_list_length():
 
 # --- required fields ---------------------------------------------------------------------------
 
-REQUIRED_PATHS = ["MainModel", "MainModel.ModelCode", "ImageAndMaskList", "Mannequin", "Mannequin.ImageIndex",
-                  "Mannequin.ClothesMaskIndex", "Image2Image.ImageIndex"]
+REQUIRED_PATHS = ["MainModel.ModelCode", "Mannequin", "Mannequin.ImageIndex", "Mannequin.ClothesMaskIndex",
+                  "Image2Image.ImageIndex"]
 
 
 @pytest.mark.parametrize("path", REQUIRED_PATHS)
@@ -251,6 +254,8 @@ WRONG_TYPES = [
     ("Mannequin.ResizeMode", 1, "must be a string"),
     ("Mannequin.ResizeMode", "Stretch", "must be one of JustResize, CropAndResize, ResizeAndFill"),
     ("Mannequin.ResizeMode", "justresize", "must be one of JustResize, CropAndResize, ResizeAndFill"),
+    ("Image2Image.ResizeMode", "Cover", "must be one of JustResize, CropAndResize, ResizeAndFill"),
+    ("Image2Image.ResizeMode", 2, "must be a string"),
 ]
 
 
@@ -506,3 +511,72 @@ def test_check_helpers_for_other_actions():
             check_float(bad, "F", lo=0, hi=1)
     with pytest.raises(ApiError, match=r"must be between 0 and 1$"):
         check_float(10**400, "F", lo=0, hi=1)  # compared before float(): no OverflowError
+
+
+# --- what a PICPIK client may send besides: no MainModel, ImageList + MaskList, extra fields -------------
+
+
+@pytest.mark.parametrize("how", ["missing", "null"])
+def test_main_model_may_be_absent(how):
+    req = parse(set_path(full_body(), "MainModel", ... if how == "missing" else None))
+    assert req.main_model is None  # the deployment's default main model applies (app/actions/generate.py)
+
+
+def test_no_image_list_at_all_names_both_styles():
+    assert rejected(set_path(body(), "ImageAndMaskList", ...), "ImageAndMaskList") == (
+        "is required (or ImageList and MaskList)")
+
+
+def test_image_list_and_mask_list_index_their_own_list():
+    photo_2 = b64(image_bytes((10, 6), "RGB"))
+    req = parse(body(ImageAndMaskList=None, ImageList=[PHOTO, photo_2], MaskList=[MASK],
+                     Mannequin={"ImageIndex": 1, "ClothesMaskIndex": 0}, Image2Image={"ImageIndex": 0}))
+    assert [(i.width, i.height, i.mode) for i in req.images] == [(8, 8, "RGB"), (10, 6, "RGB"), (8, 8, "L")]
+    assert req.mannequin.width == 10 and req.clothes_mask.mode == "L" and req.background.width == 8
+    assert (req.mannequin_index, req.clothes_mask_index, req.background_index) == (1, 2, 0)
+
+
+def test_image_list_indexes_are_checked_against_their_own_list():
+    pair = {"ImageAndMaskList": None, "ImageList": [PHOTO], "MaskList": [MASK]}
+    assert rejected(body(**pair, Mannequin={"ImageIndex": 1, "ClothesMaskIndex": 0}), "Mannequin.ImageIndex") == (
+        "must be between 0 and 0 (an index into ImageList)")
+    assert rejected(body(**pair, Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 1}),
+                    "Mannequin.ClothesMaskIndex") == "must be between 0 and 0 (an index into MaskList)"
+    assert rejected(body(**pair, Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 0}, Image2Image={"ImageIndex": 1}),
+                    "Image2Image.ImageIndex") == "must be between 0 and 0 (an index into ImageList)"
+    no_masks = {"ImageAndMaskList": None, "ImageList": [PHOTO, MASK]}
+    assert rejected(body(**no_masks), "Mannequin.ClothesMaskIndex") == (
+        "points into MaskList, which is missing or empty")
+    assert rejected(body(ImageAndMaskList=None, MaskList=[MASK]), "ImageList") == "is required"
+
+
+def test_the_two_image_styles_cannot_be_mixed():
+    assert rejected(body(ImageList=[PHOTO], MaskList=[MASK]), "ImageList").startswith(
+        "cannot be combined with ImageAndMaskList")
+    assert rejected(body(MaskList=[MASK]), "MaskList").startswith("cannot be combined with ImageAndMaskList")
+
+
+def test_image_list_and_mask_list_share_the_image_limit():
+    pair = {"ImageAndMaskList": None, "ImageList": [PHOTO] * 2, "MaskList": [MASK] * 2}
+    assert len(parse(body(**pair), max_images=4).images) == 4
+    assert rejected(body(**pair), "MaskList", max_images=3) == (
+        "ImageList and MaskList together must have at most 3 images")
+
+
+def test_image_list_entries_are_named_in_decode_errors():
+    pair = {"ImageAndMaskList": None, "ImageList": [PHOTO], "MaskList": [MASK, "not base64!"]}
+    assert rejected(body(**pair), "MaskList[1]") == "not valid base64"
+
+
+def test_image2image_resize_mode_defaults_to_cover_and_crop():
+    assert parse(body(Image2Image={"ImageIndex": 0})).background_resize_mode == "CropAndResize"
+    assert parse(body()).background_resize_mode == "CropAndResize"
+    for mode in ("JustResize", "CropAndResize", "ResizeAndFill"):
+        req = parse(body(Image2Image={"ImageIndex": 0, "ResizeMode": mode}))
+        assert req.background_resize_mode == mode
+
+
+def test_unknown_top_level_fields_are_listed_in_body_order():
+    req = parse(body(Widht=512, Callback="x", Seed=3))
+    assert req.ignored_fields == ["Widht", "Callback"]
+    assert parse(body(PublicKey="k", Signature="s", request_uuid="u")).ignored_fields == []

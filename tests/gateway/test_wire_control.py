@@ -83,3 +83,29 @@ def test_shape_errors():
     fails("ControlNet[0].ControlModel", ControlNet=[{"PreProcessor": {"ModelCode": "x"}}])
     fails("ControlNet[0].ControlModel.ModelCode", ControlNet=[{"ControlModel": {"ModelCode": ""}}])
     fails("ControlNet[1].ImageIndex", ControlNet=[unit(), unit(ImageIndex=2)])
+
+
+# --- ControlNetList, PICPIK's name; ControlNet, the alias -------------------------------------------------
+
+
+def test_control_net_list_is_the_name_and_control_net_its_alias():
+    (by_name,) = parse(ControlNetList=[unit()]).control_units
+    (by_alias,) = parse(ControlNet=[unit()]).control_units
+    assert by_name == by_alias and by_name.control_model == "cn-pose" and by_name.resolution == 512
+    assert parse(ControlNetList=[unit()]).control_units_field == "ControlNetList"
+    assert parse(ControlNet=[unit()]).control_units_field == "ControlNet"
+    assert parse(ControlNetList=[]).control_units == [] and parse().control_units is None
+
+
+def test_both_names_at_once_are_refused_even_when_equal():
+    message = fails("ControlNet", ControlNetList=[unit()], ControlNet=[unit()])
+    assert "ControlNetList" in message
+    fails("ControlNet", ControlNetList=[], ControlNet=[])
+
+
+def test_control_net_list_errors_name_the_field_the_request_used():
+    fails("ControlNetList", ControlNetList=[unit()] * (MAX_CONTROL_UNITS + 1))
+    assert MAX_CONTROL_UNITS == 3  # PICPIK's limit
+    fails("ControlNetList[0].ControlModel.InferenceParams.ControlWeight",
+          ControlNetList=[unit(ControlModel={"ModelCode": "cn", "InferenceParams": {"ControlWeight": 3}})])
+    fails("ControlNetList[1].ImageIndex", ControlNetList=[unit(), unit(ImageIndex=2)])

@@ -366,3 +366,20 @@ def test_with_background_replaces_everything_but_the_clothes():
     np.testing.assert_array_equal(out[comp.keep], np.asarray(comp.image)[comp.keep])
     assert (out[~comp.keep] == (5, 6, 7)).all()
     assert start.keep is comp.keep and start.figure is comp.figure
+
+
+def test_fit_background_follows_image2image_resize_mode():
+    bg = Image.new("RGB", (40, 20))
+    bg.putdata([(x * 6, y * 12, 100) for y in range(20) for x in range(40)])
+    cover = fit_background(bg, 20, 20)  # default: cover (scale to 40x20... already 20 high) and crop the centre
+    assert cover.size == (20, 20) and np.array_equal(np.asarray(cover), np.asarray(bg)[:, 10:30])
+    assert np.array_equal(np.asarray(fit_background(bg, 20, 20, "CropAndResize")), np.asarray(cover))
+    stretched = fit_background(bg, 20, 20, "JustResize")
+    assert np.array_equal(np.asarray(stretched), np.asarray(bg.resize((20, 20), Image.Resampling.LANCZOS)))
+    filled = np.asarray(fit_background(bg, 20, 20, "ResizeAndFill"))  # 20x10 in the middle, edges extended
+    inner = np.asarray(bg.resize((20, 10), Image.Resampling.LANCZOS))
+    assert np.array_equal(filled[5:15], inner)
+    assert np.array_equal(filled[0], inner[0]) and np.array_equal(filled[19], inner[-1])
+    same = fit_background(bg, 40, 20, "JustResize")  # already the size: untouched whatever the mode
+    assert all(np.array_equal(np.asarray(fit_background(bg, 40, 20, m)), np.asarray(bg))
+               for m in ("JustResize", "CropAndResize", "ResizeAndFill")) and same.size == (40, 20)

@@ -10,8 +10,9 @@ Conventions used throughout:
   white = "redraw here".
 * The kept pixels of the final image are bit-identical to :attr:`Composition.image` (the mannequin after
   resizing); :func:`paste_back` guarantees that and blends only *outside* the garment.
-* An Image2Image background reference is brought to the output size by :func:`fit_background` (cover and
-  centre-crop) and replaces everything outside the clothes in the starting image (:func:`with_background`);
+* An Image2Image background reference is brought to the output size by :func:`fit_background` (its own
+  ResizeMode; by default cover and centre-crop) and replaces everything outside the clothes in the starting
+  image (:func:`with_background`);
   :func:`redraw_strength` says how strongly each pixel is redrawn (clothes 0, the figure of a cut-out 1,
   the background ``1 - ReferStrength``).
 """
@@ -24,7 +25,14 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from app.contract.limits import CROP_AND_RESIZE, DEFAULT_RESIZE_MODE, JUST_RESIZE, RESIZE_AND_FILL, RESIZE_MODES
+from app.contract.limits import (
+    CROP_AND_RESIZE,
+    DEFAULT_BACKGROUND_RESIZE_MODE,
+    DEFAULT_RESIZE_MODE,
+    JUST_RESIZE,
+    RESIZE_AND_FILL,
+    RESIZE_MODES,
+)
 
 ResizeMode = Literal[RESIZE_MODES]
 
@@ -303,11 +311,13 @@ def paste_back(
 
 # --- background reference (Image2Image) ----------------------------------------------------------------
 
-def fit_background(bg: Image.Image, width: int, height: int) -> Image.Image:
-    """Bring a background reference to exactly ``width`` x ``height``: scale it (keeping its aspect ratio,
-    Lanczos) so it covers the whole frame, then crop the centre (``CropAndResize`` of :func:`fit_geometry`,
+def fit_background(bg: Image.Image, width: int, height: int,
+                   mode: ResizeMode = DEFAULT_BACKGROUND_RESIZE_MODE) -> Image.Image:
+    """Bring a background reference to exactly ``width`` x ``height`` by ``Image2Image.ResizeMode``
+    (:func:`fit_geometry`, Lanczos; margins of ``ResizeAndFill`` by edge extension). By default
+    ``CropAndResize``: scaled (keeping its aspect ratio) to cover the whole frame and the centre cropped,
     whatever the mannequin's ResizeMode: a background has no subject that must stay whole, and neither
-    stretching nor margins would look like a background).
+    stretching nor margins look like a background unless asked for.
 
     Returns an RGB image. A reference with transparency is composited onto :data:`NEUTRAL_GREY` first, like
     a mannequin; palette images are converted.
@@ -317,7 +327,7 @@ def fit_background(bg: Image.Image, width: int, height: int) -> Image.Image:
         rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, NEUTRAL_GREY + (255,)), rgba).convert("RGB")
     else:
         rgb = bg.convert("RGB")
-    return fit_geometry(rgb, width, height, CROP_AND_RESIZE, Image.Resampling.LANCZOS)
+    return fit_geometry(rgb, width, height, mode, Image.Resampling.LANCZOS)
 
 
 def with_background(comp: Composition, background: Image.Image) -> Composition:
