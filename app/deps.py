@@ -9,18 +9,30 @@ from fastapi import Depends, Request
 from app.actions import ACTIONS
 from app.actions.base import SignedCall
 from app.contract.codes import RetCode
+from app.contract.limits import MAX_BODY_DEPTH
 from app.errors import ApiError
 from app.services import Services, get_services
 from app.signature import verify
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
+def _too_deep(body: dict[str, Any], limit: int) -> bool:
+    """Whether ``body`` nests arrays/objects more than ``limit`` levels deep (iterative: no recursion)."""
+    level: list[Any] = [body]
+    for _ in range(limit):
+        level = [child for node in level
+                 for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
+
 
 async def read_body(request: Request, svc: ServicesDep) -> dict[str, Any]:
     """The JSON object of the request; the body size limit (ATELIER_MAX_BODY_BYTES) lives here."""
     limit = svc.settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError.param("body", f"larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -34,6 +46,8 @@ async def read_body(request: Request, svc: ServicesDep) -> dict[str, Any]:
         raise ApiError.param("body", "not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError.param("body", "must be a JSON object")
+    if _too_deep(body, MAX_BODY_DEPTH):
+        raise ApiError.param("body", f"nested more than {MAX_BODY_DEPTH} levels deep")
     request.state.body = body  # lets the error handler echo Action and request_uuid
     return body
 

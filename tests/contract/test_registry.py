@@ -3,6 +3,7 @@ its error messages, relative path resolution and the ListModels wire output."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -188,8 +189,6 @@ def test_the_wire_output_is_unchanged():
 
 
 def test_get_registry_rereads_the_file_when_it_changes(tmp_path):
-    import os
-
     path = write(tmp_path, yaml.safe_dump({"models": [model("a")]}))
     assert [e.model_code for e in get_registry(path).entries()] == ["a"]
     path.write_text(yaml.safe_dump({"models": [model("a"), model("b")]}))
@@ -263,3 +262,21 @@ def test_picpik_shapes_of_models_and_control_models():
                                          defaults={"control_weight": 0.5}))
     assert cm.to_control() == {"ModelCode": "c", "Name": "c", "InferenceParams": {
         "ControlWeight": 0.5, "StartingStep": 0.0, "EndingStep": 1.0}}
+
+
+def test_a_bad_edit_of_a_running_deployments_file_keeps_the_last_valid_version(tmp_path, caplog):
+    path = write(tmp_path, yaml.safe_dump({"models": [model("a")]}))
+    assert [e.model_code for e in get_registry(path).entries()] == ["a"]
+
+    def edit(text: str, seconds: int) -> None:
+        path.write_text(text)
+        os.utime(path, (path.stat().st_atime, path.stat().st_mtime + seconds))
+
+    edit("models: [\n", 5)  # a typo while the service runs
+    assert [e.model_code for e in get_registry(path).entries()] == ["a"]
+    assert [e.model_code for e in get_registry(path).entries()] == ["a"]
+    assert caplog.text.count("still serving its last valid version") == 1
+    edit(yaml.safe_dump({"models": [model("a"), model("b")]}), 10)  # fixed
+    assert [e.model_code for e in get_registry(path).entries()] == ["a", "b"]
+    with pytest.raises(ValueError, match="not valid YAML"):
+        get_registry(write(tmp_path / "other", "models: [\n"))  # never valid: refused

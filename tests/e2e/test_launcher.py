@@ -1,6 +1,7 @@
 """`make run`'s launcher (app/cli/run.py) as a user runs it: embedded Redis (never 6379), gateway and
 worker come up, a dev key is created and printed, Ctrl-C (SIGINT to the process group) stops all
-of it and leaves nothing running; the embedded Redis keeps its data across a restart."""
+of it and leaves nothing running; the embedded Redis keeps its data across a restart. (A launch
+refused for its key file or models config: tests/e2e/test_keys_startup.py.)"""
 from __future__ import annotations
 
 import os

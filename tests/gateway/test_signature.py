@@ -1,5 +1,6 @@
-"""PICPIK signature: the published check value, each encoding rule, and a cross-check against an
-independent implementation written differently (iterative, string-based float expansion)."""
+"""PICPIK signature: the published check values, each encoding rule, the SDK float spellings that
+verification also accepts, and a cross-check against an independent implementation written
+differently (iterative, string-based float expansion)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +9,19 @@ import random
 import orjson
 import pytest
 
-from app.signature import encode_value, sign, signing_string, verify
+import app.signature as signature
+from app.signature import (
+    SDK_FLOAT_SPELLINGS,
+    encode_value,
+    go_sdk_float,
+    javascript_sdk_float,
+    published_float,
+    python_sdk_float,
+    sign,
+    signing_string,
+    verify,
+)
+from support.signer import SPELLINGS, picpik_signature, signing_text, spell_float
 
 KEY = "123456"
 
@@ -17,6 +30,29 @@ def test_published_check_value():
     params = {"Action": "ListModels", "PublicKey": "abcdefg"}
     assert signing_string(params, KEY) == "ActionListModelsPublicKeyabcdefg123456"
     assert sign(params, KEY) == "4a20bc1141494035f6aaaad13224c94c5a8bc3a5"
+
+
+def test_published_platform_api_check_value():
+    params = {"Action": "StartPicpikApp", "PublicKey": "abcdefg", "AppId": "your_app_id"}
+    assert signing_string(params, KEY) == "ActionStartPicpikAppAppIdyour_app_idPublicKeyabcdefg123456"
+    assert sign(params, KEY) == "c5e65ad1936ff695436917bf807d2281db33e7a3"
+
+
+def test_derived_check_values_of_picpik_facts():
+    generate = {
+        "Action": "GenerateFromMannequin", "PublicKey": "abcdefg", "BatchSize": 2,
+        "Image2Image": {"ImageIndex": 0, "ReferStrength": 0.3, "ResizeMode": "ResizeAndFill"},
+        "ImageAndMaskList": ["data:image/jpeg;base64,xxxx", "data:image/jpeg;base64,xxxx"],
+        "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1}, "NegativePrompts": [],
+        "PositivePrompts": ["girl", "smile"], "TranslatePrompts": True,
+        "request_uuid": "d893b720-15a5-4f60-8c37-c87343079ca5",
+    }
+    assert sign(generate, KEY) == "e4852b7e78dcf09c227bb2e9962a07246acdc33d"
+    whole_floats = {"Action": "GenerateImages", "PublicKey": "abcdefg", "Seed": -1, "UseMainModelVAE": False,
+                    "MainModel": {"ModelCode": "m1", "InferenceParams": {"LoraWeight": 1.0}}, "Width": 1024.0}
+    assert sign(whole_floats, KEY) == "8086af2490a791dfc70569961d82da0b404c4501"
+    for body in (generate, whole_floats):  # their floats are spelled alike by every signer
+        assert verify({**body, "Signature": sign(body, KEY)}, KEY)
 
 
 def test_signature_field_is_excluded_and_request_uuid_included():
@@ -284,3 +320,116 @@ def test_matches_an_independent_implementation_on_random_bodies(seed):
     body = orjson.loads(orjson.dumps(body))  # as the gateway would see it
     assert sign(body, "secret") == _reference_signature(body, "secret")
     assert verify({**body, "Signature": _reference_signature(body, "secret")}, "secret")
+
+
+# --- the SDK float spellings -------------------------------------------------------------------
+
+# value -> (published, Python SDK, Go SDK, JavaScript SDK)
+SPELLING_TABLE = [
+    (0.3, "0.3", "0.3", "0.3", "0.3"),
+    (-0.5, "-0.5", "-0.5", "-0.5", "-0.5"),
+    (100.0, "100", "100", "100", "100"),
+    (-0.0, "0", "0", "0", "0"),
+    (1e-4, "0.0001", "0.0001", "0.0001", "0.0001"),
+    (1e-05, "0.00001", "1e-05", "1e-05", "0.00001"),
+    (1.5e-06, "0.0000015", "1.5e-06", "1.5e-06", "0.0000015"),
+    (1e-7, "0.0000001", "1e-07", "1e-07", "1e-7"),
+    (-2.5e-10, "-0.00000000025", "-2.5e-10", "-2.5e-10", "-2.5e-10"),
+    (1e-100, "0." + "0" * 99 + "1", "1e-100", "1e-100", "1e-100"),
+    (999999.5, "999999.5", "999999.5", "999999.5", "999999.5"),
+    (1234567.5, "1234567.5", "1234567.5", "1.2345675e+06", "1234567.5"),
+    (1e16, "10000000000000000", "10000000000000000", "10000000000000000", "10000000000000000"),
+    (1e20, "100000000000000000000", "100000000000000000000", "1e+20", "100000000000000000000"),
+    (1.2345678901234568e20, "123456789012345680000", "123456789012345683968", "1.2345678901234568e+20",
+     "123456789012345680000"),
+    (1e21, "1" + "0" * 21, "1" + "0" * 21, "1e+21", "1e+21"),
+    (1e23, "1" + "0" * 23, "99999999999999991611392", "1e+23", "1e+23"),
+    (-(2.0**63), "-9223372036854776000", "-9223372036854775808", "-9223372036854775808", "-9223372036854776000"),
+    (2.0**63, "9223372036854776000", "9223372036854775808", "9.223372036854776e+18", "9223372036854776000"),
+]
+
+
+@pytest.mark.parametrize(("value", "published", "python", "go", "javascript"), SPELLING_TABLE)
+def test_float_spellings(value, published, python, go, javascript):
+    assert (published_float(value), python_sdk_float(value), go_sdk_float(value), javascript_sdk_float(value)) \
+        == (published, python, go, javascript)
+
+
+@pytest.mark.parametrize(("value", "published", "python", "go", "javascript"), SPELLING_TABLE)
+def test_the_independent_test_signer_spells_as_the_table(value, published, python, go, javascript):
+    # guards the test signer itself (tests/support/signer.py), written from the languages' rules
+    assert [spell_float(name, value) for name in SPELLINGS] == [published, python, go, javascript]
+
+
+def test_python_spelling_is_str_of_the_float():
+    for v in (0.1, 1e-05, 2.5e-10, 123.456, 1e-300, -7.25e-8):
+        assert python_sdk_float(v) == str(v)
+
+
+@pytest.mark.parametrize("spell", [published_float, *SDK_FLOAT_SPELLINGS.values()])
+def test_every_spelling_refuses_non_finite_numbers(spell):
+    for v in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError):
+            spell(v)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_app_spellings_match_the_independent_ones_on_random_floats(seed):
+    rng = random.Random(seed)
+    app_spellings = {"published": published_float, **SDK_FLOAT_SPELLINGS}
+    for _ in range(300):
+        v = rng.choice([rng.uniform(-1, 1) * 10.0 ** rng.randint(-20, 30),
+                        float(rng.randint(-10**6, 10**6)) * 10.0 ** rng.randint(-8, 24)])
+        for name in SPELLINGS:
+            assert app_spellings[name](v) == spell_float(name, v), (name, v)
+
+
+SDK_BODY = {
+    "Action": "ListModels", "PublicKey": "abcdefg", "request_uuid": "u-1",
+    "Tiny": 1e-05, "Tinier": -2.5e-10, "Huge": 1e21, "Plain": 0.3, "Whole": 100.0,
+    "Nested": {"b": [1e-7, {"c": 1234567.5}], "a": 1e23},
+}
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_verify_accepts_each_sdk_spelling_applied_consistently(spelling):
+    body = {**SDK_BODY, "Signature": picpik_signature(SDK_BODY, KEY, spelling)}
+    assert verify(body, KEY)
+    assert not verify(body, "654321")
+
+
+def test_verify_refuses_a_mix_of_spellings():
+    # 1e-05 as the Python SDK writes it, every other float as the published rule does
+    def mixed(x: float) -> str:
+        return spell_float("python" if x == 1e-05 else "published", x)
+
+    text = signing_text(SDK_BODY, KEY, mixed)
+    assert all(text != signing_text(SDK_BODY, KEY, name) for name in SPELLINGS)  # guard: no one rule gives it
+    assert not verify({**SDK_BODY, "Signature": picpik_signature(SDK_BODY, KEY, mixed)}, KEY)
+
+
+def _count_hashes(monkeypatch) -> list[str]:
+    hashed: list[str] = []
+    real = signature._sha1
+
+    def counting(text: str) -> str:
+        hashed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(signature, "_sha1", counting)
+    return hashed
+
+
+def test_alternative_spellings_are_hashed_only_when_a_float_is_spelled_differently(monkeypatch):
+    hashed = _count_hashes(monkeypatch)
+    same_everywhere = {"Action": "ListModels", "A": 0.3, "B": 100.0, "C": [2.5, {"d": -7.125}]}
+    assert not verify({**same_everywhere, "Signature": "0" * 40}, KEY)
+    assert len(hashed) == 1  # a wrong signature of a body whose floats every signer writes alike
+    published = {**SDK_BODY, "Signature": sign(SDK_BODY, KEY)}
+    hashed.clear()
+    assert verify(published, KEY)
+    assert len(hashed) == 1  # the published spelling matched: nothing else is tried
+    hashed.clear()
+    assert not verify({"Action": "ListModels", "A": 1e-05, "Signature": "0" * 40}, KEY)
+    # published and JavaScript write 0.00001, Python and Go 1e-05: two distinct strings, two hashes
+    assert sorted(hashed) == ["A0.00001ActionListModels" + KEY, "A1e-05ActionListModels" + KEY]
