@@ -8,11 +8,9 @@ Ctrl-C stops all of it and leaves nothing running.
 Nothing here imports app/ or workers/: the service is set up through its environment only."""
 from __future__ import annotations
 
-import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,25 +22,18 @@ import psutil
 import pytest
 from PIL import Image
 
+from support.api import ROOT, free_port, png_b64
 from support.picpik_client import PicpikClient
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 PRIVATE_KEY = "123456"
 W, H = 64, 80
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _data_uri(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    """PICPIK's examples send images as data URIs."""
+    return "data:image/png;base64," + png_b64(img)
 
 
 def _mannequin_and_mask() -> tuple[Image.Image, Image.Image]:
@@ -111,7 +102,7 @@ def stack(tmp_path_factory):
     keys = base / "keys.yaml"
     # The PrivateKey quoted: YAML would read a bare 123456 as a number.
     keys.write_text(f'keys:\n  - PublicKey: {public_key}\n    PrivateKey: "{PRIVATE_KEY}"\n')
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
     env.update(
         ATELIER_DATA_DIR=str(base / "data"),
