@@ -187,7 +187,10 @@ def _open_input(rt: WorkerRuntime, key: str) -> Image.Image:
         img.load()
         return ImageOps.exif_transpose(img)  # phone photos: the mask was drawn on the upright image
     except (OSError, ValueError) as e:
-        raise JobError(ErrorCode.BAD_INPUT, f"stored input image {key[:12]} is unreadable: {e}") from e
+        log.error("stored input %s is unreadable: %s", key, e)  # the path stays in the log
+        raise JobError(ErrorCode.BAD_INPUT, f"stored input image {key[:12]} is unreadable"
+                                            f" ({'missing' if isinstance(e, FileNotFoundError) else type(e).__name__})"
+                       ) from e
 
 
 def _submodel_specs(rt: WorkerRuntime, registry: Registry, job: JobMessage) -> list[SubModelSpec]:

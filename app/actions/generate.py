@@ -77,7 +77,11 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     # Store only the images the job uses, each once by content hash.
     def stored(index: int) -> str:
         img = req.images[index]
-        return svc.storage.put_input(img.sha256, img.data)
+        try:
+            return svc.storage.put_input(img.sha256, img.data)
+        except OSError as e:
+            log.error("storage unavailable: %s", e)
+            raise ApiError(RetCode.UNAVAILABLE) from None
 
     job_images = {"mannequin_image": stored(req.mannequin_index),
                   "clothes_mask": stored(req.clothes_mask_index),

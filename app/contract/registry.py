@@ -157,6 +157,12 @@ class ModelDefaults(BaseModel):
     ending_step: float = Field(DEFAULT_ENDING_STEP, ge=STEP_RATIO_RANGE.lo, le=STEP_RATIO_RANGE.hi,
                                 description="ControlModel")
 
+    @model_validator(mode="after")
+    def _window(self) -> ModelDefaults:
+        if self.starting_step > self.ending_step:
+            raise ValueError(f"starting_step {self.starting_step} is after ending_step {self.ending_step}")
+        return self
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, v: str | None) -> str | None:
@@ -166,7 +172,7 @@ class ModelDefaults(BaseModel):
 
 
 class DefaultControl(BaseModel):
-    """A control unit a Main model gets when the request has no ``ControlNet`` field."""
+    """A control unit a Main model gets when the request has no ``ControlNetList`` (alias ``ControlNet``)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     preprocessor: str | None = Field(None, alias="PreProcessor", description="ModelCode of a PreProcessor")

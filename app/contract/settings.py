@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     # --- limits (each enforced in exactly one place; see README "Limits") -----------------------
     max_body_bytes: int = Field(64 * 1024 * 1024, description="request body size; larger -> 230")
     max_image_pixels: int = Field(4096 * 4096, description="decoded pixels per input image (bomb guard)")
-    max_images: int = Field(8, description="entries in ImageAndMaskList")
+    max_images: int = Field(8, description="images in ImageAndMaskList, or in ImageList and MaskList together")
     max_prompt_chars: int = Field(2000, description="all positive (or negative) prompts together")
     max_active_tasks_per_key: int = Field(32, description="Queuing+Running tasks per key; more -> 153")
 

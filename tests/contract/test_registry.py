@@ -280,3 +280,9 @@ def test_a_bad_edit_of_a_running_deployments_file_keeps_the_last_valid_version(t
     assert [e.model_code for e in get_registry(path).entries()] == ["a", "b"]
     with pytest.raises(ValueError, match="not valid YAML"):
         get_registry(write(tmp_path / "other", "models: [\n"))  # never valid: refused
+
+
+def test_a_control_models_default_window_must_not_be_reversed():
+    with pytest.raises(ValueError, match=r"starting_step 0.8 is after ending_step 0.2"):
+        registry_of(model("c", ModelType="ControlModel", source={"path": "cn"},
+                          defaults={"starting_step": 0.8, "ending_step": 0.2}))

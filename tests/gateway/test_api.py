@@ -271,3 +271,14 @@ def test_control_net_list_units_are_checked_against_the_models(api):
     assert out["RetCode"] == 240 and out["Message"] == "Model [nope] not exists"
     both = api(signed(generate_body(ControlNetList=[], ControlNet=[])))
     assert both["RetCode"] == 230 and "[ControlNet]" in both["Message"]
+
+
+def test_storage_that_cannot_be_written_is_150_and_nothing_is_queued(api, monkeypatch):
+    svc = get_services()
+    queued = redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue)
+    monkeypatch.setattr(svc.storage, "inputs", svc.storage.inputs / "input-folder-is-a-file")
+    svc.storage.inputs.parent.mkdir(parents=True, exist_ok=True)
+    svc.storage.inputs.write_bytes(b"")  # a file where a folder must be: every write fails
+    out = api(signed(generate_body(Seed=987)))
+    assert out["RetCode"] == 150 and out["Message"] == "Service unavailable"
+    assert redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue) == queued
