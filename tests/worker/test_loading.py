@@ -5,7 +5,6 @@ meets (missing files, corrupt or truncated checkpoints, wrong family, mismatched
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,19 +14,13 @@ import torch
 from diffusers import (
     AutoencoderKL,
     AutoencoderTiny,
-    DDIMScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLInpaintPipeline,
-    UNet2DConditionModel,
 )
-from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from app.contract.registry import ModelEntry, ModelSource, Registry
+from support.ldm import save_single_file, vae_to_ldm
+from support.tiny import SIZE, build_sd15, build_sdxl, make_vae
 from workers.models.cache import ModelLoadError
 from workers.models.device import resolve_dtype
 from workers.models.loading import (
@@ -38,195 +31,7 @@ from workers.models.loading import (
 )
 from workers.models.sizes import measure_bytes
 
-SIZE = 64
 STEPS = 2
-
-
-# --- tiny models, built here ---------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP's printable stand-ins for the 256 byte values."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = [chr(b) for b in printable]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def make_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A byte-level CLIP tokenizer with no merges (one token per character), loaded from files the way
-    checkpoints are (the constructor with file paths silently makes a 2-token tokenizer)."""
-    chars = _bytes_to_unicode()
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer.from_pretrained(folder, model_max_length=77, pad_token="<|endoftext|>")
-    assert len(tok) == len(tokens)
-    return tok
-
-
-def _text_config(tok: CLIPTokenizer, **extra) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                          num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
-
-
-def make_vae() -> AutoencoderKL:
-    """4 levels (scale factor 8) like SD's; channels change between levels (shortcut convs) and the mid
-    block has attention, so the single-file key mapping is exercised in full."""
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16),
-                         layers_per_block=1, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=SIZE)
-
-
-def _sd_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1)
-
-
-def build_sd15(folder: Path, in_channels: int, seed: int = 0) -> Path:
-    """A tiny SD 1.5-shaped diffusers folder: SD 1.5's block layout (cross-attention blocks first, a plain
-    block last) with 3 levels and 2 layers per block, a 9-channel (inpainting) or 4-channel (base) UNet."""
-    torch.manual_seed(seed)
-    tok = make_tokenizer(folder.parent / f"{folder.name}-tokenizer")
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 32, 64), layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8)
-    cls = StableDiffusionInpaintPipeline if in_channels == 9 else StableDiffusionPipeline
-    pipe = cls(vae=make_vae(), text_encoder=CLIPTextModel(_text_config(tok)), tokenizer=tok, unet=unet,
-               scheduler=_sd_scheduler(), safety_checker=None, feature_extractor=None,
-               requires_safety_checker=False)
-    pipe.save_pretrained(folder)
-    return folder
-
-
-def build_sdxl(folder: Path, seed: int = 0) -> Path:
-    """A tiny SDXL inpainting folder: two CLIP text encoders (the second with a projection), a UNet with
-    SDXL's text-time conditioning (cross-attention dim = 32 + 32, pooled 32 + 6 x 8 time ids)."""
-    torch.manual_seed(seed)
-    tok = make_tokenizer(folder.parent / f"{folder.name}-tokenizer")
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=9, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLInpaintPipeline(
-        vae=make_vae(), text_encoder=CLIPTextModel(_text_config(tok)),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(tok, projection_dim=32)), tokenizer=tok,
-        tokenizer_2=tok, unet=unet, scheduler=scheduler, requires_aesthetics_score=False)
-    pipe.save_pretrained(folder)
-    return folder
-
-
-# --- diffusers -> original (LDM/CompVis) single-file layout -----------------------------------------
-# The inverse of diffusers' convert_ldm_unet_checkpoint / convert_ldm_vae_checkpoint /
-# convert_ldm_clip_checkpoint (diffusers/loaders/single_file_utils.py), written for any number of levels and
-# layers per block, the way diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py does it for
-# SD 1.5's fixed shape.
-
-_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                  "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _rename_first(rest: str, table: dict[str, str]) -> str:
-    for diffusers_name, ldm_name in table.items():
-        if rest.startswith(diffusers_name + "."):
-            return ldm_name + rest[len(diffusers_name):]
-    return rest
-
-
-def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    lpb, levels = config["layers_per_block"], len(config["block_out_channels"])
-    prefixes = {"mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
-                "mid_block.resnets.1.": "middle_block.2."}
-    for b in range(levels):
-        for j in range(lpb):
-            prefixes[f"down_blocks.{b}.resnets.{j}."] = f"input_blocks.{b * (lpb + 1) + j + 1}.0."
-            prefixes[f"down_blocks.{b}.attentions.{j}."] = f"input_blocks.{b * (lpb + 1) + j + 1}.1."
-        for j in range(lpb + 1):
-            prefixes[f"up_blocks.{b}.resnets.{j}."] = f"output_blocks.{b * (lpb + 1) + j}.0."
-            prefixes[f"up_blocks.{b}.attentions.{j}."] = f"output_blocks.{b * (lpb + 1) + j}.1."
-        if b < levels - 1:
-            prefixes[f"down_blocks.{b}.downsamplers.0.conv."] = f"input_blocks.{(b + 1) * (lpb + 1)}.0.op."
-            slot = 2 if "CrossAttn" in config["up_block_types"][b] else 1
-            prefixes[f"up_blocks.{b}.upsamplers.0."] = f"output_blocks.{b * (lpb + 1) + lpb}.{slot}."
-    fixed = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
-    if config.get("addition_embed_type") == "text_time":
-        fixed.update(DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"])
-    out = {}
-    for key, value in state.items():
-        if key in fixed:
-            out[fixed[key]] = value
-            continue
-        prefix = next(p for p in prefixes if key.startswith(p))
-        rest = key[len(prefix):]
-        if ".resnets." in prefix:
-            rest = _rename_first(rest, _RESNET_TO_LDM)
-        out[prefixes[prefix] + rest] = value
-    return {"model.diffusion_model." + k: v for k, v in out.items()}
-
-
-def vae_to_ldm(state: dict[str, torch.Tensor], config, prefix: str = "first_stage_model.") -> dict[str, torch.Tensor]:
-    levels = len(config["block_out_channels"])
-    prefixes = {}
-    for i in range(levels):
-        prefixes[f"encoder.down_blocks.{i}.resnets."] = f"encoder.down.{i}.block."
-        prefixes[f"encoder.down_blocks.{i}.downsamplers.0."] = f"encoder.down.{i}.downsample."
-        prefixes[f"decoder.up_blocks.{i}.resnets."] = f"decoder.up.{levels - 1 - i}.block."
-        prefixes[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{levels - 1 - i}.upsample."
-    for part in ("encoder", "decoder"):
-        prefixes[f"{part}.mid_block.resnets.0."] = f"{part}.mid.block_1."
-        prefixes[f"{part}.mid_block.resnets.1."] = f"{part}.mid.block_2."
-        prefixes[f"{part}.mid_block.attentions.0."] = f"{part}.mid.attn_1."
-    fixed = DIFFUSERS_TO_LDM_MAPPING["vae"]
-    out = {}
-    for key, value in state.items():
-        if key in fixed:
-            out[fixed[key]] = value
-            continue
-        p = next(p for p in prefixes if key.startswith(p))
-        rest = key[len(p):]
-        if ".attentions." in p:
-            rest = _rename_first(rest, _VAE_ATTN_TO_LDM)
-            if value.ndim == 2:  # the original attention projections are 1x1 convolutions
-                value = value[:, :, None, None]
-        elif ".resnets." in p:
-            rest = rest.replace("conv_shortcut.", "nin_shortcut.")
-        out[prefixes[p] + rest] = value
-    return {prefix + k: v for k, v in out.items()}
-
-
-def clip_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"cond_stage_model.transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
-            for k, v in state.items()}
-
-
-def save_single_file(folder: Path, file: Path, config_dir: Path) -> tuple[Path, Path]:
-    """Write the diffusers SD 1.x folder ``folder`` as one original-layout checkpoint ``file`` (.safetensors or
-    .ckpt) plus ``config_dir``: the folder without its weights (what ``from_single_file(config=)`` reads)."""
-    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
-    checkpoint = {**unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config),
-                  **vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config),
-                  **clip_to_ldm(pipe.text_encoder.state_dict())}
-    checkpoint = {k: v.detach().clone().contiguous() for k, v in checkpoint.items()}
-    if file.suffix == ".safetensors":
-        save_file(checkpoint, file)
-    else:
-        torch.save({"state_dict": checkpoint}, file)
-    if not config_dir.exists():
-        shutil.copytree(folder, config_dir, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
-    return file, config_dir
 
 
 # --- helpers ------------------------------------------------------------------------------------------
