@@ -20,6 +20,7 @@ from PIL import Image
 from support.models import load_folder
 from workers.demo.control import MARKER_FILE, build_demo_controlnet, ensure_demo_controlnet, write_demo_annotators
 from workers.demo.model import ensure_demo_model
+from workers.demo.submodels import write_demo_embedding_a1111
 from workers.inference.compose import Composition, prepare
 from workers.inference.control import (
     clear_control_pipeline_cache,
@@ -30,6 +31,8 @@ from workers.inference.control import (
 from workers.inference.inpaint import run_inpaint
 from workers.inference.preprocess import MapCache, load_detector, map_key, preprocess
 from workers.models.loading import load_controlnet
+from workers.submodels.apply import apply_submodels
+from workers.submodels.spec import SubModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 2
@@ -423,3 +426,19 @@ def test_control_maps_are_light_to_import_and_controlnet_aux_comes_with_the_firs
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[] False", out.stdout + out.stderr
+
+
+def test_the_control_pipeline_expands_prompts_as_its_base_does(base, controlnets, tmp_path):
+    """A job's embeddings hook the base pipeline's prompt converter; the control pipeline built on it must use
+    that one (a multi-vector embedding under a capitalised trigger lost vectors before)."""
+    ctrl = control_pipeline(base, controlnets[:1])
+    emb = write_demo_embedding_a1111(tmp_path / "brand.pt", seed=4, n_vectors=3)
+    spec = SubModelSpec(model_code="e", model_type="Embedding", path=emb, trigger_words=["MyBrand"])
+    plain = ctrl.encode_prompt("a MyBrand dress", "cpu", 1, False)[0]
+    with apply_submodels(base, [spec]):
+        for prompt in ("a MyBrand dress", "a mybrand dress"):
+            ours = ctrl.encode_prompt(prompt, "cpu", 1, False)[0]
+            theirs = base.encode_prompt(prompt, "cpu", 1, False)[0]
+            assert torch.equal(ours, theirs), prompt
+            assert not torch.equal(ours, plain)
+    assert torch.equal(ctrl.encode_prompt("a MyBrand dress", "cpu", 1, False)[0], plain)  # and gone again

@@ -170,6 +170,10 @@ def control_pipeline(base_pipe: DiffusionPipeline, controlnets: Sequence[Control
         controlnet = controlnets[0] if len(controlnets) == 1 else MultiControlNetModel(list(controlnets))
         pipe = pipeline_class(**components, controlnet=controlnet, **extra)
         pipe.set_progress_bar_config(**getattr(base_pipe, "_progress_bar_config", {"disable": True}))
+        # prompts are expanded by the base pipeline's own converter: a job's embeddings install theirs there
+        # (workers/submodels/embedding.py), and take it away again when the job ends
+        base_ref = weakref.ref(base_pipe)
+        pipe.maybe_convert_prompt = lambda prompt, tokenizer: base_ref().maybe_convert_prompt(prompt, tokenizer)
 
         _pipes[key] = _Entry(
             base=weakref.ref(base_pipe, _drop_dead_base),

@@ -69,9 +69,9 @@ def apply_submodels(pipe, specs: list[SubModelSpec], read: Callable[[SubModelSpe
     exactly the base pipeline again (same modules, parameters, tokenizer; bit-identical outputs).
 
     All files are read (by ``read``: the worker's cached :func:`read_submodel`) and checked before the
-    pipeline is touched. Then, whatever the order of ``specs``: the LoRAs, as peft adapters active together
-    with their weights (:func:`workers.submodels.lora.lora_adapters`); the embeddings, each under its first trigger word
-    (:func:`workers.submodels.embedding.textual_inversion`); the hypernetworks, in order, each with its
+    pipeline is touched. Then, whatever the order of ``specs``: the LoRAs, patched into the weights in order
+    with their weights (:func:`workers.submodels.lora.patched`); the embeddings, each under its first trigger
+    word (:func:`workers.submodels.embedding.textual_inversion`); the hypernetworks, in order, each with its
     weight as strength (:func:`workers.submodels.hypernetwork.hypernetwork_hooks`). They are undone in the
     reverse order. Raises :class:`SubmodelError` (naming the model) for a file that is missing, corrupt, in
     the wrong format or made for another base model; the pipeline is restored before it propagates.
@@ -86,10 +86,9 @@ def apply_submodels(pipe, specs: list[SubModelSpec], read: Callable[[SubModelSpe
         loaded.append((spec, read(spec), weight))
 
     with ExitStack() as stack:
-        loras = [(spec.model_code, data, lora.adapter_name(spec.path, index), weight)
-                 for index, (spec, data, weight) in enumerate(loaded) if spec.model_type == "LoRA"]
+        loras = [(spec.model_code, data, weight) for spec, data, weight in loaded if spec.model_type == "LoRA"]
         if loras:
-            stack.enter_context(lora.lora_adapters(pipe, loras))
+            stack.enter_context(lora.patched(pipe, loras))
         for spec, vectors, _ in loaded:
             if spec.model_type == "Embedding":
                 trigger = next(w for w in spec.trigger_words if w.strip())

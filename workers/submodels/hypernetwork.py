@@ -15,7 +15,17 @@ it is ``"linear"`` / ``None`` or this is the last step and ``activate_output`` i
 parameters but take an index, so e.g. [1, 2, 1] with relu and layer norm has keys ``linear.0`` (Linear),
 ``linear.2`` (LayerNorm), ``linear.3`` (Linear), ``linear.4`` (LayerNorm). Missing keys in the file give
 A1111's defaults (``activate_output`` True, no layer norm, no dropout); the dropout structure, when absent,
-is derived from ``use_dropout`` / ``last_layer_dropout`` as A1111 does.
+is derived from ``use_dropout`` / ``last_layer_dropout`` as A1111 does. Old files with NovelAI's keys
+(``linear1.weight`` ... ``linear2.bias``) are renamed as A1111 renames them.
+
+Everything A1111 loads is accepted: any layer structure that starts and ends with 1 (a fractional entry
+``x`` gives ``int(width * x)`` features), every activation of :data:`ACTIVATIONS`, layer norm and
+``activate_output`` on or off, dropout structures (dropouts do nothing at inference but take indices).
+:func:`read_hypernetwork` builds every width's k and v network on the meta device, loads the file's
+weights into it strictly and runs it on a meta context, so a file that A1111 could not load or run is
+refused when it is read, before any pipeline is touched: an unknown activation, one that cannot be built
+without arguments (``threshold``, ``multiheadattention``), one that changes the width (``glu``, where the
+structure uses it), weights that do not fit the structure, a dropout probability of 1 or more.
 
 Application, as A1111's attention does it: a module computes ``x + strength * net(x)``, the ``k`` module on
 the input of ``to_k`` and the ``v`` module on the input of ``to_v``, in every UNet attention layer whose
@@ -26,6 +36,8 @@ context width has a pair in the file. Like A1111 this includes self-attention la
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +50,10 @@ from workers.submodels.files import FileFormatError, find_weights_file, read_wei
 from workers.submodels.spec import SubmodelError
 
 #: A1111's activation names: its own seven ("swish" is Hardswish there) plus every class of
-#: ``torch.nn.modules.activation`` by its lowercased name.
+#: ``torch.nn.modules.activation`` by its lowercased name, built without arguments as A1111 builds them (so
+#: softmax, softmin, logsoftmax and softmax2d take their implicit dimension: the batch of a 3-d context).
+#: ``threshold`` and ``multiheadattention`` cannot be built so, and ``glu`` halves the width: files using
+#: them are refused, as A1111 fails on them.
 ACTIVATIONS: dict[str, type[torch.nn.Module]] = {
     name.lower(): cls for name, cls in inspect.getmembers(torch.nn.modules.activation, inspect.isclass)
     if cls.__module__ == "torch.nn.modules.activation"
@@ -74,7 +89,8 @@ def parse_dropout_structure(layer_structure, use_dropout: bool, last_layer_dropo
 
 
 def read_hypernetwork(path: Path) -> HypernetworkFile:
-    """Read an A1111 hypernetwork ``.pt``. Raises :class:`FileFormatError` when it is not one."""
+    """Read an A1111 hypernetwork ``.pt`` and check that its networks build, load and run (on the meta
+    device). Raises :class:`FileFormatError` when it is not one, or one that A1111 could not use either."""
     file = find_weights_file(path, ())
     content, _ = read_weights(file)
     if not isinstance(content, dict):
@@ -86,33 +102,57 @@ def read_hypernetwork(path: Path) -> HypernetworkFile:
     if content.get("skip_connection") or content.get("upsample_linear"):
         raise FileFormatError(f"{file.name} uses skip connections (a Hypernetwork-MonkeyPatch extension "
                               "format); not supported")
-    structure = tuple(float(x) for x in content.get("layer_structure", None) or (1, 2, 1))
+    structure = _numbers(file, "layer_structure", content.get("layer_structure", None) or (1, 2, 1))
     if len(structure) < 2 or structure[0] != 1 or structure[-1] != 1:
         raise FileFormatError(f"{file.name}: layer_structure {list(structure)} must start and end with 1")
     dropout = content.get("dropout_structure", None)
-    use_dropout = bool(dropout is not None and any(dropout)) or bool(content.get("use_dropout", False))
     if dropout is None:
-        dropout = parse_dropout_structure(structure, use_dropout, bool(content.get("last_layer_dropout", False)))
-    if len(dropout) != len(structure):
+        dropout = parse_dropout_structure(structure, bool(content.get("use_dropout", False)),
+                                          bool(content.get("last_layer_dropout", False)))
+    dropout = _numbers(file, "dropout_structure", dropout)
+    # A1111 reads dropout_structure[i + 1] for each step (more entries are ignored), asserting 0 < p < 1 if p > 0
+    if len(dropout) < len(structure):
         raise FileFormatError(f"{file.name}: dropout_structure {list(dropout)} does not match layer_structure "
                               f"{list(structure)}")
+    dropout = dropout[:len(structure)]
+    if any(p >= 1 for p in dropout[1:]):
+        raise FileFormatError(f"{file.name}: dropout_structure {list(dropout)} has a probability of 1 or more")
     activation = content.get("activation_func", None)
-    if activation is not None and activation not in ACTIVATIONS:
-        raise FileFormatError(f"{file.name}: unsupported activation function {activation!r}")
+    if activation is not None and (not isinstance(activation, str) or activation not in ACTIVATIONS):
+        raise FileFormatError(f"{file.name}: unsupported activation function {activation!r} (A1111 knows "
+                              f"{', '.join(sorted(ACTIVATIONS))})")
     layers = {}
     for width, pair in widths.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2 or not all(isinstance(sd, dict) for sd in pair):
             raise FileFormatError(f"{file.name}: entry {width} must be a (k, v) pair of state dicts")
         layers[width] = tuple({_OLD_KEYS.get(k, k): v for k, v in sd.items()} for sd in pair)
-    return HypernetworkFile(
+    hn = HypernetworkFile(
         layer_structure=structure,
         activation_func=activation,
         is_layer_norm=bool(content.get("is_layer_norm", False)),
         activate_output=bool(content.get("activate_output", True)),
-        dropout_structure=tuple(float(x) for x in dropout),
+        dropout_structure=dropout,
         layers=layers,
         name=str(content.get("name") or file.stem),
     )
+    try:
+        check_modules(hn)
+    except FileFormatError as e:
+        raise FileFormatError(f"{file.name}: {e}") from e
+    return hn
+
+
+def _numbers(file: Path, key: str, value: Any) -> tuple[float, ...]:
+    """``value`` as a tuple of finite floats (A1111 writes lists of floats or ints)."""
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError("a string")
+        numbers = tuple(float(x) for x in value)
+    except (TypeError, ValueError) as e:
+        raise FileFormatError(f"{file.name}: {key} {value!r} is not a list of numbers") from e
+    if not all(math.isfinite(x) for x in numbers):
+        raise FileFormatError(f"{file.name}: {key} {list(numbers)} has a non-finite entry")
+    return numbers
 
 
 class HypernetworkModule(torch.nn.Module):
@@ -136,28 +176,67 @@ class HypernetworkModule(torch.nn.Module):
         return self.linear(x)
 
 
+def _load_module(width: int, part: str, hn: HypernetworkFile, state: dict[str, Any],
+                 meta: bool) -> HypernetworkModule:
+    """The ``part`` ("k"/"v") network of ``width`` holding ``state`` (shapes only when ``meta``)."""
+    try:
+        with torch.device("meta"):
+            module = HypernetworkModule(width, hn)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise FileFormatError(f"width {width}: a network with activation {hn.activation_func!r}, layer_structure "
+                              f"{list(hn.layer_structure)} cannot be built ({_one_line(e)[:200]})") from e
+    if meta:
+        state = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+    try:
+        module.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+        expected = sorted(module.state_dict().keys())
+        raise FileFormatError(
+            f"width {width} {part} network does not fit layer_structure {list(hn.layer_structure)}, "
+            f"activation {hn.activation_func!r}, layer norm {hn.is_layer_norm}, dropout "
+            f"{list(hn.dropout_structure)}: expected keys {expected}, file has {sorted(map(str, state))} "
+            f"({_one_line(e)[:200]})") from e
+    return module.eval().requires_grad_(False)
+
+
+def check_modules(hn: HypernetworkFile) -> None:
+    """Build every network of ``hn`` on the meta device with the file's weight shapes and run it on a meta
+    context (batch, tokens, width), as the attention feeds it: it must give that shape back. Raises
+    :class:`FileFormatError` when a network cannot be built, does not fit the weights, or does not run."""
+    for width, pair in hn.layers.items():
+        for part, state in zip("kv", pair):
+            module = _load_module(width, part, hn, state, meta=True)
+            dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+            context = torch.empty(2, 3, width, device="meta", dtype=dtype)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # softmax & co. warn about their implicit dimension
+                    shape = tuple(module(context).shape)
+            except (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError) as e:
+                raise FileFormatError(f"width {width}: the {part} network (activation {hn.activation_func!r}, "
+                                      f"layer_structure {list(hn.layer_structure)}) fails on a context of its "
+                                      f"width ({_one_line(e)[:200]})") from e
+            if shape != tuple(context.shape):
+                raise FileFormatError(f"width {width}: the {part} network (activation {hn.activation_func!r}) "
+                                      f"turns a context of width {width} into one of width {shape[-1]}, which "
+                                      "cannot be added to it")
+
+
 def build_modules(hn: HypernetworkFile, device, dtype) -> dict[int, tuple[HypernetworkModule, HypernetworkModule]]:
     """The k/v modules per width, weights from ``hn`` (strictly: every key present, none left over), in eval
-    mode on ``device``/``dtype``. Raises :class:`FileFormatError` when the weights do not fit the structure."""
+    mode on ``device``/``dtype``. Raises :class:`FileFormatError` when they cannot be built, do not fit the
+    weights or do not run (:func:`check_modules`, done first)."""
+    check_modules(hn)
     built = {}
     for width, pair in hn.layers.items():
-        modules = []
-        for part, state in zip("kv", pair):
-            with torch.device("meta"):
-                module = HypernetworkModule(width, hn)
-            try:
-                module.load_state_dict(state, strict=True, assign=True)
-            except (RuntimeError, TypeError, KeyError) as e:
-                expected = sorted(module.state_dict().keys())
-                raise FileFormatError(
-                    f"width {width} {part} network does not fit layer_structure {list(hn.layer_structure)}, "
-                    f"activation {hn.activation_func!r}, layer norm {hn.is_layer_norm}, dropout "
-                    f"{list(hn.dropout_structure)}: expected keys {expected}, file has {sorted(state)} "
-                    f"({' '.join(str(e).split())[:200]})") from e
-            module = module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-            modules.append(module)
-        built[width] = (modules[0], modules[1])
+        k, v = (_load_module(width, part, hn, state, meta=False).to(device=device, dtype=dtype)
+                for part, state in zip("kv", pair))
+        built[width] = (k, v)
     return built
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _attention_layers(unet) -> list[Any]:

@@ -1,261 +1,427 @@
-"""LoRA: kohya-ss/A1111 and diffusers/peft files, loaded as peft adapters on a warm pipeline and removed
-without a trace.
+"""LoRA-family files (kohya/A1111, LyCORIS, diffusers/peft), applied by patching the weights they change and
+restored bit for bit: the math A1111 and ComfyUI use, for every layout they load.
 
-* **Formats.** kohya/A1111 ``.safetensors`` (``lora_unet_*`` / ``lora_te_*`` with ``lora_down`` /
-  ``lora_up`` / ``alpha``) and diffusers/peft files (``unet.*.lora_A.weight`` ...; a folder with
-  ``pytorch_lora_weights.safetensors`` or the file itself). diffusers' ``load_lora_weights`` converts the
-  kohya names; it accepts an in-memory state dict, which is what the RAM cache serves.
-* **Adapter metadata.** diffusers' own files may carry their peft ``LoraConfig`` (``lora_alpha``, rank and
-  alpha patterns) in the safetensors header. ``load_lora_weights`` only reads it from a file, never from a
-  dict, so a cached dict would silently lose ``lora_alpha`` (a scale of alpha/rank). With metadata the two
-  calls ``load_lora_weights`` is made of (``load_lora_into_unet`` / ``load_lora_into_text_encoder``) are
-  made directly, with the metadata.
-* **Names.** ``lora_<sha1 of the resolved path>_<index>``: fixed width, so no name is a substring of
-  another (peft matches some names as substrings, e.g. when hot-swapping).
-* **Checks.** Every LoRA layer of the file must land on a layer of the model: peft silently skips layers it
-  cannot find when others match, which is what a LoRA made for another base model (SDXL, SD 2) does.
-* **Removal.** ``delete_adapters``, then, when no adapter is left, ``unload_lora_weights`` (puts the
-  original ``nn.Linear``/``nn.Conv2d`` objects back in place of peft's wrappers), then what the loaders
-  leave behind is put back: root attributes (transformers 5 records a ``_weight_conversions`` renaming on
-  the text encoder, which a later ``save_pretrained`` would apply), the base parameters' ``requires_grad``
-  (peft freezes them) and the modules' train/eval modes. After it the pipeline's modules, parameters and
-  outputs are exactly the base's. Loading leaves the global RNG streams untouched.
+**Reading** (:func:`read_lora`): a ``.safetensors`` (or pickle) file, or a diffusers LoRA folder. Its keys are
+``<layer>.<part>``; the parts say the layer's kind:
+
+==============  =====================================================================  =====================
+kind            parts                                                                  written by
+==============  =====================================================================  =====================
+``lora``        ``lora_down.weight`` + ``lora_up.weight`` [+ ``lora_mid.weight``]      kohya sd-scripts, A1111
+                (LoCon: 3x3 convs; Tucker with ``lora_mid``); ``lora_A.weight`` +      diffusers/peft
+                ``lora_B.weight``
+``loha``        ``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b``             LyCORIS LoHa
+``lokr``        ``lokr_w1`` or ``lokr_w1_a`` + ``lokr_w1_b``; ``lokr_w2`` or            LyCORIS LoKr
+                ``lokr_w2_a`` + ``lokr_w2_b``
+``full``        ``diff`` [+ ``diff_b``]                                                LyCORIS full / diff
+==============  =====================================================================  =====================
+
+plus, on any kind, ``alpha`` (a scalar) and DoRA's magnitude ``dora_scale`` (peft: ``lora_magnitude_vector``).
+Anything else (OFT, BOFT, LoHa/LoKr with Tucker cores, unknown parts) is refused, naming it.
+
+**Names** (:func:`_resolve`): ``lora_unet_`` / ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` + a module path with
+``.`` written ``_`` (kohya), either diffusers' module names or the original LDM ones
+(:mod:`workers.submodels.ldm_names`, for SD 1.x and SDXL); or ``unet.`` / ``text_encoder.`` /
+``text_encoder_2.`` + the dotted module name (diffusers/peft). Names are looked up in the loaded model, so
+any model size works. A layer that names no module, or whose shape does not fit, refuses the whole file:
+a LoRA is never applied partly.
+
+**The math** (per layer with weight ``W`` and the job's weight ``w``; in float32, then cast to ``W``'s dtype):
+
+* ``lora``: ``ΔW = alpha/r · up @ down`` (``r`` = the rank, ``down``'s first dimension; no ``alpha`` -> ``r``;
+  peft: ``lora_alpha`` from the file's ``lora_adapter_metadata``, ``alpha/sqrt(r)`` with rsLoRA); Tucker:
+  ``ΔW[o,i] = Σ up[o,a] · mid[a,b] · down[b,i]`` over the kernel;
+* ``loha``: ``ΔW = alpha/r · (w1_a @ w1_b) ⊙ (w2_a @ w2_b)``;
+* ``lokr``: ``ΔW = scale · kron(w1, w2)``, ``scale = alpha/r`` when a factor is decomposed (its rank ``r``),
+  else 1;
+* ``full``: ``ΔW = diff`` (and ``diff_b`` on the bias);
+* then ``W' = W + w·ΔW``; with DoRA's magnitude ``m``: ``V = W + ΔW``, ``D = m · V / ‖V‖`` (the norm per output
+  row when ``m`` is shaped ``(out, ...)``, per input column when it is ``(1, in, ...)``, as LyCORIS writes it),
+  ``W' = W + w·(D − W)``.
+
+Several LoRAs in one job are applied in order. :func:`patched` keeps a host copy of every weight it changes
+and copies it back when the job ends, whatever happens, so the base model is bit for bit the same again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
-import warnings
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from workers.submodels.files import FileFormatError, find_weights_file, read_weights
+from workers.submodels.ldm_names import ldm_module_names
 from workers.submodels.spec import SubmodelError
 
 PEFT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
-LORA_METADATA_KEY = "lora_adapter_metadata"
-#: Components of a Stable Diffusion pipeline that LoRAs patch.
-LORA_COMPONENTS = ("unet", "text_encoder")
-_DOWN_SUFFIXES = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_linear_layer.down.weight")
-_UNSUPPORTED_MARKERS = {
-    "hada_w1_a": "LyCORIS LoHa", "lokr_w1": "LyCORIS LoKr", ".oft_blocks": "OFT", "lora_mid.weight": "LoCon (Tucker)",
+PEFT_METADATA_KEY = "lora_adapter_metadata"
+
+#: ``part -> (kind, role)``; ``kind`` None: the part goes with any kind.
+PARTS: dict[str, tuple[str | None, str]] = {
+    "lora_down.weight": ("lora", "down"), "lora_up.weight": ("lora", "up"), "lora_mid.weight": ("lora", "mid"),
+    "lora_A.weight": ("lora", "down"), "lora_B.weight": ("lora", "up"),
+    "hada_w1_a": ("loha", "w1_a"), "hada_w1_b": ("loha", "w1_b"),
+    "hada_w2_a": ("loha", "w2_a"), "hada_w2_b": ("loha", "w2_b"),
+    "lokr_w1": ("lokr", "w1"), "lokr_w1_a": ("lokr", "w1_a"), "lokr_w1_b": ("lokr", "w1_b"),
+    "lokr_w2": ("lokr", "w2"), "lokr_w2_a": ("lokr", "w2_a"), "lokr_w2_b": ("lokr", "w2_b"),
+    "diff": ("full", "diff"), "diff_b": ("full", "diff_b"),
+    "alpha": (None, "alpha"), "dora_scale": (None, "dora"),
+    "lora_magnitude_vector": (None, "dora"), "lora_magnitude_vector.weight": (None, "dora"),
 }
+#: Parts of formats A1111 or ComfyUI know and this engine does not apply: refused, named.
+UNSUPPORTED_PARTS: dict[str, str] = {
+    "oft_blocks": "OFT", "oft_diag": "OFT", "oft_R.weight": "OFT", "boft_R": "BOFT",
+    "hada_t1": "LoHa with Tucker cores", "hada_t2": "LoHa with Tucker cores", "lokr_t2": "LoKr with a Tucker core",
+    "w_norm": "GLoRA", "a1.weight": "GLoRA",
+}
+#: The pipeline components a LoRA can patch, by the name prefixes files give them.
+KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
+                  "lora_te2_": "text_encoder_2"}
+DOTTED_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
+SDXL_MARKERS = ("lora_te1_", "lora_te2_", "text_encoder_2.")
+
+
+@dataclass(frozen=True)
+class LoraLayer:
+    """One layer of a file: its kind and its parts by role (``down``, ``up``, ``w1_a``, ``alpha``, ...)."""
+
+    kind: str
+    parts: dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class LoraFile:
-    """A LoRA file as read from disk: its tensors and, for diffusers files, their peft adapter metadata."""
+    """A LoRA-family file as read from disk: its layers by the file's own name for them, and its header."""
 
-    state_dict: dict[str, torch.Tensor]
-    metadata: dict[str, Any] | None
+    layers: dict[str, LoraLayer]
+    metadata: dict[str, str]
     source: str
+    formats: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def layer_count(self) -> int:
-        """Number of layers the file patches (one down/A matrix each)."""
-        return sum(1 for key in self.state_dict if key.endswith(_DOWN_SUFFIXES))
+        return len(self.layers)
 
 
-def adapter_name(path: Path, index: int) -> str:
-    """``lora_<40 hex>_<3 digits>``: unique per (file, position in the job) and fixed-width, so no adapter
-    name can be a substring of another."""
-    if not 0 <= index < 1000:
-        raise ValueError(f"LoRA index must be within 0..999, got {index}")
-    digest = hashlib.sha1(str(Path(path).resolve()).encode("utf-8")).hexdigest()
-    return f"lora_{digest}_{index:03d}"
+# --- reading ----------------------------------------------------------------------------------------------
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    """``(layer, part)`` of a key, by the longest known part it ends with; None when none fits."""
+    for part in sorted((*PARTS, *UNSUPPORTED_PARTS), key=len, reverse=True):
+        if key.endswith("." + part):
+            return key[: -len(part) - 1], part
+    return None
 
 
 def read_lora(path: Path) -> LoraFile:
-    """Read a LoRA file (or a diffusers LoRA folder). Raises :class:`FileFormatError` when the file is not
-    a LoRA in a supported format."""
+    """Read a LoRA-family file (or a diffusers LoRA folder) into its layers. Raises :class:`FileFormatError`
+    for a file that is not one, or holds a part of an unsupported format (named)."""
     file = find_weights_file(path, PEFT_WEIGHT_NAMES)
     content, header = read_weights(file)
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        content = content["state_dict"]
     if not isinstance(content, dict) or not content:
         raise FileFormatError(f"{file.name} holds {type(content).__name__}, not a LoRA state dict")
-    state_dict = {k: v for k, v in content.items() if isinstance(v, torch.Tensor)}
-    if len(state_dict) != len(content) or not all(isinstance(k, str) for k in state_dict):
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in content.items()):
         raise FileFormatError(f"{file.name} is not a flat tensor state dict, so not a LoRA "
                               "(an A1111 embedding or hypernetwork?)")
-    for marker, kind in _UNSUPPORTED_MARKERS.items():
-        if any(marker in key for key in state_dict):
-            raise FileFormatError(f"{file.name} is a {kind} network, not a LoRA; not supported")
-    if not any(key.endswith(_DOWN_SUFFIXES) for key in state_dict):
-        sample = ", ".join(sorted(state_dict)[:3])
-        raise FileFormatError(f"{file.name} has no LoRA weights (lora_down/lora_up or lora_A/lora_B keys); "
-                              f"keys start: {sample}")
-    metadata = None
-    if header and header.get(LORA_METADATA_KEY):
-        try:
-            metadata = json.loads(header[LORA_METADATA_KEY])
-        except json.JSONDecodeError as e:
-            raise FileFormatError(f"{file.name}: unreadable {LORA_METADATA_KEY} header ({e})") from e
-    return LoraFile(state_dict=state_dict, metadata=metadata, source=str(file))
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    kinds: dict[str, set[str]] = {}
+    for key, tensor in content.items():
+        split = _split(key)
+        if split is None:
+            raise FileFormatError(f"{file.name}: key {key!r} is no part of a LoRA, LoHa, LoKr or full-diff layer")
+        layer, part = split
+        if part in UNSUPPORTED_PARTS:
+            raise FileFormatError(f"{file.name} is a {UNSUPPORTED_PARTS[part]} network ({key}); not supported")
+        kind, role = PARTS[part]
+        grouped.setdefault(layer, {})[role] = tensor
+        if kind is not None:
+            kinds.setdefault(layer, set()).add(kind)
+    layers = {}
+    for name, parts in grouped.items():
+        found = kinds.get(name, set())
+        if len(found) != 1:
+            what = "no weights" if not found else f"parts of several kinds ({', '.join(sorted(found))})"
+            raise FileFormatError(f"{file.name}: layer {name} has {what}")
+        (kind,) = found
+        _check_parts(file.name, name, kind, parts)
+        layers[name] = LoraLayer(kind, parts)
+    formats = tuple(sorted({layer.kind for layer in layers.values()}
+                           | ({"dora"} if any("dora" in layer.parts for layer in layers.values()) else set())))
+    return LoraFile(layers=layers, metadata=dict(header or {}), source=str(file), formats=formats)
 
 
-def _layers_with(pipe, name: str) -> int:
-    count = 0
-    for component in LORA_COMPONENTS:
-        model = getattr(pipe, component, None)
-        if model is None:
-            continue
-        for module in model.modules():
-            lora_a = getattr(module, "lora_A", None)
-            if lora_a is not None and name in lora_a:
-                count += 1
-    return count
+_REQUIRED = {"lora": ({"down", "up"},), "loha": ({"w1_a", "w1_b", "w2_a", "w2_b"},),
+             "lokr": ({"w1"}, {"w1_a", "w1_b"}), "full": ({"diff"},)}
 
 
-class _CaptureLoadReport(logging.Filter):
-    """transformers 5 logs a "LOAD REPORT" at WARNING for every text-encoder adapter, listing the base
-    model's own weights as MISSING ("newly initialized"), which they are not. Keep those reports out of
-    the worker's log; remember their lines so that an error can quote the relevant one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "LOAD REPORT" in message:
-            self.lines.extend(line.strip() for line in message.splitlines())
-            return False
-        return True
+def _check_parts(file: str, layer: str, kind: str, parts: dict[str, torch.Tensor]) -> None:
+    if not any(required <= parts.keys() for required in _REQUIRED[kind]):
+        raise FileFormatError(f"{file}: {kind} layer {layer} lacks parts (has {', '.join(sorted(parts))})")
+    if kind == "lokr" and not ({"w2"} <= parts.keys() or {"w2_a", "w2_b"} <= parts.keys()):
+        raise FileFormatError(f"{file}: lokr layer {layer} lacks its second factor")
 
 
-@contextmanager
-def _quiet_load_reports() -> Iterator[_CaptureLoadReport]:
-    """Capture transformers' load reports and switch off its "Loading weights" progress bar (one per
-    text-encoder adapter, i.e. per job) while adapters load."""
-    from transformers.utils import logging as hf_logging
-
-    capture = _CaptureLoadReport()
-    loggers = [logging.getLogger(name) for name in ("transformers.integrations.peft",
-                                                     "transformers.utils.loading_report")]
-    for logger in loggers:
-        logger.addFilter(capture)
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    if bars_were_on:
-        hf_logging.disable_progress_bar()
-    try:
-        yield capture
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
-        for logger in loggers:
-            logger.removeFilter(capture)
+# --- names --------------------------------------------------------------------------------------------------
 
 
-def _load(pipe, lora: LoraFile, name: str) -> None:
-    # transformers draws on the global RNG while it loads a text-encoder adapter (weights it then
-    # overwrites): keep the process's RNG streams as they were
-    device = pipe.unet.device
-    rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with _quiet_load_reports() as capture, warnings.catch_warnings(), torch.random.fork_rng(devices=rng_devices):
-        # peft warns on every adapter after the first one that the model already has a peft_config
-        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        try:
-            if lora.metadata is None:
-                pipe.load_lora_weights(lora.state_dict, adapter_name=name)  # it copies the dict
-            else:
-                state_dict, alphas = pipe.lora_state_dict(dict(lora.state_dict))
-                pipe.load_lora_into_unet(state_dict, network_alphas=alphas, unet=pipe.unet, adapter_name=name,
-                                         metadata=lora.metadata, _pipeline=pipe)
-                pipe.load_lora_into_text_encoder(state_dict, network_alphas=alphas, text_encoder=pipe.text_encoder,
-                                                 lora_scale=pipe.lora_scale, adapter_name=name,
-                                                 metadata=lora.metadata, _pipeline=pipe)
-        except torch.OutOfMemoryError:
-            raise
-        except (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError) as e:
-            detail = " ".join(str(e).split())
-            mismatch = next((line for line in capture.lines if "MISMATCH" in line or "size mismatch" in line), None)
-            if mismatch:  # "<key> | MISMATCH | Reinit due to size mismatch - ckpt: ... vs model: ..."
-                key, _, reason = (part.strip() for part in mismatch.split("|", 2))
-                detail = f"{key}: {reason.removeprefix('Reinit due to ')}"
-            raise FileFormatError(f"does not fit this base model: {detail[:400]}") from e
+def _patchable(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
 
 
 @dataclass
-class _Saved:
-    """What loading adapters changes on a component besides its modules: root attributes, the parameters'
-    ``requires_grad`` (peft freezes the base model) and the modules' train/eval modes."""
+class _Index:
+    """The modules of one pipeline a file's names can point at."""
 
-    attrs: dict[str, Any]
-    requires_grad: list[tuple[torch.nn.Parameter, bool]]
-    training: list[tuple[torch.nn.Module, bool]]
+    modules: dict[str, dict[str, torch.nn.Module]]           # component -> dotted name -> module
+    underscored: dict[str, dict[str, str]]                    # component -> kohya name -> dotted name
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> _Saved:
-        return cls(attrs=_root_attrs(model),
-                   requires_grad=[(p, p.requires_grad) for p in model.parameters()],
-                   training=[(m, m.training) for m in model.modules()])
-
-    def restore(self, model: torch.nn.Module) -> None:
-        _restore_root_attrs(model, self.attrs)
-        for param, flag in self.requires_grad:
-            if param.requires_grad != flag:
-                param.requires_grad_(flag)
-        for module, flag in self.training:
-            module.training = flag
-
-
-def _root_attrs(model: torch.nn.Module) -> dict[str, Any]:
-    return {k: v for k, v in vars(model).items() if k not in ("_parameters", "_buffers", "_modules")}
-
-
-def _restore_root_attrs(model: torch.nn.Module, saved: dict[str, Any]) -> None:
-    current = _root_attrs(model)
-    for key in current.keys() - saved.keys():
-        delattr(model, key)
-    for key, value in saved.items():
-        if current.get(key, _MISSING) is not value:
-            object.__setattr__(model, key, value)
+    def of(cls, pipe: Any) -> _Index:
+        modules, underscored = {}, {}
+        for component in set(KOHYA_PREFIXES.values()):
+            model = getattr(pipe, component, None)
+            if model is None:
+                continue
+            mods = _patchable(model)
+            if component != "unet":
+                # transformers 5's CLIP text models have no ``text_model`` level in their module tree, while
+                # checkpoints and LoRA files (and transformers 4) name their layers ``text_model.encoder...``
+                mods |= {f"text_model.{name}": m for name, m in mods.items() if not name.startswith("text_model.")}
+            modules[component] = mods
+            names = {name.replace(".", "_"): name for name in mods}
+            if component == "unet":
+                for name, ldm in ldm_module_names(mods, model.config).items():
+                    names.setdefault(ldm.replace(".", "_"), name)
+            underscored[component] = names
+        return cls(modules, underscored)
 
 
-_MISSING = object()
+def _resolve(index: _Index, layer: str) -> tuple[str, str] | None:
+    """``(component, dotted module name)`` a file's layer name points at, or None."""
+    for prefix, component in KOHYA_PREFIXES.items():
+        if layer.startswith(prefix):
+            name = index.underscored.get(component, {}).get(layer[len(prefix):])
+            return (component, name) if name is not None else None
+    for prefix, component in DOTTED_PREFIXES.items():
+        if layer.startswith(prefix):
+            name = layer[len(prefix):]
+            return (component, name) if name in index.modules.get(component, {}) else None
+    return None
 
 
-def _remove(pipe, names: list[str], saved: dict[str, _Saved]) -> None:
-    present = {adapter for adapters in pipe.get_list_adapters().values() for adapter in adapters}
-    ours = [name for name in names if name in present]
-    if ours:
-        pipe.delete_adapters(ours)
-    if not any(pipe.get_list_adapters().values()):
-        pipe.unload_lora_weights()  # no adapter left: put the original layers back in place of peft's wrappers
-        for component, state in saved.items():
-            state.restore(getattr(pipe, component))
+#: What a file may say it was made for, and the pipelines (:func:`_pipe_family`) that fits.
+FAMILY_FITS = {"SDXL": ("SDXL",), "SD 1.x": ("SD 1.x",), "SD 2.x": ("SD 2.x",),
+               "SD 1.x or 2.x": ("SD 1.x", "SD 2.x")}
+
+
+def _family(lora: LoraFile) -> str | None:
+    """The family a file says it was made for (a key of :data:`FAMILY_FITS`): its kohya metadata, else its
+    keys (kohya names SDXL's two text encoders ``lora_te1_``/``lora_te2_``, a single one ``lora_te_``)."""
+    version = lora.metadata.get("ss_base_model_version", "")
+    v2 = lora.metadata.get("ss_v2", "").lower()
+    if version.startswith("sdxl") or any(layer.startswith(SDXL_MARKERS) for layer in lora.layers):
+        return "SDXL"
+    if version.startswith("sd_v2") or v2 == "true":
+        return "SD 2.x"
+    if version.startswith("sd_v1") or v2 == "false":
+        return "SD 1.x"
+    if any(layer.startswith("lora_te_") for layer in lora.layers):
+        return "SD 1.x or 2.x"
+    return None
+
+
+def _pipe_family(pipe: Any) -> str:
+    """SDXL (two text encoders), SD 2.x (OpenCLIP's 1024-wide context) or SD 1.x."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "SDXL"
+    return "SD 2.x" if pipe.unet.config.get("cross_attention_dim") == 1024 else "SD 1.x"
+
+
+# --- the math -------------------------------------------------------------------------------------------------
+
+
+def _peft_scale(lora: LoraFile, layer: str, component: str, rank: int) -> float:
+    """alpha/rank for a diffusers/peft layer, from its ``lora_adapter_metadata`` (1 without one)."""
+    raw = lora.metadata.get(PEFT_METADATA_KEY)
+    if not raw:
+        return 1.0
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        return 1.0
+    module = layer.split(".", 1)[1] if "." in layer else layer
+    alpha = meta.get(f"{component}.lora_alpha", rank)
+    for pattern, value in (meta.get(f"{component}.alpha_pattern") or {}).items():
+        if module == pattern or module.endswith("." + pattern):
+            alpha = value
+    rank_used = rank
+    for pattern, value in (meta.get(f"{component}.rank_pattern") or {}).items():
+        if module == pattern or module.endswith("." + pattern):
+            rank_used = value
+    if meta.get(f"{component}.use_rslora"):
+        return float(alpha) / math.sqrt(rank_used)
+    return float(alpha) / rank_used
+
+
+def _alpha_scale(parts: dict[str, torch.Tensor], rank: int | None) -> float:
+    if rank is None or "alpha" not in parts:
+        return 1.0
+    return float(parts["alpha"]) / rank
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.flatten(1) @ b.flatten(1)
+
+
+def delta(layer: LoraLayer, shape: torch.Size, *, peft_scale: float | None = None,
+          device: torch.device | str = "cpu") -> torch.Tensor:
+    """ΔW of ``layer`` for a weight of ``shape`` (float32, on ``device``), scale included, the job's weight not.
+
+    Raises ``ValueError`` when the layer's tensors do not make a matrix of that shape."""
+    p = {role: t.to(device=device, dtype=torch.float32) for role, t in layer.parts.items() if role != "dora"}
+    if layer.kind == "lora":
+        down, up = p["down"], p["up"]
+        rank = down.shape[0]
+        scale = peft_scale if peft_scale is not None else _alpha_scale(layer.parts, rank)
+        if "mid" in p:  # Tucker: up (out, r), mid (r, r, kh, kw), down (r, in)
+            d = torch.einsum("oa,abhw,bi->oihw", up.flatten(1), p["mid"], down.flatten(1))
+        else:
+            d = _matmul(up, down)
+    elif layer.kind == "loha":
+        rank = p["w1_b"].shape[0]
+        scale = _alpha_scale(layer.parts, rank)
+        d = _matmul(p["w1_a"], p["w1_b"]) * _matmul(p["w2_a"], p["w2_b"])
+    elif layer.kind == "lokr":
+        rank = None
+        if "w1" in p:
+            w1 = p["w1"]
+        else:
+            w1, rank = _matmul(p["w1_a"], p["w1_b"]), p["w1_b"].shape[0]
+        if "w2" in p:
+            w2 = p["w2"]
+        else:
+            w2, rank = p["w2_a"].flatten(1) @ p["w2_b"].flatten(1), p["w2_b"].shape[0]
+            if len(shape) == 4:
+                w2 = w2.reshape(w2.shape[0], -1, *shape[2:])
+        scale = _alpha_scale(layer.parts, rank)
+        if w2.dim() == 4:
+            w1 = w1.reshape(*w1.shape, 1, 1)
+        d = torch.kron(w1, w2)
+    else:  # full
+        scale, d = 1.0, p["diff"]
+    # the same number of values and of output channels: a linear delta fits a 1x1 conv and back (SDXL
+    # LoRAs write proj_in/proj_out as linear layers where SD 1.x has 1x1 convs), nothing else is reshaped
+    if d.numel() != math.prod(shape) or d.shape[0] != shape[0]:
+        raise ValueError(f"makes {tuple(d.shape)}, the layer is {tuple(shape)}")
+    return d.reshape(shape) * scale
+
+
+def _dora(weight: torch.Tensor, update: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """DoRA: ``m · V / ‖V‖`` with ``V = W + ΔW``, the norm per output row or per input column."""
+    v = weight + update
+    m = magnitude.to(device=v.device, dtype=torch.float32)
+    out_channels, in_channels = v.shape[0], v.shape[1]
+    if m.numel() == out_channels and (m.dim() == 1 or m.shape[0] == out_channels):
+        norm = v.reshape(out_channels, -1).norm(dim=1).reshape(out_channels, *[1] * (v.dim() - 1))
+        m = m.reshape(out_channels, *[1] * (v.dim() - 1))
+    elif m.numel() == in_channels:
+        norm = v.transpose(0, 1).reshape(in_channels, -1).norm(dim=1).reshape(1, in_channels, *[1] * (v.dim() - 2))
+        m = m.reshape(1, in_channels, *[1] * (v.dim() - 2))
+    else:
+        raise ValueError(f"DoRA magnitude of shape {tuple(magnitude.shape)} fits neither side of {tuple(v.shape)}")
+    return m * v / (norm + torch.finfo(torch.float32).eps)
+
+
+# --- applying ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Patch:
+    module: torch.nn.Module
+    layer: LoraLayer
+    name: str
+    peft_scale: float | None
+
+
+def _plan(pipe: Any, index: _Index, model_code: str, lora: LoraFile) -> list[_Patch]:
+    """Every layer of ``lora`` resolved to a module of ``pipe`` and checked, before anything is touched."""
+    family, ours = _family(lora), _pipe_family(pipe)
+    if family is not None and ours not in FAMILY_FITS[family]:
+        raise SubmodelError(model_code, f"LoRA made for {family}; this main model is {ours}")
+    patches, unknown = [], []
+    for name, layer in lora.layers.items():
+        target = _resolve(index, name)
+        if target is None:
+            unknown.append(name)
+            continue
+        component, module_name = target
+        module = index.modules[component][module_name]
+        peft_scale = None
+        if name.startswith(tuple(DOTTED_PREFIXES)) and layer.kind == "lora":
+            peft_scale = _peft_scale(lora, name, component, layer.parts["down"].shape[0])
+            if "alpha" in layer.parts:
+                peft_scale = _alpha_scale(layer.parts, layer.parts["down"].shape[0])
+        try:
+            delta(layer, module.weight.shape, peft_scale=peft_scale, device="meta")
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise SubmodelError(model_code, f"LoRA layer {name} does not fit {component}.{module_name}: {e};"
+                                            " made for another base model?") from e
+        patches.append(_Patch(module, layer, name, peft_scale))
+    if unknown:
+        hint = f" (it looks made for {family})" if family else ""
+        raise SubmodelError(model_code, f"LoRA: {len(unknown)} of its {lora.layer_count} layers name no layer of"
+                                        f" this {ours} model{hint}, e.g. {unknown[0]}")
+    return patches
 
 
 @contextmanager
-def lora_adapters(pipe, loras: list[tuple[str, LoraFile, str, float]]) -> Iterator[list[str]]:
-    """Load ``(model_code, lora, adapter_name, weight)`` LoRAs as peft adapters, activate them with their
-    weights, yield their adapter names; on exit (also on error) delete them and restore the base pipeline.
+def patched(pipe: Any, loras: list[tuple[str, LoraFile, float]]) -> Iterator[None]:
+    """Apply ``(model_code, lora, weight)`` LoRAs to ``pipe``'s weights for the ``with`` block, in order; put
+    every changed weight back, bit for bit, when it ends (also on error).
 
-    Raises :class:`SubmodelError` naming the model whose file does not fit this pipeline.
-    """
-    saved = {component: _Saved.of(getattr(pipe, component))
-             for component in LORA_COMPONENTS if getattr(pipe, component, None) is not None}
-    loaded: list[str] = []
+    Every file is resolved and checked first: :class:`SubmodelError` naming the model for a file made for
+    another family, a layer that names no module or does not fit; nothing is changed then."""
+    index = _Index.of(pipe)
+    plans = [(code, _plan(pipe, index, code, lora), float(weight)) for code, lora, weight in loras]
+    saved: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+
+    def keep(param: torch.nn.Parameter) -> None:
+        if id(param) not in saved:
+            saved[id(param)] = (param, param.detach().to("cpu", copy=True))
+
     try:
-        for model_code, lora, name, _ in loras:
-            loaded.append(name)  # before loading: a half-loaded adapter is removed too
-            try:
-                _load(pipe, lora, name)
-            except FileFormatError as e:
-                raise SubmodelError(model_code, f"LoRA {e}") from e
-            landed, expected = _layers_with(pipe, name), lora.layer_count
-            if landed != expected:
-                raise SubmodelError(model_code, f"LoRA: only {landed} of its {expected} layers match a layer of "
-                                                "this base model: a LoRA made for another base model?")
-        if loras:
-            pipe.set_adapters([name for _, _, name, _ in loras], [float(w) for _, _, _, w in loras])
-        yield loaded
+        with torch.no_grad():
+            for _, patches, weight in plans:
+                for patch in patches:
+                    _apply(patch, weight, keep)
+        yield
     finally:
-        if loaded:
-            _remove(pipe, loaded, saved)
+        with torch.no_grad():
+            for param, original in saved.values():
+                param.copy_(original)
+
+
+def _apply(patch: _Patch, weight: float, keep) -> None:
+    w = patch.module.weight
+    keep(w)
+    base = w.detach().to(torch.float32)
+    update = delta(patch.layer, w.shape, peft_scale=patch.peft_scale, device=w.device)
+    if "dora" in patch.layer.parts:
+        new = base + weight * (_dora(base, update, patch.layer.parts["dora"]) - base)
+    else:
+        new = base + weight * update
+    w.copy_(new.to(w.dtype))
+    diff_b = patch.layer.parts.get("diff_b")
+    if diff_b is not None and patch.module.bias is not None:
+        b = patch.module.bias
+        keep(b)
+        b.copy_((b.detach().to(torch.float32) + weight * diff_b.to(b.device, torch.float32)).to(b.dtype))
