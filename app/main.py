@@ -3,7 +3,6 @@ RetCode. Also ``GET /healthz``, ``GET /metrics`` and ``GET /results/{TaskUID}/{i
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from app.actions import ACTIONS
 from app.actions.base import SignedCall
+from app.background import start_loops
 from app.contract.codes import DEFAULT_MESSAGES, RetCode
 from app.deps import ServicesDep, signed_call
 from app.errors import ApiError
@@ -26,27 +26,16 @@ log = logging.getLogger("atelier.gateway")
 REQUESTS = Counter("atelier_api_requests_total", "API calls by action and RetCode", ["action", "retcode"])
 
 
-def _sweeper(stop: threading.Event) -> None:
-    svc = get_services()
-    while not stop.wait(svc.settings.cleanup_interval_s):
-        try:
-            n = svc.storage.sweep(svc.settings.result_retention_s)
-            if n:
-                log.info("retention sweep removed %d expired files/folders", n)
-        except Exception:
-            log.exception("retention sweep failed")
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     # Before serving: a key file or models config that cannot be used stops the gateway here
     # (ConfigError, reported by StartupRefusal), not as a 500 on every request.
-    await run_in_threadpool(get_services().check)
-    stop = threading.Event()
-    t = threading.Thread(target=_sweeper, args=(stop,), name="retention-sweeper", daemon=True)
-    t.start()
+    svc = get_services()
+    await run_in_threadpool(svc.check)
+    loops = start_loops(svc)  # retention sweep, recovery of tasks whose worker died (app/background.py)
     yield
-    stop.set()
+    for loop in loops:
+        loop.stop()
 
 
 class StartupRefusal:

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
+import redis
 import torch
 from PIL import Image, ImageOps
 
 from app.contract.codes import ErrorCode, model_message
-from app.contract.jobs import ENDED_STATUSES, JOB_VERSION, JobMessage
+from app.contract.jobs import JOB_VERSION, JobMessage
 from app.contract.limits import SUBMODEL_TYPES
 from app.contract.registry import ModelEntry, Registry
 from app.contract.taskstore import TaskStore
@@ -50,14 +52,87 @@ class JobError(Exception):
         self.code, self.message = code, message
 
 
-class ProgressWriter:
-    """Writes Step/TotalSteps to the task record at most every ``interval`` seconds (and at the end)."""
+class JobCanceled(Exception):
+    """The task's owner canceled it (CancelTask): it ends Canceled."""
 
-    def __init__(self, store: TaskStore, uid: str, interval: float):
-        self.store, self.uid, self.interval = store, uid, interval
+
+class JobLost(Exception):
+    """The lease was lost: the task was taken for a dead worker's and runs elsewhere; this run leaves no trace."""
+
+
+class JobWatch:
+    """Beside a running job, in a thread: renews the task's lease twice a second and notices a cancellation
+    or a lost lease; the job's step callback (:meth:`check`) turns those, and a run past the time budget,
+    into exceptions at the next denoising step.
+
+    A step that hangs (a stuck driver) cannot be interrupted from here: past twice the budget the watch stops
+    renewing the lease, so the task is given to another worker (and counts a death) while this one is stuck.
+    """
+
+    RENEW_EVERY_S = 0.5
+
+    def __init__(self, store: TaskStore, uid: str, worker: str, lease_s: float, budget_s: float):
+        self.store, self.uid, self.worker, self.lease_s, self.budget_s = store, uid, worker, lease_s, budget_s
+        self.started = time.monotonic()
+        self.canceled = threading.Event()
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"watch-{uid}", daemon=True)
+
+    def __enter__(self) -> JobWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.RENEW_EVERY_S):
+            if time.monotonic() - self.started > 2 * self.budget_s:
+                log.error("task %s: stuck past twice its time budget (%.0fs); no longer renewing its lease",
+                          self.uid, self.budget_s)
+                return
+            try:
+                state = self.store.renew(self.uid, self.worker, self.lease_s)
+            except redis.RedisError as e:  # Redis restarting: the lease holds for a while, try again
+                log.warning("task %s: could not renew its lease: %s", self.uid, e)
+                continue
+            if state == "cancel":
+                self.canceled.set()
+            elif state == "lost":
+                self.lost.set()
+                return
+
+    def check(self) -> None:
+        """Raise at a denoising step: JobLost, JobCanceled, or JobError(TIMEOUT) past the time budget."""
+        if self.lost.is_set():
+            raise JobLost(self.uid)
+        if self.canceled.is_set():
+            raise JobCanceled(self.uid)
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.budget_s:
+            raise JobError(ErrorCode.TIMEOUT, f"ran longer than its time budget of {self.budget_s:.0f}s"
+                                              " (ATELIER_JOB_TIME_BASE_S, ATELIER_JOB_TIME_PER_MEGAPIXEL_STEP_S)")
+
+
+def time_budget(settings, job: JobMessage, steps: int) -> float:
+    """Seconds a job may take: a base plus a share per megapixel, step and image (docs/deployment.md)."""
+    megapixels = job.width * job.height / 1e6
+    return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * megapixels * steps * job.batch_size
+
+
+class ProgressWriter:
+    """Writes Step/TotalSteps to the task record at most every ``interval`` seconds (and at the end), and
+    lets the :class:`JobWatch` stop the job at this step."""
+
+    def __init__(self, store: TaskStore, uid: str, interval: float, watch: JobWatch | None = None):
+        self.store, self.uid, self.interval, self.watch = store, uid, interval, watch
         self._last = 0.0
 
     def __call__(self, step: int, total: int) -> None:
+        if self.watch is not None:
+            self.watch.check()
         now = time.monotonic()
         if step >= total or now - self._last >= self.interval:
             self._last = now
@@ -94,7 +169,8 @@ class Plan:
 
 def run_job(rt: WorkerRuntime, message: dict) -> None:
     """Run one job message to its end; whatever goes wrong ends the task in Error and returns normally,
-    so that the worker takes the next job."""
+    so that the worker takes the next job. A task already ended, or running under another worker's live lease
+    (a duplicate message), is skipped."""
     store = rt.store
     uid = str(message.get("task_uid", ""))
     if message.get("v") != JOB_VERSION:
@@ -103,42 +179,55 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
             store.mark_error(uid, ErrorCode.UNSUPPORTED_JOB, f"job message version {message.get('v')} not supported")
         return
     job = JobMessage.model_validate(message)
-    rec = store.get(job.task_uid)
-    if rec is None or rec.status in ENDED_STATUSES:
-        log.info("task %s already ended or expired; skipping re-delivery", job.task_uid)
+    entry = rt.registry.get(job.main_model)
+    steps = entry.defaults.steps if entry is not None else 0
+    state, attempt = store.start(job.task_uid, rt.worker_id, rt.settings.lease_s, steps * job.batch_size)
+    if state != "started":
+        log.info("task %s: %s; not run here", job.task_uid,
+                 {"ended": "already ended", "busy": "running on another worker", "missing": "expired"}[state])
         return
-    timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at))
+    rec = store.get(job.task_uid)
+    timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at) if rec else 0.0)
+    if attempt > 1:
+        store.add_note(job.task_uid, f"run again (attempt {attempt}): the worker running it before stopped")
+    watch = JobWatch(store, job.task_uid, rt.worker_id, rt.settings.lease_s, time_budget(rt.settings, job, steps))
     lease = rt.cache.lease()
+    me = rt.worker_id
     try:
-        with lease:
-            count = _generate(rt, lease, job, timings)
+        with watch, lease:
+            count = _generate(rt, lease, job, timings, watch)
+    except JobLost:
+        log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", job.task_uid)
+    except JobCanceled:
+        log.info("task %s canceled by its owner", job.task_uid)
+        store.mark_canceled(job.task_uid, worker=me)
     except JobError as e:
         log.warning("task %s failed: %s", job.task_uid, e.message)
-        store.mark_error(job.task_uid, e.code, e.message)
+        store.mark_error(job.task_uid, e.code, e.message, worker=me)
     except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
         if is_oom(e):
             torch.cuda.empty_cache()
             msg = f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}: lower BatchSize or Width/Height"
             log.warning("task %s failed: %s (%s)", job.task_uid, msg, e)
-            store.mark_error(job.task_uid, ErrorCode.OUT_OF_MEMORY, msg)
+            store.mark_error(job.task_uid, ErrorCode.OUT_OF_MEMORY, msg, worker=me)
         else:
             log.exception("task %s: internal error", job.task_uid)
-            store.mark_error(job.task_uid, ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})")
+            store.mark_error(job.task_uid, ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})", worker=me)
     else:
         models = ", ".join(f"{label} ({how})" for label, how in lease.used.items())
         log.info("task %s finished: %d image(s) of %dx%d; models %s; %s", job.task_uid, count, job.width,
                  job.height, models, timings.line())
 
 
-def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings) -> int:
+def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings, watch: JobWatch) -> int:
     registry = rt.registry
     entry = registry.get(job.main_model)
     if entry is None or entry.model_type != "Main":
         raise JobError(ErrorCode.MODEL, model_message(job.main_model))
-    rt.store.mark_running(job.task_uid, entry.defaults.steps * job.batch_size)  # refined by the first progress write
     try:
         plan = _plan(rt, lease, registry, entry, job)
-        images = _run(rt, lease, registry, plan, job, timings)
+        watch.check()
+        images = _run(rt, lease, registry, plan, job, timings, watch)
     except ModelLoadError as e:
         log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
         raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
@@ -152,7 +241,9 @@ def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         names.append(rt.storage.write_result(job.task_uid, i, buf.getvalue()))
-    rt.store.mark_finished(job.task_uid, names, job.seed)
+    watch.check()
+    if not rt.store.mark_finished(job.task_uid, names, job.seed, worker=rt.worker_id):
+        raise JobLost(job.task_uid)
     timings.store = time.monotonic() - t0
     return len(names)
 
@@ -251,10 +342,10 @@ def _control_map(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMe
 
 
 def _run(rt: WorkerRuntime, lease: Lease, registry: Registry, plan: Plan, job: JobMessage,
-         timings: Timings) -> list[Image.Image]:
+         timings: Timings, watch: JobWatch) -> list[Image.Image]:
     common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
                   guidance_scale=plan.entry.defaults.guidance_scale,
-                  on_step=ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s),
+                  on_step=ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch),
                   background=plan.background, refer_strength=job.refer_strength)
     with rt.models.vae_for(lease, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(lease, spec)):

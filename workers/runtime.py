@@ -8,6 +8,8 @@ cache. ``workers/tasks.py`` builds it when the worker starts and hands it to eve
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 
 from app.contract.redis_conn import broker_url, connect
@@ -33,6 +35,8 @@ class WorkerRuntime:
     cache: ModelCache
     models: WorkerModels
     maps: MapCache = field(default_factory=MapCache)
+    #: who holds a task's lease: this process, on this host
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @classmethod
     def build(cls, settings: Settings, *, store: TaskStore | None = None,

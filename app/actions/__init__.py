@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from app.actions.base import Handler
+from app.actions.cancel import cancel_task
 from app.actions.generate import generate_from_mannequin
 from app.actions.models import list_control_nets, list_models
 from app.actions.tasks import list_running_tasks, list_tasks_details
@@ -12,4 +13,5 @@ ACTIONS: dict[str, Handler] = {
     "ListModels": list_models,
     "ListRunningTasks": list_running_tasks,
     "ListControlNets": list_control_nets,
+    "CancelTask": cancel_task,  # an extension of PICPIK's API
 }

@@ -11,7 +11,7 @@ from app.contract.codes import RetCode
 from app.contract.jobs import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
 from app.contract.limits import DEFAULT_RESOLUTION, SUBMODEL_TYPES
 from app.contract.registry import ModelEntry
-from app.contract.taskstore import TooManyActiveTasks
+from app.contract.taskstore import TooManyActiveTasks, new_task_uid
 from app.errors import ApiError
 from app.services import Services
 from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
@@ -87,16 +87,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
                   "clothes_mask": stored(req.clothes_mask_index),
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
     control_units = [ControlUnitRef(image=stored(index), **fields) for index, fields in controls]
-    try:
-        uid, created = svc.tasks.create(call.public_key, request_uuid, call.action, seed,
-                                        s.max_active_tasks_per_key, notes=notes, points=main.points)
-    except TooManyActiveTasks:
-        raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
-    if not created:
-        return {"TaskUID": uid}
-
     job = JobMessage(
-        task_uid=uid, main_model=main.model_code,
+        task_uid=new_task_uid(), main_model=main.model_code,
         sub_models=[SubModelRef(model_code=m.model_code, lora_weight=m.lora_weight) for m in req.sub_models],
         positive_prompts=req.positive_prompts, negative_prompts=req.negative_prompts,
         translate_prompts=req.translate_prompts, seed=seed, width=req.width, height=req.height,
@@ -105,6 +97,14 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         background_resize_mode=req.background_resize_mode, control_units=control_units,
         **job_images,
     )
+    try:  # the task keeps its job message: the recovery sends it again if its worker dies
+        uid, created = svc.tasks.create(call.public_key, request_uuid, call.action, seed,
+                                        s.max_active_tasks_per_key, notes=notes, points=main.points,
+                                        uid=job.task_uid, job=job.to_wire())
+    except TooManyActiveTasks:
+        raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
+    if not created:
+        return {"TaskUID": uid}
     try:
         svc.celery.send_task(GENERATE_TASK_NAME, args=[job.to_wire()], queue=s.queue)
     except Exception:

@@ -34,6 +34,8 @@ class ErrorCode(IntEnum):
     BAD_INPUT = 230          # an input turned out unusable at run time
     MODEL = 240              # a model could not be found, loaded or applied
     INTERNAL = 500           # an internal error (the traceback stays in the worker's log)
+    WORKER_LOST = 502        # the workers that ran it died every time (a job that kills its worker?)
+    TIMEOUT = 504            # the job ran past its time budget
     UNSUPPORTED_JOB = 505    # a job message version this worker does not know
     OUT_OF_MEMORY = 507      # CUDA out of memory: lower BatchSize or the size
 

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     result_retention_s: int = Field(24 * 3600, description="results, inputs and task records kept this long")
     cleanup_interval_s: int = Field(300, description="how often the gateway sweeps expired files")
 
+    # --- recovery (docs/deployment.md "Recovery") ------------------------------------------------
+    lease_s: float = Field(20.0, gt=0, description="a running task's lease: its worker renews it twice a second;"
+                           " one not renewed this long is taken as a dead worker's and runs again")
+    reap_interval_s: float = Field(2.0, gt=0, description="how often the gateway looks for expired leases")
+    max_worker_deaths: int = Field(3, ge=1, description="a task whose run killed this many workers ends in Error")
+    job_time_base_s: float = Field(300.0, gt=0, description="a job's time budget: this, plus ...")
+    job_time_per_megapixel_step_s: float = Field(
+        5.0, gt=0, description="... this many seconds per megapixel, denoising step and image of the job")
+
     # --- worker --------------------------------------------------------------------------------
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
@@ -52,6 +61,8 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", pattern=r"^(auto|float16|bfloat16|float32)$",
                        description="auto | float16 | bfloat16 | float32: weights dtype on CUDA (auto = float16);"
                        " the CPU always uses float32")
+    workers: int = Field(1, ge=1, description="make run: Celery worker processes it starts, each with"
+                         " ATELIER_WORKER_INDEX=0..N-1, restarted with backoff when one exits")
 
     @property
     def models_dir(self) -> Path:

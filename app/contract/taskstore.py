@@ -4,9 +4,20 @@ Keys (prefix ``atelier:``):
 - ``task:{uid}``            hash: the task record (owner, status, seed, images, error, progress ...)
 - ``idem:{owner}:{ruuid}``  string: the TaskUID a (PublicKey, request_uuid) pair already created
 - ``active:{owner}``        set: the owner's Queuing/Running TaskUIDs (ListRunningTasks, limits)
+- ``leases``                sorted set: TaskUID -> the time by which someone must act on it: the lease of the
+                            worker running it (renewed while it runs), or, for a task put back in the queue
+                            after its worker died, the time by which a worker must have started it
 
 Records expire ``result_retention_s`` after they finish (and, as a safety net, 7 retention periods
 after creation if a task never ends).
+
+**Leases** (how a task whose worker died runs again, and never twice at once): a worker starts a task with
+:meth:`TaskStore.start`, which refuses it when another worker holds an unexpired lease on it, and renews the
+lease while the job runs (:meth:`TaskStore.renew`, every fraction of a second from a thread beside the job).
+:meth:`TaskStore.reap` (run by the gateway every few seconds) finds leases that expired, counts a death for
+each, and puts the task back in the queue (the caller sends its job message again), or ends it in Error after
+``max_deaths``. Only the worker holding the lease can end the task (:meth:`TaskStore.mark_finished` with
+``worker=``): a run that was given up for dead cannot overwrite the run that replaced it.
 """
 from __future__ import annotations
 
@@ -19,7 +30,7 @@ import orjson
 import redis
 
 from app.contract.codes import ErrorCode
-from app.contract.jobs import ACTIVE_STATUSES, TaskStatus
+from app.contract.jobs import ACTIVE_STATUSES, ENDED_STATUSES, TaskStatus
 from app.contract.limits import DEFAULT_POINTS
 
 P = "atelier:"
@@ -38,6 +49,10 @@ def task_key(uid: str) -> str:
 
 def active_key(owner: str) -> str:
     return f"{P}active:{owner}"
+
+
+LEASES = f"{P}leases"
+ENDED = tuple(s.value for s in ENDED_STATUSES)
 
 
 # Atomically: return the TaskUID already created for (owner, request_uuid) (KEYS[3], when given);
@@ -59,6 +74,81 @@ return {ARGV[1], 1}
 """
 
 
+_ENDED_LUA = "{" + ", ".join(f"['{s}'] = true" for s in ENDED) + "}"
+
+# KEYS: task, leases. ARGV: worker, now, lease deadline, total steps, uid.
+# -> {'started', attempt} | {'ended', 0} | {'busy', 0} | {'missing', 0}
+_START = f"""
+local ended = {_ENDED_LUA}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {{'missing', 0}} end
+if ended[status] then return {{'ended', 0}} end
+if status == 'Running' then
+  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if lease > tonumber(ARGV[2]) and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return {{'busy', 0}} end
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'Running', 'worker', ARGV[1], 'lease_until', ARGV[3], 'started_at', ARGV[2],
+           'step', 0, 'total_steps', ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
+return {{'started', attempt}}
+"""
+
+# KEYS: task, leases. ARGV: worker, lease deadline, uid. -> 'run' | 'cancel' | 'lost' (no longer ours)
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'Running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
+  return 'lost'
+end
+redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'cancel' end
+return 'run'
+"""
+
+# KEYS: task, leases. ARGV: worker ('' = anyone), retention, active-set prefix, uid, expected status ('' = any
+# active one), field, value, ... -> 1 when it ended the task, 0 when it had ended already, another worker holds
+# it, or its status is not the expected one
+_FINISH = f"""
+local ended = {_ENDED_LUA}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or ended[status] then return 0 end
+if ARGV[5] ~= '' and status ~= ARGV[5] then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then redis.call('SREM', ARGV[3] .. owner, ARGV[4]) end
+redis.call('ZREM', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS: task, leases. ARGV: uid, now, max deaths, requeue grace.
+# -> {'gone'} | {'alive'} | {'requeue', deaths} | {'poison', deaths}
+_REAP = f"""
+local ended = {_ENDED_LUA}
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or ended[status] then redis.call('ZREM', KEYS[2], ARGV[1]) return {{'gone', 0}} end
+local now = tonumber(ARGV[2])
+local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if lease > now then redis.call('ZADD', KEYS[2], lease, ARGV[1]) return {{'alive', 0}} end
+local deaths = tonumber(redis.call('HGET', KEYS[1], 'deaths') or '0')
+if status == 'Running' then
+  deaths = redis.call('HINCRBY', KEYS[1], 'deaths', 1)
+  if deaths >= tonumber(ARGV[3]) then redis.call('ZREM', KEYS[2], ARGV[1]) return {{'poison', deaths}} end
+end
+redis.call('HSET', KEYS[1], 'status', 'Queuing', 'worker', '', 'step', 0, 'lease_until', now + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
+return {{'requeue', deaths}}
+"""
+
+# KEYS: task. -> its status; a Running task is flagged for cancellation
+_FLAG_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'Running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
+return status or ''
+"""
+
+
 class TooManyActiveTasks(Exception):
     pass
 
@@ -77,6 +167,10 @@ class TaskRecord:
     total_steps: int = 0
     notes: list[str] = field(default_factory=list)
     points: int = DEFAULT_POINTS
+    attempt: int = 0
+    deaths: int = 0
+    worker: str = ""
+    job: dict[str, Any] | None = None
     created_at: float = 0.0
     finished_at: float = 0.0
 
@@ -89,6 +183,8 @@ class TaskRecord:
             step=int(h.get("step", 0)), total_steps=int(h.get("total_steps", 0)),
             notes=orjson.loads(h.get("notes", "[]")), points=int(h.get("points", DEFAULT_POINTS)),
             created_at=float(h.get("created_at", 0)), finished_at=float(h.get("finished_at", 0)),
+            attempt=int(h.get("attempt", 0)), deaths=int(h.get("deaths", 0)), worker=h.get("worker", ""),
+            job=orjson.loads(h["job"]) if h.get("job") else None,
         )
 
     @property
@@ -108,19 +204,28 @@ class TaskStore:
         self.r = r
         self.retention_s = retention_s
         self._create = r.register_script(_CREATE)
+        self._start = r.register_script(_START)
+        self._renew = r.register_script(_RENEW)
+        self._finish_script = r.register_script(_FINISH)
+        self._reap = r.register_script(_REAP)
+        self._flag_cancel = r.register_script(_FLAG_CANCEL)
 
     # -- gateway side ---------------------------------------------------------------------------
     def create(self, owner: str, request_uuid: str | None, action: str, seed: int,
                max_active: int, *, notes: list[str] | tuple[str, ...] = (),
-               points: int = DEFAULT_POINTS) -> tuple[str, bool]:
+               points: int = DEFAULT_POINTS, uid: str | None = None,
+               job: dict[str, Any] | None = None) -> tuple[str, bool]:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
         returns the first TaskUID and created=False. Raises TooManyActiveTasks. ``notes`` start the
-        task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint)."""
-        uid = new_task_uid()
+        task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint); ``job`` the job message,
+        kept with the task so that the recovery can send it again (its ``task_uid`` must be ``uid``)."""
+        uid = uid or new_task_uid()
         keys = [task_key(uid), active_key(owner)] + ([f"{P}idem:{owner}:{request_uuid}"] if request_uuid else [])
         fields: dict[str, Any] = {"owner": owner, "action": action, "status": TaskStatus.QUEUING.value,
                                   "seed": seed, "created_at": time.time(), "request_uuid": request_uuid or "",
                                   "notes": orjson.dumps(list(notes)), "points": int(points)}
+        if job is not None:
+            fields["job"] = orjson.dumps(job)
         argv = [uid, self.retention_s, max_active, 7 * self.retention_s]
         for k, v in fields.items():
             argv += [k, v]
@@ -157,9 +262,18 @@ class TaskStore:
         return [u for u in uids if u not in stale]
 
     # -- worker side ----------------------------------------------------------------------------
-    def mark_running(self, uid: str, total_steps: int) -> None:
-        self.r.hset(task_key(uid), mapping={"status": TaskStatus.RUNNING.value, "step": 0,
-                                            "total_steps": total_steps, "started_at": time.time()})
+    def start(self, uid: str, worker: str, lease_s: float, total_steps: int) -> tuple[str, int]:
+        """Take the task for ``worker``: ``("started", attempt)``, or ``("ended", 0)`` (nothing to do),
+        ``("busy", 0)`` (another worker holds an unexpired lease on it), ``("missing", 0)`` (expired)."""
+        now = time.time()
+        state, attempt = self._start(keys=[task_key(uid), LEASES],
+                                     args=[worker, now, now + lease_s, total_steps, uid])
+        return str(state), int(attempt)
+
+    def renew(self, uid: str, worker: str, lease_s: float) -> str:
+        """Extend ``worker``'s lease: ``"run"``, ``"cancel"`` (its owner asked to cancel it) or ``"lost"``
+        (the lease expired and the task was given to another run: stop without a trace)."""
+        return str(self._renew(keys=[task_key(uid), LEASES], args=[worker, time.time() + lease_s, uid]))
 
     def set_progress(self, uid: str, step: int, total_steps: int) -> None:
         self.r.hset(task_key(uid), mapping={"step": step, "total_steps": total_steps})
@@ -169,18 +283,42 @@ class TaskStore:
         if rec is not None and note not in rec.notes:
             self.r.hset(task_key(uid), "notes", orjson.dumps(rec.notes + [note]))
 
-    def _finish(self, uid: str, mapping: dict[str, Any]) -> None:
-        owner = self.r.hget(task_key(uid), "owner")
-        pipe = self.r.pipeline()
-        pipe.hset(task_key(uid), mapping={**mapping, "finished_at": time.time()})
-        pipe.expire(task_key(uid), self.retention_s)
-        if owner:
-            pipe.srem(active_key(owner), uid)
-        pipe.execute()
+    def _finish(self, uid: str, mapping: dict[str, Any], worker: str | None, expect: str = "") -> bool:
+        argv: list[Any] = [worker or "", self.retention_s, f"{P}active:", uid, expect]
+        for k, v in {**mapping, "finished_at": time.time()}.items():
+            argv += [k, v]
+        return bool(self._finish_script(keys=[task_key(uid), LEASES], args=argv))
 
-    def mark_finished(self, uid: str, images: list[str], seed: int) -> None:
-        self._finish(uid, {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
-                           "seed": seed, "error_code": int(ErrorCode.NONE), "error_message": ""})
+    def mark_finished(self, uid: str, images: list[str], seed: int, worker: str | None = None) -> bool:
+        """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it."""
+        return self._finish(uid, {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
+                                  "seed": seed, "error_code": int(ErrorCode.NONE), "error_message": ""}, worker)
 
-    def mark_error(self, uid: str, code: int, message: str) -> None:
-        self._finish(uid, {"status": TaskStatus.ERROR.value, "error_code": int(code), "error_message": message})
+    def mark_error(self, uid: str, code: int, message: str, worker: str | None = None) -> bool:
+        return self._finish(uid, {"status": TaskStatus.ERROR.value, "error_code": int(code),
+                                  "error_message": message}, worker)
+
+    def mark_canceled(self, uid: str, worker: str | None = None, expect: str = "") -> bool:
+        return self._finish(uid, {"status": TaskStatus.CANCELED.value, "error_code": int(ErrorCode.NONE),
+                                  "error_message": ""}, worker, expect)
+
+    # -- recovery and cancellation (gateway side) --------------------------------------------------
+    def expired_leases(self, now: float | None = None, limit: int = 100) -> list[str]:
+        """TaskUIDs whose lease (or requeue deadline) has passed."""
+        return list(self.r.zrangebyscore(LEASES, "-inf", now or time.time(), start=0, num=limit))
+
+    def reap(self, uid: str, max_deaths: int, requeue_grace_s: float) -> tuple[str, int]:
+        """Act on one expired lease, atomically (several gateways may reap at once): ``("requeue", deaths)``
+        (the task is Queuing again: the caller sends its job message), ``("poison", deaths)`` (its run killed
+        ``max_deaths`` workers: the caller ends it in Error), ``("alive", 0)`` (renewed meanwhile) or
+        ``("gone", 0)`` (ended)."""
+        state, deaths = self._reap(keys=[task_key(uid), LEASES],
+                                   args=[uid, time.time(), max_deaths, requeue_grace_s])
+        return str(state), int(deaths)
+
+    def cancel(self, uid: str) -> str:
+        """Ask to cancel: a Queuing task ends Canceled now; a Running one is flagged (its worker ends it
+        Canceled at its next step). Returns the status it had; an ended task is left as it is."""
+        if self.mark_canceled(uid, expect=TaskStatus.QUEUING.value):  # atomically: only if still Queuing
+            return TaskStatus.QUEUING.value
+        return str(self._flag_cancel(keys=[task_key(uid)]))

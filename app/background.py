@@ -1,0 +1,81 @@
+"""The gateway's background loops, each in a thread of its own: the retention sweep and the recovery of tasks
+whose worker died. Several gateways may run them at once: every step is atomic in Redis.
+
+Recovery (docs/deployment.md "Recovery"): a worker holds a lease on the task it runs and renews it twice a
+second (workers/job.py ``JobWatch``). Every ``ATELIER_REAP_INTERVAL_S`` the gateway looks for leases that
+expired (``ATELIER_LEASE_S`` without a renewal: the worker was killed, ran out of memory, lost its node) and
+sends the task's job message again, counting a death; after ``ATELIER_MAX_WORKER_DEATHS`` the task ends in
+Error (502) instead: a job that kills its worker must not kill the fleet. A task sent again must be started
+within the lease time, or it is sent again (the message may have been lost with the gateway).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from app.contract.codes import ErrorCode
+from app.contract.jobs import GENERATE_TASK_NAME
+from app.services import Services
+
+log = logging.getLogger("atelier.gateway")
+
+
+def sweep_once(svc: Services) -> None:
+    n = svc.storage.sweep(svc.settings.result_retention_s)
+    if n:
+        log.info("retention sweep removed %d expired files/folders", n)
+
+
+def recover_once(svc: Services) -> list[tuple[str, str]]:
+    """Act on every expired lease; returns ``(TaskUID, what was done)`` for the log and the tests."""
+    s, done = svc.settings, []
+    for uid in svc.tasks.expired_leases():
+        state, deaths = svc.tasks.reap(uid, s.max_worker_deaths, requeue_grace_s=s.lease_s)
+        if state == "requeue":
+            rec = svc.tasks.get(uid)
+            if rec is None or rec.job is None:
+                log.error("task %s lost its worker but has no job message to send again", uid)
+                svc.tasks.mark_error(uid, ErrorCode.INTERNAL, "Internal error (the task's job message is missing)")
+                continue
+            svc.celery.send_task(GENERATE_TASK_NAME, args=[rec.job], queue=s.queue)
+            log.warning("task %s: its worker stopped renewing its lease (death %d of %d allowed); sent again",
+                        uid, deaths, s.max_worker_deaths - 1)
+        elif state == "poison":
+            svc.tasks.mark_error(uid, ErrorCode.WORKER_LOST,
+                                 f"the worker running this task died {deaths} times; not tried again"
+                                 " (a job that kills its worker?)")
+            log.error("task %s: its run killed %d workers; ended in Error", uid, deaths)
+        done.append((uid, state))
+    return done
+
+
+class Loop:
+    """``fn()`` every ``interval_s`` seconds in a daemon thread until :meth:`stop`; errors are logged, the
+    loop goes on (Redis may be restarting)."""
+
+    def __init__(self, name: str, interval_s: float, fn: Callable[[], object]):
+        self.name, self.interval_s, self.fn = name, interval_s, fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> Loop:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.fn()
+            except Exception:
+                log.exception("%s failed; trying again in %.0fs", self.name, self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def start_loops(svc: Services) -> list[Loop]:
+    s = svc.settings
+    return [Loop("retention-sweep", s.cleanup_interval_s, lambda: sweep_once(svc)).start(),
+            Loop("recovery", s.reap_interval_s, lambda: recover_once(svc)).start()]
