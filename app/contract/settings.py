@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     job_time_per_megapixel_step_s: float = Field(
         5.0, gt=0, description="... this many seconds per megapixel, denoising step and image of the job")
 
+    # --- webhooks (docs/API.md "Webhooks") --------------------------------------------------------
+    webhook_allow_private: bool = Field(False, description="deliver to private, loopback and link-local"
+                                        " addresses too (tests; a deployment whose receivers are internal)")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="one delivery attempt's HTTP timeout")
+    webhook_retry_for_s: float = Field(3 * 3600.0, ge=3600, description="how long a failing delivery is retried"
+                                       " (exponential backoff), at least an hour")
+    webhook_interval_s: float = Field(1.0, gt=0, description="how often the gateway looks for due deliveries")
+
+    # --- metrics (docs/deployment.md "Metrics") ----------------------------------------------------
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="a worker serves Prometheus metrics on this"
+                                     " port plus its ATELIER_WORKER_INDEX (make run sets both); 0 = not served")
+
     # --- worker --------------------------------------------------------------------------------
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
