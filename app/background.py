@@ -1,12 +1,14 @@
-"""The gateway's background loops, each in a thread of its own: the retention sweep and the recovery of tasks
-whose worker died. Several gateways may run them at once: every step is atomic in Redis.
+"""The gateway's background loops, each in a thread of its own: the retention sweep, the recovery of tasks
+whose worker died and the webhook deliveries (app/webhooks.py). Several gateways may run them at once: every
+step is atomic in Redis.
 
 Recovery (docs/deployment.md "Recovery"): a worker holds a lease on the task it runs and renews it twice a
 second (workers/job.py ``JobWatch``). Every ``ATELIER_REAP_INTERVAL_S`` the gateway looks for leases that
 expired (``ATELIER_LEASE_S`` without a renewal: the worker was killed, ran out of memory, lost its node) and
 sends the task's job message again, counting a death; after ``ATELIER_MAX_WORKER_DEATHS`` the task ends in
-Error (502) instead: a job that kills its worker must not kill the fleet. A task sent again must be started
-within the lease time, or it is sent again (the message may have been lost with the gateway).
+Error (502) instead: a job that kills its worker must not kill the fleet. A task is sent again to the queue it
+was first sent to, and must be started within ``REQUEUE_GRACE_LEASES`` leases, or it is sent again (the message
+may have been lost with the gateway).
 """
 from __future__ import annotations
 
@@ -14,11 +16,16 @@ import logging
 import threading
 from collections.abc import Callable
 
-from app.contract.codes import ErrorCode
+from app.contract.codes import ErrorCode, worker_lost_message
 from app.contract.jobs import GENERATE_TASK_NAME
 from app.services import Services
+from app.webhooks import Deliverer
 
 log = logging.getLogger("atelier.gateway")
+
+#: A task sent again must be started within this many leases, or it is sent again (its message may have been
+#: lost, e.g. with a gateway that crashed); a long queue makes duplicates, which the workers skip.
+REQUEUE_GRACE_LEASES = 10
 
 
 def sweep_once(svc: Services) -> None:
@@ -31,20 +38,22 @@ def recover_once(svc: Services) -> list[tuple[str, str]]:
     """Act on every expired lease; returns ``(TaskUID, what was done)`` for the log and the tests."""
     s, done = svc.settings, []
     for uid in svc.tasks.expired_leases():
-        state, deaths = svc.tasks.reap(uid, s.max_worker_deaths, requeue_grace_s=s.lease_s)
-        if state == "requeue":
+        state, deaths = svc.tasks.reap(uid, s.max_worker_deaths, requeue_grace_s=REQUEUE_GRACE_LEASES * s.lease_s)
+        if state in ("requeue", "resend"):
             rec = svc.tasks.get(uid)
             if rec is None or rec.job is None:
                 log.error("task %s lost its worker but has no job message to send again", uid)
                 svc.tasks.mark_error(uid, ErrorCode.INTERNAL, "Internal error (the task's job message is missing)")
                 continue
-            svc.celery.send_task(GENERATE_TASK_NAME, args=[rec.job], queue=s.queue)
-            log.warning("task %s: its worker stopped renewing its lease (death %d of %d allowed); sent again",
-                        uid, deaths, s.max_worker_deaths - 1)
+            svc.celery.send_task(GENERATE_TASK_NAME, args=[rec.job], queue=rec.queue or s.queue)
+            if state == "requeue":
+                log.warning("task %s: its worker stopped renewing its lease (death %d; %d allowed); sent again",
+                            uid, deaths, s.max_worker_deaths - 1)
+            else:
+                log.warning("task %s: sent again, not started within %.0fs (its message may be lost)", uid,
+                            REQUEUE_GRACE_LEASES * s.lease_s)
         elif state == "poison":
-            svc.tasks.mark_error(uid, ErrorCode.WORKER_LOST,
-                                 f"the worker running this task died {deaths} times; not tried again"
-                                 " (a job that kills its worker?)")
+            svc.tasks.mark_error(uid, ErrorCode.WORKER_LOST, worker_lost_message(deaths))
             log.error("task %s: its run killed %d workers; ended in Error", uid, deaths)
         done.append((uid, state))
     return done
@@ -78,4 +87,5 @@ class Loop:
 def start_loops(svc: Services) -> list[Loop]:
     s = svc.settings
     return [Loop("retention-sweep", s.cleanup_interval_s, lambda: sweep_once(svc)).start(),
-            Loop("recovery", s.reap_interval_s, lambda: recover_once(svc)).start()]
+            Loop("recovery", s.reap_interval_s, lambda: recover_once(svc)).start(),
+            Loop("webhooks", s.webhook_interval_s, Deliverer(svc).run_once).start()]

@@ -1,8 +1,11 @@
-"""The key store: PublicKey -> PrivateKey, from the YAML file at ATELIER_KEYS_FILE::
+"""The key store: PublicKey -> PrivateKey (and the key's webhook settings), from the YAML file at
+ATELIER_KEYS_FILE::
 
     keys:
       - PublicKey: my-shop
         PrivateKey: "123456"
+        WebhookSecret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw   # optional: signs this key's webhooks
+        CallbackUrl: https://shop.example/hooks/atelier      # optional: the default CallbackUrl of its tasks
 
 Without that file a development key pair is created once under the data dir (``dev-keys.yaml``)
 and printed by ``make run``.
@@ -10,10 +13,14 @@ and printed by ``make run``.
 A file that cannot be used is refused when it is read (:class:`KeyFileError`, naming the file, the
 entry and the fix), which the gateway and ``make run`` do before serving: not YAML, not a mapping
 with a ``keys:`` list, an entry that is not a mapping, a PublicKey or PrivateKey that is missing,
-empty or not a string (YAML reads ``PrivateKey: 123456`` as a number), a duplicate PublicKey.
+empty or not a string (YAML reads ``PrivateKey: 123456`` as a number), a duplicate PublicKey; a
+WebhookSecret that is not ``whsec_`` and the base64 of 24 to 64 bytes (Standard Webhooks), a CallbackUrl that
+is not an http(s) URL or that has no WebhookSecret beside it (docs/API.md "Webhooks").
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import json
 import secrets
@@ -23,7 +30,13 @@ from typing import Any
 
 import yaml
 
+from app.validation.generate import CALLBACK_URL_FIELD, callback_url_problem
+
 KEY_FIELDS = ("PublicKey", "PrivateKey")
+WEBHOOK_SECRET_FIELD = "WebhookSecret"
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_SECRET_BYTES = (24, 64)  # the Standard Webhooks specification's range for a secret
+_MAKE_SECRET = ("python3 -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"")
 _EXAMPLE = '`keys:` then entries like `- PublicKey: my-shop` / `  PrivateKey: "a-long-random-secret"`'
 
 
@@ -35,6 +48,13 @@ class KeyFileError(ValueError):
 class KeyPair:
     public_key: str
     private_key: str
+    webhook_secret: str | None = None  # whsec_...: signs the webhooks of this key's tasks
+    callback_url: str | None = None    # the CallbackUrl of this key's tasks that do not name one
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and the base64 of 32 random bytes."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class KeyStore:
@@ -44,6 +64,9 @@ class KeyStore:
     def private_key(self, public_key: str) -> str | None:
         pair = self._by_public.get(public_key)
         return pair.private_key if pair else None
+
+    def pair(self, public_key: str) -> KeyPair | None:
+        return self._by_public.get(public_key)
 
     def only_pair(self) -> KeyPair:
         """The one pair of a single-key store (the dev key file); ValueError otherwise."""
@@ -102,8 +125,46 @@ def parse_keys(doc: Any, tree: yaml.Node | None, origin: object) -> list[KeyPair
             raise KeyFileError(f"{origin}: {label}: duplicate PublicKey, keys[{first_index[public]}] has it too; "
                                f"give every entry its own PublicKey")
         first_index[public] = i
-        pairs.append(KeyPair(public, entry["PrivateKey"]))
+        problem = _webhook_problem(entry, node)
+        if problem:
+            raise KeyFileError(f"{origin}: {label}: {problem}")
+        pairs.append(KeyPair(public, entry["PrivateKey"], webhook_secret=entry.get(WEBHOOK_SECRET_FIELD),
+                             callback_url=entry.get(CALLBACK_URL_FIELD)))
     return pairs
+
+
+def _webhook_problem(entry: dict, node: yaml.Node | None) -> str | None:
+    """What is wrong with the entry's optional WebhookSecret and CallbackUrl, or None."""
+    for field in (WEBHOOK_SECRET_FIELD, CALLBACK_URL_FIELD):
+        if field in entry:
+            problem = _field_problem(field, entry, node)
+            if problem:
+                return problem
+    secret = entry.get(WEBHOOK_SECRET_FIELD)
+    if secret is not None and not _good_secret(secret):
+        lo, hi = WEBHOOK_SECRET_BYTES
+        return (f"{WEBHOOK_SECRET_FIELD} must be {WEBHOOK_SECRET_PREFIX} followed by the base64 of {lo} to {hi} "
+                f"random bytes (Standard Webhooks); make one with: {_MAKE_SECRET}")
+    url = entry.get(CALLBACK_URL_FIELD)
+    if url is not None:
+        problem = callback_url_problem(url)
+        if problem:
+            return f"{CALLBACK_URL_FIELD} {problem}"
+        if secret is None:
+            return (f"{CALLBACK_URL_FIELD} needs a {WEBHOOK_SECRET_FIELD} to sign the deliveries with; add one: "
+                    f"{WEBHOOK_SECRET_FIELD}: whsec_..., made with: {_MAKE_SECRET}")
+    return None
+
+
+def _good_secret(secret: str) -> bool:
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return False
+    try:
+        raw = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    lo, hi = WEBHOOK_SECRET_BYTES
+    return lo <= len(raw) <= hi
 
 
 def _field_problem(field: str, entry: dict, node: yaml.Node | None) -> str | None:
@@ -177,8 +238,9 @@ def ensure_dev_keys(data_dir: Path) -> KeyPair:
     path = dev_keys_path(data_dir)
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        pair = KeyPair("dev-" + secrets.token_urlsafe(16), secrets.token_urlsafe(32))
-        path.write_text(yaml.safe_dump({"keys": [{"PublicKey": pair.public_key, "PrivateKey": pair.private_key}]}))
+        pair = KeyPair("dev-" + secrets.token_urlsafe(16), secrets.token_urlsafe(32), new_webhook_secret())
+        path.write_text(yaml.safe_dump({"keys": [{"PublicKey": pair.public_key, "PrivateKey": pair.private_key,
+                                                  WEBHOOK_SECRET_FIELD: pair.webhook_secret}]}))
         path.chmod(0o600)
     return KeyStore.from_file(path).only_pair()
 

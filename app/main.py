@@ -1,5 +1,6 @@
 """The gateway: ``POST /`` dispatches PICPIK actions; every API-level outcome is HTTP 200 with a
-RetCode. Also ``GET /healthz``, ``GET /metrics`` and ``GET /results/{TaskUID}/{i}.png`` (signed)."""
+RetCode. Also ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (``app/metrics.py``) and
+``GET /results/{TaskUID}/{i}.png`` (signed)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.actions import ACTIONS
 from app.actions.base import SignedCall
@@ -19,11 +20,11 @@ from app.background import start_loops
 from app.contract.codes import DEFAULT_MESSAGES, RetCode
 from app.deps import ServicesDep, signed_call
 from app.errors import ApiError
+from app.metrics import TimedApi, count_answer, live_workers
 from app.resultlinks import check_link
 from app.services import ConfigError, get_services
 
 log = logging.getLogger("atelier.gateway")
-REQUESTS = Counter("atelier_api_requests_total", "API calls by action and RetCode", ["action", "retcode"])
 
 
 @asynccontextmanager
@@ -72,39 +73,41 @@ class StartupRefusal:
 
 
 app = FastAPI(title="Atelier", summary="PICPIK-compatible mannequin-to-model API", lifespan=lifespan)
+app.add_middleware(TimedApi)
 app.add_middleware(StartupRefusal)
 
 
-def answer(body: dict[str, Any] | None, code: int, message: str, **fields: Any) -> Response:
-    body = body or {}
+def answer(request: Request, code: int, message: str, **fields: Any) -> Response:
+    """The answer to ``POST /``, counted in the metrics; Action and request_uuid echo the body when it was read."""
+    body = getattr(request.state, "body", None) or {}
     action = body.get("Action") if isinstance(body.get("Action"), str) else ""
     ruuid = body.get("request_uuid") if isinstance(body.get("request_uuid"), str) else ""
-    REQUESTS.labels(action if code != RetCode.UNKNOWN_ACTION else "?", str(code)).inc()
+    count_answer(request, action if code != RetCode.UNKNOWN_ACTION else "?", code)
     return Response(orjson.dumps({"Action": action, "RetCode": int(code), "Message": message,
                                   "request_uuid": ruuid, **fields}), media_type="application/json")
 
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> Response:
-    return answer(getattr(request.state, "body", None), exc.ret_code, exc.message)
+    return answer(request, exc.ret_code, exc.message)
 
 
 @app.exception_handler(redis.RedisError)
 async def _redis_error(request: Request, exc: redis.RedisError) -> Response:
     log.warning("Redis unavailable: %s", exc)
-    return answer(getattr(request.state, "body", None), RetCode.UNAVAILABLE, DEFAULT_MESSAGES[RetCode.UNAVAILABLE])
+    return answer(request, RetCode.UNAVAILABLE, DEFAULT_MESSAGES[RetCode.UNAVAILABLE])
 
 
 @app.exception_handler(Exception)
 async def _internal(request: Request, exc: Exception) -> Response:
     log.exception("internal error")
-    return answer(getattr(request.state, "body", None), RetCode.INTERNAL, DEFAULT_MESSAGES[RetCode.INTERNAL])
+    return answer(request, RetCode.INTERNAL, DEFAULT_MESSAGES[RetCode.INTERNAL])
 
 
 @app.post("/")
-async def api(call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> Response:
+async def api(request: Request, call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> Response:
     result = await run_in_threadpool(ACTIONS[call.action], call, svc)
-    return answer(call.body, RetCode.OK, "", **result)
+    return answer(request, RetCode.OK, "", **result)
 
 
 @app.get("/healthz")
@@ -116,9 +119,24 @@ async def healthz(svc: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+@app.get("/readyz")
+async def readyz(svc: ServicesDep) -> JSONResponse:
+    """200 when the broker answers and at least one live worker consumes the gateway's queue; else 503."""
+    queue = svc.settings.queue
+    try:
+        workers = await run_in_threadpool(live_workers, svc.tasks.r, queue)
+    except redis.RedisError as e:
+        return JSONResponse({"status": "unavailable", "reason": f"the broker does not answer: {e}"}, status_code=503)
+    if workers == 0:
+        return JSONResponse({"status": "not ready", "workers": 0,
+                             "reason": f"no live worker consumes the queue {queue}"}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": workers})
+
+
 @app.get("/metrics")
 async def metrics() -> PlainTextResponse:
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # in a thread: the collectors read Redis (app/metrics.py)
+    return PlainTextResponse(await run_in_threadpool(generate_latest), media_type=CONTENT_TYPE_LATEST)
 
 
 @app.get("/results/{uid}/{name}")

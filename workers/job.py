@@ -10,7 +10,8 @@ skipped, and results are written under the TaskUID.
    the model cache for the whole job, denoising with progress written to the task record;
 3. **store**: PNGs under the TaskUID, the task Finished.
 
-Each job logs one line with its timings: queue wait, model loads, inference, store.
+Each job logs one line with its timings: queue wait, model loads, inference, store; the same timings, its
+outcome and its images are counted in the worker's metrics (:func:`workers.metrics.record_job`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import redis
 import torch
 from PIL import Image, ImageOps
 
-from app.contract.codes import ErrorCode, model_message
+from app.contract.codes import ErrorCode, model_message, worker_lost_message
 from app.contract.jobs import JOB_VERSION, JobMessage
 from app.contract.limits import SUBMODEL_TYPES
 from app.contract.registry import ModelEntry, Registry
@@ -33,6 +34,7 @@ from workers.inference.compose import Composition, fit_background, fit_geometry,
 from workers.inference.control import control_pipeline, run_control_inpaint
 from workers.inference.inpaint import run_inpaint
 from workers.inference.preprocess import preprocess
+from workers.metrics import record_job
 from workers.models.cache import Lease, ModelLoadError, is_oom
 from workers.models.sources import local_path
 from workers.runtime import WorkerRuntime
@@ -136,7 +138,10 @@ class ProgressWriter:
         now = time.monotonic()
         if step >= total or now - self._last >= self.interval:
             self._last = now
-            self.store.set_progress(self.uid, step, total)
+            try:
+                self.store.set_progress(self.uid, step, total)
+            except redis.RedisError as e:  # Redis restarting: progress is not worth the job
+                log.warning("task %s: could not write its progress: %s", self.uid, e)
 
 
 @dataclass
@@ -177,11 +182,17 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
         log.error("task %s: job message version %r not supported (want %d)", uid, message.get("v"), JOB_VERSION)
         if uid and store.get(uid):
             store.mark_error(uid, ErrorCode.UNSUPPORTED_JOB, f"job message version {message.get('v')} not supported")
+            record_job("?", "error", error_code=ErrorCode.UNSUPPORTED_JOB)
         return
     job = JobMessage.model_validate(message)
     entry = rt.registry.get(job.main_model)
     steps = entry.defaults.steps if entry is not None else 0
-    state, attempt = store.start(job.task_uid, rt.worker_id, rt.settings.lease_s, steps * job.batch_size)
+    state, attempt = store.start(job.task_uid, rt.worker_id, rt.settings.lease_s, steps * job.batch_size,
+                                 max_deaths=rt.settings.max_worker_deaths)
+    if state == "poison":  # a leftover copy of its message found it after the last of its workers died
+        store.mark_error(job.task_uid, ErrorCode.WORKER_LOST, worker_lost_message(attempt))
+        log.error("task %s: its run killed %d workers; ended in Error", job.task_uid, attempt)
+        return
     if state != "started":
         log.info("task %s: %s; not run here", job.task_uid,
                  {"ended": "already ended", "busy": "running on another worker", "missing": "expired"}[state])
@@ -193,30 +204,39 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
     watch = JobWatch(store, job.task_uid, rt.worker_id, rt.settings.lease_s, time_budget(rt.settings, job, steps))
     lease = rt.cache.lease()
     me = rt.worker_id
+    count, code = 0, None
     try:
         with watch, lease:
             count = _generate(rt, lease, job, timings, watch)
     except JobLost:
         log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", job.task_uid)
+        outcome = "lost"
     except JobCanceled:
         log.info("task %s canceled by its owner", job.task_uid)
-        store.mark_canceled(job.task_uid, worker=me)
+        outcome = "canceled" if store.mark_canceled(job.task_uid, worker=me) else "lost"
     except JobError as e:
         log.warning("task %s failed: %s", job.task_uid, e.message)
-        store.mark_error(job.task_uid, e.code, e.message, worker=me)
+        code = e.code
+        outcome = "error" if store.mark_error(job.task_uid, e.code, e.message, worker=me) else "lost"
     except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
         if is_oom(e):
             torch.cuda.empty_cache()
             msg = f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}: lower BatchSize or Width/Height"
             log.warning("task %s failed: %s (%s)", job.task_uid, msg, e)
-            store.mark_error(job.task_uid, ErrorCode.OUT_OF_MEMORY, msg, worker=me)
+            code = ErrorCode.OUT_OF_MEMORY
         else:
             log.exception("task %s: internal error", job.task_uid)
-            store.mark_error(job.task_uid, ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})", worker=me)
+            code, msg = ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})"
+        outcome = "error" if store.mark_error(job.task_uid, code, msg, worker=me) else "lost"
     else:
+        outcome = "finished"
         models = ", ".join(f"{label} ({how})" for label, how in lease.used.items())
         log.info("task %s finished: %d image(s) of %dx%d; models %s; %s", job.task_uid, count, job.width,
                  job.height, models, timings.line())
+    done = outcome == "finished"
+    record_job(job.main_model, outcome, queue_wait=timings.queue_wait, load=lease.load_seconds,
+               inference=timings.inference if done else None, store=timings.store if done else None,
+               images=count if done else 0, error_code=code if outcome == "error" else None)
 
 
 def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings, watch: JobWatch) -> int:

@@ -27,6 +27,11 @@ from workers.models.sizes import fmt_bytes
 log = logging.getLogger("atelier.worker")
 
 
+def this_worker_id() -> str:
+    """Who this process is, in task leases and among the live workers: its host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass
 class WorkerRuntime:
     settings: Settings
@@ -36,7 +41,7 @@ class WorkerRuntime:
     models: WorkerModels
     maps: MapCache = field(default_factory=MapCache)
     #: who holds a task's lease: this process, on this host
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    worker_id: str = field(default_factory=this_worker_id)
 
     @classmethod
     def build(cls, settings: Settings, *, store: TaskStore | None = None,

@@ -3,25 +3,32 @@
 The :class:`~workers.runtime.WorkerRuntime` (task store, storage, registry, model cache) is held by the
 task's base class, as Celery's task guide suggests for per-process resources, and built when the worker
 process starts (``worker_init`` for the solo pool a GPU worker runs, ``worker_process_init`` for a
-prefork child), not on the first job.
+prefork child), not on the first job. With it, a solo worker serves its metrics
+(``ATELIER_WORKER_METRICS_PORT`` + ``ATELIER_WORKER_INDEX``, :func:`workers.metrics.serve_metrics`).
+
+Once the worker consumes its queues (``worker_ready``) it announces itself alive on each of them (a
+:class:`~workers.metrics.Heartbeat`, which the gateway's ``/readyz`` counts) until it shuts down.
 """
 from __future__ import annotations
 
 from celery import Task
 from celery.concurrency import get_implementation
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.contract.jobs import GENERATE_TASK_NAME
+from app.contract.redis_conn import broker_url, connect
 from app.contract.settings import get_settings
 from workers.celery_app import celery
 from workers.job import run_job
-from workers.runtime import WorkerRuntime
+from workers.metrics import Heartbeat, serve_metrics
+from workers.runtime import WorkerRuntime, this_worker_id
 
 
 class RuntimeTask(Task):
     """A task whose process owns one :class:`WorkerRuntime`."""
 
     _runtime: WorkerRuntime | None = None
+    _heartbeat: Heartbeat | None = None
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -38,9 +45,24 @@ def generate(self: RuntimeTask, message: dict) -> None:
 @worker_init.connect
 def _build_in_solo_worker(sender=None, **_) -> None:
     if getattr(sender, "pool_cls", None) is get_implementation("solo"):
-        generate.runtime  # noqa: B018 - builds it
+        serve_metrics(get_settings(), generate.runtime.cache)  # builds the runtime first
 
 
 @worker_process_init.connect
 def _build_in_pool_child(**_) -> None:
     generate.runtime  # noqa: B018 - builds it
+
+
+@worker_ready.connect
+def _announce_alive(**_) -> None:
+    settings = get_settings()
+    queues = sorted(celery.amqp.queues.consume_from)
+    r = connect(settings.redis_url or broker_url())
+    RuntimeTask._heartbeat = Heartbeat(r, this_worker_id(), queues).start()
+
+
+@worker_shutdown.connect
+def _withdraw(**_) -> None:
+    heartbeat, RuntimeTask._heartbeat = RuntimeTask._heartbeat, None
+    if heartbeat is not None:
+        heartbeat.stop()

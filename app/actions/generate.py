@@ -13,8 +13,9 @@ from app.contract.limits import DEFAULT_RESOLUTION, SUBMODEL_TYPES
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import TooManyActiveTasks, new_task_uid
 from app.errors import ApiError
+from app.keys import WEBHOOK_SECRET_FIELD
 from app.services import Services
-from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
+from app.validation.generate import CALLBACK_URL_FIELD, ControlUnit, GenerateRequest, parse_generate
 
 log = logging.getLogger("atelier.gateway")
 
@@ -53,10 +54,21 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
     return refs
 
 
+def _callback_url(req: GenerateRequest, call: SignedCall, svc: Services) -> str | None:
+    """Where the task's webhook goes: the request's CallbackUrl, else its key's default (docs/API.md "Webhooks").
+    A CallbackUrl needs the key's webhook secret to sign with (the key file refuses a default without one)."""
+    pair = svc.keys.pair(call.public_key)
+    if req.callback_url is not None and (pair is None or not pair.webhook_secret):
+        raise ApiError.param(CALLBACK_URL_FIELD, f"needs a webhook secret for this PublicKey ({WEBHOOK_SECRET_FIELD}"
+                                                 " in the deployment's key file): ask the operator for one")
+    return req.callback_url or (pair.callback_url if pair else None)
+
+
 def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
-                         max_prompt_chars=s.max_prompt_chars)
+                         max_prompt_chars=s.max_prompt_chars, allow_private_callbacks=s.webhook_allow_private)
+    callback_url = _callback_url(req, call, svc)
     notes = []
     if req.main_model is None:
         main = svc.registry.default_main()
@@ -100,7 +112,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     try:  # the task keeps its job message: the recovery sends it again if its worker dies
         uid, created = svc.tasks.create(call.public_key, request_uuid, call.action, seed,
                                         s.max_active_tasks_per_key, notes=notes, points=main.points,
-                                        uid=job.task_uid, job=job.to_wire())
+                                        uid=job.task_uid, job=job.to_wire(), callback_url=callback_url,
+                                        queue=s.queue)
     except TooManyActiveTasks:
         raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
     if not created:

@@ -220,6 +220,8 @@ def main() -> int:
         return 2
     env = dict(os.environ)
     env.pop("ATELIER_WORKER_INDEX", None)  # only the workers have one
+    metrics_port = s.worker_metrics_port or s.port + 1  # worker i serves its metrics on metrics_port + i
+    env["ATELIER_WORKER_METRICS_PORT"] = str(metrics_port)
     redis_child = None
     if not s.redis_url:
         redis_child, url = start_embedded_redis(s.data_dir, env)
@@ -236,7 +238,8 @@ def main() -> int:
                 ready = True
                 keys = "" if s.keys_file else _dev_key_banner(s.data_dir)
                 print(f"\n[atelier] ready on {base}  (data in {s.data_dir.resolve()}; {len(sup.workers)} "
-                      f"worker{'s' if len(sup.workers) > 1 else ''}){keys}\n"
+                      f"worker{'s' if len(sup.workers) > 1 else ''}; metrics on {base}/metrics and the workers'"
+                      f" ports {metrics_port}..{metrics_port + len(sup.workers) - 1}){keys}\n"
                       f"[atelier] try: .venv/bin/atelier generate --mannequin examples/mannequin.png "
                       f"--clothes-mask examples/clothes_mask.png --prompt 'a woman, studio photo' -o out/\n"
                       f"[atelier] Ctrl-C stops everything.\n", flush=True)

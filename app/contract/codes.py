@@ -68,6 +68,11 @@ def model_message(code: str) -> str:
     return f"Model [{code}] not exists"
 
 
+def worker_lost_message(deaths: int) -> str:
+    """ErrorCode 502: a task whose run killed its workers, ended by the recovery or by the next worker."""
+    return f"the worker running this task died {deaths} times; not tried again (a job that kills its worker?)"
+
+
 def action_message(action: object) -> str:
     """161: an ``Action`` that names no action."""
     return f"Action [{action}] not exists"

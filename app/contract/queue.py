@@ -12,6 +12,12 @@ from app.contract.redis_conn import celery_url
 from app.contract.settings import get_settings
 
 
+def live_workers_key(queue: str) -> str:
+    """The Redis sorted set of the workers consuming ``queue``, each scored with the Redis time until which it
+    counts as alive: written by the workers (``workers/metrics.py``), counted by ``/readyz`` (``app/metrics.py``)."""
+    return f"atelier:workers:{queue}"
+
+
 def make_celery(name: str = "atelier") -> Celery:
     s = get_settings()
     app = Celery(name, broker=celery_url())

@@ -7,6 +7,9 @@ Keys (prefix ``atelier:``):
 - ``leases``                sorted set: TaskUID -> the time by which someone must act on it: the lease of the
                             worker running it (renewed while it runs), or, for a task put back in the queue
                             after its worker died, the time by which a worker must have started it
+- ``webhooks``              sorted set: TaskUID -> when the next delivery attempt of its webhook is due; added
+                            by the script that ends a task whose record has a ``callback_url``, in the same
+                            atomic step (app/webhooks.py delivers, claims and reschedules)
 
 Records expire ``result_retention_s`` after they finish (and, as a safety net, 7 retention periods
 after creation if a task never ends).
@@ -52,6 +55,7 @@ def active_key(owner: str) -> str:
 
 
 LEASES = f"{P}leases"
+WEBHOOKS = f"{P}webhooks"
 ENDED = tuple(s.value for s in ENDED_STATUSES)
 
 
@@ -76,16 +80,20 @@ return {ARGV[1], 1}
 
 _ENDED_LUA = "{" + ", ".join(f"['{s}'] = true" for s in ENDED) + "}"
 
-# KEYS: task, leases. ARGV: worker, now, lease deadline, total steps, uid.
-# -> {'started', attempt} | {'ended', 0} | {'busy', 0} | {'missing', 0}
+# KEYS: task, leases. ARGV: worker, now, lease deadline, total steps, uid, max deaths.
+# -> {'started', attempt} | {'ended', 0} | {'busy', 0} | {'missing', 0} | {'poison', deaths}
+# Taking over a Running task whose lease expired (a leftover copy of its message arrived before the recovery
+# did) counts the previous worker's death, as the recovery would have.
 _START = f"""
 local ended = {_ENDED_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {{'missing', 0}} end
 if ended[status] then return {{'ended', 0}} end
-if status == 'Running' then
+if status == 'Running' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if lease > tonumber(ARGV[2]) and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return {{'busy', 0}} end
+  if lease > tonumber(ARGV[2]) then return {{'busy', 0}} end
+  local deaths = redis.call('HINCRBY', KEYS[1], 'deaths', 1)
+  if deaths >= tonumber(ARGV[6]) then return {{'poison', deaths}} end
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'status', 'Running', 'worker', ARGV[1], 'lease_until', ARGV[3], 'started_at', ARGV[2],
@@ -105,25 +113,28 @@ if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'cancel' end
 return 'run'
 """
 
-# KEYS: task, leases. ARGV: worker ('' = anyone), retention, active-set prefix, uid, expected status ('' = any
-# active one), field, value, ... -> 1 when it ended the task, 0 when it had ended already, another worker holds
-# it, or its status is not the expected one
+# KEYS: task, leases, webhooks. ARGV: worker ('' = anyone), retention, active-set prefix, uid, expected status
+# ('' = any active one), now, field, value, ... -> 1 when it ended the task, 0 when it had ended already, another
+# worker holds it, or its status is not the expected one. A task with a callback_url gets its webhook delivery
+# due now, in this same step: no crash can end the task and lose the delivery.
 _FINISH = f"""
 local ended = {_ENDED_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or ended[status] then return 0 end
 if ARGV[5] ~= '' and status ~= ARGV[5] then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if owner then redis.call('SREM', ARGV[3] .. owner, ARGV[4]) end
 redis.call('ZREM', KEYS[2], ARGV[4])
+if (redis.call('HGET', KEYS[1], 'callback_url') or '') ~= '' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4]) end
 return 1
 """
 
 # KEYS: task, leases. ARGV: uid, now, max deaths, requeue grace.
-# -> {'gone'} | {'alive'} | {'requeue', deaths} | {'poison', deaths}
+# -> {'gone'} | {'alive'} | {'requeue', deaths} (a Running task's worker died) | {'poison', deaths} |
+#    {'resend', deaths} (a task sent again was not started within the grace: its message may be lost)
 _REAP = f"""
 local ended = {_ENDED_LUA}
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -138,7 +149,8 @@ if status == 'Running' then
 end
 redis.call('HSET', KEYS[1], 'status', 'Queuing', 'worker', '', 'step', 0, 'lease_until', now + tonumber(ARGV[4]))
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
-return {{'requeue', deaths}}
+if status == 'Running' then return {{'requeue', deaths}} end
+return {{'resend', deaths}}
 """
 
 # KEYS: task. -> its status; a Running task is flagged for cancellation
@@ -171,8 +183,10 @@ class TaskRecord:
     deaths: int = 0
     worker: str = ""
     job: dict[str, Any] | None = None
+    queue: str = ""
     created_at: float = 0.0
     finished_at: float = 0.0
+    callback_url: str = ""  # where its TaskDetail is POSTed when it ends ("": nowhere; app/webhooks.py)
 
     @classmethod
     def from_hash(cls, uid: str, h: dict[str, str]) -> TaskRecord:
@@ -184,7 +198,8 @@ class TaskRecord:
             notes=orjson.loads(h.get("notes", "[]")), points=int(h.get("points", DEFAULT_POINTS)),
             created_at=float(h.get("created_at", 0)), finished_at=float(h.get("finished_at", 0)),
             attempt=int(h.get("attempt", 0)), deaths=int(h.get("deaths", 0)), worker=h.get("worker", ""),
-            job=orjson.loads(h["job"]) if h.get("job") else None,
+            job=orjson.loads(h["job"]) if h.get("job") else None, queue=h.get("queue", ""),
+            callback_url=h.get("callback_url", ""),
         )
 
     @property
@@ -214,11 +229,14 @@ class TaskStore:
     def create(self, owner: str, request_uuid: str | None, action: str, seed: int,
                max_active: int, *, notes: list[str] | tuple[str, ...] = (),
                points: int = DEFAULT_POINTS, uid: str | None = None,
-               job: dict[str, Any] | None = None) -> tuple[str, bool]:
+               job: dict[str, Any] | None = None, callback_url: str | None = None,
+               queue: str = "") -> tuple[str, bool]:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
         returns the first TaskUID and created=False. Raises TooManyActiveTasks. ``notes`` start the
         task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint); ``job`` the job message,
-        kept with the task so that the recovery can send it again (its ``task_uid`` must be ``uid``)."""
+        kept with the task so that the recovery can send it again (its ``task_uid`` must be ``uid``) to
+        ``queue``, the Celery queue it was sent to;
+        ``callback_url`` where its webhook goes when it ends."""
         uid = uid or new_task_uid()
         keys = [task_key(uid), active_key(owner)] + ([f"{P}idem:{owner}:{request_uuid}"] if request_uuid else [])
         fields: dict[str, Any] = {"owner": owner, "action": action, "status": TaskStatus.QUEUING.value,
@@ -226,6 +244,9 @@ class TaskStore:
                                   "notes": orjson.dumps(list(notes)), "points": int(points)}
         if job is not None:
             fields["job"] = orjson.dumps(job)
+            fields["queue"] = queue
+        if callback_url:
+            fields["callback_url"] = callback_url
         argv = [uid, self.retention_s, max_active, 7 * self.retention_s]
         for k, v in fields.items():
             argv += [k, v]
@@ -262,13 +283,15 @@ class TaskStore:
         return [u for u in uids if u not in stale]
 
     # -- worker side ----------------------------------------------------------------------------
-    def start(self, uid: str, worker: str, lease_s: float, total_steps: int) -> tuple[str, int]:
+    def start(self, uid: str, worker: str, lease_s: float, total_steps: int,
+              max_deaths: int = 1_000_000) -> tuple[str, int]:
         """Take the task for ``worker``: ``("started", attempt)``, or ``("ended", 0)`` (nothing to do),
-        ``("busy", 0)`` (another worker holds an unexpired lease on it), ``("missing", 0)`` (expired)."""
+        ``("busy", 0)`` (another worker holds an unexpired lease on it), ``("missing", 0)`` (expired), or
+        ``("poison", deaths)`` (taking over an expired lease was its ``max_deaths``-th death: end it in Error)."""
         now = time.time()
-        state, attempt = self._start(keys=[task_key(uid), LEASES],
-                                     args=[worker, now, now + lease_s, total_steps, uid])
-        return str(state), int(attempt)
+        state, n = self._start(keys=[task_key(uid), LEASES],
+                               args=[worker, now, now + lease_s, total_steps, uid, max_deaths])
+        return str(state), int(n)
 
     def renew(self, uid: str, worker: str, lease_s: float) -> str:
         """Extend ``worker``'s lease: ``"run"``, ``"cancel"`` (its owner asked to cancel it) or ``"lost"``
@@ -284,10 +307,11 @@ class TaskStore:
             self.r.hset(task_key(uid), "notes", orjson.dumps(rec.notes + [note]))
 
     def _finish(self, uid: str, mapping: dict[str, Any], worker: str | None, expect: str = "") -> bool:
-        argv: list[Any] = [worker or "", self.retention_s, f"{P}active:", uid, expect]
-        for k, v in {**mapping, "finished_at": time.time()}.items():
+        now = time.time()
+        argv: list[Any] = [worker or "", self.retention_s, f"{P}active:", uid, expect, now]
+        for k, v in {**mapping, "finished_at": now}.items():
             argv += [k, v]
-        return bool(self._finish_script(keys=[task_key(uid), LEASES], args=argv))
+        return bool(self._finish_script(keys=[task_key(uid), LEASES, WEBHOOKS], args=argv))
 
     def mark_finished(self, uid: str, images: list[str], seed: int, worker: str | None = None) -> bool:
         """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it."""

@@ -5,8 +5,11 @@ The ranges and names come from :mod:`app.contract.limits`; the type rules and me
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from app.contract.limits import (
     BATCH_SIZE_RANGE,
@@ -41,6 +44,13 @@ from app.validation.fields import (
 )
 from app.validation.images import DecodedImage, decode_image
 
+#: The webhook extension's field: where to POST the task's TaskDetail when it ends (docs/API.md "Webhooks"); the
+#: key file's entries take a default of the same name (app/keys.py).
+CALLBACK_URL_FIELD = "CallbackUrl"
+CALLBACK_URL_SCHEMES = ("http", "https")
+MAX_CALLBACK_URL_CHARS = 2048
+CALLBACK_URL_RULE = "must be an http or https URL with a host, e.g. https://example.com/hook"
+
 #: The control units' field: PICPIK's name, and the older spelling still accepted (not both in one request).
 CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS = "ControlNetList", "ControlNet"
 
@@ -49,7 +59,7 @@ CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS = "ControlNetList", "ControlNet"
 GENERATE_FIELDS: tuple[str, ...] = (
     "MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed", "Width",
     "Height", "BatchSize", "UseMainModelVAE", "Image2Image", "Mannequin", "ImageAndMaskList", "ImageList",
-    "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS,
+    "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS, CALLBACK_URL_FIELD,
 )
 
 
@@ -107,6 +117,7 @@ class GenerateRequest:
     control_units: list[ControlUnit] | None = None  # None = the main model's default control
     control_units_field: str = CONTROL_UNITS_FIELD  # the name the request used (or its alias ControlNet)
     ignored_fields: list[str] = field(default_factory=list)
+    callback_url: str | None = None  # CallbackUrl (None: the key's default, if any)
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -233,8 +244,70 @@ def _parse_image_lists(body: dict[str, Any], max_images: int) -> _ImageLists:
     return _ImageLists(images, masks, "ImageList")
 
 
+def callback_url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable as a webhook destination by its text alone (a rule completing "... not
+    available: "), or None. Where it points is checked by :func:`private_address`."""
+    if len(url) > MAX_CALLBACK_URL_CHARS:
+        return f"must have at most {MAX_CALLBACK_URL_CHARS} characters"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        return CALLBACK_URL_RULE
+    if parts.scheme not in CALLBACK_URL_SCHEMES or not parts.hostname:
+        return CALLBACK_URL_RULE
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user name or password"
+    return None
+
+
+def host_addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """``host`` itself when it is an IP address, else what DNS answers for it, in its order (OSError when it
+    does not resolve)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+
+
+def private_address(addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> str | None:
+    """The first address that is not globally routable (private, loopback, link-local, unspecified, reserved,
+    shared, multicast; an IPv4-mapped IPv6 address as its IPv4 one), or None."""
+    for ip in addresses:
+        plain = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+        if not plain.is_global or plain.is_multicast:
+            return str(ip)
+    return None
+
+
+def check_callback_url(value: Any, name: str, *, allow_private: bool) -> str | None:
+    """CallbackUrl (optional): an http or https URL; unless ``allow_private``, one whose host, an IP address
+    or a name that resolves now, is not private, loopback or link-local (a name that does not resolve now is
+    accepted: the deliverer checks the address again at every attempt)."""
+    url = check_str(value, name, non_empty=True, default=None)
+    if url is None:
+        return None
+    problem = callback_url_problem(url)
+    if problem:
+        raise ApiError.param(name, problem)
+    if not allow_private:
+        parts = urlsplit(url)
+        try:
+            addresses = host_addresses(parts.hostname or "", parts.port or 0)
+        except (OSError, UnicodeError):
+            addresses = []
+        bad = private_address(addresses)
+        if bad:
+            raise ApiError.param(name, f"must not point to a private, loopback or link-local address ({bad})")
+    return url
+
+
 def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
-                   max_prompt_chars: int) -> GenerateRequest:
+                   max_prompt_chars: int, allow_private_callbacks: bool = False) -> GenerateRequest:
     """Validate a GenerateFromMannequin body; raise ApiError 230 for the first problem found.
 
     The order of the checks (so the same bad body always gets the same message):
@@ -247,12 +320,14 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     3. Image2Image (optional): ImageIndex (required within it, in bounds), ReferStrength, ResizeMode;
     4. Mannequin (required): ImageIndex, ResizeMode, ClothesMaskIndex, InvertMask;
        then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
-    5. every image decoded, first to last (the expensive part comes last).
+    5. CallbackUrl (optional, the webhook extension: :func:`check_callback_url`);
+    6. every image decoded, first to last (the expensive part comes last).
 
     Indexes point into ImageAndMaskList, or, in the other style, into ImageList (``Mannequin.ImageIndex``,
     ``Image2Image.ImageIndex``, control units' ``ImageIndex``) and MaskList (``Mannequin.ClothesMaskIndex``).
     ``max_images``, ``max_pixels`` and ``max_prompt_chars`` are the deployment's limits
-    (``Settings.max_images``, ``max_image_pixels``, ``max_prompt_chars``).
+    (``Settings.max_images``, ``max_image_pixels``, ``max_prompt_chars``); ``allow_private_callbacks`` is
+    ``Settings.webhook_allow_private``.
     """
     if not isinstance(body, dict):
         raise ApiError.param("body", "must be a JSON object")
@@ -291,6 +366,8 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     mask_index = lists.mask_index(mannequin.get("ClothesMaskIndex"), "Mannequin.ClothesMaskIndex")
     invert_mask = check_bool(mannequin.get("InvertMask"), "Mannequin.InvertMask", default=False)
     control_units = _parse_control_units(body, lists, mannequin_index)
+    callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
+                                      allow_private=allow_private_callbacks)
 
     images = [decode_image(src, name, max_pixels) for name, src in lists.sources()]
     known = (*COMMON_FIELDS, *GENERATE_FIELDS)
@@ -317,4 +394,5 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         control_units=control_units,
         control_units_field=control_units_field(body),
         ignored_fields=[name for name in body if name not in known],
+        callback_url=callback_url,
     )

@@ -25,7 +25,8 @@ Rules:
 * A CUDA out-of-memory error while loading evicts every entry no job holds and retries once.
 * Loads and evictions are logged (``atelier.worker.cache``) with sizes; hits at DEBUG level, and a job's
   own line says which of its models were cached and which it loaded (:attr:`Lease.used`). All three are
-  counted in :attr:`stats`.
+  counted in :attr:`stats`, in all and by kind, with the bytes each place holds (the worker's metrics,
+  :mod:`workers.metrics`).
 
 Light to import: no torch here (the measuring and the out-of-memory check import it when they run).
 """
@@ -79,6 +80,16 @@ class _Entry:
 
 
 @dataclass
+class KindStats:
+    """The counts of one kind of model (``pipeline``, ``vae``, ...)."""
+
+    loads: int = 0
+    hits: int = 0
+    evictions: int = 0
+    load_seconds: float = 0.0
+
+
+@dataclass
 class CacheStats:
     loads: int = 0
     hits: int = 0
@@ -86,6 +97,13 @@ class CacheStats:
     load_seconds: float = 0.0
     #: the most each place held, right after a load and before the room-making that follows it
     peak_bytes: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PLACES})
+    #: what each place holds now (kept as entries come and go, so a metrics scrape reads it without the lock)
+    held_bytes: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PLACES})
+    #: the counts above by kind (the worker's metrics)
+    kinds: dict[str, KindStats] = field(default_factory=dict)
+
+    def kind(self, kind: str) -> KindStats:
+        return self.kinds.setdefault(kind, KindStats())
 
 
 class ModelCache:
@@ -137,6 +155,7 @@ class ModelCache:
             if hit:
                 self._entries.move_to_end(key)
                 self.stats.hits += 1
+                self.stats.kind(kind).hits += 1
                 log.debug("hit %s %s", kind, label)
             else:
                 entry = self._load(key, load, label=label, kind=kind, place=place, estimate=estimate,
@@ -189,8 +208,12 @@ class ModelCache:
         seconds = time.monotonic() - t0
         self.stats.loads += 1
         self.stats.load_seconds += seconds
+        counts = self.stats.kind(kind)
+        counts.loads += 1
+        counts.load_seconds += seconds
         entry = _Entry(key, label, kind, place, obj, measure_bytes(obj), on_evict=on_evict)
         self._entries[key] = entry
+        self.stats.held_bytes[place] += entry.size
         self.stats.peak_bytes[place] = max(self.stats.peak_bytes[place], self.used_bytes(place))
         entry.holds += 1  # protected from its own room-making
         try:
@@ -217,6 +240,8 @@ class ModelCache:
     def _evict(self, key: Hashable, reason: str) -> None:
         entry = self._entries.pop(key)
         self.stats.evictions += 1
+        self.stats.kind(entry.kind).evictions += 1
+        self.stats.held_bytes[entry.place] -= entry.size
         for slot in [s for s, k in self._slots.items() if k == key]:
             del self._slots[slot]
         log.info("evicting %s %s (%s) %s; %s cache holds %s of %s", entry.kind, entry.label, fmt_bytes(entry.size),
