@@ -2,6 +2,7 @@
 
     atelier generate --mannequin M.png --clothes-mask K.png [--background B.png] --prompt "..." -o DIR
     atelier models
+    atelier cancel TASKUID [TASKUID ...]
 
 The key pair comes from --public-key/--private-key, else ATELIER_PUBLIC_KEY/ATELIER_PRIVATE_KEY,
 else the dev key pair that ``make run`` created under ATELIER_DATA_DIR (default ./var). The server
@@ -117,6 +118,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             if status in ENDED_STATUSES:
                 break
             time.sleep(args.poll)
+    if detail.get("Status") == TaskStatus.CANCELED:
+        raise ClientError(f"task {uid} was canceled")
     if detail.get("Status") != TaskStatus.FINISHED:
         raise ClientError(f"task {uid} did not finish: {detail.get('Status', 'timeout')} "
                           f"{detail.get('ErrorCode', '')} {detail.get('ErrorMessage', '')}".strip())
@@ -132,6 +135,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
     console.print(f"seed {detail.get('Seed')}")
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    pub, priv = _keys(args)
+    details = call(args.url, pub, priv, "CancelTask", TaskUIDList=args.task_uid)["TaskDetailList"]
+    found = {d["TaskUID"]: d["Status"] for d in details}
+    for uid in args.task_uid:
+        print(f"{uid} {found.get(uid, 'not found (or not yours)')}")
+    return 0 if len(found) == len(set(args.task_uid)) else 1
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -178,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-o", "--output", required=True, help="folder for the images")
     g.set_defaults(func=cmd_generate)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
+    c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")
+    c.add_argument("task_uid", nargs="+")
+    c.set_defaults(func=cmd_cancel)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.api import KEYS, PUB, ROOT, example_inputs
+from support.api import KEYS, PUB, ROOT, example_inputs, generate_body, signed
 
 pytestmark = pytest.mark.slow
 
@@ -53,3 +53,12 @@ def test_models_lists_every_type(live_stack):
     assert out.returncode == 0
     for kind in ("Main", "LoRA", "Embedding", "HyperNetwork", "PreProcessor", "ControlModel"):
         assert kind in out.stdout
+
+
+def test_cancel_names_each_task_and_its_status(live_stack, tmp_path):
+    out = live_stack.post(signed(generate_body(Seed=31)))
+    uid = out["TaskUID"]
+    live_stack.wait(uid)
+    done = atelier(live_stack, "cancel", uid, "nosuchtask")
+    assert done.returncode == 1  # one of the two is not the caller's task
+    assert done.stdout.splitlines() == [f"{uid} Finished", "nosuchtask not found (or not yours)"]
