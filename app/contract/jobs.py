@@ -11,10 +11,19 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.contract.limits import DEFAULT_BACKGROUND_RESIZE_MODE, DEFAULT_REFER_STRENGTH, DEFAULT_RESIZE_MODE
+from app.contract.limits import (
+    DEFAULT_BACKGROUND_RESIZE_MODE,
+    DEFAULT_BACKGROUND_THRESHOLD,
+    DEFAULT_ERODE_SIZE,
+    DEFAULT_FOREGROUND_THRESHOLD,
+    DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_REFER_STRENGTH,
+    DEFAULT_RESIZE_MODE,
+)
 
 JOB_VERSION = 1
 GENERATE_TASK_NAME = "atelier.generate"
+MASK_TASK_NAME = "atelier.mask"
 
 
 class TaskStatus(StrEnum):
@@ -63,7 +72,9 @@ class JobMessage(BaseModel):
     batch_size: int
     use_main_model_vae: bool = False
     mannequin_image: str
-    clothes_mask: str
+    clothes_mask: str | None = None          # None: the clothes segmenter makes it on the mannequin photo
+    clothes_segmenter: str | None = None     # with clothes_mask None: the ClothesSegmenter's ModelCode
+    garment_classes: list[int] | None = None  # ... and the classes that count as garment (None: its own)
     resize_mode: str = DEFAULT_RESIZE_MODE
     invert_mask: bool = False
     background_image: str | None = None
@@ -71,6 +82,31 @@ class JobMessage(BaseModel):
     background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class MaskJobMessage(BaseModel):
+    """What a worker needs to run one mask task (RemoveBackground, RemoveBackgroundsInBatch, ExtractContents).
+    Values validated and defaulted by the gateway; ``images`` are storage keys (one, or several for a batch).
+
+    Results, in ``images`` order: the cut-out (RGBA PNG of the input's size, transparent outside the object)
+    then the mask (grey PNG, white = the object), or only the mask with ``only_mask``."""
+
+    v: int = JOB_VERSION
+    task_uid: str
+    action: str                              # one of limits.MASK_ACTIONS
+    engine: str                              # ModelCode of the engine (BackgroundRemover / PointSegmenter)
+    images: list[str]
+    box: list[int] | None = None             # x1, y1, x2, y2 (RemoveBackground)
+    include_points: list[tuple[int, int]] = Field(default_factory=list)   # (x, y), ExtractContents
+    exclude_points: list[tuple[int, int]] = Field(default_factory=list)
+    erode_size: int = DEFAULT_ERODE_SIZE
+    foreground_threshold: int = DEFAULT_FOREGROUND_THRESHOLD
+    background_threshold: int = DEFAULT_BACKGROUND_THRESHOLD
+    hair_optimization: str = DEFAULT_HAIR_OPTIMIZATION
+    only_mask: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -65,7 +65,9 @@ DEFAULT_GUIDANCE_SCALE = 7.0
 
 # --- model types (ModelType), families and sources ---------------------------------------------------
 
-MODEL_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel", "PreProcessor")
+MASK_ENGINE_TYPES: tuple[str, ...] = ("BackgroundRemover", "PointSegmenter", "ClothesSegmenter")
+MODEL_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel", "PreProcessor",
+                                *MASK_ENGINE_TYPES)
 GENERATION_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork")   # listed by ListModels
 SUBMODEL_TYPES: tuple[str, ...] = ("LoRA", "Embedding", "HyperNetwork")             # SubModelList
 CONTROL_TYPES: tuple[str, ...] = ("PreProcessor", "ControlModel")                   # listed by ListControlNets
@@ -83,6 +85,17 @@ DEFAULT_POINTS = 1
 
 #: ``source: {demo: <kind>}``: the tiny models the demo deployment builds by code (``workers/demo``), by the
 #: ModelType that may name each (``translator`` is the top-level translator's).
+#: The engines of each mask engine type (``engine:`` in models_config/): ``rembg`` runs an ONNX file in rembg's
+#: layout (u2net, isnet, birefnet ...), ``rembg-cloth`` rembg's ``u2net_cloth_seg``, ``sam`` a transformers
+#: SamModel folder, ``segformer`` a transformers semantic-segmentation folder; ``grabcut`` needs no weights.
+MASK_ENGINES: dict[str, tuple[str, ...]] = {
+    "BackgroundRemover": ("rembg", "grabcut"),
+    "PointSegmenter": ("sam", "grabcut"),
+    "ClothesSegmenter": ("rembg-cloth", "segformer"),
+}
+#: The engines that read no weights (no ``source:``).
+WEIGHT_FREE_ENGINES: tuple[str, ...] = ("grabcut",)
+
 DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     "Main": ("inpaint", "sd15"),
     "LoRA": ("lora-kohya", "lora-peft"),
@@ -90,9 +103,29 @@ DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     "HyperNetwork": ("hypernetwork",),
     "ControlModel": ("controlnet",),
     "PreProcessor": ("annotators",),
+    "BackgroundRemover": ("u2net-onnx",),
+    "PointSegmenter": ("sam",),
+    "ClothesSegmenter": ("segformer", "cloth-onnx"),
     "translator": ("translator",),
 }
 DEMO_SOURCE_KINDS: tuple[str, ...] = tuple(kind for kinds in DEMO_SOURCES.values() for kind in kinds)
+
+
+# --- mask actions (RemoveBackground, RemoveBackgroundsInBatch, ExtractContents: PICPIK-FACTS section 9) ----
+
+ERODE_SIZE_RANGE = Range(0, 40)             # ErodeSize, pixels of edge blur
+DEFAULT_ERODE_SIZE = 15
+THRESHOLD_RANGE = Range(0, 255)             # ForegroundThreshold, BackgroundThreshold
+DEFAULT_FOREGROUND_THRESHOLD = 240
+DEFAULT_BACKGROUND_THRESHOLD = 15
+HAIR_OPTIMIZATION_MODES: tuple[str, ...] = ("auto", "on", "off")
+DEFAULT_HAIR_OPTIMIZATION = "auto"
+MAX_POINTS = 32                             # IncludePointList / ExcludePointList entries (Atelier's limit)
+MASK_ACTIONS: tuple[str, ...] = ("RemoveBackground", "RemoveBackgroundsInBatch", "ExtractContents")
+#: The engine type each mask action runs (its ``Engine`` extension field names one of that type).
+MASK_ACTION_ENGINE_TYPE: dict[str, str] = {"RemoveBackground": "BackgroundRemover",
+                                           "RemoveBackgroundsInBatch": "BackgroundRemover",
+                                           "ExtractContents": "PointSegmenter"}
 
 
 def number(x: float) -> str:

@@ -35,6 +35,8 @@ from app.contract.limits import (
     FAMILIES,
     GUIDANCE_SCALE_RANGE,
     LORA_WEIGHT_RANGE,
+    MASK_ENGINE_TYPES,
+    MASK_ENGINES,
     MODEL_TYPES,
     PREPROCESSOR_KINDS,
     RESOLUTION_RANGE,
@@ -42,6 +44,7 @@ from app.contract.limits import (
     SOURCE_KINDS,
     STEP_RATIO_RANGE,
     STEPS_RANGE,
+    WEIGHT_FREE_ENGINES,
 )
 
 log = logging.getLogger("atelier.registry")
@@ -51,6 +54,12 @@ PreProcessorKind = Literal[PREPROCESSOR_KINDS]
 Family = Literal[FAMILIES]
 SourceKind = Literal[SOURCE_KINDS]
 DemoKind = Literal[DEMO_SOURCE_KINDS]
+MaskEngine = Literal[tuple(kind for kinds in MASK_ENGINES.values() for kind in dict.fromkeys(kinds))]
+#: rembg's model names (its sessions), for ``engine: rembg`` entries: the pre- and post-processing of the file.
+REMBG_MODELS: tuple[str, ...] = ("u2net", "u2netp", "u2net_human_seg", "isnet-general-use", "isnet-anime", "silueta",
+                                 "birefnet-general", "birefnet-general-lite", "birefnet-portrait", "birefnet-massive",
+                                 "birefnet-hrsod", "birefnet-dis", "birefnet-cod", "bria-rmbg")
+RembgModel = Literal[REMBG_MODELS]
 
 #: diffusers scheduler classes a Main model's ``defaults.scheduler`` may name: the ones Stable Diffusion
 #: (1.x/2.x and XL) pipelines declare compatible (``KarrasDiffusionSchedulers``) that need no extra
@@ -193,9 +202,24 @@ class ModelEntry(BaseModel):
     default_control: list[DefaultControl] = Field(default_factory=list, description="Main: control by default")
     default_main: bool = Field(False, description="Main: the model of a request without MainModel (one at most)")
     points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image costs (TaskDetail.ConsumeApiPoint)")
+    # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
+    engine: MaskEngine | None = Field(None, description="a mask engine's kind (limits.MASK_ENGINES)")
+    rembg_model: RembgModel | None = Field(None, description="engine rembg: which of rembg's models the ONNX"
+                                           " file is (its pre- and post-processing); default u2net")
+    garment_classes: list[int] | None = Field(None, description="ClothesSegmenter: the class ids that count as"
+                                              " garment (default: the engine's usual clothes classes)")
+    default_engine: bool = Field(False, description="a mask engine: its type's default (one at most per type)")
 
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
+        is_engine = self.model_type in MASK_ENGINE_TYPES
+        for name in ("engine", "rembg_model", "garment_classes"):
+            if getattr(self, name) is not None and not is_engine:
+                raise ValueError(f"`{name}:` is for mask engines only ({', '.join(MASK_ENGINE_TYPES)})")
+        if self.default_engine and not is_engine:
+            raise ValueError(f"`default_engine:` is for mask engines only ({', '.join(MASK_ENGINE_TYPES)})")
+        if is_engine:
+            return self._engine_fits()
         if self.model_type == "PreProcessor":
             if self.preprocessor is None:
                 raise ValueError(f"a PreProcessor needs `preprocessor:` ({', '.join(PREPROCESSOR_KINDS)})")
@@ -230,6 +254,36 @@ class ModelEntry(BaseModel):
             if self.defaults.scheduler is not None:
                 raise ValueError("defaults.scheduler applies to Main models only")
         return self
+
+    def _engine_fits(self) -> ModelEntry:
+        kinds = MASK_ENGINES[self.model_type]
+        if self.engine not in kinds:
+            raise ValueError(f"a {self.model_type} needs `engine:` one of {', '.join(kinds)}")
+        if self.rembg_model is not None and self.engine != "rembg":
+            raise ValueError("`rembg_model:` is for `engine: rembg` only")
+        if self.garment_classes is not None and self.model_type != "ClothesSegmenter":
+            raise ValueError("`garment_classes:` is for ClothesSegmenter entries only")
+        if self.engine in WEIGHT_FREE_ENGINES:
+            if self.source is not None:
+                raise ValueError(f"`engine: {self.engine}` reads no weights: leave `source:` out")
+            return self
+        if self.source is None:
+            raise ValueError(f"`engine: {self.engine}` needs a source")
+        kind = self.source.kind
+        if kind == "demo" and self.source.demo not in DEMO_SOURCES[self.model_type]:
+            raise ValueError(f"demo: {self.source.demo} is not a {self.model_type}")
+        wanted = ("file", "demo") if self.engine in ("rembg", "rembg-cloth") else ("path", "demo")
+        if kind not in wanted:
+            what = "an .onnx `file:`" if "file" in wanted else "a model folder (`path:`)"
+            raise ValueError(f"`engine: {self.engine}` reads {what}, not {kind}")
+        if kind == "file" and self.source.file.suffix.lower() != ".onnx":
+            raise ValueError(f"`engine: {self.engine}` reads an .onnx file, got {self.source.file.name!r}")
+        return self
+
+    def to_engine(self) -> dict[str, Any]:
+        """A ListModels ``MaskEngines`` entry (an extension): what a client may name as ``Engine``."""
+        return {"ModelCode": self.model_code, "Name": self.name, "ModelType": self.model_type,
+                "Engine": self.engine}
 
     def to_model(self) -> dict[str, Any]:
         """PICPIK's ``Model`` object (ListModels' MainModels, LoraModels, ...), fit to be sent back as
@@ -303,6 +357,11 @@ class Registry:
         marked = [e.model_code for e in self._by_code.values() if e.default_main]
         if len(marked) > 1:
             raise ValueError(f"`default_main: true` on {len(marked)} Main models ({', '.join(marked)}); mark one")
+        for engine_type in MASK_ENGINE_TYPES:
+            marked = [e.model_code for e in self.entries_of(engine_type) if e.default_engine]
+            if len(marked) > 1:
+                raise ValueError(f"`default_engine: true` on {len(marked)} {engine_type}s ({', '.join(marked)});"
+                                 " mark one")
         for e in self._by_code.values():
             for i, unit in enumerate(e.default_control):
                 for code, kind in ((unit.preprocessor, "PreProcessor"), (unit.control_model, "ControlModel")):
@@ -325,6 +384,12 @@ class Registry:
         first Main model of the file, else None."""
         mains = self.entries_of("Main")
         return next((e for e in mains if e.default_main), mains[0] if mains else None)
+
+    def default_engine(self, engine_type: str) -> ModelEntry | None:
+        """The mask engine of ``engine_type`` a request that names none gets: the one marked
+        ``default_engine: true``, else the first of the file, else None (the deployment has none)."""
+        engines = self.entries_of(engine_type)
+        return next((e for e in engines if e.default_engine), engines[0] if engines else None)
 
     def entries_of(self, *types: str) -> list[ModelEntry]:
         return [e for e in self._by_code.values() if e.model_type in types]

@@ -18,7 +18,10 @@ from pathlib import Path
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _UID = re.compile(r"^[0-9a-v]{21}$")
-_RESULT = re.compile(r"^\d{1,2}\.png$")
+_RESULT = re.compile(r"^(\d{1,2}|clothes-mask)\.png$")
+
+#: The result file of a clothes mask the worker made itself (GenerateFromMannequin without ClothesMaskIndex).
+AUTO_MASK_NAME = "clothes-mask.png"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -57,8 +60,9 @@ class Storage:
             raise ValueError("bad result name")
         return self.results / uid / name
 
-    def write_result(self, uid: str, index: int, png: bytes) -> str:
-        name = f"{index}.png"
+    def write_result(self, uid: str, index: int | str, png: bytes) -> str:
+        """Write result ``index`` (``<index>.png``) or a named result (:data:`AUTO_MASK_NAME`); its name."""
+        name = index if isinstance(index, str) else f"{index}.png"
         _atomic_write(self.result_path(uid, name), png)
         return name
 

@@ -184,6 +184,7 @@ class TaskRecord:
     worker: str = ""
     job: dict[str, Any] | None = None
     queue: str = ""
+    clothes_mask: str = ""        # the result name of a clothes mask the worker made itself
     created_at: float = 0.0
     finished_at: float = 0.0
     callback_url: str = ""  # where its TaskDetail is POSTed when it ends ("": nowhere; app/webhooks.py)
@@ -199,6 +200,7 @@ class TaskRecord:
             created_at=float(h.get("created_at", 0)), finished_at=float(h.get("finished_at", 0)),
             attempt=int(h.get("attempt", 0)), deaths=int(h.get("deaths", 0)), worker=h.get("worker", ""),
             job=orjson.loads(h["job"]) if h.get("job") else None, queue=h.get("queue", ""),
+            clothes_mask=h.get("clothes_mask", ""),
             callback_url=h.get("callback_url", ""),
         )
 
@@ -297,6 +299,10 @@ class TaskStore:
         """Extend ``worker``'s lease: ``"run"``, ``"cancel"`` (its owner asked to cancel it) or ``"lost"``
         (the lease expired and the task was given to another run: stop without a trace)."""
         return str(self._renew(keys=[task_key(uid), LEASES], args=[worker, time.time() + lease_s, uid]))
+
+    def set_clothes_mask(self, uid: str, name: str) -> None:
+        """Record the result name of the clothes mask the worker made for the task (served with its images)."""
+        self.r.hset(task_key(uid), "clothes_mask", name)
 
     def set_progress(self, uid: str, step: int, total_steps: int) -> None:
         self.r.hset(task_key(uid), mapping={"step": step, "total_steps": total_steps})
