@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from workers.demo.control import ensure_demo_controlnet, write_demo_annotators
+from workers.demo.masks import ensure_demo_cloth_seg, ensure_demo_sam, ensure_demo_segformer, ensure_demo_u2net
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.demo.publish import ensure_folder
 from workers.demo.submodels import ensure_demo_submodels
@@ -32,6 +33,14 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
         return ensure_demo_controlnet(demo_dir / "demo-controlnet", base_model=demo_path("inpaint", demo_dir))
     if kind == "annotators":
         return ensure_demo_annotators(demo_dir / "demo-annotators")
+    if kind == "u2net-onnx":  # the .onnx file inside the folder
+        return ensure_demo_u2net(demo_dir / "demo-u2net")
+    if kind == "cloth-onnx":  # the .onnx file inside the folder
+        return ensure_demo_cloth_seg(demo_dir / "demo-cloth-seg")
+    if kind == "sam":
+        return ensure_demo_sam(demo_dir / "demo-sam")
+    if kind == "segformer":
+        return ensure_demo_segformer(demo_dir / "demo-segformer")
     raise ValueError(f"unknown demo source {kind!r}")
 
 
