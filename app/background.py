@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from app.contract.codes import ErrorCode, worker_lost_message
-from app.contract.jobs import GENERATE_TASK_NAME
+from app.contract.jobs import task_name_for
 from app.services import Services
 from app.webhooks import Deliverer
 
@@ -45,7 +45,7 @@ def recover_once(svc: Services) -> list[tuple[str, str]]:
                 log.error("task %s lost its worker but has no job message to send again", uid)
                 svc.tasks.mark_error(uid, ErrorCode.INTERNAL, "Internal error (the task's job message is missing)")
                 continue
-            svc.celery.send_task(GENERATE_TASK_NAME, args=[rec.job], queue=rec.queue or s.queue)
+            svc.celery.send_task(task_name_for(rec.action), args=[rec.job], queue=rec.queue or s.queue)
             if state == "requeue":
                 log.warning("task %s: its worker stopped renewing its lease (death %d; %d allowed); sent again",
                             uid, deaths, s.max_worker_deaths - 1)

@@ -1,6 +1,6 @@
 """The gateway: ``POST /`` dispatches PICPIK actions; every API-level outcome is HTTP 200 with a
-RetCode. Also ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (``app/metrics.py``) and
-``GET /results/{TaskUID}/{i}.png`` (signed)."""
+RetCode. Also ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (``app/metrics.py``),
+and ``GET /results/{TaskUID}/{name}`` (signed)."""
 from __future__ import annotations
 
 import logging
@@ -148,7 +148,8 @@ async def result_file(uid: str, name: str, exp: int, sig: str, svc: ServicesDep)
         return not_found
     rec = await run_in_threadpool(svc.tasks.get, uid)
     key = svc.keys.private_key(rec.owner) if rec else None
-    if rec is None or key is None or name not in rec.images or not check_link(key, uid, name, exp, sig):
+    served = (*rec.images, rec.clothes_mask) if rec else ()  # its images, and the clothes mask it made
+    if rec is None or key is None or name not in served or not check_link(key, uid, name, exp, sig):
         return not_found
     if not path.exists():
         return not_found

@@ -20,7 +20,7 @@ from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.main import app
 from app.services import get_services
-from support.api import KEYS, PUB, ROOT, TEST_MODELS_YAML, TEST_REDIS_URL, free_port, signed
+from support.api import KEYS, PUB, ROOT, TEST_MODELS_YAML, TEST_REDIS_URL, free_port, signed, write_corrupt_engines
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,7 @@ def atelier_env(tmp_path_factory, redis_url) -> dict[str, str]:
     port = free_port()
     models = base / "models.yaml"
     models.write_text(TEST_MODELS_YAML)
+    write_corrupt_engines(base)
     (base / "corrupt-lora.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json" + b"\x00" * 64)
     env = {
         "ATELIER_MODELS_CONFIG": str(models),

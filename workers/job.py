@@ -19,8 +19,10 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import redis
 import torch
 from PIL import Image, ImageOps
@@ -29,11 +31,14 @@ from app.contract.codes import ErrorCode, model_message, worker_lost_message
 from app.contract.jobs import JOB_VERSION, JobMessage
 from app.contract.limits import SUBMODEL_TYPES
 from app.contract.registry import ModelEntry, Registry
+from app.contract.storage import AUTO_MASK_NAME
 from app.contract.taskstore import TaskStore
 from workers.inference.compose import Composition, fit_background, fit_geometry, prepare
 from workers.inference.control import control_pipeline, run_control_inpaint
 from workers.inference.inpaint import run_inpaint
 from workers.inference.preprocess import preprocess
+from workers.masks.engines import EngineError, garment_mask
+from workers.masks.refine import drop_specks
 from workers.metrics import record_job
 from workers.models.cache import Lease, ModelLoadError, is_oom
 from workers.models.sources import local_path
@@ -172,71 +177,97 @@ class Plan:
     control_models: list[ModelEntry] = field(default_factory=list)
 
 
-def run_job(rt: WorkerRuntime, message: dict) -> None:
-    """Run one job message to its end; whatever goes wrong ends the task in Error and returns normally,
-    so that the worker takes the next job. A task already ended, or running under another worker's live lease
-    (a duplicate message), is skipped."""
-    store = rt.store
+def version_ok(rt: WorkerRuntime, message: dict) -> bool:
+    """Whether this worker reads the job message's version; a task of another version ends in Error."""
+    if message.get("v") == JOB_VERSION:
+        return True
     uid = str(message.get("task_uid", ""))
-    if message.get("v") != JOB_VERSION:
-        log.error("task %s: job message version %r not supported (want %d)", uid, message.get("v"), JOB_VERSION)
-        if uid and store.get(uid):
-            store.mark_error(uid, ErrorCode.UNSUPPORTED_JOB, f"job message version {message.get('v')} not supported")
-            record_job("?", "error", error_code=ErrorCode.UNSUPPORTED_JOB)
-        return
-    job = JobMessage.model_validate(message)
-    entry = rt.registry.get(job.main_model)
-    steps = entry.defaults.steps if entry is not None else 0
-    state, attempt = store.start(job.task_uid, rt.worker_id, rt.settings.lease_s, steps * job.batch_size,
+    log.error("task %s: job message version %r not supported (want %d)", uid, message.get("v"), JOB_VERSION)
+    if uid and rt.store.get(uid):
+        rt.store.mark_error(uid, ErrorCode.UNSUPPORTED_JOB, f"job message version {message.get('v')} not supported")
+        record_job("?", "error", error_code=ErrorCode.UNSUPPORTED_JOB)
+    return False
+
+
+#: ``work(lease, timings, watch) -> (images stored, what the log line says of them)``
+Work = Callable[[Lease, Timings, JobWatch], tuple[int, str]]
+
+
+def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budget_s: float, work: Work,
+             oom_message: str) -> None:
+    """The life of one task on this worker, whatever its action: take its lease (skipped when it already
+    ended or runs elsewhere; ended 502 when its runs keep killing workers), watch it (lease renewal,
+    cancellation, time budget), hold its models for the run, and end it: Finished by ``work``, else Canceled
+    or Error with a code and a one-line message. Returns normally whatever happened, so that the worker
+    takes the next job. ``label`` names the task's model in the log and the metrics."""
+    store = rt.store
+    state, attempt = store.start(uid, rt.worker_id, rt.settings.lease_s, total_steps,
                                  max_deaths=rt.settings.max_worker_deaths)
     if state == "poison":  # a leftover copy of its message found it after the last of its workers died
-        store.mark_error(job.task_uid, ErrorCode.WORKER_LOST, worker_lost_message(attempt))
-        log.error("task %s: its run killed %d workers; ended in Error", job.task_uid, attempt)
+        store.mark_error(uid, ErrorCode.WORKER_LOST, worker_lost_message(attempt))
+        log.error("task %s: its run killed %d workers; ended in Error", uid, attempt)
         return
     if state != "started":
-        log.info("task %s: %s; not run here", job.task_uid,
+        log.info("task %s: %s; not run here", uid,
                  {"ended": "already ended", "busy": "running on another worker", "missing": "expired"}[state])
         return
-    rec = store.get(job.task_uid)
+    rec = store.get(uid)
     timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at) if rec else 0.0)
     if attempt > 1:
-        store.add_note(job.task_uid, f"run again (attempt {attempt}): the worker running it before stopped")
-    watch = JobWatch(store, job.task_uid, rt.worker_id, rt.settings.lease_s, time_budget(rt.settings, job, steps))
+        store.add_note(uid, f"run again (attempt {attempt}): the worker running it before stopped")
+    watch = JobWatch(store, uid, rt.worker_id, rt.settings.lease_s, budget_s)
     lease = rt.cache.lease()
     me = rt.worker_id
     count, code = 0, None
     try:
         with watch, lease:
-            count = _generate(rt, lease, job, timings, watch)
+            count, what = work(lease, timings, watch)
     except JobLost:
-        log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", job.task_uid)
+        log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", uid)
         outcome = "lost"
     except JobCanceled:
-        log.info("task %s canceled by its owner", job.task_uid)
-        outcome = "canceled" if store.mark_canceled(job.task_uid, worker=me) else "lost"
+        log.info("task %s canceled by its owner", uid)
+        outcome = "canceled" if store.mark_canceled(uid, worker=me) else "lost"
     except JobError as e:
-        log.warning("task %s failed: %s", job.task_uid, e.message)
+        log.warning("task %s failed: %s", uid, e.message)
         code = e.code
-        outcome = "error" if store.mark_error(job.task_uid, e.code, e.message, worker=me) else "lost"
+        outcome = "error" if store.mark_error(uid, e.code, e.message, worker=me) else "lost"
     except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
         if is_oom(e):
             torch.cuda.empty_cache()
-            msg = f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}: lower BatchSize or Width/Height"
-            log.warning("task %s failed: %s (%s)", job.task_uid, msg, e)
+            msg = oom_message
+            log.warning("task %s failed: %s (%s)", uid, msg, e)
             code = ErrorCode.OUT_OF_MEMORY
         else:
-            log.exception("task %s: internal error", job.task_uid)
+            log.exception("task %s: internal error", uid)
             code, msg = ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})"
-        outcome = "error" if store.mark_error(job.task_uid, code, msg, worker=me) else "lost"
+        outcome = "error" if store.mark_error(uid, code, msg, worker=me) else "lost"
     else:
         outcome = "finished"
-        models = ", ".join(f"{label} ({how})" for label, how in lease.used.items())
-        log.info("task %s finished: %d image(s) of %dx%d; models %s; %s", job.task_uid, count, job.width,
-                 job.height, models, timings.line())
+        models = ", ".join(f"{name} ({how})" for name, how in lease.used.items())
+        log.info("task %s finished: %s; models %s; %s", uid, what, models, timings.line())
     done = outcome == "finished"
-    record_job(job.main_model, outcome, queue_wait=timings.queue_wait, load=lease.load_seconds,
+    record_job(label, outcome, queue_wait=timings.queue_wait, load=lease.load_seconds,
                inference=timings.inference if done else None, store=timings.store if done else None,
                images=count if done else 0, error_code=code if outcome == "error" else None)
+
+
+def run_job(rt: WorkerRuntime, message: dict) -> None:
+    """Run one GenerateFromMannequin job message to its end (:func:`run_task`)."""
+    if not version_ok(rt, message):
+        return
+    job = JobMessage.model_validate(message)
+    entry = rt.registry.get(job.main_model)
+    steps = entry.defaults.steps if entry is not None else 0
+
+    def work(lease: Lease, timings: Timings, watch: JobWatch) -> tuple[int, str]:
+        count = _generate(rt, lease, job, timings, watch)
+        return count, f"{count} image(s) of {job.width}x{job.height}"
+
+    run_task(rt, job.task_uid, label=job.main_model, total_steps=steps * job.batch_size,
+             budget_s=time_budget(rt.settings, job, steps), work=work,
+             oom_message=f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}:"
+                         " lower BatchSize or Width/Height")
 
 
 def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings, watch: JobWatch) -> int:
@@ -272,12 +303,15 @@ def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings
 
 
 def _plan(rt: WorkerRuntime, lease: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
-    mannequin = _open_input(rt, job.mannequin_image)
-    mask = _open_input(rt, job.clothes_mask)
+    mannequin = open_input(rt, job.mannequin_image)
+    if job.clothes_mask is not None:
+        mask = open_input(rt, job.clothes_mask)
+    else:
+        mask = _auto_clothes_mask(rt, lease, registry, job, mannequin)
     comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
     background = None
     if job.background_image:
-        raw = _open_input(rt, job.background_image)
+        raw = open_input(rt, job.background_image)
         background = fit_background(raw, comp.width, comp.height, job.background_resize_mode)
     specs = _submodel_specs(rt, registry, job)
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
@@ -292,7 +326,38 @@ def _plan(rt: WorkerRuntime, lease: Lease, registry: Registry, entry: ModelEntry
     return plan
 
 
-def _open_input(rt: WorkerRuntime, key: str) -> Image.Image:
+def _auto_clothes_mask(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMessage,
+                       mannequin: Image.Image) -> Image.Image:
+    """The clothes mask of a request without one: the job's ClothesSegmenter finds the garment classes on the
+    mannequin photo (a cut-out is laid on neutral grey first, and its transparent part is never garment). The
+    mask is stored with the task's results (:data:`AUTO_MASK_NAME`, served as ``ClothesMaskUrl``)."""
+    entry = registry.get(job.clothes_segmenter or "")
+    if entry is None or entry.model_type != "ClothesSegmenter":
+        raise JobError(ErrorCode.MODEL, model_message(str(job.clothes_segmenter)))
+    engine = rt.models.mask_engine(lease, entry, registry)
+    rgba = mannequin.convert("RGBA")
+    flat = Image.new("RGBA", rgba.size, (200, 200, 200, 255))
+    flat.alpha_composite(rgba)
+    try:
+        labels = engine.classes(np.asarray(flat.convert("RGB")))
+    except EngineError as e:
+        log.error("task %s: clothes segmenter %s failed: %s", job.task_uid, entry.model_code, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{entry.model_code}] could not be used") from e
+    classes = job.garment_classes or entry.garment_classes or list(engine.default_classes)
+    mask = drop_specks(garment_mask(labels, classes))
+    mask[np.asarray(rgba.getchannel("A")) < 128] = 0
+    if not mask.any():
+        raise JobError(ErrorCode.BAD_INPUT, f"the clothes segmenter {entry.model_code} found no garment (classes"
+                                            f" {', '.join(map(str, classes))}) on the mannequin image: send"
+                                            " Mannequin.ClothesMaskIndex")
+    out = Image.fromarray(mask, "L")
+    buf = io.BytesIO()
+    out.save(buf, format="PNG")
+    rt.store.set_clothes_mask(job.task_uid, rt.storage.write_result(job.task_uid, AUTO_MASK_NAME, buf.getvalue()))
+    return out
+
+
+def open_input(rt: WorkerRuntime, key: str) -> Image.Image:
     try:
         img = Image.open(rt.storage.input_path(key))
         img.load()
@@ -344,7 +409,7 @@ def _control_map(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMe
     if unit.image == job.mannequin_image:
         image = comp.image
     else:
-        image = fit_geometry(_open_input(rt, unit.image).convert("RGB"), comp.width, comp.height, job.resize_mode)
+        image = fit_geometry(open_input(rt, unit.image).convert("RGB"), comp.width, comp.height, job.resize_mode)
     if unit.preprocessor is None:
         return image
     pre = registry.get(unit.preprocessor)

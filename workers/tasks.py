@@ -15,11 +15,12 @@ from celery import Task
 from celery.concurrency import get_implementation
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from app.contract.jobs import GENERATE_TASK_NAME
+from app.contract.jobs import GENERATE_TASK_NAME, MASK_TASK_NAME
 from app.contract.redis_conn import broker_url, connect
 from app.contract.settings import get_settings
 from workers.celery_app import celery
 from workers.job import run_job
+from workers.mask_job import run_mask_job
 from workers.metrics import Heartbeat, serve_metrics
 from workers.runtime import WorkerRuntime, this_worker_id
 
@@ -40,6 +41,11 @@ class RuntimeTask(Task):
 @celery.task(name=GENERATE_TASK_NAME, base=RuntimeTask, bind=True, acks_late=True)
 def generate(self: RuntimeTask, message: dict) -> None:
     run_job(self.runtime, message)
+
+
+@celery.task(name=MASK_TASK_NAME, base=RuntimeTask, bind=True, acks_late=True)
+def mask(self: RuntimeTask, message: dict) -> None:
+    run_mask_job(self.runtime, message)
 
 
 @worker_init.connect

@@ -4,6 +4,7 @@ from __future__ import annotations
 from app.actions.base import Handler
 from app.actions.cancel import cancel_task
 from app.actions.generate import generate_from_mannequin
+from app.actions.masks import mask_action
 from app.actions.models import list_control_nets, list_models
 from app.actions.tasks import list_running_tasks, list_tasks_details
 
@@ -14,4 +15,7 @@ ACTIONS: dict[str, Handler] = {
     "ListRunningTasks": list_running_tasks,
     "ListControlNets": list_control_nets,
     "CancelTask": cancel_task,  # an extension of PICPIK's API
+    "RemoveBackground": mask_action,
+    "RemoveBackgroundsInBatch": mask_action,
+    "ExtractContents": mask_action,
 }

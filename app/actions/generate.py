@@ -7,15 +7,14 @@ import secrets
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.codes import RetCode
+from app.actions.submit import callback_url, store_input, submit
 from app.contract.jobs import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
-from app.contract.limits import DEFAULT_RESOLUTION, SUBMODEL_TYPES
+from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SUBMODEL_TYPES
 from app.contract.registry import ModelEntry
-from app.contract.taskstore import TooManyActiveTasks, new_task_uid
+from app.contract.taskstore import new_task_uid
 from app.errors import ApiError
-from app.keys import WEBHOOK_SECRET_FIELD
 from app.services import Services
-from app.validation.generate import CALLBACK_URL_FIELD, ControlUnit, GenerateRequest, parse_generate
+from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
 
 log = logging.getLogger("atelier.gateway")
 
@@ -54,21 +53,30 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
     return refs
 
 
-def _callback_url(req: GenerateRequest, call: SignedCall, svc: Services) -> str | None:
-    """Where the task's webhook goes: the request's CallbackUrl, else its key's default (docs/API.md "Webhooks").
-    A CallbackUrl needs the key's webhook secret to sign with (the key file refuses a default without one)."""
-    pair = svc.keys.pair(call.public_key)
-    if req.callback_url is not None and (pair is None or not pair.webhook_secret):
-        raise ApiError.param(CALLBACK_URL_FIELD, f"needs a webhook secret for this PublicKey ({WEBHOOK_SECRET_FIELD}"
-                                                 " in the deployment's key file): ask the operator for one")
-    return req.callback_url or (pair.callback_url if pair else None)
+def _clothes_segmenter(req: GenerateRequest, svc: Services, notes: list[str]) -> ModelEntry | None:
+    """Without ``Mannequin.ClothesMaskIndex``: the ClothesSegmenter that makes the mask (the request's
+    ``Mannequin.ClothesSegmenter``, else the deployment's default); 230 when the deployment has none."""
+    if req.clothes_mask_index is not None:
+        return None
+    if req.clothes_segmenter is not None:
+        entry = _model(svc, req.clothes_segmenter, "ClothesSegmenter")
+    else:
+        entry = svc.registry.default_engine("ClothesSegmenter")
+        if entry is None:
+            raise ApiError.param("Mannequin.ClothesMaskIndex", "is required: this deployment has no clothes"
+                                 " segmenter to find the garment (a ClothesSegmenter in models_config/)")
+    classes = req.garment_classes or entry.garment_classes
+    notes.append(f"Mannequin.ClothesMaskIndex: not given; the clothes mask is made by the clothes segmenter"
+                 f" {entry.model_code}{f' (classes {classes})' if classes else ''} and served as"
+                 f" {CLOTHES_MASK_URL_FIELD}")
+    return entry
 
 
 def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
                          max_prompt_chars=s.max_prompt_chars, allow_private_callbacks=s.webhook_allow_private)
-    callback_url = _callback_url(req, call, svc)
+    callback = callback_url(req.callback_url, call, svc)
     notes = []
     if req.main_model is None:
         main = svc.registry.default_main()
@@ -83,20 +91,13 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         _model(svc, sub.model_code, *SUBMODEL_TYPES)
     controls = _control_units(req, main, svc)
     seed = req.seed if req.seed != -1 else secrets.randbelow(2**31)
-    request_uuid = call.body.get("request_uuid")
-    request_uuid = request_uuid if isinstance(request_uuid, str) and request_uuid else None
+    clothes = _clothes_segmenter(req, svc, notes)
 
-    # Store only the images the job uses, each once by content hash.
-    def stored(index: int) -> str:
-        img = req.images[index]
-        try:
-            return svc.storage.put_input(img.sha256, img.data)
-        except OSError as e:
-            log.error("storage unavailable: %s", e)
-            raise ApiError(RetCode.UNAVAILABLE) from None
+    def stored(index: int) -> str:  # only the images the job uses, each once by content hash
+        return store_input(svc, req.images[index])
 
     job_images = {"mannequin_image": stored(req.mannequin_index),
-                  "clothes_mask": stored(req.clothes_mask_index),
+                  "clothes_mask": stored(req.clothes_mask_index) if req.clothes_mask_index is not None else None,
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
     control_units = [ControlUnitRef(image=stored(index), **fields) for index, fields in controls]
     job = JobMessage(
@@ -107,23 +108,14 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         batch_size=req.batch_size, use_main_model_vae=req.use_main_model_vae,
         resize_mode=req.resize_mode, invert_mask=req.invert_mask, refer_strength=req.refer_strength,
         background_resize_mode=req.background_resize_mode, control_units=control_units,
+        clothes_segmenter=clothes.model_code if clothes else None,
+        garment_classes=req.garment_classes if clothes else None,
         **job_images,
     )
-    try:  # the task keeps its job message: the recovery sends it again if its worker dies
-        uid, created = svc.tasks.create(call.public_key, request_uuid, call.action, seed,
-                                        s.max_active_tasks_per_key, notes=notes, points=main.points,
-                                        uid=job.task_uid, job=job.to_wire(), callback_url=callback_url,
-                                        queue=s.queue)
-    except TooManyActiveTasks:
-        raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
-    if not created:
+    uid = submit(call, svc, task_name=GENERATE_TASK_NAME, uid=job.task_uid, job=job.to_wire(), seed=seed,
+                 notes=notes, points=main.points, callback=callback)
+    if uid != job.task_uid:  # a repeated request_uuid: the first task's
         return {"TaskUID": uid}
-    try:
-        svc.celery.send_task(GENERATE_TASK_NAME, args=[job.to_wire()], queue=s.queue)
-    except Exception:
-        log.exception("enqueue failed for task %s", uid)
-        svc.tasks.discard(uid, call.public_key, request_uuid)
-        raise ApiError(RetCode.UNAVAILABLE) from None
     log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, main.model_code,
              req.width, req.height, req.batch_size)
     return {"TaskUID": uid}

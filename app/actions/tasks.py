@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.limits import MAX_TASK_UIDS
+from app.contract.limits import CLOTHES_MASK_URL_FIELD, MAX_TASK_UIDS
 from app.contract.taskstore import TaskRecord
 from app.resultlinks import make_link
 from app.services import Services
@@ -14,7 +14,7 @@ from app.validation.fields import check_str_list
 def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, Any]:
     exp = int((rec.finished_at or rec.created_at) + svc.settings.result_retention_s)
     base = svc.settings.base_url()
-    return {
+    detail = {
         "TaskUID": rec.uid,
         "Action": rec.action,
         "Status": rec.status.value,
@@ -30,6 +30,9 @@ def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, A
         "TotalSteps": rec.total_steps,
         "Notes": rec.notes,
     }
+    if rec.clothes_mask:  # the clothes mask the worker made (GenerateFromMannequin without ClothesMaskIndex)
+        detail[CLOTHES_MASK_URL_FIELD] = make_link(base, call.private_key, rec.uid, rec.clothes_mask, exp)
+    return detail
 
 
 def list_tasks_details(call: SignedCall, svc: Services) -> dict[str, Any]:

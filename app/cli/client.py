@@ -1,8 +1,13 @@
 """``atelier``: a command-line client of the PICPIK protocol (any compatible server).
 
-    atelier generate --mannequin M.png --clothes-mask K.png [--background B.png] --prompt "..." -o DIR
+    atelier generate --mannequin M.png [--clothes-mask K.png] [--background B.png] --prompt "..." -o DIR
+    atelier remove-background IMG [IMG ...] [--box X1,Y1,X2,Y2] [--only-mask] -o DIR
+    atelier extract IMG --point X,Y [--point X,Y ...] [--exclude X,Y ...] [--only-mask] -o DIR
     atelier models
     atelier cancel TASKUID [TASKUID ...]
+
+Without --clothes-mask, the server's clothes segmenter finds the garment; the mask it made is saved beside
+the images (``<TaskUID>_clothes_mask.png``) so that it can be checked, corrected and sent back.
 
 The key pair comes from --public-key/--private-key, else ATELIER_PUBLIC_KEY/ATELIER_PRIVATE_KEY,
 else the dev key pair that ``make run`` created under ATELIER_DATA_DIR (default ./var). The server
@@ -25,7 +30,20 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.contract.jobs import ENDED_STATUSES, TaskStatus
-from app.contract.limits import DEFAULT_REFER_STRENGTH, DEFAULT_RESIZE_MODE, LIST_MODELS_FIELDS, RESIZE_MODES
+from app.contract.limits import (
+    CLOTHES_MASK_URL_FIELD,
+    DEFAULT_BACKGROUND_THRESHOLD,
+    DEFAULT_ERODE_SIZE,
+    DEFAULT_FOREGROUND_THRESHOLD,
+    DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_REFER_STRENGTH,
+    DEFAULT_RESIZE_MODE,
+    ENGINE_FIELD,
+    ERODE_SIZE_RANGE,
+    HAIR_OPTIMIZATION_MODES,
+    LIST_MODELS_FIELDS,
+    RESIZE_MODES,
+)
 from app.keys import KeyStore, dev_keys_path
 from app.signature import sign
 
@@ -85,18 +103,27 @@ def _control_unit(text: str) -> dict[str, Any]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
-    images = [_b64(args.mannequin), _b64(args.clothes_mask)]
+    images = [_b64(args.mannequin)]
+    mannequin: dict[str, Any] = {"ImageIndex": 0, "ResizeMode": args.resize_mode, "InvertMask": args.invert_mask}
+    if args.clothes_mask:
+        images.append(_b64(args.clothes_mask))
+        mannequin["ClothesMaskIndex"] = 1
+    else:
+        if args.clothes_segmenter:
+            mannequin["ClothesSegmenter"] = args.clothes_segmenter
+        if args.garment_classes:
+            classes = args.garment_classes.split(",")
+            mannequin["GarmentClasses"] = _ints(args.garment_classes, len(classes), "--garment-classes")
     params: dict[str, Any] = {
         "MainModel": {"ModelCode": args.model},
         "PositivePrompts": args.prompt, "NegativePrompts": args.negative_prompt or [],
         "Seed": args.seed, "Width": args.width, "Height": args.height, "BatchSize": args.batch_size,
         "ImageAndMaskList": images,
-        "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1, "ResizeMode": args.resize_mode,
-                      "InvertMask": args.invert_mask},
+        "Mannequin": mannequin,
     }
     if args.background:
         images.append(_b64(args.background))
-        params["Image2Image"] = {"ImageIndex": 2, "ReferStrength": args.refer_strength}
+        params["Image2Image"] = {"ImageIndex": len(images) - 1, "ReferStrength": args.refer_strength}
     if args.sub_model:
         params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
     if args.control is not None:
@@ -104,6 +131,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.no_translate:
         params["TranslatePrompts"] = False
     uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    out = Path(args.output)
+    for i, link in enumerate(detail["ImgList"]):
+        _save(link, out / f"{uid}_{i}.png")
+    if detail.get(CLOTHES_MASK_URL_FIELD):
+        _save(detail[CLOTHES_MASK_URL_FIELD], out / f"{uid}_clothes_mask.png")
+    _notes(detail)
+    console.print(f"seed {detail.get('Seed')}")
+    return 0
+
+
+def _wait(args: argparse.Namespace, pub: str, priv: str, uid: str) -> dict[str, Any]:
+    """Poll the task until it ends, with a progress bar; its TaskDetail once Finished (ClientError otherwise)."""
     console.print(f"task [bold]{uid}[/bold] submitted")
     detail: dict[str, Any] = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -123,17 +163,86 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if detail.get("Status") != TaskStatus.FINISHED:
         raise ClientError(f"task {uid} did not finish: {detail.get('Status', 'timeout')} "
                           f"{detail.get('ErrorCode', '')} {detail.get('ErrorMessage', '')}".strip())
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, link in enumerate(detail["ImgList"]):
-        r = httpx.get(link, timeout=60)
-        r.raise_for_status()
-        path = out / f"{uid}_{i}.png"
-        path.write_bytes(r.content)
-        print(path)
+    return detail
+
+
+def _save(link: str, path: Path) -> None:
+    r = httpx.get(link, timeout=60)
+    r.raise_for_status()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(r.content)
+    print(path)
+
+
+def _notes(detail: dict[str, Any]) -> None:
     for note in detail.get("Notes", []):
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
-    console.print(f"seed {detail.get('Seed')}")
+
+
+def _ints(text: str, count: int, what: str) -> list[int]:
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = [int(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise ClientError(f"{what} {text!r}: expected {count} integers separated by commas")
+    return values
+
+
+def _point(text: str) -> dict[str, int]:
+    x, y = _ints(text, 2, "point")
+    return {"X": x, "Y": y}
+
+
+def _refinement(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"OnlyMask": args.only_mask}
+    for flag, field in (("erode_size", "ErodeSize"), ("foreground_threshold", "ForegroundThreshold"),
+                        ("background_threshold", "BackgroundThreshold"), ("hair", "HairOptimization"),
+                        ("engine", ENGINE_FIELD)):
+        if getattr(args, flag) is not None:
+            params[field] = getattr(args, flag)
+    return params
+
+
+def _save_masks(detail: dict[str, Any], images: list[str], only_mask: bool, out: Path) -> None:
+    """Per input image (in order): ``<stem>_cutout.png`` and ``<stem>_mask.png``, or the mask alone."""
+    links = iter(detail["ImgList"])
+    for image in images:
+        stem = Path(image).stem
+        if not only_mask:
+            _save(next(links), out / f"{stem}_cutout.png")
+        _save(next(links), out / f"{stem}_mask.png")
+
+
+def cmd_remove_background(args: argparse.Namespace) -> int:
+    pub, priv = _keys(args)
+    params = _refinement(args)
+    if len(args.image) == 1:
+        action, params["RawImage"] = "RemoveBackground", _b64(args.image[0])
+        if args.box:
+            params["Box"] = _ints(args.box, 4, "--box")
+    else:
+        if args.box:
+            raise ClientError("--box is for one image (RemoveBackground), not a batch")
+        action, params["RawImages"] = "RemoveBackgroundsInBatch", [_b64(i) for i in args.image]
+    uid = call(args.url, pub, priv, action, **params)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    _save_masks(detail, args.image, args.only_mask, Path(args.output))
+    _notes(detail)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    pub, priv = _keys(args)
+    params = {**_refinement(args), "RawImage": _b64(args.image),
+              "IncludePointList": [_point(p) for p in args.point]}
+    if args.exclude:
+        params["ExcludePointList"] = [_point(p) for p in args.exclude]
+    uid = call(args.url, pub, priv, "ExtractContents", **params)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    _save_masks(detail, [args.image], args.only_mask, Path(args.output))
+    _notes(detail)
     return 0
 
 
@@ -153,10 +262,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows = [(m, model_type) for model_type, field in LIST_MODELS_FIELDS.items() for m in models.get(field, [])]
     rows += [(m, "PreProcessor") for m in control["PreProcessors"]]
     rows += [(m, "ControlModel") for m in control["ControlModels"]]
+    rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
-        print(f"{m['ModelCode']:<22} {model_type:<13} {m.get('Name', '')}{words}")
+        print(f"{m['ModelCode']:<22} {model_type:<27} {m.get('Name', '')}{words}")
     return 0
+
+
+def _polling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("-o", "--output", required=True, help="folder for the images")
+
+
+def _mask_options(p: argparse.ArgumentParser) -> None:
+    """The refinement fields of the mask actions (docs/masks.md); left out, the server's defaults."""
+    p.add_argument("--only-mask", action="store_true", help="the mask alone, no cut-out")
+    p.add_argument("--erode-size", type=int, help=f"edge blur in pixels, {ERODE_SIZE_RANGE.lo}.."
+                   f"{ERODE_SIZE_RANGE.hi} (default {DEFAULT_ERODE_SIZE})")
+    p.add_argument("--foreground-threshold", type=int, help=f"default {DEFAULT_FOREGROUND_THRESHOLD}")
+    p.add_argument("--background-threshold", type=int, help=f"default {DEFAULT_BACKGROUND_THRESHOLD}")
+    p.add_argument("--hair", choices=HAIR_OPTIMIZATION_MODES, help="HairOptimization (default"
+                   f" {DEFAULT_HAIR_OPTIMIZATION})")
+    p.add_argument("--engine", metavar="CODE", help="the engine's ModelCode (`atelier models`)")
+    _polling(p)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="mannequin photo -> fashion model photo(s)")
     g.add_argument("--mannequin", required=True)
-    g.add_argument("--clothes-mask", required=True, help="white = clothes, kept exactly")
+    g.add_argument("--clothes-mask", help="white = clothes, kept exactly (left out: the server's clothes"
+                   " segmenter finds them and the mask it made is saved too)")
+    g.add_argument("--clothes-segmenter", metavar="CODE", help="without --clothes-mask: which ClothesSegmenter")
+    g.add_argument("--garment-classes", metavar="ID,ID", help="without --clothes-mask: the class ids that are"
+                   " garment (the segmenter's own by default)")
     g.add_argument("--background", help="background reference image (Image2Image)")
     g.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH)
     g.add_argument("--prompt", action="append", required=True, help="repeatable")
@@ -185,10 +318,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="a ControlNet unit, e.g. canny,demo-controlnet:0.8 (repeatable); "
                         "--control '' switches a model's default control off")
     g.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
-    g.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
-    g.add_argument("--timeout", type=float, default=1800)
-    g.add_argument("-o", "--output", required=True, help="folder for the images")
+    _polling(g)
     g.set_defaults(func=cmd_generate)
+    rb = sub.add_parser("remove-background", help="cut the main object out (RemoveBackground; several images:"
+                        " RemoveBackgroundsInBatch)")
+    rb.add_argument("image", nargs="+")
+    rb.add_argument("--box", metavar="X1,Y1,X2,Y2", help="the object's box (one image only)")
+    _mask_options(rb)
+    rb.set_defaults(func=cmd_remove_background)
+    ex = sub.add_parser("extract", help="the content under the points (ExtractContents)")
+    ex.add_argument("image")
+    ex.add_argument("--point", action="append", required=True, metavar="X,Y", help="on the content (repeatable)")
+    ex.add_argument("--exclude", action="append", metavar="X,Y", help="not on the content (repeatable)")
+    _mask_options(ex)
+    ex.set_defaults(func=cmd_extract)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")
     c.add_argument("task_uid", nargs="+")

@@ -242,6 +242,7 @@ def main() -> int:
                       f" ports {metrics_port}..{metrics_port + len(sup.workers) - 1}){keys}\n"
                       f"[atelier] try: .venv/bin/atelier generate --mannequin examples/mannequin.png "
                       f"--clothes-mask examples/clothes_mask.png --prompt 'a woman, studio photo' -o out/\n"
+                      f"[atelier]      .venv/bin/atelier remove-background examples/photo_mannequin.jpg -o out/\n"
                       f"[atelier] Ctrl-C stops everything.\n", flush=True)
             time.sleep(POLL_S)
     finally:

@@ -19,11 +19,17 @@ from app.contract.limits import (
     DEFAULT_HAIR_OPTIMIZATION,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
+    MASK_ACTIONS,
 )
 
 JOB_VERSION = 1
 GENERATE_TASK_NAME = "atelier.generate"
 MASK_TASK_NAME = "atelier.mask"
+
+
+def task_name_for(action: str) -> str:
+    """The Celery task that runs a task of ``action`` (the recovery sends a lost job again by it)."""
+    return MASK_TASK_NAME if action in MASK_ACTIONS else GENERATE_TASK_NAME
 
 
 class TaskStatus(StrEnum):

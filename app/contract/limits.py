@@ -126,6 +126,22 @@ MASK_ACTIONS: tuple[str, ...] = ("RemoveBackground", "RemoveBackgroundsInBatch",
 MASK_ACTION_ENGINE_TYPE: dict[str, str] = {"RemoveBackground": "BackgroundRemover",
                                            "RemoveBackgroundsInBatch": "BackgroundRemover",
                                            "ExtractContents": "PointSegmenter"}
+#: The fields each mask action reads besides the common ones (any other is ignored and named in the Notes).
+#: ``Engine`` (an extension) names the engine's ModelCode; absent: the deployment's default of its type.
+ENGINE_FIELD = "Engine"
+_REFINE_FIELDS = ("ErodeSize", "ForegroundThreshold", "BackgroundThreshold", "HairOptimization", "OnlyMask")
+MASK_ACTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "RemoveBackground": ("RawImage", "Box", *_REFINE_FIELDS, ENGINE_FIELD),
+    "RemoveBackgroundsInBatch": ("RawImages", *_REFINE_FIELDS, ENGINE_FIELD),
+    "ExtractContents": ("RawImage", "IncludePointList", "ExcludePointList", *_REFINE_FIELDS, ENGINE_FIELD),
+}
+#: GenerateFromMannequin without ``Mannequin.ClothesMaskIndex``: the extension fields that choose the clothes
+#: segmenter (a ClothesSegmenter's ModelCode) and the class ids that count as garment; the clothes mask made
+#: is served as ``ClothesMaskUrl`` in the TaskDetail.
+CLOTHES_SEGMENTER_FIELD = "Mannequin.ClothesSegmenter"
+GARMENT_CLASSES_FIELD = "Mannequin.GarmentClasses"
+MAX_GARMENT_CLASSES = 256
+CLOTHES_MASK_URL_FIELD = "ClothesMaskUrl"
 
 
 def number(x: float) -> str:

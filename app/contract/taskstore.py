@@ -185,6 +185,7 @@ class TaskRecord:
     job: dict[str, Any] | None = None
     queue: str = ""
     clothes_mask: str = ""        # the result name of a clothes mask the worker made itself
+    results_per_image: int = 1    # result files per image paid for (a cut-out and its mask: 2)
     created_at: float = 0.0
     finished_at: float = 0.0
     callback_url: str = ""  # where its TaskDetail is POSTed when it ends ("": nowhere; app/webhooks.py)
@@ -200,14 +201,15 @@ class TaskRecord:
             created_at=float(h.get("created_at", 0)), finished_at=float(h.get("finished_at", 0)),
             attempt=int(h.get("attempt", 0)), deaths=int(h.get("deaths", 0)), worker=h.get("worker", ""),
             job=orjson.loads(h["job"]) if h.get("job") else None, queue=h.get("queue", ""),
-            clothes_mask=h.get("clothes_mask", ""),
+            clothes_mask=h.get("clothes_mask", ""), results_per_image=int(h.get("results_per_image", 1)),
             callback_url=h.get("callback_url", ""),
         )
 
     @property
     def consumed_points(self) -> int:
-        """ConsumeApiPoint: the images the task made times its model's points."""
-        return len(self.images) * self.points
+        """ConsumeApiPoint: the images the task made (a mask task's cut-out and mask count as one) times its
+        model's points."""
+        return len(self.images) // max(1, self.results_per_image) * self.points
 
     @property
     def progress(self) -> int:
@@ -232,13 +234,14 @@ class TaskStore:
                max_active: int, *, notes: list[str] | tuple[str, ...] = (),
                points: int = DEFAULT_POINTS, uid: str | None = None,
                job: dict[str, Any] | None = None, callback_url: str | None = None,
-               queue: str = "") -> tuple[str, bool]:
+               queue: str = "", results_per_image: int = 1) -> tuple[str, bool]:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
         returns the first TaskUID and created=False. Raises TooManyActiveTasks. ``notes`` start the
         task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint); ``job`` the job message,
         kept with the task so that the recovery can send it again (its ``task_uid`` must be ``uid``) to
         ``queue``, the Celery queue it was sent to;
-        ``callback_url`` where its webhook goes when it ends."""
+        ``callback_url`` where its webhook goes when it ends; ``results_per_image``: result files per image
+        paid for."""
         uid = uid or new_task_uid()
         keys = [task_key(uid), active_key(owner)] + ([f"{P}idem:{owner}:{request_uuid}"] if request_uuid else [])
         fields: dict[str, Any] = {"owner": owner, "action": action, "status": TaskStatus.QUEUING.value,
@@ -249,6 +252,8 @@ class TaskStore:
             fields["queue"] = queue
         if callback_url:
             fields["callback_url"] = callback_url
+        if results_per_image != 1:
+            fields["results_per_image"] = int(results_per_image)
         argv = [uid, self.retention_s, max_active, 7 * self.retention_s]
         for k, v in fields.items():
             argv += [k, v]

@@ -13,14 +13,17 @@ from urllib.parse import urlsplit
 
 from app.contract.limits import (
     BATCH_SIZE_RANGE,
+    CLOTHES_SEGMENTER_FIELD,
     COMMON_FIELDS,
     CONTROL_WEIGHT_RANGE,
     DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SIZE,
+    GARMENT_CLASSES_FIELD,
     LORA_WEIGHT_RANGE,
     MAX_CONTROL_UNITS,
+    MAX_GARMENT_CLASSES,
     MAX_SUB_MODELS,
     REFER_STRENGTH_RANGE,
     RESIZE_MODES,
@@ -108,7 +111,7 @@ class GenerateRequest:
     use_main_model_vae: bool
     images: list[DecodedImage]
     mannequin_index: int
-    clothes_mask_index: int
+    clothes_mask_index: int | None     # None: the clothes segmenter finds the garment
     resize_mode: str
     invert_mask: bool
     background_index: int | None
@@ -118,14 +121,16 @@ class GenerateRequest:
     control_units_field: str = CONTROL_UNITS_FIELD  # the name the request used (or its alias ControlNet)
     ignored_fields: list[str] = field(default_factory=list)
     callback_url: str | None = None  # CallbackUrl (None: the key's default, if any)
+    clothes_segmenter: str | None = None      # Mannequin.ClothesSegmenter (an extension)
+    garment_classes: list[int] | None = None  # Mannequin.GarmentClasses (an extension)
 
     @property
     def mannequin(self) -> DecodedImage:
         return self.images[self.mannequin_index]
 
     @property
-    def clothes_mask(self) -> DecodedImage:
-        return self.images[self.clothes_mask_index]
+    def clothes_mask(self) -> DecodedImage | None:
+        return None if self.clothes_mask_index is None else self.images[self.clothes_mask_index]
 
     @property
     def background(self) -> DecodedImage | None:
@@ -318,7 +323,9 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     2. the images' shape: ``ImageAndMaskList`` (1..``max_images`` entries), or ``ImageList`` (1..) with
        ``MaskList`` (0..), at most ``max_images`` together; both styles at once is refused;
     3. Image2Image (optional): ImageIndex (required within it, in bounds), ReferStrength, ResizeMode;
-    4. Mannequin (required): ImageIndex, ResizeMode, ClothesMaskIndex, InvertMask;
+    4. Mannequin (required): ImageIndex, ResizeMode, ClothesMaskIndex (optional: absent, the deployment's
+       clothes segmenter makes the mask), InvertMask, and the extensions ClothesSegmenter and GarmentClasses
+       (only without ClothesMaskIndex);
        then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
     5. CallbackUrl (optional, the webhook extension: :func:`check_callback_url`);
     6. every image decoded, first to last (the expensive part comes last).
@@ -363,8 +370,19 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     mannequin_index = lists.image_index(mannequin.get("ImageIndex"), "Mannequin.ImageIndex")
     resize_mode = check_choice(mannequin.get("ResizeMode"), "Mannequin.ResizeMode", RESIZE_MODES,
                                default=DEFAULT_RESIZE_MODE)
-    mask_index = lists.mask_index(mannequin.get("ClothesMaskIndex"), "Mannequin.ClothesMaskIndex")
+    mask_index = None
+    if mannequin.get("ClothesMaskIndex") is not None:
+        mask_index = lists.mask_index(mannequin["ClothesMaskIndex"], "Mannequin.ClothesMaskIndex")
     invert_mask = check_bool(mannequin.get("InvertMask"), "Mannequin.InvertMask", default=False)
+    segmenter = check_str(mannequin.get("ClothesSegmenter"), CLOTHES_SEGMENTER_FIELD, non_empty=True, default=None)
+    classes = check_list(mannequin.get("GarmentClasses"), GARMENT_CLASSES_FIELD, min_items=1,
+                         max_items=MAX_GARMENT_CLASSES, default=None)
+    if classes is not None:
+        classes = [check_int(c, f"{GARMENT_CLASSES_FIELD}[{i}]", lo=0, hi=MAX_GARMENT_CLASSES - 1)
+                   for i, c in enumerate(classes)]
+    if mask_index is not None and (segmenter is not None or classes is not None):
+        raise ApiError.param(CLOTHES_SEGMENTER_FIELD if segmenter is not None else GARMENT_CLASSES_FIELD,
+                             "is for a request without Mannequin.ClothesMaskIndex (the mask is given)")
     control_units = _parse_control_units(body, lists, mannequin_index)
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
@@ -386,6 +404,8 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         images=images,
         mannequin_index=mannequin_index,
         clothes_mask_index=mask_index,
+        clothes_segmenter=segmenter,
+        garment_classes=list(dict.fromkeys(classes)) if classes is not None else None,
         resize_mode=resize_mode,
         invert_mask=invert_mask,
         background_index=background_index,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.contract.jobs import GENERATE_TASK_NAME, MASK_TASK_NAME, task_name_for
+from app.contract.limits import MODEL_TYPES
 from app.contract.registry import KNOWN_SCHEDULERS, ModelEntry, ModelSource, Registry, get_registry
 from support.api import ROOT
 
@@ -35,7 +37,7 @@ def registry_of(*models: dict, vaes: dict | None = None, base: Path = Path("/dep
 def test_the_shipped_models_yaml_is_valid():
     registry = Registry.from_file(ROOT / "models_config" / "models.yaml")
     types = {e.model_type for e in registry.entries()}
-    assert types == {"Main", "LoRA", "Embedding", "HyperNetwork", "PreProcessor", "ControlModel"}
+    assert types == set(MODEL_TYPES)  # every type has an example
     assert registry.translator is not None and registry.translator.demo == "translator"
 
 
@@ -286,3 +288,47 @@ def test_a_control_models_default_window_must_not_be_reversed():
     with pytest.raises(ValueError, match=r"starting_step 0.8 is after ending_step 0.2"):
         registry_of(model("c", ModelType="ControlModel", source={"path": "cn"},
                           defaults={"starting_step": 0.8, "ending_step": 0.2}))
+
+
+def engine(code: str, model_type: str = "BackgroundRemover", **fields) -> dict:
+    return {"ModelCode": code, "Name": code, "ModelType": model_type, **fields}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({}, r"a BackgroundRemover needs `engine:` one of rembg, grabcut"),
+    ({"engine": "sam"}, r"engine: Input should be|needs `engine:` one of rembg, grabcut"),
+    ({"engine": "grabcut", "source": {"file": "u.onnx"}}, r"`engine: grabcut` reads no weights: leave `source:` out"),
+    ({"engine": "rembg"}, r"`engine: rembg` needs a source"),
+    ({"engine": "rembg", "source": {"path": "folder"}}, r"`engine: rembg` reads an .onnx `file:`, not path"),
+    ({"engine": "rembg", "source": {"file": "u.safetensors"}}, r"reads an .onnx file, got 'u.safetensors'"),
+    ({"engine": "rembg", "source": {"demo": "sam"}}, r"demo: sam is not a BackgroundRemover"),
+    ({"engine": "grabcut", "rembg_model": "u2net"}, r"`rembg_model:` is for `engine: rembg` only"),
+    ({"engine": "rembg", "rembg_model": "u3net", "source": {"file": "u.onnx"}}, r"rembg_model: Input should be"),
+    ({"engine": "grabcut", "garment_classes": [1]}, r"`garment_classes:` is for ClothesSegmenter entries only"),
+])
+def test_bad_engine_entries_are_refused(fields, message):
+    with pytest.raises(ValueError, match=r"models\[0\] \(ModelCode 'e'\): .*(" + message + ")"):
+        registry_of(engine("e", **fields))
+
+
+def test_engine_fields_are_for_engines_and_defaults_are_one_per_type():
+    with pytest.raises(ValueError, match=r"`engine:` is for mask engines only"):
+        registry_of(model("m", engine="grabcut"))
+    with pytest.raises(ValueError, match=r"`default_engine:` is for mask engines only"):
+        registry_of(model("m", default_engine=True))
+    a, b = engine("a", engine="grabcut"), engine("b", engine="grabcut")
+    assert registry_of(a, b).default_engine("BackgroundRemover").model_code == "a"
+    assert registry_of(a, {**b, "default_engine": True}).default_engine("BackgroundRemover").model_code == "b"
+    assert registry_of(a).default_engine("PointSegmenter") is None
+    with pytest.raises(ValueError, match=r"`default_engine: true` on 2 BackgroundRemovers \(a, b\); mark one"):
+        registry_of({**a, "default_engine": True}, {**b, "default_engine": True})
+    seg = registry_of(engine("s", "ClothesSegmenter", engine="segformer", source={"path": "seg"},
+                             garment_classes=[4, 7])).get("s")
+    assert seg.garment_classes == [4, 7] and seg.to_engine() == {"ModelCode": "s", "Name": "s",
+                                                                 "ModelType": "ClothesSegmenter", "Engine": "segformer"}
+
+
+def test_task_names_follow_the_action():
+    assert task_name_for("GenerateFromMannequin") == GENERATE_TASK_NAME
+    assert {task_name_for(a) for a in ("RemoveBackground", "RemoveBackgroundsInBatch", "ExtractContents")} == {
+        MASK_TASK_NAME}

@@ -278,8 +278,9 @@ def test_job_longer_than_the_lease_on_a_live_worker_runs_once(stack):
     """Two jobs of about three times the lease on two workers, both cores busy: the leases are renewed beside the jobs,
     so neither task is taken for a dead worker's and neither is ever started by a second worker."""
     stack.ensure_workers()
-    uids = stack.submit(2, Width=512, Height=512, BatchSize=3)
-    details = stack.wait_all(uids, timeout=90)
+    # 768x768 x3: about 10 s a job on a 2-core machine, so the job outlives the lease twice even when fast
+    uids = stack.submit(2, Width=768, Height=768, BatchSize=3)
+    details = stack.wait_all(uids, timeout=120)
     for uid in uids:
         d, h = details[uid], stack.record(uid)
         ran = float(h["finished_at"]) - float(h["started_at"])

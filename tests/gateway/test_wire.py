@@ -207,8 +207,40 @@ def test_index_bounds_follow_the_list_length():
 
 # --- required fields ---------------------------------------------------------------------------
 
-REQUIRED_PATHS = ["MainModel.ModelCode", "Mannequin", "Mannequin.ImageIndex", "Mannequin.ClothesMaskIndex",
-                  "Image2Image.ImageIndex"]
+REQUIRED_PATHS = ["MainModel.ModelCode", "Mannequin", "Mannequin.ImageIndex", "Image2Image.ImageIndex"]
+
+
+@pytest.mark.parametrize("how", ["missing", "null"])
+def test_clothes_mask_index_may_be_left_out(how):
+    """Without ClothesMaskIndex the deployment's clothes segmenter makes the mask (the action checks that
+    one is configured); the extension fields choose it and its garment classes."""
+    b = set_path(full_body(), "Mannequin.ClothesMaskIndex", ... if how == "missing" else None)
+    req = parse(b)
+    assert req.clothes_mask_index is None and req.clothes_mask is None
+    assert req.clothes_segmenter is None and req.garment_classes is None
+    b["Mannequin"].update(ClothesSegmenter="my-seg", GarmentClasses=[4, 7, 4])
+    req = parse(b)
+    assert req.clothes_segmenter == "my-seg" and req.garment_classes == [4, 7]
+
+
+@pytest.mark.parametrize("field, value, rule", [
+    ("GarmentClasses", [], "must have between 1 and 256 elements"),
+    ("GarmentClasses", [1, 256], "must be between 0 and 255"),
+    ("GarmentClasses", "4", "must be an array"),
+    ("ClothesSegmenter", "", "must be a non-empty string"),
+    ("ClothesSegmenter", 3, "must be a string"),
+])
+def test_clothes_segmenter_fields_are_checked(field, value, rule):
+    b = set_path(full_body(), "Mannequin.ClothesMaskIndex", ...)
+    b["Mannequin"][field] = value
+    name = f"Mannequin.{field}" + ("[1]" if value == [1, 256] else "")
+    assert rejected(b, name) == rule
+
+
+def test_clothes_segmenter_fields_need_no_given_mask():
+    b = full_body()
+    b["Mannequin"]["GarmentClasses"] = [4]
+    assert "without Mannequin.ClothesMaskIndex" in rejected(b, "Mannequin.GarmentClasses")
 
 
 @pytest.mark.parametrize("path", REQUIRED_PATHS)

@@ -42,7 +42,29 @@ TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
     defaults: {steps: 8, guidance_scale: 5.0}
     default_control:
       - {PreProcessor: canny, ControlModel: demo-controlnet}
+  - ModelCode: corrupt-onnx
+    Name: An ONNX file that is not one
+    ModelType: BackgroundRemover
+    engine: rembg
+    source: {file: corrupt.onnx}
+  - ModelCode: corrupt-sam
+    Name: A folder that is no SAM model
+    ModelType: PointSegmenter
+    engine: sam
+    source: {path: corrupt-sam}
+  - ModelCode: corrupt-cloth
+    Name: A clothes segmenter whose ONNX file is not one
+    ModelType: ClothesSegmenter
+    engine: rembg-cloth
+    source: {file: corrupt.onnx}
 """
+
+
+def write_corrupt_engines(base: Path) -> None:
+    """The files of the corrupt mask engines of TEST_MODELS_YAML, next to the models file."""
+    (base / "corrupt.onnx").write_bytes(b"\x08\x07not a protobuf at all" * 16)
+    (base / "corrupt-sam").mkdir(exist_ok=True)
+    (base / "corrupt-sam" / "config.json").write_text('{"model_type": "sam", "vision_config": 7}')
 
 
 def free_port() -> int:

@@ -13,6 +13,9 @@ One method per kind says how it is keyed (what makes two requests share one load
 * ``submodel``: by type, resolved file, its mtime and size; host;
   :func:`~workers.submodels.apply.read_submodel`.
 * ``translator``: by resolved folder; host; :meth:`~workers.translate.translator.Translator.load`.
+* ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
+  file or folder and rembg model; on the device for transformers folders, host for ONNX files and
+  the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
 
 A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
 """
@@ -30,6 +33,7 @@ import torch
 from app.contract.registry import ModelEntry, ModelSource, Registry
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
+from workers.masks.engines import EngineError, load_engine
 from workers.models import loading
 from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
 from workers.models.sources import local_path
@@ -48,6 +52,7 @@ class Loaders:
     detector: Callable[..., Any] = load_detector
     submodel: Callable[..., Any] = read_submodel
     translator: Callable[..., Any] = Translator.load
+    mask: Callable[..., Any] = load_engine
 
 
 class WorkerModels:
@@ -156,3 +161,24 @@ class WorkerModels:
         return lease.get(("translator", str(path)), lambda: self.loaders.translator(path), label=path.name,
                          kind="translator", place="host", slot=("translator",),
                          estimate=loading.estimate_bytes(ModelSource(path=path), torch.float32))  # on the CPU
+
+    def mask_engine(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
+        """The mask engine ``entry`` (:mod:`workers.masks.engines`). Raises :class:`ModelLoadError` for files
+        that are missing, corrupt or not of the engine's kind."""
+        path = local_path(entry, registry, self.models_dir)
+        on_device = entry.engine in ("sam", "segformer")
+        device = self.device if on_device else ("cuda" if str(self.device).startswith("cuda") else "cpu")
+
+        def load() -> Any:
+            try:
+                return self.loaders.mask(entry.engine, path, device=device, rembg_model=entry.rembg_model)
+            except EngineError as e:
+                raise ModelLoadError(entry.model_code, str(e)) from e
+
+        stamp = None
+        if path is not None and path.exists():
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        return lease.get(("mask", entry.engine, str(path), stamp, entry.rembg_model), load, label=entry.model_code,
+                         kind="mask", place="device" if on_device else "host", slot=("mask", entry.model_code),
+                         estimate=path.stat().st_size if path is not None and path.is_file() else None)

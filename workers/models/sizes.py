@@ -21,7 +21,7 @@ def measure_bytes(obj: Any) -> int:
     """Bytes of every tensor reachable from ``obj``: a module's parameters and buffers, a pipeline's
     components, tensors in dicts, lists, tuples and plain objects' attributes (a parsed LoRA file, a
     hypernetwork, a controlnet-aux detector). A storage shared by several tensors counts once; meta
-    tensors count nothing."""
+    tensors count nothing. An object with an int ``model_bytes`` (an ONNX engine) adds it."""
     import torch
 
     seen_storage: set[int] = set()
@@ -65,4 +65,6 @@ def measure_bytes(obj: Any) -> int:
                 walk(item)
 
     walk(obj)
-    return total
+    # an object that holds weights outside torch (an onnxruntime session) says how many bytes they take
+    extra = getattr(obj, "model_bytes", 0)
+    return total + (extra if isinstance(extra, int) else 0)

@@ -1,0 +1,66 @@
+"""What every task-creating action does once its request is valid: store the inputs (each once, by content
+hash), create the task (idempotent on PublicKey + request_uuid, with its job kept for the recovery), and
+send the job to the workers' queue. Also the webhook destination of a task (``CallbackUrl``)."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.actions.base import SignedCall
+from app.contract.codes import RetCode
+from app.contract.taskstore import TooManyActiveTasks
+from app.errors import ApiError
+from app.keys import WEBHOOK_SECRET_FIELD
+from app.services import Services
+from app.validation.generate import CALLBACK_URL_FIELD
+from app.validation.images import DecodedImage
+
+log = logging.getLogger("atelier.gateway")
+
+
+def store_input(svc: Services, img: DecodedImage) -> str:
+    """Store one input image under its content hash; its storage key. 150 when storage is unavailable."""
+    try:
+        return svc.storage.put_input(img.sha256, img.data)
+    except OSError as e:
+        log.error("storage unavailable: %s", e)
+        raise ApiError(RetCode.UNAVAILABLE) from None
+
+
+def callback_url(requested: str | None, call: SignedCall, svc: Services) -> str | None:
+    """Where the task's webhook goes: the request's CallbackUrl, else its key's default (docs/API.md "Webhooks").
+    A CallbackUrl needs the key's webhook secret to sign with (the key file refuses a default without one)."""
+    pair = svc.keys.pair(call.public_key)
+    if requested is not None and (pair is None or not pair.webhook_secret):
+        raise ApiError.param(CALLBACK_URL_FIELD, f"needs a webhook secret for this PublicKey ({WEBHOOK_SECRET_FIELD}"
+                                                 " in the deployment's key file): ask the operator for one")
+    return requested or (pair.callback_url if pair else None)
+
+
+def request_uuid(call: SignedCall) -> str | None:
+    value = call.body.get("request_uuid")
+    return value if isinstance(value, str) and value else None
+
+
+def submit(call: SignedCall, svc: Services, *, task_name: str, uid: str, job: dict[str, Any], seed: int,
+           notes: list[str], points: int, callback: str | None, results_per_image: int = 1) -> str:
+    """Create task ``uid`` for ``job`` and enqueue it as Celery task ``task_name``; its TaskUID (the first
+    one's, for a repeated request_uuid, which is not enqueued again). 153 over the key's active tasks, 150
+    when the queue is unavailable (the task is then discarded, so that a retry starts afresh)."""
+    s = svc.settings
+    req_uuid = request_uuid(call)
+    try:  # the task keeps its job message: the recovery sends it again if its worker dies
+        got, created = svc.tasks.create(call.public_key, req_uuid, call.action, seed, s.max_active_tasks_per_key,
+                                        notes=notes, points=points, uid=uid, job=job, callback_url=callback,
+                                        queue=s.queue, results_per_image=results_per_image)
+    except TooManyActiveTasks:
+        raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
+    if not created:
+        return got
+    try:
+        svc.celery.send_task(task_name, args=[job], queue=s.queue)
+    except Exception:
+        log.exception("enqueue failed for task %s", got)
+        svc.tasks.discard(got, call.public_key, req_uuid)
+        raise ApiError(RetCode.UNAVAILABLE) from None
+    return got
