@@ -1,17 +1,20 @@
 """The gateway: ``POST /`` dispatches PICPIK actions; every API-level outcome is HTTP 200 with a
 RetCode. Also ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (``app/metrics.py``),
-and ``GET /results/{TaskUID}/{name}`` (signed)."""
+``GET /results/{TaskUID}/{name}`` (signed), and the browser playground: static files under
+``/playground/`` (``app/playground/``, served with a strict Content-Security-Policy), where ``GET /`` leads."""
 from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.actions import ACTIONS
@@ -108,6 +111,38 @@ async def _internal(request: Request, exc: Exception) -> Response:
 async def api(request: Request, call: Annotated[SignedCall, Depends(signed_call)], svc: ServicesDep) -> Response:
     result = await run_in_threadpool(ACTIONS[call.action], call, svc)
     return answer(request, RetCode.OK, "", **result)
+
+
+#: The playground's files (HTML, CSS, ES modules; no build step) and the headers they are served with: the
+#: page holds a PrivateKey, so it runs only its own scripts, talks only to this origin, and is never framed.
+PLAYGROUND_DIR = Path(__file__).resolve().parent / "playground"
+PLAYGROUND_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:;"
+                               " connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none';"
+                               " frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+
+class PlaygroundFiles(StaticFiles):
+    """The playground's static files, each response with :data:`PLAYGROUND_HEADERS`."""
+
+    async def get_response(self, path: str, scope: dict[str, Any]) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(PLAYGROUND_HEADERS)
+        return response
+
+
+app.mount("/playground", PlaygroundFiles(directory=PLAYGROUND_DIR, html=True), name="playground")
+
+
+@app.get("/", include_in_schema=False)
+async def root() -> RedirectResponse:
+    """A browser opening the service's address gets the playground (the API itself is ``POST /``)."""
+    return RedirectResponse("/playground/", status_code=307)
 
 
 @app.get("/healthz")

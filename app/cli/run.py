@@ -243,6 +243,7 @@ def main() -> int:
                       f"[atelier] try: .venv/bin/atelier generate --mannequin examples/mannequin.png "
                       f"--clothes-mask examples/clothes_mask.png --prompt 'a woman, studio photo' -o out/\n"
                       f"[atelier]      .venv/bin/atelier remove-background examples/photo_mannequin.jpg -o out/\n"
+                      f"[atelier] or open {base}/ in a browser: the playground (paste the keys above)\n"
                       f"[atelier] Ctrl-C stops everything.\n", flush=True)
             time.sleep(POLL_S)
     finally:

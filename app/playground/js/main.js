@@ -1,0 +1,404 @@
+// The playground's wiring: keys, the mannequin photo and its mask, the form, Generate / Cancel with progress,
+// the gallery and the task list. Every server call goes through api.js; every error is shown by errors.js.
+
+import { createClient, localUrl } from "./api.js";
+import { byTestId } from "./dom.js";
+import { ErrorSlots } from "./errors.js";
+import { GenerationForm } from "./form.js";
+import { Gallery } from "./gallery.js";
+import { forgetKeys, loadKeys, saveKeys } from "./keys.js";
+import { MaskEditor } from "./mask-editor.js";
+import { TaskList } from "./tasks.js";
+
+const $ = (id) => byTestId(document, id);
+
+let keys = loadKeys();
+const api = createClient(() => keys);
+const errors = new ErrorSlots();
+const form = new GenerationForm(document, errors);
+const editor = new MaskEditor(
+  { stage: $("stage"), photo: $("mannequin-preview"), canvas: $("mask-canvas"), pointsLayer: $("points-layer"),
+    cursor: document.querySelector(".brush-cursor") },
+  { onChange: maskChanged, onPoints: pointsChanged },
+);
+const gallery = new Gallery($("gallery"), $("gallery-empty"), { onReuseSeed: (seed) => form.setSeed(seed) });
+const tasks = new TaskList($("tasks"), $("tasks-empty"), api, () => keys?.publicKey, {
+  onShow: (detail) => gallery.addTask(detail),
+});
+
+let mannequin = null; // {b64, url, width, height}
+let background = null; // {b64, url}
+let currentTask = null; // the TaskUID Generate last created
+
+// --- keys ------------------------------------------------------------------------------------------------
+
+function showKeys(editing) {
+  $("keys-status").hidden = editing || !keys;
+  $("keys-form").hidden = !editing && !!keys;
+  if (keys) $("keys-public").textContent = keys.publicKey;
+}
+
+$("keys-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const publicKey = $("public-key").value.trim();
+  const privateKey = $("private-key").value.trim();
+  errors.clear("keys");
+  if (!publicKey || !privateKey) {
+    errors.show("keys", "Enter both the PublicKey and the PrivateKey.");
+    return;
+  }
+  const previous = keys;
+  keys = { publicKey, privateKey };
+  if (await connect()) {
+    saveKeys(publicKey, privateKey);
+    $("private-key").value = "";
+    showKeys(false);
+  } else {
+    keys = previous; // refused: neither kept nor used
+  }
+});
+$("keys-change").addEventListener("click", () => {
+  $("public-key").value = keys?.publicKey || "";
+  showKeys(true);
+  $("private-key").focus();
+});
+$("keys-forget").addEventListener("click", () => {
+  forgetKeys();
+  keys = null;
+  $("public-key").value = $("private-key").value = "";
+  showKeys(true);
+  tasks.render();
+});
+
+/** Read what the deployment serves (ListModels, ListControlNets) with the current keys; false when the
+ *  keys are refused. */
+async function connect() {
+  try {
+    const [models, controls] = await Promise.all([api.call("ListModels"), api.call("ListControlNets")]);
+    form.setModels(models, controls);
+    setMaskEngines(models.MaskEngines || []);
+    tasks.refresh();
+    return true;
+  } catch (err) {
+    errors.showError(err, "keys");
+    return ![170, 171, 172].includes(err.retCode);
+  }
+}
+
+// --- the mannequin photo -----------------------------------------------------------------------------------
+
+/** A file's bytes as base64 (no data-URL prefix): the photo is sent exactly as chosen. */
+function fileToBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+/** An <img> of a file, decoded; throws when the browser cannot read it. */
+async function decodeImage(file) {
+  const img = new Image();
+  img.src = URL.createObjectURL(file);
+  try {
+    await img.decode();
+  } catch {
+    throw new Error(`${file.name} is not an image this browser can read (PNG, JPEG, WEBP or BMP)`);
+  }
+  return img;
+}
+
+async function loadMannequin(file) {
+  errors.clear("mannequin");
+  try {
+    const img = await decodeImage(file);
+    mannequin = { b64: await fileToBase64(file), url: img.src, width: img.naturalWidth, height: img.naturalHeight };
+  } catch (err) {
+    errors.show("mannequin", err.message);
+    return;
+  }
+  $("mannequin-name").textContent = `${file.name}, ${mannequin.width} × ${mannequin.height}`;
+  dropzone.classList.add("has-photo");
+  editor.setPhoto(mannequin.url, mannequin.width, mannequin.height);
+  form.setPhotoSize(mannequin.width, mannequin.height);
+}
+
+const dropzone = $("dropzone");
+$("mannequin-input").addEventListener("change", (e) => e.target.files[0] && loadMannequin(e.target.files[0]));
+dropzone.addEventListener("dragover", (e) => {
+  e.preventDefault();
+  dropzone.classList.add("is-over");
+});
+dropzone.addEventListener("dragleave", () => dropzone.classList.remove("is-over"));
+dropzone.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dropzone.classList.remove("is-over");
+  if (e.dataTransfer.files[0]) loadMannequin(e.dataTransfer.files[0]);
+});
+// a file dropped beside the drop zone must not replace the page
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => e.preventDefault());
+
+// --- the clothes mask --------------------------------------------------------------------------------------
+
+const maskMode = () => document.querySelector('input[name="mask-mode"]:checked').value;
+
+function maskModeChanged() {
+  const mode = maskMode();
+  editor.setMode(mode);
+  for (const tools of document.querySelectorAll("[data-for-mode]")) {
+    tools.hidden = !tools.dataset.forMode.split(" ").includes(mode);
+  }
+  errors.clear("mask");
+}
+for (const radio of document.querySelectorAll('input[name="mask-mode"]')) {
+  radio.addEventListener("change", maskModeChanged);
+}
+for (const radio of document.querySelectorAll('input[name="tool"]')) {
+  radio.addEventListener("change", () => (editor.tool = radio.value));
+}
+for (const radio of document.querySelectorAll('input[name="point-kind"]')) {
+  radio.addEventListener("change", () => (editor.pointKind = radio.value));
+}
+$("brush-size").addEventListener("input", (e) => {
+  editor.brushSize = Number(e.target.value);
+  $("brush-size-value").textContent = e.target.value;
+});
+$("mask-undo").addEventListener("click", () => editor.undo());
+$("mask-invert").addEventListener("click", () => editor.invert());
+$("mask-clear").addEventListener("click", () => editor.clear());
+$("mask-visible").addEventListener("change", (e) => editor.setVisible(e.target.checked));
+document.addEventListener("keydown", (e) => {
+  const typing = e.target.matches("input[type=text], input:not([type]), input[type=number], input[type=password], textarea");
+  if ((e.ctrlKey || e.metaKey) && e.key === "z" && !typing) {
+    e.preventDefault();
+    editor.undo();
+  }
+});
+
+function maskChanged() {
+  $("mask-undo").disabled = !editor.canUndo;
+  errors.clear("mask");
+}
+
+$("mask-input").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  if (!file) return;
+  errors.clear("mask");
+  if (!editor.hasPhoto) {
+    errors.show("mask", "Choose the mannequin photo first: the mask is fitted to it.");
+    return;
+  }
+  try {
+    editor.loadMask(await decodeImage(file));
+  } catch (err) {
+    errors.show("mask", err.message);
+  }
+});
+
+/** The mask engines the deployment has decide which ways of making a mask are offered. */
+function setMaskEngines(engines) {
+  const fill = (select, type) => {
+    const mine = engines.filter((m) => m.ModelType === type);
+    select.replaceChildren(...mine.map((m) => {
+      const o = document.createElement("option");
+      o.value = m.ModelCode;
+      o.textContent = m.Name && m.Name !== m.ModelCode ? `${m.Name} (${m.ModelCode})` : m.ModelCode;
+      o.defaultSelected = !!m.Default; // the one a request without the field gets
+      return o;
+    }));
+    return mine.length;
+  };
+  const offered = { points: fill($("point-engine"), "PointSegmenter"), auto: fill($("clothes-segmenter"), "ClothesSegmenter") };
+  for (const [way, count] of Object.entries(offered)) {
+    document.querySelector(`[data-needs="${way}"]`).hidden = !count;
+    document.querySelector(`[data-needs-many="${way}"]`).hidden = count < 2;
+    if (!count && maskMode() === way) $("mode-paint").checked = true;
+  }
+  maskModeChanged();
+}
+
+// Points: each click (after a short pause) asks ExtractContents for the mask under the points.
+let pointsTimer = null;
+let extraction = 0; // only the latest extraction's mask is used
+
+function pointsChanged() {
+  clearTimeout(pointsTimer);
+  pointsTimer = setTimeout(extract, 400);
+}
+$("points-clear").addEventListener("click", () => {
+  editor.clearPoints();
+  extraction++;
+  $("points-status").textContent = "Click on the garment in the photo.";
+});
+
+async function extract() {
+  const { include, exclude } = editor.points;
+  const status = $("points-status");
+  errors.clear("points");
+  if (!include.length) {
+    status.textContent = "Add at least one garment point.";
+    return;
+  }
+  const mine = ++extraction;
+  status.textContent = "Finding the garment…";
+  status.dataset.state = "working";
+  const params = { RawImage: mannequin.b64, IncludePointList: include, OnlyMask: true, ErodeSize: 0 };
+  if (exclude.length) params.ExcludePointList = exclude;
+  const engine = $("point-engine").selectedOptions[0];
+  if (engine && !engine.defaultSelected) params.Engine = engine.value;
+  try {
+    const { TaskUID } = await api.call("ExtractContents", params);
+    tasks.add(TaskUID, "ExtractContents", `Garment from ${include.length + exclude.length} point(s)`);
+    const detail = await tasks.waitFor(TaskUID);
+    if (mine !== extraction) return;
+    if (detail.Status !== "Finished") {
+      throw new Error(detail.Status === "Error"
+        ? `${detail.ErrorMessage} (ErrorCode ${detail.ErrorCode})` : `the task was ${detail.Status}`);
+    }
+    const img = new Image();
+    img.src = localUrl(detail.ImgList[0]);
+    await img.decode();
+    if (mine !== extraction) return;
+    editor.loadMask(img);
+    status.textContent = `Mask from ${include.length} garment and ${exclude.length} exclusion point(s). ` +
+      "Add points, or touch it up with the brush.";
+    status.dataset.state = "ready";
+  } catch (err) {
+    if (mine !== extraction) return;
+    status.textContent = "";
+    status.dataset.state = "failed";
+    errors.showError(err, "points");
+  }
+}
+
+// --- the background reference ------------------------------------------------------------------------------
+
+$("background-input").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  errors.clear("background");
+  if (!file) return;
+  try {
+    const img = await decodeImage(file);
+    background = { b64: await fileToBase64(file), url: img.src };
+  } catch (err) {
+    errors.show("background", err.message);
+    return;
+  }
+  $("background-preview").src = background.url;
+  $("background-preview").hidden = $("background-remove").hidden = false;
+});
+$("background-remove").addEventListener("click", () => {
+  background = null;
+  $("background-input").value = "";
+  $("background-preview").hidden = $("background-remove").hidden = true;
+});
+
+// --- generate, progress, cancel ----------------------------------------------------------------------------
+
+function showProgress(d) {
+  $("progress").value = d.Progress || 0;
+  const text = {
+    Queuing: "Queuing: waiting for a worker…",
+    Running: d.TotalSteps ? `Running: step ${d.Step} / ${d.TotalSteps}` : "Running…",
+    Finished: "Finished.",
+    Error: "Failed.",
+    Canceled: "Canceled.",
+  }[d.Status];
+  $("progress-text").textContent = text || d.Status;
+}
+
+async function generate() {
+  errors.clear();
+  if (!keys) return errors.show("keys", "Enter your PublicKey and PrivateKey first.");
+  if (!mannequin) return errors.show("mannequin", "Choose a mannequin photo first.");
+  const mode = maskMode();
+  const images = [mannequin.b64];
+  const man = { ImageIndex: 0, ResizeMode: form.resizeMode };
+  if (mode === "auto") {
+    const segmenter = $("clothes-segmenter").selectedOptions[0];
+    if (segmenter && !segmenter.defaultSelected) man.ClothesSegmenter = segmenter.value;
+  } else {
+    if (!editor.garmentPixels()) {
+      return errors.show("mask", mode === "points" ? "No mask yet: click on the garment and wait for its mask."
+        : "The mask is empty: paint over the garment (or choose another way to mark it).");
+    }
+    images.push(editor.exportPng());
+    man.ClothesMaskIndex = 1;
+  }
+  const params = { ...form.collect(), ImageAndMaskList: images, Mannequin: man };
+  if (background) {
+    images.push(background.b64);
+    params.Image2Image = { ImageIndex: images.length - 1, ReferStrength: form.referStrength };
+  }
+  // where an error about each image goes
+  errors.route("ImageAndMaskList[0]", "mannequin");
+  errors.route("ImageAndMaskList[1]", mode === "auto" ? "background" : "mask");
+  errors.route("ImageAndMaskList[2]", "background");
+
+  const button = $("generate");
+  button.disabled = true;
+  $("progress-text").textContent = "Sending…";
+  let uid;
+  try {
+    uid = (await api.call("GenerateFromMannequin", params)).TaskUID;
+  } catch (err) {
+    $("progress-text").textContent = "Not sent.";
+    errors.showError(err, "general", (code) => form.slotForModel(code)
+      || ($("clothes-segmenter").value === code && mode === "auto" ? "mask" : null));
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  currentTask = uid;
+  $("cancel").disabled = false;
+  const size = `${params.Width ?? "?"}×${params.Height ?? "?"}`;
+  tasks.add(uid, "GenerateFromMannequin", `Generate ${size}${params.BatchSize > 1 ? ` ×${params.BatchSize}` : ""}`);
+  const before = { url: mannequin.url, resizeMode: man.ResizeMode };
+  let detail;
+  try {
+    detail = await tasks.waitFor(uid, (d) => uid === currentTask && showProgress(d));
+  } catch (err) {
+    if (uid === currentTask) $("cancel").disabled = true;
+    errors.showError(err, "general");
+    return;
+  }
+  if (uid === currentTask) {
+    showProgress(detail);
+    $("cancel").disabled = true;
+  }
+  if (detail.Status === "Finished") gallery.addTask(detail, before);
+  if (detail.Status === "Error") {
+    errors.show("general", `The task failed: ${detail.ErrorMessage} (ErrorCode ${detail.ErrorCode})`);
+  }
+}
+
+$("generate").addEventListener("click", generate);
+$("cancel").addEventListener("click", async () => {
+  if (!currentTask) return;
+  $("cancel").disabled = true;
+  $("progress-text").textContent = "Canceling…"; // the task's own state follows from the next poll
+  try {
+    await tasks.cancel(currentTask);
+  } catch (err) {
+    $("cancel").disabled = false;
+    errors.showError(err, "general");
+  }
+});
+
+// --- start -------------------------------------------------------------------------------------------------
+
+maskModeChanged();
+maskChanged();
+showKeys(!keys);
+if (!window.isSecureContext) {
+  // WebCrypto (the signature) and random request ids exist only in a secure context
+  errors.show("keys", "Open this page over https, or at http://127.0.0.1 or http://localhost: the browser signs "
+    + "requests only in a secure context.");
+} else if (keys) {
+  connect().then((ok) => ok || showKeys(true));
+} else {
+  $("public-key").focus();
+}
+tasks.render();
