@@ -152,7 +152,7 @@ def main() -> int:
         for p in procs:
             p.wait(60)
         redis_proc.terminate()
-        redis_proc.wait(10)
+        redis_proc.wait(time.monotonic() + 10, 10)
 
     print(json.dumps({"service_overhead_ratio": round(e2e / bare, 3), **figures, "bare_call_s": round(bare, 3),
                       "end_to_end_s": round(e2e, 3), "job_size_px": size, "job_steps": steps}))

@@ -8,7 +8,6 @@ input's size, transparent background) and the mask (grey PNG, white = the object
 """
 from __future__ import annotations
 
-import io
 import logging
 import time
 
@@ -19,7 +18,7 @@ from app.contract.codes import ErrorCode, model_message
 from app.contract.jobs import MaskJobMessage
 from app.contract.limits import MASK_ACTION_ENGINE_TYPE
 from app.contract.registry import ModelEntry
-from workers.job import JobError, JobLost, JobWatch, Timings, open_input, run_task, version_ok
+from workers.job import JobError, JobLost, JobWatch, Timings, open_input, png_bytes, run_task, version_ok
 from workers.masks import refine
 from workers.masks.engines import EngineError, Request
 from workers.models.cache import Lease, ModelLoadError
@@ -29,12 +28,6 @@ log = logging.getLogger("atelier.worker")
 
 #: A mask job's time budget: ATELIER_JOB_TIME_BASE_S plus this share of it per input image beyond the first.
 PER_IMAGE_SHARE = 0.25
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def run_mask_job(rt: WorkerRuntime, message: dict) -> None:
@@ -69,6 +62,7 @@ def _masks(rt: WorkerRuntime, lease: Lease, job: MaskJobMessage, timings: Timing
     timings.load = lease.load_seconds
     matting = refine.hair_matting_on(job.hair_optimization, entry.engine)
     names: list[str] = []
+    level = rt.settings.result_png_level
     for i, key in enumerate(job.images):
         watch.check()
         image = np.asarray(open_input(rt, key).convert("RGB"))
@@ -95,8 +89,8 @@ def _masks(rt: WorkerRuntime, lease: Lease, job: MaskJobMessage, timings: Timing
         t0 = time.monotonic()
         if not job.only_mask:
             cut = Image.fromarray(refine.cutout(colours, alpha), "RGBA")
-            names.append(rt.storage.write_result(job.task_uid, len(names), _png(cut)))
-        names.append(rt.storage.write_result(job.task_uid, len(names), _png(Image.fromarray(alpha, "L"))))
+            names.append(rt.storage.write_result(job.task_uid, len(names), png_bytes(cut, level)))
+        names.append(rt.storage.write_result(job.task_uid, len(names), png_bytes(Image.fromarray(alpha, "L"), level)))
         timings.store += time.monotonic() - t0
         rt.store.set_progress(job.task_uid, i + 1, len(job.images))
     watch.check()

@@ -358,3 +358,17 @@ def test_the_two_places_have_their_own_budgets(tmp_path):
     assert cache.stats.peak_bytes == {"device": MB, "host": MB}
     cache.get("gpu-3", lambda: Blob(MB), label="gpu-3", kind="pipeline")  # size unknown until loaded
     assert cache.cached("device") == [("gpu-3", MB)] and cache.stats.peak_bytes["device"] == 2 * MB
+
+
+def test_an_estimate_function_is_called_on_a_miss_only():
+    """Reading a model's headers for its size costs a job nothing once the model is warm."""
+    cache = ModelCache(device_bytes=4 * MB, host_bytes=4 * MB)
+    calls = []
+
+    def estimate() -> int:
+        calls.append(1)
+        return MB
+
+    for _ in range(3):
+        cache.get("m", lambda: Blob(MB), label="m", kind="pipeline", estimate=estimate)
+    assert calls == [1] and cache.used_bytes() >= MB

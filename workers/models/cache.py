@@ -138,9 +138,10 @@ class ModelCache:
     # --- getting -----------------------------------------------------------------------------------------
 
     def get(self, key: Hashable, load: Callable[[], T], *, label: str, kind: str, place: Place = "device",
-            estimate: int | None = None, slot: Hashable | None = None,
+            estimate: int | Callable[[], int | None] | None = None, slot: Hashable | None = None,
             on_evict: Callable[[T], None] | None = None, lease: Lease | None = None) -> T:
-        """The object cached under ``key``; on a miss, ``load()`` after making room for ``estimate`` bytes.
+        """The object cached under ``key``; on a miss, ``load()`` after making room for ``estimate`` bytes
+        (a number, or a function giving it, called on a miss only: reading files' headers costs a hit nothing).
 
         ``label`` names it in logs and errors, ``kind`` says what it is (``pipeline``, ``vae``, ...).
         ``slot``: see the module doc. ``on_evict(obj)`` runs when the entry is evicted. With ``lease``, the
@@ -184,7 +185,9 @@ class ModelCache:
         self._evict(previous, f"{label} now names other weights or another file version")
 
     def _load(self, key: Hashable, load: Callable[[], Any], *, label: str, kind: str, place: Place,
-              estimate: int | None, on_evict: Callable[[Any], None] | None) -> _Entry:
+              estimate: int | Callable[[], int | None] | None, on_evict: Callable[[Any], None] | None) -> _Entry:
+        if callable(estimate):
+            estimate = estimate()
         self._make_room(place, estimate or 0, label)
         log.info("loading %s %s (estimated %s)", kind, label, fmt_bytes(estimate))
         t0 = time.monotonic()

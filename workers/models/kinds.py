@@ -72,7 +72,7 @@ class WorkerModels:
         return lease.get(
             ("pipeline", entry.source, entry.family, entry.defaults.scheduler),
             lambda: self.loaders.main(entry, registry, self.device, self.dtype, self.models_dir),
-            label=entry.model_code, kind="pipeline", estimate=self._estimate(entry, registry),
+            label=entry.model_code, kind="pipeline", estimate=lambda: self._estimate(entry, registry),
             slot=("pipeline", entry.model_code))
 
     @contextmanager
@@ -91,7 +91,7 @@ class WorkerModels:
             ("vae", entry.family, source),
             lambda: self.loaders.vae(source, self.device, self.dtype, family=entry.family,
                                      demo_dir=self.models_dir, label=label),
-            label=label, kind="vae", estimate=loading.estimate_bytes(source, self.dtype),
+            label=label, kind="vae", estimate=lambda: loading.estimate_bytes(source, self.dtype),
             slot=("vae", entry.family))
         original = pipe.vae
         own = getattr(getattr(original, "config", None), "latent_channels", None)
@@ -118,7 +118,7 @@ class WorkerModels:
                 raise ModelLoadError(entry.model_code, str(e)) from e
 
         return lease.get(("controlnet", str(path), str(config)), load, label=entry.model_code, kind="controlnet",
-                         estimate=self._estimate(entry, registry), slot=("controlnet", entry.model_code),
+                         estimate=lambda: self._estimate(entry, registry), slot=("controlnet", entry.model_code),
                          on_evict=drop_control_pipelines)
 
     def detectors(self, lease: Lease) -> Callable[[str, Path | None], Any]:
@@ -160,7 +160,7 @@ class WorkerModels:
         path = local_path(registry.translator, registry, self.models_dir)
         return lease.get(("translator", str(path)), lambda: self.loaders.translator(path), label=path.name,
                          kind="translator", place="host", slot=("translator",),
-                         estimate=loading.estimate_bytes(ModelSource(path=path), torch.float32))  # on the CPU
+                         estimate=lambda: loading.estimate_bytes(ModelSource(path=path), torch.float32))  # on the CPU
 
     def mask_engine(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
         """The mask engine ``entry`` (:mod:`workers.masks.engines`). Raises :class:`ModelLoadError` for files
