@@ -17,7 +17,7 @@ from PIL import Image
 from app.contract.codes import ErrorCode, model_message
 from app.contract.jobs import MaskJobMessage
 from app.contract.limits import MASK_ACTION_ENGINE_TYPE
-from app.contract.registry import ModelEntry
+from app.contract.registry import ModelEntry, Registry
 from workers.job import JobError, JobLost, JobWatch, Timings, open_input, png_bytes, run_task, version_ok
 from workers.masks import refine
 from workers.masks.engines import EngineError, Request
@@ -45,17 +45,18 @@ def run_mask_job(rt: WorkerRuntime, message: dict) -> None:
              oom_message="out of GPU memory running the mask engine: send a smaller image")
 
 
-def _engine_entry(rt: WorkerRuntime, job: MaskJobMessage) -> ModelEntry:
-    entry = rt.registry.get(job.engine)
+def _engine_entry(registry: Registry, job: MaskJobMessage) -> ModelEntry:
+    entry = registry.get(job.engine)
     if entry is None or entry.model_type != MASK_ACTION_ENGINE_TYPE[job.action]:
         raise JobError(ErrorCode.MODEL, model_message(job.engine))
     return entry
 
 
 def _masks(rt: WorkerRuntime, lease: Lease, job: MaskJobMessage, timings: Timings, watch: JobWatch) -> int:
-    entry = _engine_entry(rt, job)
+    registry = rt.registry  # read once: the models config as it stands for this whole job
+    entry = _engine_entry(registry, job)
     try:
-        engine = rt.models.mask_engine(lease, entry, rt.registry)
+        engine = rt.models.mask_engine(lease, entry, registry)
     except ModelLoadError as e:
         log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
         raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e

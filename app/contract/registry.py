@@ -201,7 +201,8 @@ class ModelEntry(BaseModel):
     preprocessor: PreProcessorKind | None = Field(None, description="PreProcessor: which controlnet-aux detector")
     default_control: list[DefaultControl] = Field(default_factory=list, description="Main: control by default")
     default_main: bool = Field(False, description="Main: the model of a request without MainModel (one at most)")
-    points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image costs (TaskDetail.ConsumeApiPoint)")
+    points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image made costs; a mask engine: what"
+                        " each input image costs (TaskDetail.ConsumeApiPoint)")
     # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
     engine: MaskEngine | None = Field(None, description="a mask engine's kind (limits.MASK_ENGINES)")
     rembg_model: RembgModel | None = Field(None, description="engine rembg: which of rembg's models the ONNX"
@@ -219,6 +220,11 @@ class ModelEntry(BaseModel):
         if self.default_engine and not is_engine:
             raise ValueError(f"`default_engine:` is for mask engines only ({', '.join(MASK_ENGINE_TYPES)})")
         if is_engine:
+            for field, value, default in (("default_control", self.default_control, []),
+                                          ("default_main", self.default_main, False),
+                                          ("preprocessor", self.preprocessor, None)):
+                if value != default:
+                    raise ValueError(f"`{field}:` is not for mask engines")
             return self._engine_fits()
         if self.model_type == "PreProcessor":
             if self.preprocessor is None:

@@ -97,7 +97,8 @@ def parse_mask_request(action: str, body: dict[str, Any], *, max_images: int, ma
     else:
         sources = [("RawImage", check_str(body.get("RawImage"), "RawImage", non_empty=True))]
     box = _box(body.get("Box")) if action == "RemoveBackground" else None
-    include = exclude = []
+    include: list[Point] = []
+    exclude: list[Point] = []
     if action == "ExtractContents":
         include = _points(body.get("IncludePointList"), "IncludePointList", required=True)
         exclude = _points(body.get("ExcludePointList"), "ExcludePointList", required=False)

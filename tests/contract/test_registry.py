@@ -305,6 +305,9 @@ def engine(code: str, model_type: str = "BackgroundRemover", **fields) -> dict:
     ({"engine": "grabcut", "rembg_model": "u2net"}, r"`rembg_model:` is for `engine: rembg` only"),
     ({"engine": "rembg", "rembg_model": "u3net", "source": {"file": "u.onnx"}}, r"rembg_model: Input should be"),
     ({"engine": "grabcut", "garment_classes": [1]}, r"`garment_classes:` is for ClothesSegmenter entries only"),
+    ({"engine": "grabcut", "default_main": True}, r"`default_main:` is not for mask engines"),
+    ({"engine": "grabcut", "preprocessor": "canny"}, r"`preprocessor:` is not for mask engines"),
+    ({"engine": "grabcut", "default_control": [{"ControlModel": "x"}]}, r"`default_control:` is not for mask engines"),
 ])
 def test_bad_engine_entries_are_refused(fields, message):
     with pytest.raises(ValueError, match=r"models\[0\] \(ModelCode 'e'\): .*(" + message + ")"):

@@ -31,8 +31,9 @@ def test_every_playground_file_is_served_with_the_strict_headers(api):
 
 
 def test_nothing_outside_the_playground_folder_is_served(api):
-    for path in ("/playground/../main.py", "/playground/%2e%2e/main.py", "/playground/../../var/dev-keys.yaml",
-                 "/playground/nope.js"):
+    # percent-encoded, so that the client sends the dots as they are and the static files' own guard is what refuses
+    for path in ("/playground/%2e%2e/main.py", "/playground/%2e%2e/%2e%2e/var/dev-keys.yaml",
+                 "/playground/%2e%2e/%2e%2e/pyproject.toml", "/playground/nope.js"):
         r = api.client.get(path)
         assert r.status_code == 404, path
         assert b"PrivateKey" not in r.content

@@ -71,16 +71,13 @@ def test_trimap_and_matting_follow_the_thresholds():
     assert (alpha[:, :28] > 200).all() and (alpha[:, 32:] < 55).all()      # matting found the colour edge
 
 
-def test_keep_components_and_drop_specks():
+def test_drop_specks_keeps_the_objects():
     mask = np.zeros((50, 50), np.uint8)
     mask[5:20, 5:20] = 255
     mask[30:45, 30:45] = 255
     mask[0, 49] = 255
-    kept = refine.keep_components(mask, [(10, 10)])
-    assert kept[10, 10] == 255 and kept[35, 35] == 0
-    assert np.array_equal(refine.keep_components(mask, [(25, 25)]), mask)  # no seed on an object: unchanged
     clean = refine.drop_specks(mask)
-    assert clean[0, 49] == 0 and clean[35, 35] == 255
+    assert clean[0, 49] == 0 and clean[35, 35] == 255 and clean[10, 10] == 255
 
 
 def test_cutout_and_matting_modes():

@@ -113,17 +113,6 @@ def cutout(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.dstack([image[..., :3], alpha])
 
 
-def keep_components(mask: np.ndarray, seeds: list[tuple[int, int]]) -> np.ndarray:
-    """Of a binary-ish mask (> 127 = object), the connected parts that contain one of ``seeds`` (x, y);
-    with no seed inside any part, the mask unchanged."""
-    binary = (mask > 127).astype(np.uint8)
-    count, labels = cv2.connectedComponents(binary, connectivity=8)
-    wanted = {int(labels[y, x]) for x, y in seeds if 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1]} - {0}
-    if count <= 1 or not wanted:
-        return mask
-    return np.where(np.isin(labels, list(wanted)), mask, 0).astype(np.uint8)
-
-
 def drop_specks(mask: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
     """A binary-ish mask without its parts smaller than ``min_fraction`` of the image (noise, dust)."""
     binary = (mask > 127).astype(np.uint8)

@@ -175,10 +175,8 @@ class WorkerModels:
             except EngineError as e:
                 raise ModelLoadError(entry.model_code, str(e)) from e
 
-        stamp = None
-        if path is not None and path.exists():
-            st = path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+        st = path.stat() if path is not None and path.exists() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None  # a replaced file is read again
         return lease.get(("mask", entry.engine, str(path), stamp, entry.rembg_model), load, label=entry.model_code,
                          kind="mask", place="device" if on_device else "host", slot=("mask", entry.model_code),
-                         estimate=path.stat().st_size if path is not None and path.is_file() else None)
+                         estimate=st.st_size if st is not None and path.is_file() else None)
