@@ -15,7 +15,6 @@ outcome and its images are counted in the worker's metrics (:func:`workers.metri
 """
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from workers.masks.refine import drop_specks
 from workers.metrics import record_job
 from workers.models.cache import Lease, ModelLoadError, is_oom
 from workers.models.sources import local_path
+from workers.png import encode_png
 from workers.runtime import WorkerRuntime
 from workers.submodels.apply import apply_submodels
 from workers.submodels.spec import SubmodelError, SubModelSpec, build_prompt
@@ -157,6 +157,8 @@ class Timings:
     load: float = 0.0
     inference: float = 0.0
     store: float = 0.0
+    #: ``pipeline_s``: the part of ``inference`` spent inside the pipeline's calls (``run_inpaint``'s ``stats``)
+    pipeline: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
         return (f"queue wait {self.queue_wait:.2f}s, load {self.load:.2f}s, inference {self.inference:.2f}s,"
@@ -291,7 +293,8 @@ def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings
     for i, img in enumerate(images):
         names.append(rt.storage.write_result(job.task_uid, i, png_bytes(img, rt.settings.result_png_level)))
     watch.check()
-    if not rt.store.mark_finished(job.task_uid, names, job.seed, worker=rt.worker_id):
+    if not rt.store.mark_finished(job.task_uid, names, job.seed, worker=rt.worker_id,
+                                  pipeline_s=timings.pipeline.get("pipeline_s", 0.0)):
         raise JobLost(job.task_uid)
     timings.store = time.monotonic() - t0
     return len(names)
@@ -355,11 +358,8 @@ def _auto_clothes_mask(rt: WorkerRuntime, lease: Lease, registry: Registry, job:
 
 
 def png_bytes(img: Image.Image, level: int) -> bytes:
-    """A result as PNG at zlib ``level`` (``ATELIER_RESULT_PNG_LEVEL``): the encoding is most of what the
-    service adds to a job's time, and level 1 costs a third of Pillow's default for slightly larger files."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
+    """A result as PNG at ``level`` (``ATELIER_RESULT_PNG_LEVEL``; :func:`workers.png.encode_png`, lossless)."""
+    return encode_png(img, level)
 
 
 def open_input(rt: WorkerRuntime, key: str) -> Image.Image:
@@ -436,10 +436,10 @@ def _run(rt: WorkerRuntime, lease: Lease, registry: Registry, plan: Plan, job: J
     common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
                   guidance_scale=plan.entry.defaults.guidance_scale,
                   on_step=ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch),
-                  background=plan.background, refer_strength=job.refer_strength)
+                  background=plan.background, refer_strength=job.refer_strength, stats=timings.pipeline)
     with rt.models.vae_for(lease, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(lease, spec)):
-        nets = [rt.models.controlnet(lease, cm, registry) for cm in plan.control_models]
+        nets = [rt.models.controlnet(lease, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
         loaded = lease.load_seconds
         t0 = time.monotonic()
         if not nets:

@@ -2,8 +2,8 @@
 
 :class:`WorkerRuntime` holds the task store (Redis), the file storage, the model registry (re-read when
 ``models_config`` changes), the one model cache with the worker's models by kind, and the control-map
-cache. ``workers/tasks.py`` builds it when the worker starts and hands it to every job
-(:func:`workers.job.run_job`); tests build their own.
+cache. ``workers/tasks.py`` builds it when the worker starts, warms up the models that ask for it
+(:meth:`WorkerRuntime.warm_up`) and hands it to every job (:func:`workers.job.run_job`); tests build their own.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from workers.models.cache import ModelCache
 from workers.models.device import pick_device, resolve_dtype
 from workers.models.kinds import Loaders, WorkerModels
 from workers.models.sizes import fmt_bytes
+from workers.models.warmup import WarmupReport, warm_up
 
 log = logging.getLogger("atelier.worker")
 
@@ -64,3 +65,14 @@ class WorkerRuntime:
     def registry(self) -> Registry:
         """The deployment's models, re-read when the models config file changes."""
         return get_registry(self.settings.models_config)
+
+    def warm_up(self) -> WarmupReport:
+        """Generate once at each size the Main models' ``speed:`` options ask to warm up
+        (:func:`workers.models.warmup.warm_up`), so that the first job does not pay a compile. Never raises: a
+        models config that cannot be read, or anything else going wrong, is logged and the worker starts cold
+        (the jobs will report a config error themselves)."""
+        try:
+            return warm_up(self.models, self.registry)
+        except Exception as e:  # noqa: BLE001 - the worker must start whatever happens here
+            log.error("warm-up skipped (%s: %s); the worker starts without it", type(e).__name__, e)
+            return WarmupReport()

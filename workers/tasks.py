@@ -6,10 +6,19 @@ process starts (``worker_init`` for the solo pool a GPU worker runs, ``worker_pr
 prefork child), not on the first job. With it, a solo worker serves its metrics
 (``ATELIER_WORKER_METRICS_PORT`` + ``ATELIER_WORKER_INDEX``, :func:`workers.metrics.serve_metrics`).
 
+Once the runtime is built, the models whose ``speed:`` options ask for it are warmed up
+(:meth:`~workers.runtime.WorkerRuntime.warm_up`: one short generation per configured size, bounded, failures
+logged), *before* the first job, so that it does not pay a compile: in the solo worker synchronously in
+``worker_init``, so the worker consumes (and announces itself ready) only once warm; in a prefork child in a
+thread (Celery kills a child that does not report up within seconds), the child's tasks waiting for it to
+finish. A deployment that configures no warm-up (the demo) does nothing there.
+
 Once the worker consumes its queues (``worker_ready``) it announces itself alive on each of them (a
 :class:`~workers.metrics.Heartbeat`, which the gateway's ``/readyz`` counts) until it shuts down.
 """
 from __future__ import annotations
+
+import threading
 
 from celery import Task
 from celery.concurrency import get_implementation
@@ -30,6 +39,8 @@ class RuntimeTask(Task):
 
     _runtime: WorkerRuntime | None = None
     _heartbeat: Heartbeat | None = None
+    #: set once a background warm-up (prefork child) has finished; None when none was started
+    _warmed: threading.Event | None = None
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -38,25 +49,50 @@ class RuntimeTask(Task):
         return RuntimeTask._runtime
 
 
+def _wait_for_warm_up() -> None:
+    """A job must not run beside the warm-up (they would share the models); it waits for it to finish."""
+    warmed = RuntimeTask._warmed
+    if warmed is not None:
+        warmed.wait()
+
+
 @celery.task(name=GENERATE_TASK_NAME, base=RuntimeTask, bind=True, acks_late=True)
 def generate(self: RuntimeTask, message: dict) -> None:
+    _wait_for_warm_up()
     run_job(self.runtime, message)
 
 
 @celery.task(name=MASK_TASK_NAME, base=RuntimeTask, bind=True, acks_late=True)
 def mask(self: RuntimeTask, message: dict) -> None:
+    _wait_for_warm_up()
     run_mask_job(self.runtime, message)
+
+
+def warm_up_in_background(runtime: WorkerRuntime) -> threading.Thread:
+    """Run ``runtime.warm_up()`` in a thread; jobs wait for it (:attr:`RuntimeTask._warmed`)."""
+    warmed = RuntimeTask._warmed = threading.Event()
+
+    def run() -> None:
+        try:
+            runtime.warm_up()
+        finally:
+            warmed.set()
+
+    thread = threading.Thread(target=run, name="atelier-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @worker_init.connect
 def _build_in_solo_worker(sender=None, **_) -> None:
     if getattr(sender, "pool_cls", None) is get_implementation("solo"):
         serve_metrics(get_settings(), generate.runtime.cache)  # builds the runtime first
+        generate.runtime.warm_up()  # before the worker consumes: the first job finds its models warm
 
 
 @worker_process_init.connect
 def _build_in_pool_child(**_) -> None:
-    generate.runtime  # noqa: B018 - builds it
+    warm_up_in_background(generate.runtime)  # builds the runtime first
 
 
 @worker_ready.connect

@@ -13,6 +13,7 @@ resolved against the YAML file's folder then, so a loader never needs to know wh
 from __future__ import annotations
 
 import logging
+import math
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.contract.limits import (
+    BATCH_SIZE_RANGE,
     CONTROL_WEIGHT_RANGE,
     DEFAULT_CONTROL_WEIGHT,
     DEFAULT_ENDING_STEP,
@@ -41,6 +43,7 @@ from app.contract.limits import (
     PREPROCESSOR_KINDS,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
+    SIZE_RANGE,
     SOURCE_KINDS,
     STEP_RATIO_RANGE,
     STEPS_RANGE,
@@ -188,6 +191,88 @@ class DefaultControl(BaseModel):
     control_model: str = Field(alias="ControlModel", description="ModelCode of a ControlModel")
 
 
+#: What ``speed.compile_mode`` may name: torch.compile's modes (``torch._inductor.list_mode_options``).
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: ``speed.dtype`` values: ``auto`` is the worker's ``ATELIER_DTYPE``.
+SPEED_DTYPES: tuple[str, ...] = ("auto", "float16", "bfloat16", "float32")
+
+
+class SpeedOptions(BaseModel):
+    """A Main model's GPU fast paths (``speed:``; models_config/README.md "Speed (GPU fast paths)").
+
+    Everything here changes how fast a model runs, never what a request means: the worker applies it when it
+    loads the model (:func:`workers.models.speed.apply_speed`) and before each pipeline call
+    (:func:`workers.models.speed.before_call`). The defaults are the paths that are safe everywhere; a CPU
+    worker ignores ``dtype`` and ``channels_last`` (float32, default memory format). Frozen and hashable.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dtype: Literal[SPEED_DTYPES] = Field(
+        "auto", description="weights dtype on CUDA (auto = the worker's ATELIER_DTYPE, float16 unless set); the"
+        " CPU always runs float32")
+    channels_last: bool = Field(True, description="UNet and VAE in channels_last memory format (CUDA only: the"
+                                " convolutions' fast layout on tensor cores)")
+    sdpa: bool = Field(True, description="scaled-dot-product attention (torch's fused kernels); false = the"
+                       " classic matmul-softmax-matmul processors, for debugging or reproducing old images")
+    fuse_qkv: bool = Field(True, description="fuse each self-attention's q, k, v projections into one matmul"
+                           " (UNet and VAE); LoRAs and hypernetworks still apply")
+    compile: bool = Field(False, description="torch.compile the UNet; the first call at each new size (and"
+                          " batch) compiles, about a minute on a GPU: pair it with warmup_sizes")
+    compile_mode: Literal[COMPILE_MODES] = Field(
+        "max-autotune-no-cudagraphs", description="torch.compile mode: autotuned kernels without CUDA graphs"
+        " (CUDA graphs would pin every size and batch's buffers and re-record on each new shape)")
+    warmup_sizes: tuple[tuple[int, int], ...] = Field(
+        (), max_length=16, description="[width, height] pairs generated once at worker start, each at every"
+        " warmup_batch, so that the first job does not pay the compile or the kernels' autotuning")
+    warmup_batch: tuple[int, ...] = Field((1,), min_length=1, max_length=8, description="the BatchSize values"
+                                          " warmed up at each size (run as a job runs them, in calls of at most"
+                                          " images_per_call images)")
+    deep_cache_interval: int = Field(
+        0, ge=0, le=10, description="DeepCache: recompute the UNet's deep features every N steps and reuse them"
+        " in between (0 = off, N >= 2); faster, at some cost in detail (docs/performance.md \"DeepCache\")")
+    deep_cache_branch: int = Field(0, ge=0, le=3, description="DeepCache: how many of the UNet's outer down/up"
+                                   " block pairs still run at every step, minus one (0 = the outermost only, the"
+                                   " fastest; at most the UNet's number of down blocks minus one)")
+    vae_tiling_above_px: int = Field(
+        1536 * 1536, ge=0, description="decode and encode in tiles when width*height is above this (0 = always;"
+        " a huge number = never); keeps a 2560x2560 image within a GPU's memory")
+    vae_slicing: bool = Field(True, description="decode and encode a batch one image at a time (batches > 1"
+                              " only): less peak memory for the VAE at no visible cost")
+    max_batch: int = Field(8, ge=1, le=64, description="at most this many images per pipeline call")
+    max_batch_megapixels: float = Field(
+        2.2, gt=0, le=64, description="at most this many megapixels per pipeline call (a BatchSize is split"
+        " into calls of max(1, min(max_batch, floor(this * 1e6 / (width * height)))) images)")
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes(cls, v: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        lo, hi = int(SIZE_RANGE.lo), int(SIZE_RANGE.hi)
+        for w, h in v:
+            if not (lo <= w <= hi and lo <= h <= hi):
+                raise ValueError(f"warmup size {w}x{h}: width and height must be in [{lo}, {hi}] (a request's)")
+        return v
+
+    @field_validator("warmup_batch")
+    @classmethod
+    def _batches(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        hi = int(BATCH_SIZE_RANGE.hi)
+        if any(not 1 <= b <= hi for b in v):
+            raise ValueError(f"warmup_batch values must be in [1, {hi}], got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _deep_cache(self) -> SpeedOptions:
+        if self.deep_cache_interval == 1:
+            raise ValueError("deep_cache_interval 1 would recompute every step: use 0 (off) or N >= 2")
+        return self
+
+    def images_per_call(self, width: int, height: int) -> int:
+        """How many images of ``width`` x ``height`` one pipeline call takes (a BatchSize is split into
+        calls of this many): ``max(1, min(max_batch, floor(max_batch_megapixels * 1e6 / (width*height))))``."""
+        by_pixels = math.floor(self.max_batch_megapixels * 1e6 / (width * height))
+        return max(1, min(self.max_batch, by_pixels))
+
+
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     model_code: str = Field(alias="ModelCode", min_length=1)
@@ -201,6 +286,8 @@ class ModelEntry(BaseModel):
     preprocessor: PreProcessorKind | None = Field(None, description="PreProcessor: which controlnet-aux detector")
     default_control: list[DefaultControl] = Field(default_factory=list, description="Main: control by default")
     default_main: bool = Field(False, description="Main: the model of a request without MainModel (one at most)")
+    speed: SpeedOptions = Field(default_factory=SpeedOptions, description="Main: GPU fast paths (README"
+                                " \"Speed (GPU fast paths)\")")
     points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image made costs; a mask engine: what"
                         " each input image costs (TaskDetail.ConsumeApiPoint)")
     # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
@@ -213,6 +300,8 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
+        if self.model_type != "Main" and self.speed != SpeedOptions():
+            raise ValueError("`speed:` is for Main models only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
         for name in ("engine", "rembg_model", "garment_classes"):
             if getattr(self, name) is not None and not is_engine:

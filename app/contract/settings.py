@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
     progress_interval_s: float = Field(0.5, description="min seconds between progress writes to Redis")
-    result_png_level: int = Field(1, ge=0, le=9, description="zlib level of the result PNGs: 1 encodes a 512x512"
-                                  " photo about 3x faster than Pillow's default 6 for files about 15% larger")
+    result_png_level: int = Field(1, ge=0, le=9, description="deflate level of the result PNGs (lossless at every"
+                                  " level): 0..3 by ISA-L (fast: the default 1 costs about 3 ms at 512x512),"
+                                  " 4..9 by zlib (smaller files, far slower); workers/png.py")
     model_cache_bytes: int = Field(24 * 1024**3, ge=0, description="worker: budget of the models on its device"
                                    " (pipelines, VAEs, ControlNets, annotators), measured from their tensors;"
                                    " least recently used evicted beyond it, never one a running job holds")

@@ -187,7 +187,9 @@ class TaskRecord:
     clothes_mask: str = ""        # the result name of a clothes mask the worker made itself
     results_per_image: int = 1    # result files per image paid for (a cut-out and its mask: 2)
     created_at: float = 0.0
+    started_at: float = 0.0  # when a worker took it (its latest attempt)
     finished_at: float = 0.0
+    pipeline_s: float = 0.0  # a Finished generation: seconds inside the pipeline's calls (mark_finished)
     callback_url: str = ""  # where its TaskDetail is POSTed when it ends ("": nowhere; app/webhooks.py)
 
     @classmethod
@@ -198,7 +200,8 @@ class TaskRecord:
             error_code=int(h.get("error_code", 0)), error_message=h.get("error_message", ""),
             step=int(h.get("step", 0)), total_steps=int(h.get("total_steps", 0)),
             notes=orjson.loads(h.get("notes", "[]")), points=int(h.get("points", DEFAULT_POINTS)),
-            created_at=float(h.get("created_at", 0)), finished_at=float(h.get("finished_at", 0)),
+            created_at=float(h.get("created_at", 0)), started_at=float(h.get("started_at", 0)),
+            finished_at=float(h.get("finished_at", 0)), pipeline_s=float(h.get("pipeline_s", 0)),
             attempt=int(h.get("attempt", 0)), deaths=int(h.get("deaths", 0)), worker=h.get("worker", ""),
             job=orjson.loads(h["job"]) if h.get("job") else None, queue=h.get("queue", ""),
             clothes_mask=h.get("clothes_mask", ""), results_per_image=int(h.get("results_per_image", 1)),
@@ -324,10 +327,14 @@ class TaskStore:
             argv += [k, v]
         return bool(self._finish_script(keys=[task_key(uid), LEASES, WEBHOOKS], args=argv))
 
-    def mark_finished(self, uid: str, images: list[str], seed: int, worker: str | None = None) -> bool:
-        """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it."""
+    def mark_finished(self, uid: str, images: list[str], seed: int, worker: str | None = None,
+                      pipeline_s: float = 0.0) -> bool:
+        """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it.
+        ``pipeline_s``: the seconds its worker spent inside the diffusion pipeline's calls (their step callbacks
+        excepted), kept for ``make bench``: the task's time minus this is what the service added."""
         return self._finish(uid, {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
-                                  "seed": seed, "error_code": int(ErrorCode.NONE), "error_message": ""}, worker)
+                                  "seed": seed, "error_code": int(ErrorCode.NONE), "error_message": "",
+                                  "pipeline_s": pipeline_s}, worker)
 
     def mark_error(self, uid: str, code: int, message: str, worker: str | None = None) -> bool:
         return self._finish(uid, {"status": TaskStatus.ERROR.value, "error_code": int(code),

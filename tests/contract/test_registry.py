@@ -12,7 +12,7 @@ import yaml
 
 from app.contract.jobs import GENERATE_TASK_NAME, MASK_TASK_NAME, task_name_for
 from app.contract.limits import MODEL_TYPES
-from app.contract.registry import KNOWN_SCHEDULERS, ModelEntry, ModelSource, Registry, get_registry
+from app.contract.registry import KNOWN_SCHEDULERS, ModelEntry, ModelSource, Registry, SpeedOptions, get_registry
 from support.api import ROOT
 
 
@@ -335,3 +335,92 @@ def test_task_names_follow_the_action():
     assert task_name_for("GenerateFromMannequin") == GENERATE_TASK_NAME
     assert {task_name_for(a) for a in ("RemoveBackground", "RemoveBackgroundsInBatch", "ExtractContents")} == {
         MASK_TASK_NAME}
+
+
+# --- speed: (models_config/README.md "Speed (GPU fast paths)") ------------------------------------------------
+
+
+def test_speed_defaults_are_the_safe_fast_paths():
+    speed = registry_of(model("m")).get("m").speed
+    assert speed == SpeedOptions()
+    assert (speed.dtype, speed.channels_last, speed.sdpa, speed.fuse_qkv, speed.compile) == ("auto", True, True,
+                                                                                           True, False)
+    assert (speed.warmup_sizes, speed.warmup_batch, speed.deep_cache_interval, speed.deep_cache_branch) == \
+        ((), (1,), 0, 0)
+    assert (speed.vae_tiling_above_px, speed.vae_slicing, speed.max_batch, speed.max_batch_megapixels) == \
+        (1536 * 1536, True, 8, 2.2)
+    hash(speed)  # frozen: fit for cache keys
+
+
+def test_speed_options_parse_from_yaml(tmp_path):
+    path = write(tmp_path, """
+        models:
+          - ModelCode: fast
+            Name: fast
+            ModelType: Main
+            source: {demo: inpaint}
+            speed:
+              dtype: bfloat16
+              compile: true
+              compile_mode: reduce-overhead
+              warmup_sizes: [[512, 512], [768, 1024]]
+              warmup_batch: [1, 4]
+              deep_cache_interval: 3
+              deep_cache_branch: 1
+              vae_tiling_above_px: 0
+              max_batch: 4
+              max_batch_megapixels: 1.5
+    """)
+    speed = Registry.from_file(path).get("fast").speed
+    assert speed.dtype == "bfloat16" and speed.compile and speed.compile_mode == "reduce-overhead"
+    assert speed.warmup_sizes == ((512, 512), (768, 1024)) and speed.warmup_batch == (1, 4)
+    assert (speed.deep_cache_interval, speed.deep_cache_branch, speed.vae_tiling_above_px) == (3, 1, 0)
+    assert (speed.max_batch, speed.max_batch_megapixels) == (4, 1.5)
+
+
+@pytest.mark.parametrize(("speed", "message"), [
+    ({"turbo": True}, r"speed.turbo: Extra inputs are not permitted"),
+    ({"dtype": "float8"}, r"speed.dtype: Input should be 'auto', 'float16', 'bfloat16' or 'float32'"),
+    ({"compile_mode": "fast"}, r"speed.compile_mode: Input should be 'default', 'reduce-overhead'"),
+    ({"max_batch": 0}, r"speed.max_batch: Input should be greater than or equal to 1"),
+    ({"max_batch_megapixels": 0}, r"speed.max_batch_megapixels: Input should be greater than 0"),
+    ({"deep_cache_interval": 1}, r"deep_cache_interval 1 would recompute every step"),
+    ({"deep_cache_interval": -2}, r"speed.deep_cache_interval: Input should be greater than or equal to 0"),
+    ({"deep_cache_branch": 4}, r"speed.deep_cache_branch: Input should be less than or equal to 3"),
+    ({"vae_tiling_above_px": -1}, r"speed.vae_tiling_above_px: Input should be greater than or equal to 0"),
+    ({"warmup_sizes": [[512, 32]]}, r"warmup size 512x32: width and height must be in \[64, 2560\]"),
+    ({"warmup_sizes": [[4096, 512]]}, r"warmup size 4096x512"),
+    ({"warmup_sizes": [[512]]}, r"speed.warmup_sizes.0"),
+    ({"warmup_batch": []}, r"speed.warmup_batch: .*at least 1 item"),
+    ({"warmup_batch": [0]}, r"warmup_batch values must be in \[1, 16\]"),
+    ({"sdpa": "maybe"}, r"speed.sdpa: Input should be a valid boolean"),
+])
+def test_bad_speed_options_are_refused_naming_the_field(speed, message):
+    with pytest.raises(ValueError, match=r"^models.yaml: models\[1\] \(ModelCode 'bad'\): .*" + message):
+        registry_of(model("good"), model("bad", speed=speed))
+
+
+@pytest.mark.parametrize("fields", [
+    {"ModelType": "LoRA", "source": {"file": "l.safetensors"}},
+    {"ModelType": "ControlModel", "source": {"path": "cn"}},
+    {"ModelType": "PreProcessor", "preprocessor": "canny", "source": None},
+    {"ModelType": "BackgroundRemover", "engine": "grabcut", "source": None},
+])
+def test_speed_is_for_main_models_only(fields):
+    with pytest.raises(ValueError, match=r"`speed:` is for Main models only"):
+        registry_of(model("bad", **fields, speed={"compile": True}))
+    # the defaults written out are no error: they change nothing
+    assert registry_of(model("ok", **fields, speed={"compile": False})).get("ok").speed == SpeedOptions()
+
+
+@pytest.mark.parametrize(("size", "options", "expected"), [
+    ((512, 512), {}, 8),                                             # 2.2 MP / 0.26 MP = 8.4 -> max_batch 8
+    ((1024, 1024), {}, 2),                                           # 2.2 / 1.05 = 2.1
+    ((1536, 1536), {}, 1),
+    ((2560, 2560), {}, 1),                                           # never less than one
+    ((512, 512), {"max_batch": 3}, 3),
+    ((768, 768), {"max_batch_megapixels": 1.2}, 2),                 # 1.2 / 0.59 = 2.03
+    ((64, 64), {"max_batch": 64, "max_batch_megapixels": 0.01}, 2),  # 10000 / 4096 = 2.4
+])
+def test_images_per_call_follows_the_formula(size, options, expected):
+    assert SpeedOptions(**options).images_per_call(*size) == expected

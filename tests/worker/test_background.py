@@ -175,8 +175,8 @@ def test_same_seed_gives_the_same_images_and_batches_match_single_runs(pipe):
     again = generate(pipe, comp, 0.5, seed=40, batch_size=2)
     for i in range(2):
         np.testing.assert_array_equal(batch[i], again[i])
-        [single] = generate(pipe, comp, 0.5, seed=40 + i)
-        np.testing.assert_array_equal(batch[i], single)
+        [single] = generate(pipe, comp, 0.5, seed=40 + i)  # batched: within a grey level (test_batching.py)
+        assert np.abs(batch[i].astype(int) - single).max() <= 1
     background = ~comp.figure & ~comp.keep
     assert np.abs(batch[0] - batch[1])[background].mean() > 5  # the held background is noised per seed
 
@@ -184,7 +184,7 @@ def test_same_seed_gives_the_same_images_and_batches_match_single_runs(pipe):
 def test_progress_counts_every_step_with_a_background(pipe):
     calls = []
     generate(pipe, photo_mannequin(), 0.5, batch_size=2, on_step=lambda step, total: calls.append((step, total)))
-    assert calls == [(step, 2 * STEPS) for step in range(1, 2 * STEPS + 1)]
+    assert calls == [(2 * step, 2 * STEPS) for step in range(1, STEPS + 1)]  # both images in one call
 
 
 @pytest.mark.parametrize("size", [(67, 45), (40, 72)])

@@ -411,8 +411,9 @@ def test_batches_are_reproducible_per_image_and_report_progress(base, controlnet
     batch = run_control_inpaint(ctrl, comp, PROMPT, NEGATIVE, seed=5, batch_size=2, steps=STEPS,
                                 guidance_scale=7.5, control_images=[edges],
                                 on_step=lambda step, total: progress.append((step, total)))
-    np.testing.assert_array_equal(np.asarray(batch[1]), generate(ctrl, comp, [edges], seed=6))
-    assert progress == [(step, 2 * STEPS) for step in range(1, 2 * STEPS + 1)]
+    # both images in one call: image 1 within a grey level of the single run with its seed (test_batching.py)
+    assert np.abs(np.asarray(batch[1]).astype(int) - generate(ctrl, comp, [edges], seed=6)).max() <= 1
+    assert progress == [(2 * step, 2 * STEPS) for step in range(1, STEPS + 1)]
 
 
 # --- import weight ---------------------------------------------------------------------------------------

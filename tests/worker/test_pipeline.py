@@ -78,19 +78,22 @@ def test_same_seed_gives_identical_images_and_another_seed_different_ones(pipe):
     assert np.abs(first[0].astype(int) - other[0])[~comp.keep].mean() > 5
 
 
-def test_batch_image_i_equals_a_single_run_with_seed_plus_i(pipe):
+def test_batch_image_i_matches_a_single_run_with_seed_plus_i(pipe):
     comp = garment(67, 45)
     batch = generate(pipe, comp, seed=100, batch_size=3)
     for i, image in enumerate(batch):
         [single] = generate(pipe, comp, seed=100 + i)
-        np.testing.assert_array_equal(image, single)
+        # one batched call: within a grey level (tests/worker/test_batching.py); this tiny model's CPU
+        # kernels happen to round alike
+        assert np.abs(image.astype(int) - single).max() <= 1
     assert not np.array_equal(batch[0], batch[1])
 
 
 def test_progress_counts_every_step_of_the_whole_batch(pipe):
     calls = []
     generate(pipe, garment(64, 64), batch_size=2, on_step=lambda step, total: calls.append((step, total)))
-    assert calls == [(step, 2 * STEPS) for step in range(1, 2 * STEPS + 1)]
+    # both images in one call: each denoising step advances the batch's progress by two image-steps
+    assert calls == [(2 * step, 2 * STEPS) for step in range(1, STEPS + 1)]
 
 
 def test_prompt_changes_the_image(pipe):

@@ -26,3 +26,26 @@ def test_the_level_trades_size_and_defaults_to_fast():
     assert Settings().result_png_level == 1
     with pytest.raises(ValueError):
         Settings(result_png_level=10)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+@pytest.mark.parametrize("size", [(1, 1), (7, 13), (256, 384)])
+def test_every_mode_and_size_decodes_to_the_same_pixels(mode, size):
+    rng = np.random.default_rng(size[0] * 31 + size[1])
+    pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode)
+    for level in (1, 7):
+        back = Image.open(io.BytesIO(png_bytes(image, level)))
+        back.load()
+        assert back.mode == mode and back.size == size
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(image))
+
+
+def test_other_modes_are_written_as_rgb_or_rgba():
+    palette = Image.new("P", (5, 4))
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    palette.putpixel((1, 1), 1)
+    back = Image.open(io.BytesIO(png_bytes(palette, 1)))
+    assert back.mode == "RGB" and back.getpixel((1, 1)) == (255, 0, 0) and back.getpixel((0, 0)) == (0, 0, 0)
+    with pytest.raises(ValueError, match="0..9"):
+        png_bytes(palette, 10)

@@ -237,6 +237,7 @@ def run_control_inpaint(
     on_step: StepCallback | None = None,
     background: Image.Image | None = None,
     refer_strength: float = 0.5,
+    stats: dict[str, float] | None = None,
 ) -> list[Image.Image]:
     """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``batch_size`` RGB
     images of ``comp``'s size.
@@ -249,8 +250,9 @@ def run_control_inpaint(
     the steps they select).
 
     Everything else is :func:`workers.inference.inpaint.run_inpaint`, which this calls with the control arguments:
-    image ``i`` from seed ``seed + i`` by its own pipeline call, height/width always passed (padded, cropped
-    back), clothes pixels bit-identical to ``comp.image``, the background reference, ``on_step``.
+    image ``i`` from seed ``seed + i`` (a batch in few pipeline calls), height/width always passed (padded,
+    cropped back), clothes pixels bit-identical to ``comp.image``, the background reference, ``on_step``,
+    ``stats``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -287,4 +289,4 @@ def run_control_inpaint(
     }
     return run_inpaint(pipe, comp, prompt, negative_prompt, seed, batch_size, steps, guidance_scale,
                        on_step=on_step, background=background, refer_strength=refer_strength,
-                       pipeline_kwargs=control_kwargs)
+                       pipeline_kwargs=control_kwargs, stats=stats)

@@ -15,19 +15,24 @@ What the service relies on, and how it is obtained:
   figure of a cut-out mannequin. This is differential diffusion, done inside the denoising loop
   (:class:`ReferenceHold`): the pipeline runs at strength 1 and, after every step, the latent pixels whose
   own start step has not come yet are reset to the reference's latents noised to the next timestep.
-* **Reproducible batches.** Image ``i`` of a batch is generated from seed ``seed + i`` by its own pipeline
-  call with its own CPU ``torch.Generator``, so it is bit-identical to a single-image request with seed
-  ``seed + i``. One call per image is deliberate: a batched call gives each image slightly different
-  numbers (different kernels for a different batch size; measured: off by one grey level on the CPU), and
-  with a single input image diffusers VAE-encodes it with ``generator[0]`` for the whole batch, so image
-  ``i`` would also depend on ``seed``. It also bounds memory at large sizes. CPU generators make the
+* **Batches in few calls, each image from its own seed.** A BatchSize of N runs as pipeline calls of up to
+  :func:`~workers.models.speed.images_per_call` images each (the model's ``speed.max_batch`` and
+  ``speed.max_batch_megapixels``: one call at 512x512 x 8 keeps a GPU busy, and the chunks bound memory at
+  large sizes). Image ``i`` gets its own CPU ``torch.Generator`` seeded ``seed + i``, and the call is given N
+  copies of the input image and mask, so every random draw image ``i`` sees (its initial noise, its VAE
+  posterior sample) is the very draw a single-image call with seed ``seed + i`` makes. What still differs is
+  arithmetic: kernels for a batch of N round differently from kernels for one image, so image ``i`` of a
+  batch is within a small tolerance of the single-image request with seed ``seed + i``, not bit-identical
+  (docs/API.md "Seeds"; tests/worker/test_batching.py measures it). A single-image call is made exactly as
+  before (one image, one generator): a BatchSize 1 task is unchanged bit for bit. CPU generators make the
   starting noise the same on every device.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +49,7 @@ from workers.inference.compose import (
     redraw_strength,
     with_background,
 )
+from workers.models import speed
 
 StepCallback = Callable[[int, int], None]
 
@@ -109,20 +115,22 @@ class ReferenceHold:
     alpha-bar ~ 0.07 for SD's schedule), the approximation diffusers itself makes for strength 1. The
     callback runs after a 4-channel pipeline's own blend of its kept region, so it has the last word.
 
-    Use one per image, ``noise_seed`` = that image's seed (the noise is then the very draw a pipeline
-    generator with that seed makes for its initial latents when nothing else consumes it first, as with a
-    9-channel model), and call it from ``callback_on_step_end`` as
+    Use one per pipeline call, ``noise_seed`` = the seed of each image of the call (one image's noise is then
+    the very draw a pipeline generator with that seed makes for its initial latents when nothing else consumes
+    it first, as with a 9-channel model), and call it from ``callback_on_step_end`` as
     ``tensors["latents"] = hold(pipeline, index, tensors["latents"])``; any pipeline with the Stable
     Diffusion loop (a ControlNet one too) works the same way.
     """
 
-    def __init__(self, x0: torch.Tensor, strength: np.ndarray, noise_seed: int):
-        self.x0 = x0
+    def __init__(self, x0: torch.Tensor, strength: np.ndarray, noise_seed: int | Sequence[int]):
+        seeds = [noise_seed] if isinstance(noise_seed, int) else list(noise_seed)
+        self.x0 = x0 if len(seeds) == 1 else x0.expand(len(seeds), *x0.shape[1:])
         self.strength = strength
-        self.noise = randn_tensor(
-            tuple(x0.shape), generator=torch.Generator(device="cpu").manual_seed(noise_seed),
-            device=x0.device, dtype=x0.dtype,
-        )
+        self.noise = torch.cat([
+            randn_tensor(tuple(x0.shape), generator=torch.Generator(device="cpu").manual_seed(s),
+                         device=x0.device, dtype=x0.dtype)
+            for s in seeds
+        ])
         self._starts: torch.Tensor | None = None
 
     def __call__(self, pipeline: DiffusionPipeline, index: int, latents: torch.Tensor) -> torch.Tensor:
@@ -159,11 +167,14 @@ def run_inpaint(
     background: Image.Image | None = None,
     refer_strength: float = 0.5,
     pipeline_kwargs: dict | None = None,
+    stats: dict[str, float] | None = None,
 ) -> list[Image.Image]:
     """Redraw everything but the clothes of ``comp``; return ``batch_size`` RGB images of ``comp``'s size.
 
-    Image ``i`` is generated from seed ``seed + i`` and equals a single-image run with that seed (same
-    model, device and inputs). The clothes pixels of every image are bit-identical to ``comp.image``'s.
+    Image ``i`` is generated from seed ``seed + i``: a single-image run with that seed (same model, device and
+    inputs) gives the same image, bit for bit when ``batch_size`` is 1, within a small tolerance otherwise
+    (batches run as few pipeline calls: see the module doc). The clothes pixels of every image are
+    bit-identical to ``comp.image``'s.
     ``on_step(step, total)`` is called after every denoising step of the whole batch, ``step`` counting from
     1 to ``total`` = ``batch_size`` x the scheduler's number of timesteps (for some schedulers, e.g. PNDM,
     that differs from ``steps``).
@@ -177,6 +188,10 @@ def run_inpaint(
 
     ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
     already padded to the size this function pads to: the composition rounded up to :func:`size_multiple`).
+
+    ``stats``: when given, ``stats["pipeline_s"]`` grows by the seconds spent inside the pipeline calls, less
+    their step callbacks (progress, cancellation): the bare diffusion work, which ``make bench`` subtracts
+    from a task's time to get what the service adds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -198,41 +213,61 @@ def run_inpaint(
             strength = None  # no latent pixel is held: the reference plays no part
     x0 = reference_latents(pipe, padded.image) if strength is not None else None
     mask = inpaint_mask(padded)
-    crop_box = (0, 0, comp.width, comp.height)
-    image_index = 0
+    per_call = speed.images_per_call(pipe, padded.width, padded.height)
+    done, chunk = 0, 1  # images finished before the running call, and how many it makes
     hold: ReferenceHold | None = None
+    in_callbacks = 0.0
 
     def step_end(pipeline: DiffusionPipeline, index: int, timestep, tensors: dict) -> dict:
+        nonlocal in_callbacks
         if hold is not None:
             tensors["latents"] = hold(pipeline, index, tensors["latents"])
         if on_step is not None:
+            t0 = time.perf_counter()
             per_image = pipeline.num_timesteps
-            on_step(image_index * per_image + index + 1, batch_size * per_image)
+            try:
+                on_step(done * per_image + (index + 1) * chunk, batch_size * per_image)
+            finally:
+                in_callbacks += time.perf_counter() - t0
         return tensors
 
+    if start is not None and refer_strength == 1.0:  # the clothes and the background are kept
+        kept, source = redraw_strength(start, 1.0) == 0, start.image
+    else:
+        kept, source = None, None
     images = []
-    for image_index in range(batch_size):
-        hold = ReferenceHold(x0, strength, seed + image_index) if x0 is not None else None
+    for done in range(0, batch_size, per_call):
+        chunk = min(per_call, batch_size - done)
+        seeds = [seed + done + k for k in range(chunk)]
+        hold = ReferenceHold(x0, strength, seeds) if x0 is not None else None
+        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+        speed.before_call(pipe, padded.width, padded.height, chunk)
+        started = time.perf_counter()
         result = pipe(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            image=padded.image,
-            mask_image=mask,
+            # one copy per image, so that each image's VAE sample is drawn from its own generator
+            image=padded.image if chunk == 1 else [padded.image] * chunk,
+            mask_image=mask if chunk == 1 else [mask] * chunk,
             height=padded.height,
             width=padded.width,
             strength=1.0,
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
-            num_images_per_prompt=1,
-            generator=torch.Generator(device="cpu").manual_seed(seed + image_index),
+            num_images_per_prompt=chunk,
+            generator=generators[0] if chunk == 1 else generators,
             callback_on_step_end=step_end if on_step is not None or hold is not None else None,
-            output_type="pil",
+            output_type="np",
             **(pipeline_kwargs or {}),
         )
-        generated = result.images[0].crop(crop_box)
-        if start is not None and refer_strength == 1.0:
-            kept = redraw_strength(start, 1.0) == 0  # the clothes and the background
-            images.append(paste_back(generated, comp, keep=kept, source=start.image))
-        else:
-            images.append(paste_back(generated, comp))
+        if stats is not None:
+            stats["pipeline_s"] = stats.get("pipeline_s", 0.0) + time.perf_counter() - started - in_callbacks
+            in_callbacks = 0.0
+        for generated in result.images:
+            # 0..1 floats to bytes exactly as diffusers' own PIL output does, without the detour through PIL
+            pixels = (generated[: comp.height, : comp.width] * 255).round().astype(np.uint8)
+            if kept is not None:
+                images.append(paste_back(pixels, comp, keep=kept, source=source))
+            else:
+                images.append(paste_back(pixels, comp))
     return images

@@ -3,11 +3,17 @@
 One method per kind says how it is keyed (what makes two requests share one loaded copy), where it lives
 (``device`` or ``host``), what names it in logs and errors, and which loader reads it:
 
-* ``pipeline``: keyed by source, family and scheduler (ModelCodes with the same weights share one
-  pipeline); on the device; :func:`~workers.models.loading.load_main_pipeline`.
-* ``vae``: by family and source; device; :func:`~workers.models.loading.load_vae`.
-* ``controlnet``: by resolved file or folder and config folder; device;
-  :func:`~workers.models.loading.load_controlnet`.
+* ``pipeline``: keyed by source, family, scheduler and the ``speed:`` options that shape a loaded pipeline
+  (:func:`~workers.models.speed.load_key`: ModelCodes with the same weights and such options share one
+  pipeline; editing one of them in the YAML loads it again; the per-call ones are recorded on the pipeline at
+  each hand-out); on the device, in the model's dtype (:func:`~workers.models.speed.pipeline_dtype`); loaded
+  by :func:`~workers.models.loading.load_main_pipeline`, then given its fast paths
+  (:func:`~workers.models.speed.apply_speed`).
+* ``vae``: by family, source and dtype (that of the pipeline it goes on); device;
+  :func:`~workers.models.loading.load_vae`, then prepared as the pipeline's model asks
+  (:func:`~workers.models.speed.prepare_vae`).
+* ``controlnet``: by resolved file or folder, config folder and dtype (that of the Main model it runs with);
+  device; :func:`~workers.models.loading.load_controlnet`.
 * ``annotator``: by detector, annotator folder and device; device (host for weight-free ``canny``);
   :func:`~workers.inference.preprocess.load_detector`.
 * ``submodel``: by type, resolved file, its mtime and size; host;
@@ -37,6 +43,7 @@ from workers.masks.engines import EngineError, load_engine
 from workers.models import loading
 from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
 from workers.models.sources import local_path
+from workers.models.speed import apply_speed, load_key, pipeline_dtype, prepare_vae, record
 from workers.submodels.apply import read_submodel, submodel_file
 from workers.submodels.spec import SubModelSpec
 from workers.translate.translator import Translator
@@ -67,13 +74,33 @@ class WorkerModels:
         self.models_dir = Path(models_dir)
         self.loaders = loaders or Loaders()
 
+    def dtype_of(self, entry: ModelEntry) -> Any:
+        """The weights dtype of the Main model ``entry`` here: its ``speed.dtype`` on CUDA (``auto``: this
+        worker's ``dtype``), float32 on the CPU."""
+        return pipeline_dtype(entry.speed, self.device, self.dtype)
+
     def pipeline(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
-        """The warm inpainting pipeline of the Main model ``entry``. Raises :class:`ModelLoadError`."""
-        return lease.get(
-            ("pipeline", entry.source, entry.family, entry.defaults.scheduler),
-            lambda: self.loaders.main(entry, registry, self.device, self.dtype, self.models_dir),
-            label=entry.model_code, kind="pipeline", estimate=lambda: self._estimate(entry, registry),
+        """The warm inpainting pipeline of the Main model ``entry``, its ``speed:`` options applied (and
+        recorded: :func:`~workers.models.speed.speed_of` gives ``entry.speed`` until the next hand-out). Raises
+        :class:`ModelLoadError`."""
+        dtype = self.dtype_of(entry)
+
+        def load() -> Any:
+            pipe = self.loaders.main(entry, registry, self.device, dtype, self.models_dir)
+            try:
+                apply_speed(pipe, entry.speed, self.device)
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                raise ModelLoadError(entry.model_code, f"its speed options could not be applied: {e}") from e
+            return pipe
+
+        pipe = lease.get(
+            ("pipeline", entry.source, entry.family, entry.defaults.scheduler, load_key(entry.speed)), load,
+            label=entry.model_code, kind="pipeline", estimate=lambda: self._estimate(entry, registry, dtype),
             slot=("pipeline", entry.model_code))
+        record(pipe, entry.speed)  # this model's per-call options (chunking, VAE tiling) for this job
+        return pipe
 
     @contextmanager
     def vae_for(self, lease: Lease, entry: ModelEntry, registry: Registry, use_main_model_vae: bool) -> Iterator[Any]:
@@ -87,38 +114,43 @@ class WorkerModels:
             yield pipe
             return
         label = f"vae:{entry.family}"
+        dtype = self.dtype_of(entry)
         vae = lease.get(
-            ("vae", entry.family, source),
-            lambda: self.loaders.vae(source, self.device, self.dtype, family=entry.family,
+            ("vae", entry.family, source, str(dtype)),
+            lambda: self.loaders.vae(source, self.device, dtype, family=entry.family,
                                      demo_dir=self.models_dir, label=label),
-            label=label, kind="vae", estimate=lambda: loading.estimate_bytes(source, self.dtype),
-            slot=("vae", entry.family))
+            label=label, kind="vae", estimate=lambda: loading.estimate_bytes(source, dtype),
+            slot=("vae", entry.family, str(dtype)))
         original = pipe.vae
         own = getattr(getattr(original, "config", None), "latent_channels", None)
         theirs = getattr(getattr(vae, "config", None), "latent_channels", None)
         if own is not None and theirs is not None and own != theirs:
             raise ModelLoadError(label, f"it has {theirs} latent channels, model {entry.model_code} {own}")
+        prepare_vae(vae, entry.speed, self.device)
         pipe.vae = vae
         try:
             yield pipe
         finally:
             pipe.vae = original
 
-    def controlnet(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
-        """The ControlModel ``entry`` on the device. Raises :class:`ModelLoadError`."""
+    def controlnet(self, lease: Lease, entry: ModelEntry, registry: Registry, dtype: Any = None) -> Any:
+        """The ControlModel ``entry`` on the device, in ``dtype``: that of the Main model it runs with
+        (:meth:`dtype_of`; None = this worker's). Raises :class:`ModelLoadError`."""
         path = local_path(entry, registry, self.models_dir)
         config = registry.resolve_config(entry)
+        dtype = self.dtype if dtype is None else dtype
 
         def load() -> Any:
             try:
-                return self.loaders.controlnet(path, self.device, self.dtype, config=config)
+                return self.loaders.controlnet(path, self.device, dtype, config=config)
             except Exception as e:
                 if is_oom(e):
                     raise
                 raise ModelLoadError(entry.model_code, str(e)) from e
 
-        return lease.get(("controlnet", str(path), str(config)), load, label=entry.model_code, kind="controlnet",
-                         estimate=lambda: self._estimate(entry, registry), slot=("controlnet", entry.model_code),
+        return lease.get(("controlnet", str(path), str(config), str(dtype)), load, label=entry.model_code,
+                         kind="controlnet", estimate=lambda: self._estimate(entry, registry, dtype),
+                         slot=("controlnet", entry.model_code, str(dtype)),
                          on_evict=drop_control_pipelines)
 
     def detectors(self, lease: Lease) -> Callable[[str, Path | None], Any]:
@@ -145,12 +177,13 @@ class WorkerModels:
                          # a safetensors file is its tensors plus a small header; a pickle, not reliably
                          estimate=st.st_size if file.suffix == ".safetensors" else None)
 
-    def _estimate(self, entry: ModelEntry, registry: Registry) -> int | None:
-        """The bytes ``entry`` will take once loaded, from its files' headers (None when unknown: hub)."""
+    def _estimate(self, entry: ModelEntry, registry: Registry, dtype: Any) -> int | None:
+        """The bytes ``entry`` will take once loaded in ``dtype``, from its files' headers (None when unknown:
+        hub)."""
         path = local_path(entry, registry, self.models_dir)
         if path is None:
             return None
-        return loading.estimate_bytes(ModelSource(path=path) if path.is_dir() else ModelSource(file=path), self.dtype)
+        return loading.estimate_bytes(ModelSource(path=path) if path.is_dir() else ModelSource(file=path), dtype)
 
     def translator(self, lease: Lease, registry: Registry) -> Translator | None:
         """The deployment's prompt translator (``translator:``), or None when none is configured. Raises

@@ -334,6 +334,11 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
     folder (``from_pretrained``); ``file`` -> ``from_single_file`` with the ``config`` folder; ``hub`` ->
     ``from_pretrained(repo_id)``, the only kind with ``local_files_only=False``. The configured
     ``defaults.scheduler`` is applied, the progress bar disabled. Raises :class:`ModelLoadError`.
+
+    The entry's ``speed:`` options are not applied here: the worker chooses ``dtype`` from them
+    (:func:`workers.models.speed.pipeline_dtype`) and applies the rest to what this returns
+    (:func:`workers.models.speed.apply_speed`, in :meth:`workers.models.kinds.WorkerModels.pipeline`), so that
+    tests and the benchmark get a stock pipeline from this function.
     """
     code, family, source = entry.model_code, entry.family, entry.source
     if entry.model_type != "Main":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.contract.limits import LORA_WEIGHT_RANGE
+from workers.models.speed import separate_projections
 from workers.submodels import embedding, hypernetwork, lora
 from workers.submodels.files import FileFormatError, find_weights_file
 from workers.submodels.spec import SubmodelError, SubModelSpec
@@ -72,7 +73,8 @@ def apply_submodels(pipe, specs: list[SubModelSpec], read: Callable[[SubModelSpe
     pipeline is touched. Then, whatever the order of ``specs``: the LoRAs, patched into the weights in order
     with their weights (:func:`workers.submodels.lora.patched`); the embeddings, each under its first trigger
     word (:func:`workers.submodels.embedding.textual_inversion`); the hypernetworks, in order, each with its
-    weight as strength (:func:`workers.submodels.hypernetwork.hypernetwork_hooks`). They are undone in the
+    weight as strength (:func:`workers.submodels.hypernetwork.hypernetwork_hooks`), on the separate q/k/v
+    projections of a fused model (:func:`workers.models.speed.separate_projections`). They are undone in the
     reverse order. Raises :class:`SubmodelError` (naming the model) for a file that is missing, corrupt, in
     the wrong format or made for another base model; the pipeline is restored before it propagates.
     Errors raised inside the ``with`` block propagate unchanged. Should undoing itself fail (it has not
@@ -93,6 +95,9 @@ def apply_submodels(pipe, specs: list[SubModelSpec], read: Callable[[SubModelSpe
             if spec.model_type == "Embedding":
                 trigger = next(w for w in spec.trigger_words if w.strip())
                 stack.enter_context(embedding.textual_inversion(pipe, spec.model_code, trigger, vectors))
+        if any(spec.model_type == "HyperNetwork" for spec, _, _ in loaded):
+            # hypernetworks hook to_k/to_v, which a fused attention layer (speed.fuse_qkv) never calls
+            stack.enter_context(separate_projections(pipe))
         for spec, hn, weight in loaded:
             if spec.model_type == "HyperNetwork":
                 stack.enter_context(hypernetwork.hypernetwork_hooks(

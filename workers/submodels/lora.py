@@ -41,6 +41,15 @@ a LoRA is never applied partly.
 
 Several LoRAs in one job are applied in order. :func:`patched` keeps a host copy of every weight it changes
 and copies it back when the job ends, whatever happens, so the base model is bit for bit the same again.
+
+**Fused attention** (a model's ``speed.fuse_qkv``, :mod:`workers.models.speed`): diffusers' fused attention
+computes q, k, v with ``to_qkv`` (self-attention) or k, v with ``to_kv`` (cross-attention), built from the
+separate layers' weights when the model is fused; a LoRA names (and patches) the separate layers. The worker
+makes the separate weights views into the fused ones (:func:`workers.models.speed.share_fused_storage`), so
+patching them patches the fused layer. Where they are not views (a pipeline fused by diffusers' own
+``fuse_qkv_projections()``), every fused layer whose parts changed is rebuilt from them in place after
+patching, and kept and restored like any patched weight. Either way the LoRA takes effect whether the model is
+fused or not, in place, on the same parameters: a compiled UNet reads the new weights without recompiling.
 """
 
 from __future__ import annotations
@@ -403,6 +412,9 @@ def patched(pipe: Any, loras: list[tuple[str, LoraFile, float]]) -> Iterator[Non
             for _, patches, weight in plans:
                 for patch in patches:
                     _apply(patch, weight, keep)
+            unet = getattr(pipe, "unet", None)
+            if unet is not None and saved:
+                refresh_fused_projections(unet, set(saved), keep)
         yield
     finally:
         with torch.no_grad():
@@ -425,3 +437,36 @@ def _apply(patch: _Patch, weight: float, keep) -> None:
         b = patch.module.bias
         keep(b)
         b.copy_((b.detach().to(torch.float32) + weight * diff_b.to(b.device, torch.float32)).to(b.dtype))
+
+
+#: diffusers' fused attention projections (``Attention.fuse_projections``) and the layers each concatenates.
+FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("to_qkv", ("to_q", "to_k", "to_v")),
+    ("to_kv", ("to_k", "to_v")),
+    ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")),
+)
+
+
+def refresh_fused_projections(model: torch.nn.Module, changed: set[int], keep) -> int:
+    """Rebuild, in place, each fused parameter of ``model`` (weight or bias of a :data:`FUSED_PROJECTIONS`
+    layer) one of whose parts has its ``id`` in ``changed``, by concatenating the parts as diffusers does when
+    fusing, unless the parts are views into it already (then it changed with them); ``keep(param)`` is called
+    first on each fused parameter rewritten. Returns how many were rebuilt."""
+    count = 0
+    for module in model.modules():
+        for fused_name, part_names in FUSED_PROJECTIONS:
+            fused = getattr(module, fused_name, None)
+            parts = [getattr(module, name, None) for name in part_names]
+            if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
+                continue
+            for attr in ("weight", "bias"):
+                whole, pieces = getattr(fused, attr), [getattr(part, attr) for part in parts]
+                if whole is None or any(p is None for p in pieces) or not any(id(p) in changed for p in pieces):
+                    continue
+                storage = whole.untyped_storage().data_ptr()
+                if all(p.untyped_storage().data_ptr() == storage for p in pieces):
+                    continue  # views into the fused parameter: patched with them
+                keep(whole)
+                whole.copy_(torch.cat(pieces))
+                count += 1
+    return count
