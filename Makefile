@@ -2,7 +2,7 @@
 # Both create/refresh ./.venv first (scripts/install.sh; idempotent, cached outside the clone).
 PY := .venv/bin/python
 
-.PHONY: install run lint test test-fast bench examples clean
+.PHONY: install run lint test test-fast bench bench-gpu examples clean
 
 install:
 	@bash scripts/install.sh
@@ -30,3 +30,9 @@ clean:
 
 bench: install
 	$(PY) scripts/bench.py
+
+# Atelier's generation path vs stock diffusers on the real SD 1.5 / SDXL inpainting architectures (random
+# weights, nothing downloaded); one JSON object on the last line. Without CUDA it runs a small CPU smoke
+# version. Options: make bench-gpu ARGS="--archs sd15 --batches 1,8 --sdxl-size 1024" (see the script).
+bench-gpu: install
+	$(PY) scripts/bench_gpu.py $(ARGS)

@@ -133,7 +133,7 @@ def _learn_merges(text: str, count: int) -> list[tuple[str, str]]:
     return merges
 
 
-def _build_tokenizer(workdir: Path) -> CLIPTokenizer:
+def build_tokenizer(workdir: Path) -> CLIPTokenizer:
     """Write a byte-level BPE ``vocab.json`` + ``merges.txt`` and load them the way checkpoints are loaded.
 
     ``CLIPTokenizer(vocab_file, merges_file)`` must not be used: in transformers 5 its first arguments are
@@ -292,7 +292,7 @@ def _build_pipeline(
     workdir: Path, seed: int, in_channels: int
 ) -> StableDiffusionPipeline | StableDiffusionInpaintPipeline:
     """The tiny pipeline: inpainting (9 input channels) or plain text-to-image (4)."""
-    tokenizer = _build_tokenizer(workdir / "tokenizer-source")
+    tokenizer = build_tokenizer(workdir / "tokenizer-source")
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
