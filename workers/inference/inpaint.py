@@ -264,8 +264,12 @@ def run_inpaint(
             stats["pipeline_s"] = stats.get("pipeline_s", 0.0) + time.perf_counter() - started - in_callbacks
             in_callbacks = 0.0
         for generated in result.images:
-            # 0..1 floats to bytes exactly as diffusers' own PIL output does, without the detour through PIL
-            pixels = (generated[: comp.height, : comp.width] * 255).round().astype(np.uint8)
+            # 0..1 floats to bytes exactly as diffusers' own PIL output does (x 255, rounded half to even), without
+            # the detour through PIL; in place and in the array's own memory order (a permuted view of the
+            # pipeline's tensor): ``(x * 255).round()`` takes ten times as long at 512x512
+            pixels = np.multiply(generated[: comp.height, : comp.width], 255)
+            np.rint(pixels, out=pixels)
+            pixels = pixels.astype(np.uint8)
             if kept is not None:
                 images.append(paste_back(pixels, comp, keep=kept, source=source))
             else:
