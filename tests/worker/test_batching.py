@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from app.contract.registry import SpeedOptions
-from support.models import load_folder
+from support.models import garment, load_folder
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
-from workers.inference.compose import Composition, inpaint_mask, pad_to_multiple, paste_back, prepare
+from workers.inference.compose import inpaint_mask, pad_to_multiple, paste_back
 from workers.inference.inpaint import run_inpaint
 from workers.models.speed import apply_speed
 
@@ -24,14 +24,6 @@ STEPS = 3
 #: documented tolerance (docs/API.md "Seeds"). Batched kernels round differently; the draws are the same.
 MAX_DIFF = 2
 MEAN_DIFF = 0.05
-
-
-def photo(width: int, height: int) -> Composition:
-    rng = np.random.default_rng(width * 7 + height)
-    mannequin = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    mask = Image.new("L", (width, height), 0)
-    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
-    return prepare(mannequin, mask, width, height)
 
 
 def generate(pipe, comp, seed, batch_size=1, on_step=None, background=None):
@@ -65,7 +57,7 @@ def pipe4(tmp_path_factory):
 
 def test_a_single_image_is_the_pipeline_call_it_always_was(pipe9):
     """BatchSize 1: one image, one generator, PIL output, then the paste-back: bit for bit."""
-    comp = photo(67, 45)
+    comp = garment(67, 45)
     padded = pad_to_multiple(comp, 8)
     stock = pipe9(prompt="a woman in a dress", negative_prompt="blurry", image=padded.image,
                   mask_image=inpaint_mask(padded), height=padded.height, width=padded.width, strength=1.0,
@@ -79,7 +71,7 @@ def test_a_single_image_is_the_pipeline_call_it_always_was(pipe9):
 @pytest.mark.parametrize("model", ["pipe9", "pipe4"])
 def test_image_i_of_a_batch_matches_the_single_run_with_seed_plus_i(model, request):
     pipe = request.getfixturevalue(model)
-    comp = photo(72, 56)
+    comp = garment(72, 56)
     with unet_batches(pipe) as sizes:
         batch = generate(pipe, comp, seed=300, batch_size=3)
     assert sizes == [6] * STEPS  # one call for the three images
@@ -92,7 +84,7 @@ def test_image_i_of_a_batch_matches_the_single_run_with_seed_plus_i(model, reque
 
 
 def test_a_batch_with_a_background_reference_holds_each_image_to_its_own_noise(pipe9):
-    comp = photo(64, 64)
+    comp = garment(64, 64)
     background = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     batch = generate(pipe9, comp, seed=8, batch_size=2, background=background)
     for i, image in enumerate(batch):
@@ -101,7 +93,7 @@ def test_a_batch_with_a_background_reference_holds_each_image_to_its_own_noise(p
 
 
 def test_a_batch_larger_than_a_call_is_split_and_counts_its_progress(pipe9):
-    comp = photo(64, 48)
+    comp = garment(64, 48)
     progress: list[tuple[int, int]] = []
     with unet_batches(pipe9) as sizes:
         batch = generate(pipe9, comp, seed=50, batch_size=5, on_step=lambda step, total: progress.append((step, total)))
@@ -112,11 +104,3 @@ def test_a_batch_larger_than_a_call_is_split_and_counts_its_progress(pipe9):
         [single] = generate(pipe9, comp, seed=50 + i)
         assert np.abs(batch[i] - single).max() <= MAX_DIFF
     assert len({image.tobytes() for image in batch}) == 5
-
-
-def test_images_per_call_follows_the_models_speed_options():
-    options = SpeedOptions(max_batch=8, max_batch_megapixels=2.2)
-    assert options.images_per_call(512, 512) == 8
-    assert options.images_per_call(1024, 1024) == 2
-    assert options.images_per_call(2560, 2560) == 1  # never zero
-    assert SpeedOptions(max_batch=1).images_per_call(64, 64) == 1

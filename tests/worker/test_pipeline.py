@@ -13,26 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from support.models import load_folder
+from support.models import garment, load_folder
 from workers.demo import publish
 from workers.demo.model import DEMO_BUILD, MARKER_FILE, ensure_demo_model, ensure_demo_model_sd15
-from workers.inference.compose import Composition, prepare
 from workers.inference.inpaint import run_inpaint
 from workers.models.cache import ModelLoadError
 from workers.models.device import pick_device
 
 STEPS = 2
-
-
-def garment(width: int, height: int) -> Composition:
-    """A random photo with a rectangular garment in the middle."""
-    rng = np.random.default_rng(width * 1000 + height)
-    mannequin = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    mask = Image.new("L", (width, height), 0)
-    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
-    return prepare(mannequin, mask, width, height)
 
 
 def generate(pipe, comp, seed=7, batch_size=1, on_step=None, prompt="a woman in a dress"):

@@ -23,12 +23,11 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
     FusedAttnProcessor2_0,
 )
-from PIL import Image
 
 from app.contract.registry import ModelEntry, ModelSource, Registry, SpeedOptions
-from support.models import load_folder
+from support.models import garment, load_folder
 from workers.demo.submodels import write_demo_hypernetwork, write_demo_lora_kohya
-from workers.inference.compose import Composition, prepare
+from workers.inference.compose import Composition
 from workers.inference.deepcache import deep_cache_stats
 from workers.inference.inpaint import run_inpaint
 from workers.models import speed, warmup
@@ -42,14 +41,6 @@ from workers.submodels.spec import SubmodelError
 STEPS = 2
 #: every fast path this CPU can run off: the classic attention, nothing fused
 PLAIN = SpeedOptions(sdpa=False, fuse_qkv=False, channels_last=False)
-
-
-def garment(width: int, height: int) -> Composition:
-    rng = np.random.default_rng(width * 1000 + height)
-    mannequin = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    mask = Image.new("L", (width, height), 0)
-    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
-    return prepare(mannequin, mask, width, height)
 
 
 def generate(pipe, comp: Composition, seed: int = 7, batch_size: int = 1) -> list[np.ndarray]:

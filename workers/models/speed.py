@@ -41,7 +41,7 @@ import torch
 from app.contract.registry import SpeedOptions
 from workers.inference import deepcache
 from workers.models.device import resolve_dtype
-from workers.submodels.lora import FUSED_PROJECTIONS
+from workers.submodels.lora import fused_parameters
 
 if TYPE_CHECKING:
     pass
@@ -198,25 +198,17 @@ def share_fused_storage(attn: Any) -> int:
     Only for a pipeline that stays where it is: moving it (``.to(device)``) gives each tensor its own storage
     again (:func:`workers.submodels.lora.patched` then refreshes the fused weights by copying)."""
     count = 0
-    for fused_name, part_names in FUSED_PROJECTIONS:
-        fused = getattr(attn, fused_name, None)
-        parts = [getattr(attn, name, None) for name in part_names]
-        if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
-            continue
-        for attr in ("weight", "bias"):
-            whole = getattr(fused, attr)
-            if whole is None or any(getattr(p, attr) is None for p in parts):
-                continue
-            offset = 0
-            for part in parts:
-                own = getattr(part, attr)
-                rows = own.shape[0]
-                if own.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr():
-                    whole.data[offset:offset + rows].copy_(own.data)
-                    setattr(part, attr, torch.nn.Parameter(whole.data[offset:offset + rows],
-                                                           requires_grad=own.requires_grad))
-                    count += 1
-                offset += rows
+    for attr, whole, parts in fused_parameters(attn):
+        offset = 0
+        for part in parts:
+            own = getattr(part, attr)
+            rows = own.shape[0]
+            if own.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr():
+                whole.data[offset:offset + rows].copy_(own.data)
+                setattr(part, attr, torch.nn.Parameter(whole.data[offset:offset + rows],
+                                                       requires_grad=own.requires_grad))
+                count += 1
+            offset += rows
     return count
 
 

@@ -447,6 +447,20 @@ FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def fused_parameters(module: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter, list[torch.nn.Linear]]]:
+    """``(attr, fused parameter, separate layers)`` for the weight and the bias of each :data:`FUSED_PROJECTIONS`
+    layer of ``module`` itself (not its children) whose separate layers all exist and all have that parameter."""
+    for fused_name, part_names in FUSED_PROJECTIONS:
+        fused = getattr(module, fused_name, None)
+        parts = [getattr(module, name, None) for name in part_names]
+        if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
+            continue
+        for attr in ("weight", "bias"):
+            whole = getattr(fused, attr)
+            if whole is not None and all(getattr(part, attr) is not None for part in parts):
+                yield attr, whole, parts
+
+
 def refresh_fused_projections(model: torch.nn.Module, changed: set[int], keep) -> int:
     """Rebuild, in place, each fused parameter of ``model`` (weight or bias of a :data:`FUSED_PROJECTIONS`
     layer) one of whose parts has its ``id`` in ``changed``, by concatenating the parts as diffusers does when
@@ -454,19 +468,14 @@ def refresh_fused_projections(model: torch.nn.Module, changed: set[int], keep) -
     first on each fused parameter rewritten. Returns how many were rebuilt."""
     count = 0
     for module in model.modules():
-        for fused_name, part_names in FUSED_PROJECTIONS:
-            fused = getattr(module, fused_name, None)
-            parts = [getattr(module, name, None) for name in part_names]
-            if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
+        for attr, whole, parts in fused_parameters(module):
+            pieces = [getattr(part, attr) for part in parts]
+            if not any(id(p) in changed for p in pieces):
                 continue
-            for attr in ("weight", "bias"):
-                whole, pieces = getattr(fused, attr), [getattr(part, attr) for part in parts]
-                if whole is None or any(p is None for p in pieces) or not any(id(p) in changed for p in pieces):
-                    continue
-                storage = whole.untyped_storage().data_ptr()
-                if all(p.untyped_storage().data_ptr() == storage for p in pieces):
-                    continue  # views into the fused parameter: patched with them
-                keep(whole)
-                whole.copy_(torch.cat(pieces))
-                count += 1
+            storage = whole.untyped_storage().data_ptr()
+            if all(p.untyped_storage().data_ptr() == storage for p in pieces):
+                continue  # views into the fused parameter: patched with them
+            keep(whole)
+            whole.copy_(torch.cat(pieces))
+            count += 1
     return count
