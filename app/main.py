@@ -181,13 +181,19 @@ async def result_file(uid: str, name: str, exp: int, sig: str, svc: ServicesDep)
         path = svc.storage.result_path(uid, name)
     except ValueError:
         return not_found
-    rec = await run_in_threadpool(svc.tasks.get, uid)
-    key = svc.keys.private_key(rec.owner) if rec else None
-    served = (*rec.images, rec.clothes_mask) if rec else ()  # its images, and the clothes mask it made
-    if rec is None or key is None or name not in served or not check_link(key, uid, name, exp, sig):
-        return not_found
-    try:  # one read (a result is a few hundred KB): a streamed file costs a thread hop per 64 KB chunk
-        data = await run_in_threadpool(path.read_bytes)
-    except FileNotFoundError:
-        return not_found
-    return Response(data, media_type="image/png")
+
+    def read() -> bytes | None:
+        """The file, if the link is valid: in one thread hop with the task's lookup, and in one read (a result is
+        a few hundred KB: a streamed file costs a thread hop per 64 KB chunk)."""
+        rec = svc.tasks.get(uid)
+        key = svc.keys.private_key(rec.owner) if rec else None
+        served = (*rec.images, rec.clothes_mask) if rec else ()  # its images, and the clothes mask it made
+        if rec is None or key is None or name not in served or not check_link(key, uid, name, exp, sig):
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    data = await run_in_threadpool(read)
+    return not_found if data is None else Response(data, media_type="image/png")

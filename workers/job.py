@@ -130,18 +130,22 @@ def time_budget(settings, job: JobMessage, steps: int) -> float:
 
 
 class ProgressWriter:
-    """Writes Step/TotalSteps to the task record at most every ``interval`` seconds (and at the end), and
-    lets the :class:`JobWatch` stop the job at this step."""
+    """Writes Step/TotalSteps to the task record at most every ``interval`` seconds, the first time ``interval``
+    after it was made (a job shorter than that writes no progress: its Finished comes first, and a Redis round
+    trip per step is a good share of a GPU step), and lets the :class:`JobWatch` stop the job at this step."""
 
     def __init__(self, store: TaskStore, uid: str, interval: float, watch: JobWatch | None = None):
         self.store, self.uid, self.interval, self.watch = store, uid, interval, watch
-        self._last = 0.0
+        self._last = time.monotonic()
+        #: the latest (step, total) reported: the Finished mark writes it (the task's last step is not written)
+        self.seen: tuple[int, int] | None = None
 
     def __call__(self, step: int, total: int) -> None:
+        self.seen = (step, total)
         if self.watch is not None:
             self.watch.check()
         now = time.monotonic()
-        if step >= total or now - self._last >= self.interval:
+        if now - self._last >= self.interval:
             self._last = now
             try:
                 self.store.set_progress(self.uid, step, total)
@@ -159,6 +163,8 @@ class Timings:
     store: float = 0.0
     #: ``pipeline_s``: the part of ``inference`` spent inside the pipeline's calls (``run_inpaint``'s ``stats``)
     pipeline: dict[str, float] = field(default_factory=dict)
+    #: the last (Step, TotalSteps) of the run, written with the Finished mark
+    steps: tuple[int, int] | None = None
 
     def line(self) -> str:
         return (f"queue wait {self.queue_wait:.2f}s, load {self.load:.2f}s, inference {self.inference:.2f}s,"
@@ -294,7 +300,7 @@ def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings
         names.append(rt.storage.write_result(job.task_uid, i, png_bytes(img, rt.settings.result_png_level)))
     watch.check()
     if not rt.store.mark_finished(job.task_uid, names, job.seed, worker=rt.worker_id,
-                                  pipeline_s=timings.pipeline.get("pipeline_s", 0.0)):
+                                  pipeline_s=timings.pipeline.get("pipeline_s", 0.0), steps=timings.steps):
         raise JobLost(job.task_uid)
     timings.store = time.monotonic() - t0
     return len(names)
@@ -304,12 +310,7 @@ def _generate(rt: WorkerRuntime, lease: Lease, job: JobMessage, timings: Timings
 
 
 def _plan(rt: WorkerRuntime, lease: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
-    mannequin = open_input(rt, job.mannequin_image)
-    if job.clothes_mask is not None:
-        mask = open_input(rt, job.clothes_mask)
-    else:
-        mask = _auto_clothes_mask(rt, lease, registry, job, mannequin)
-    comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
+    comp = _composition(rt, lease, registry, job)
     background = None
     if job.background_image:
         raw = open_input(rt, job.background_image)
@@ -325,6 +326,31 @@ def _plan(rt: WorkerRuntime, lease: Lease, registry: Registry, entry: ModelEntry
             raise JobError(ErrorCode.MODEL, model_message(unit.control_model))
         plan.control_models.append(cm)
     return plan
+
+
+def _composition(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMessage) -> Composition:
+    """The job's mannequin and clothes mask composed at its size: from the worker's cache when a recent job had
+    the same stored inputs and geometry (a shop's variants of one photo), else read and made (and kept, with
+    read-only arrays). A mask the clothes segmenter makes is not cached (it is the job's own result)."""
+    cache = rt.compositions
+    key = None
+    if cache is not None and job.clothes_mask is not None:
+        key = (job.mannequin_image, job.clothes_mask, job.width, job.height, job.resize_mode, job.invert_mask)
+        comp = cache.get(key)
+        if comp is not None:
+            return comp
+    mannequin = open_input(rt, job.mannequin_image)
+    if job.clothes_mask is not None:
+        mask = open_input(rt, job.clothes_mask)
+    else:
+        mask = _auto_clothes_mask(rt, lease, registry, job, mannequin)
+    comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
+    if key is not None:
+        for array in (comp.keep, comp.figure):
+            if array is not None:
+                array.flags.writeable = False
+        cache.put(key, comp)
+    return comp
 
 
 def _auto_clothes_mask(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMessage,
@@ -433,9 +459,9 @@ def _control_map(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMe
 
 def _run(rt: WorkerRuntime, lease: Lease, registry: Registry, plan: Plan, job: JobMessage,
          timings: Timings, watch: JobWatch) -> list[Image.Image]:
+    progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
     common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
-                  guidance_scale=plan.entry.defaults.guidance_scale,
-                  on_step=ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch),
+                  guidance_scale=plan.entry.defaults.guidance_scale, on_step=progress,
                   background=plan.background, refer_strength=job.refer_strength, stats=timings.pipeline)
     with rt.models.vae_for(lease, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(lease, spec)):
@@ -454,4 +480,5 @@ def _run(rt: WorkerRuntime, lease: Lease, registry: Registry, plan: Plan, job: J
                 control_guidance_start=[u.starting_step for u in units],
                 control_guidance_end=[u.ending_step for u in units], **common)
         timings.inference = time.monotonic() - t0 - (lease.load_seconds - loaded)
+    timings.steps = progress.seen
     return images

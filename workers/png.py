@@ -34,15 +34,16 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def _up_filtered(pixels: np.ndarray) -> bytes:
-    """The image's scanlines, each prefixed by its filter type byte (Up), as PNG's zlib stream expects them."""
+def _up_filtered(pixels: np.ndarray) -> np.ndarray:
+    """The image's scanlines, each prefixed by its filter type byte (Up), as PNG's zlib stream expects them (a
+    C-contiguous array: the compressors read its buffer, with no copy into bytes)."""
     height = pixels.shape[0]
     rows = pixels.reshape(height, -1)
     out = np.empty((height, rows.shape[1] + 1), dtype=np.uint8)
     out[:, 0] = _FILTER_UP
     out[0, 1:] = rows[0]  # the row above the first is zeros
     np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])  # modulo 256, as the filter is defined
-    return out.tobytes()
+    return out
 
 
 def encode_png(img: Image.Image, level: int = 1) -> bytes:

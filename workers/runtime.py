@@ -17,8 +17,10 @@ from app.contract.registry import Registry, get_registry
 from app.contract.settings import Settings
 from app.contract.storage import Storage
 from app.contract.taskstore import TaskStore
+from workers.inference.compose import Composition
 from workers.inference.preprocess import MapCache
 from workers.logs import quiet_libraries
+from workers.lru import Lru
 from workers.models.cache import ModelCache
 from workers.models.device import pick_device, resolve_dtype
 from workers.models.kinds import Loaders, WorkerModels
@@ -26,6 +28,20 @@ from workers.models.sizes import fmt_bytes
 from workers.models.warmup import WarmupReport, warm_up
 
 log = logging.getLogger("atelier.worker")
+
+
+#: (mannequin's storage key, clothes mask's storage key, width, height, ResizeMode, InvertMask)
+CompositionKey = tuple[str, str, int, int, str, bool]
+
+
+def composition_cache(max_bytes: int) -> Lru[CompositionKey, Composition] | None:
+    """The worker's cache of compositions (``ATELIER_COMPOSITION_CACHE_BYTES``; 0 = none). Its inputs are stored
+    by content hash, so a key names the same pixels for as long as they are stored. A composition counts six
+    bytes a pixel: its RGB image, its clothes mask, its figure and the seam that :func:`paste_back` adds to it.
+    Nobody changes a composition (its arrays are read-only), so entries are shared, not copied."""
+    if max_bytes <= 0:
+        return None
+    return Lru(max_entries=64, max_bytes=max_bytes, size=lambda comp: 6 * comp.width * comp.height)
 
 
 def this_worker_id() -> str:
@@ -41,6 +57,8 @@ class WorkerRuntime:
     cache: ModelCache
     models: WorkerModels
     maps: MapCache = field(default_factory=MapCache)
+    #: the compositions of recent jobs by their inputs and geometry (:func:`composition_key`); None = none kept
+    compositions: Lru[CompositionKey, Composition] | None = None
     #: who holds a task's lease: this process, on this host
     worker_id: str = field(default_factory=this_worker_id)
 
@@ -59,7 +77,8 @@ class WorkerRuntime:
         log.info("worker runtime on %s (%s): model cache %s on the device, %s in host RAM", device,
                  str(dtype).removeprefix("torch."), fmt_bytes(settings.model_cache_bytes),
                  fmt_bytes(settings.model_cache_ram_bytes))
-        return cls(settings, store, Storage(settings.data_dir), cache, models)
+        return cls(settings, store, Storage(settings.data_dir), cache, models,
+                   compositions=composition_cache(settings.composition_cache_bytes))
 
     @property
     def registry(self) -> Registry:

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
                                    " least recently used evicted beyond it, never one a running job holds")
     model_cache_ram_bytes: int = Field(4 * 1024**3, ge=0, description="worker: budget of the models it keeps in host"
                                        " RAM (parsed LoRA/embedding/hypernetwork files, the prompt translator)")
+    composition_cache_bytes: int = Field(256 * 1024**2, ge=0, description="worker: budget of the compositions"
+                                         " it keeps (a mannequin and its clothes mask brought to an output size,"
+                                         " with the paste-back seam), reused by the next job with the same inputs"
+                                         " and geometry; 0 = none kept")
     dtype: str = Field("auto", pattern=r"^(auto|float16|bfloat16|float32)$",
                        description="auto | float16 | bfloat16 | float32: weights dtype on CUDA (auto = float16);"
                        " the CPU always uses float32")

@@ -328,13 +328,16 @@ class TaskStore:
         return bool(self._finish_script(keys=[task_key(uid), LEASES, WEBHOOKS], args=argv))
 
     def mark_finished(self, uid: str, images: list[str], seed: int, worker: str | None = None,
-                      pipeline_s: float = 0.0) -> bool:
+                      pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> bool:
         """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it.
         ``pipeline_s``: the seconds its worker spent inside the diffusion pipeline's calls (their step callbacks
-        excepted), kept for ``make bench``: the task's time minus this is what the service added."""
-        return self._finish(uid, {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
-                                  "seed": seed, "error_code": int(ErrorCode.NONE), "error_message": "",
-                                  "pipeline_s": pipeline_s}, worker)
+        excepted), kept for ``make bench``: the task's time minus this is what the service added. ``steps``: its
+        last (Step, TotalSteps), written with the mark (the worker does not write its last step's progress)."""
+        mapping = {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images), "seed": seed,
+                   "error_code": int(ErrorCode.NONE), "error_message": "", "pipeline_s": pipeline_s}
+        if steps is not None:
+            mapping["step"], mapping["total_steps"] = steps
+        return self._finish(uid, mapping, worker)
 
     def mark_error(self, uid: str, code: int, message: str, worker: str | None = None) -> bool:
         return self._finish(uid, {"status": TaskStatus.ERROR.value, "error_code": int(code),

@@ -10,6 +10,8 @@ from workers.inference.compose import (
     NEUTRAL_GREY,
     RESIZE_MODES,
     Composition,
+    _garment_distance,
+    _Seam,
     fit_background,
     fit_geometry,
     inpaint_mask,
@@ -383,3 +385,47 @@ def test_fit_background_follows_image2image_resize_mode():
     same = fit_background(bg, 40, 20, "JustResize")  # already the size: untouched whatever the mode
     assert all(np.array_equal(np.asarray(fit_background(bg, 40, 20, m)), np.asarray(bg))
                for m in ("JustResize", "CropAndResize", "ResizeAndFill")) and same.size == (40, 20)
+
+
+def _whole_image_seam(keep: np.ndarray, feather_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """The band and weights of the seam by the definition: distances over the whole image."""
+    distance = _garment_distance(keep, feather_px).reshape(-1)
+    band = np.flatnonzero((distance > 0) & (distance <= feather_px))
+    return band, 1.0 - distance[band] / (feather_px + 1)
+
+
+@pytest.mark.parametrize("feather_px", [1, 4, 9])
+@pytest.mark.parametrize("seed", range(6))
+def test_the_seam_computed_around_the_garment_equals_the_whole_image_one(feather_px, seed):
+    rng = np.random.default_rng(seed)
+    keep = np.zeros((70, 90), dtype=bool)
+    for _ in range(rng.integers(1, 4)):  # blobs anywhere, some touching the image's edges
+        top, left = rng.integers(-5, 65), rng.integers(-5, 85)
+        keep[max(0, top):top + rng.integers(1, 20), max(0, left):left + rng.integers(1, 30)] = True
+    keep &= rng.random(keep.shape) < 0.9  # holes: kept pixels the band must go around
+    if not keep.any():
+        keep[35, 45] = True
+    seam = _Seam.of(keep, feather_px)
+    band, weight = _whole_image_seam(keep, feather_px)
+    assert np.array_equal(np.sort(seam.band), band)
+    order = np.argsort(seam.band)
+    assert np.array_equal(seam.weight[order, 0], weight)
+    rows, cols = np.nonzero(keep)
+    assert seam.box == (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+
+
+def test_the_seam_of_nothing_kept_writes_nothing():
+    generated = np.full((20, 30, 3), 77, dtype=np.uint8)
+    comp = Composition(Image.new("RGB", (30, 20), (1, 2, 3)), np.zeros((20, 30), dtype=bool), None)
+    assert np.array_equal(np.asarray(paste_back(generated, comp)), generated)
+
+
+def test_paste_back_overwrites_the_generated_array_only_when_allowed():
+    man, mask = Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("L", (40, 30), 0)
+    mask.paste(255, (10, 10, 20, 20))
+    comp = prepare(man, mask, 40, 30)
+    generated = np.full((30, 40, 3), 50, dtype=np.uint8)
+    kept = np.asarray(paste_back(generated, comp))
+    assert (generated == 50).all()  # by default the caller's array is left alone
+    assert np.array_equal(np.asarray(paste_back(generated, comp, overwrite=True)), kept)
+    assert np.array_equal(generated, kept)  # ... and with overwrite it is the result's memory

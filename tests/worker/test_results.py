@@ -5,10 +5,12 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from app.contract.settings import Settings
 from support.masks import rgb
+from workers.inference.inpaint import to_bytes
 from workers.job import png_bytes
 
 
@@ -49,3 +51,20 @@ def test_other_modes_are_written_as_rgb_or_rgba():
     assert back.mode == "RGB" and back.getpixel((1, 1)) == (255, 0, 0) and back.getpixel((0, 0)) == (0, 0, 0)
     with pytest.raises(ValueError, match="0..9"):
         png_bytes(palette, 10)
+
+
+def test_pipeline_floats_become_the_bytes_diffusers_would_give():
+    """to_bytes (OpenCV on the pipeline's planar floats) = diffusers' numpy_to_pil rounding, for every value
+    in 0..1 near a rounding half, cropped or not, and for arrays in either memory order."""
+    halves = (np.arange(256, dtype=np.float32) + 0.5) / 255
+    near = np.concatenate([np.nextafter(halves, -np.inf), halves, np.nextafter(halves, np.inf), [0.0, 1.0]])
+    near = near[near <= 1]  # the pipeline's output is clamped to 0..1
+    values = np.resize(np.concatenate([near, np.random.default_rng(0).random(40_000, dtype=np.float32)]),
+                       3 * 96 * 160).astype(np.float32)
+    planar = torch.from_numpy(values.reshape(1, 3, 96, 160)).permute(0, 2, 3, 1).numpy()[0]  # as diffusers gives
+    expected = (planar * 255).round().astype("uint8")
+    for image in (planar, np.ascontiguousarray(planar)):
+        for height, width in ((96, 160), (90, 155)):
+            pixels = to_bytes(image, height, width)
+            assert pixels.flags.c_contiguous and pixels.dtype == np.uint8
+            assert np.array_equal(pixels, expected[:height, :width])

@@ -7,6 +7,7 @@ import io
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -102,3 +103,61 @@ def test_a_job_that_fails_releases_its_models(tmp_path, redis_url, two_of_each):
     rec = rt.store.get(uid)
     assert rec.status == "Error" and rec.error_code == 230
     assert rt.cache.held() == []
+
+
+def _generate(rt: WorkerRuntime, mannequin: str, clothes: str, seed: int, **job) -> Image.Image:
+    uid, _ = rt.store.create("pk-runtime", None, "GenerateFromMannequin", seed, 0)
+    run_job(rt, JobMessage(task_uid=uid, main_model="main-a", seed=seed, width=64, height=64, batch_size=1,
+                           mannequin_image=mannequin, clothes_mask=clothes, **job).to_wire())
+    rec = rt.store.get(uid)
+    assert rec.status == "Finished", (rec.error_code, rec.error_message)
+    return Image.open(rt.storage.result_path(uid, rec.images[0])).convert("RGB")
+
+
+def test_the_next_job_on_the_same_photo_and_mask_reuses_their_composition(tmp_path, redis_url, two_of_each):
+    rt = runtime_for(tmp_path, redis_url, two_of_each, budget=2**31)
+    man, mask = example_inputs()
+    mannequin, clothes = stored(rt, man), stored(rt, mask)
+    first = _generate(rt, mannequin, clothes, seed=3)
+    assert (rt.compositions.hits, rt.compositions.misses) == (0, 1)
+    again = _generate(rt, mannequin, clothes, seed=3)  # the same task again: the same image, from the cache
+    assert (rt.compositions.hits, rt.compositions.misses) == (1, 1)
+    assert np.array_equal(np.asarray(again), np.asarray(first))
+    _generate(rt, mannequin, clothes, seed=4)
+    assert rt.compositions.hits == 2  # another seed, same inputs and geometry
+    _generate(rt, mannequin, clothes, seed=4, invert_mask=True)
+    _generate(rt, mannequin, clothes, seed=4, resize_mode="CropAndResize")
+    _generate(rt, stored(rt, man.transpose(Image.Transpose.FLIP_LEFT_RIGHT)), clothes, seed=4)
+    assert (rt.compositions.hits, rt.compositions.misses) == (2, 4)  # each other geometry or photo is its own
+    (comp, *_) = [rt.compositions.get(key) for key in list(rt.compositions._values)[:1]]
+    with pytest.raises(ValueError):  # shared between jobs: nobody may change it
+        comp.keep[0, 0] = True
+
+
+def test_without_a_composition_cache_every_job_composes(tmp_path, redis_url, two_of_each):
+    rt = runtime_for(tmp_path, redis_url, two_of_each, budget=2**31)
+    uncached = WorkerRuntime.build(rt.settings.model_copy(update={"composition_cache_bytes": 0}))
+    man, mask = example_inputs()
+    mannequin, clothes = stored(rt, man), stored(rt, mask)
+    assert uncached.compositions is None
+    assert np.array_equal(np.asarray(_generate(uncached, mannequin, clothes, seed=5)),
+                          np.asarray(_generate(rt, mannequin, clothes, seed=5)))
+
+
+@pytest.mark.parametrize("interval, writes", [(0, 2), (3600, 0)])
+def test_progress_is_written_at_most_every_interval_and_finished_says_every_step_ran(
+        tmp_path, redis_url, two_of_each, interval, writes):
+    rt = runtime_for(tmp_path, redis_url, two_of_each, budget=2**31)
+    rt = WorkerRuntime.build(rt.settings.model_copy(update={"progress_interval_s": interval}))
+    written = []
+    set_progress = rt.store.set_progress
+    rt.store.set_progress = lambda uid, step, total: (written.append((step, total)), set_progress(uid, step, total))
+    man, mask = example_inputs()
+    uid, _ = rt.store.create("pk-runtime", None, "GenerateFromMannequin", 3, 0)
+    run_job(rt, JobMessage(task_uid=uid, main_model="main-a", seed=3, width=64, height=64, batch_size=1,
+                           mannequin_image=stored(rt, man), clothes_mask=stored(rt, mask)).to_wire())
+    rec = rt.store.get(uid)
+    # the demo's 2 steps: each written when the interval allows it (0: every step; an hour: none, the first
+    # write waits an interval after the run starts), and the Finished task says all of them ran
+    assert written == [(1, 2), (2, 2)][:writes]
+    assert rec.status == "Finished" and (rec.step, rec.total_steps) == (2, 2)

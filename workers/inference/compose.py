@@ -284,13 +284,23 @@ class _Seam:
     @classmethod
     def of(cls, keep: np.ndarray, feather_px: int) -> _Seam:
         rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if rows.size else (slice(0), slice(0))
+        if not rows.size:
+            return cls((slice(0), slice(0)), keep[:0, :0, None], np.zeros(0, dtype=np.intp), np.zeros((0, 1)))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         band = np.zeros(0, dtype=np.intp)
         weight = np.zeros((0, 1))
         if feather_px:
-            distance = _garment_distance(keep, feather_px).reshape(-1)
-            band = np.flatnonzero((distance > 0) & (distance <= feather_px))
-            weight = (1.0 - distance[band] / (feather_px + 1))[:, None]
+            # the band lies within feather_px of the kept pixels: the distances are computed on the kept box
+            # grown by that much (the nearest kept pixel of a pixel there is in the box, and a king's shortest
+            # path to it stays within the rectangle of the two, so the distances are the whole image's)
+            height, width = keep.shape
+            top, left = max(0, rows[0] - feather_px), max(0, cols[0] - feather_px)
+            bottom, right = min(height, rows[-1] + 1 + feather_px), min(width, cols[-1] + 1 + feather_px)
+            distance = _garment_distance(keep[top:bottom, left:right], feather_px)
+            near = np.flatnonzero((distance > 0) & (distance <= feather_px))
+            local_rows, local_cols = np.divmod(near, right - left)
+            band = (local_rows + top) * width + (local_cols + left)
+            weight = (1.0 - distance.reshape(-1)[near] / (feather_px + 1))[:, None]
         return cls(box, keep[box][..., None], band, weight)
 
 
@@ -301,6 +311,7 @@ def paste_back(
     *,
     keep: np.ndarray | None = None,
     source: Image.Image | None = None,
+    overwrite: bool = False,
 ) -> Image.Image:
     """Put the kept pixels (the clothes of ``comp``, by default) back into a generated image, exactly.
 
@@ -320,6 +331,9 @@ def paste_back(
     the clothes plus a background held exactly (:func:`workers.inference.inpaint.run_inpaint` with ReferStrength 1):
     ``keep`` must then contain ``comp.keep`` and ``source`` must equal ``comp.image`` there, so that the
     clothes stay exact.
+
+    ``overwrite``: ``generated`` (a C-contiguous uint8 array of ``comp``'s size) may be written into and becomes
+    the result's memory, instead of a copy of it (what a pipeline's result, converted once, can give).
     """
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0, got {feather_px}")
@@ -331,7 +345,12 @@ def paste_back(
     original = comp.pixels if source is None else np.asarray(source.convert("RGB"))
     seam = comp.seam(feather_px) if keep is None else _Seam.of(keep, feather_px)
     if isinstance(generated, np.ndarray):
-        result = generated.copy() if generated.shape[:2] == (comp.height, comp.width) else None
+        if generated.shape[:2] != (comp.height, comp.width):
+            result = None
+        elif overwrite and generated.flags.c_contiguous and generated.flags.writeable:
+            result = generated
+        else:
+            result = generated.copy()
         generated = Image.fromarray(generated, mode="RGB") if result is None else generated
     else:
         result = None

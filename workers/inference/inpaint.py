@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
+import cv2
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
@@ -147,6 +148,27 @@ class ReferenceHold:
         else:
             target = self.x0
         return torch.where(held, target.to(dtype=latents.dtype), latents)
+
+
+def to_bytes(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The top-left ``height`` x ``width`` of a pipeline's ``output_type="np"`` image (height, width, 3 floats in
+    0..1) as a C-contiguous uint8 array, exactly as diffusers' own PIL output would be (x 255, rounded half to
+    even).
+
+    The pipeline's float32 array is a permuted view of its (channels, height, width) tensor: each channel plane
+    is scaled and rounded by OpenCV (``convertScaleAbs``: the float32 product rounded to nearest even and
+    saturated, numpy's ``rint`` of it) and the planes are interleaved once, instead of rounding in the planar
+    order and transposing the bytes afterwards (several times slower at 512x512)."""
+    planes = np.moveaxis(image, -1, 0)
+    if image.dtype == np.float32 and image.shape[-1] == 3 and planes.flags.c_contiguous:
+        pixels = cv2.merge([cv2.convertScaleAbs(plane, alpha=255) for plane in planes])
+    else:
+        scaled = np.multiply(image, 255)
+        np.rint(scaled, out=scaled)
+        pixels = scaled.astype(np.uint8)
+    if pixels.shape[:2] != (height, width):
+        pixels = pixels[:height, :width]
+    return np.ascontiguousarray(pixels)
 
 
 def size_multiple(pipe: DiffusionPipeline) -> int:
@@ -264,14 +286,9 @@ def run_inpaint(
             stats["pipeline_s"] = stats.get("pipeline_s", 0.0) + time.perf_counter() - started - in_callbacks
             in_callbacks = 0.0
         for generated in result.images:
-            # 0..1 floats to bytes exactly as diffusers' own PIL output does (x 255, rounded half to even), without
-            # the detour through PIL; in place and in the array's own memory order (a permuted view of the
-            # pipeline's tensor): ``(x * 255).round()`` takes ten times as long at 512x512
-            pixels = np.multiply(generated[: comp.height, : comp.width], 255)
-            np.rint(pixels, out=pixels)
-            pixels = pixels.astype(np.uint8)
+            pixels = to_bytes(generated, comp.height, comp.width)
             if kept is not None:
-                images.append(paste_back(pixels, comp, keep=kept, source=source))
+                images.append(paste_back(pixels, comp, keep=kept, source=source, overwrite=True))
             else:
-                images.append(paste_back(pixels, comp))
+                images.append(paste_back(pixels, comp, overwrite=True))
     return images

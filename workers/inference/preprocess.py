@@ -39,9 +39,7 @@ on the first detector load, inside :func:`load_detector`.
 from __future__ import annotations
 
 import hashlib
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from app.contract.limits import RESOLUTION_RANGE, RESOLUTION_STEP
+from workers.lru import Lru
 
 OPENPOSE_FILES = ("body_pose_model.pth", "hand_pose_model.pth", "facenet.pth")
 MIDAS_FILES = ("dpt_hybrid-midas-501f0c75.pt",)
@@ -139,7 +138,7 @@ def map_key(image: Image.Image, kind: str, resolution: int, annotator_dir: Path 
     return digest.hexdigest(), kind, int(resolution), folder
 
 
-class MapCache:
+class MapCache(Lru[MapKey, Image.Image]):
     """Least-recently-used cache of control maps, bounded in entries and in bytes (the oldest go first).
 
     Thread-safe. Images are copied in and out, so a caller that draws on a map it got cannot change what
@@ -147,58 +146,8 @@ class MapCache:
     """
 
     def __init__(self, max_entries: int = 64, max_bytes: int = 256 * 2**20):
-        if max_entries < 1 or max_bytes < 1:
-            raise ValueError("max_entries and max_bytes must be >= 1")
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self._maps: OrderedDict[MapKey, Image.Image] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _size(image: Image.Image) -> int:
-        return image.width * image.height * len(image.getbands())
-
-    def get(self, key: MapKey) -> Image.Image | None:
-        with self._lock:
-            image = self._maps.get(key)
-            if image is None:
-                self.misses += 1
-                return None
-            self._maps.move_to_end(key)
-            self.hits += 1
-            return image.copy()
-
-    def put(self, key: MapKey, image: Image.Image) -> None:
-        size = self._size(image)
-        if size > self.max_bytes:
-            return  # would evict everything and still not fit
-        with self._lock:
-            old = self._maps.pop(key, None)
-            if old is not None:
-                self._bytes -= self._size(old)
-            self._maps[key] = image.copy()
-            self._bytes += size
-            while len(self._maps) > self.max_entries or self._bytes > self.max_bytes:
-                _, evicted = self._maps.popitem(last=False)
-                self._bytes -= self._size(evicted)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._maps.clear()
-            self._bytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._maps)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._maps
+        super().__init__(max_entries, max_bytes, size=lambda image: image.width * image.height * len(image.getbands()),
+                         copy=Image.Image.copy)
 
 
 # --- detectors ---------------------------------------------------------------------------------------------
