@@ -383,7 +383,7 @@ def _auto_clothes_mask(rt: WorkerRuntime, lease: Lease, registry: Registry, job:
     return out
 
 
-def png_bytes(img: Image.Image, level: int) -> bytes:
+def png_bytes(img: Image.Image | np.ndarray, level: int) -> bytes:
     """A result as PNG at ``level`` (``ATELIER_RESULT_PNG_LEVEL``; :func:`workers.png.encode_png`, lossless)."""
     return encode_png(img, level)
 
@@ -458,11 +458,11 @@ def _control_map(rt: WorkerRuntime, lease: Lease, registry: Registry, job: JobMe
 
 
 def _run(rt: WorkerRuntime, lease: Lease, registry: Registry, plan: Plan, job: JobMessage,
-         timings: Timings, watch: JobWatch) -> list[Image.Image]:
+         timings: Timings, watch: JobWatch) -> list[np.ndarray]:
     progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
     common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
                   guidance_scale=plan.entry.defaults.guidance_scale, on_step=progress,
-                  background=plan.background, refer_strength=job.refer_strength, stats=timings.pipeline)
+                  background=plan.background, refer_strength=job.refer_strength, stats=timings.pipeline, output="np")
     with rt.models.vae_for(lease, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(lease, spec)):
         nets = [rt.models.controlnet(lease, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]

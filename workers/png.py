@@ -46,15 +46,26 @@ def _up_filtered(pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_png(img: Image.Image, level: int = 1) -> bytes:
-    """``img`` as PNG bytes, compressed at ``level`` (0..9: 0..3 by ISA-L, 4..9 by zlib)."""
+#: PIL modes by the channels of a uint8 array (2-D: greyscale).
+_ARRAY_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def encode_png(img: Image.Image | np.ndarray, level: int = 1) -> bytes:
+    """``img`` as PNG bytes, compressed at ``level`` (0..9: 0..3 by ISA-L, 4..9 by zlib). ``img``: an image, or
+    its uint8 pixels (height, width) greyscale or (height, width, 3 or 4) RGB / RGBA."""
     if not 0 <= level <= 9:
         raise ValueError(f"PNG level must be 0..9, got {level}")
-    if img.mode not in _COLOUR_TYPES:
-        img = img.convert("RGBA" if img.has_transparency_data else "RGB")
-    pixels = np.asarray(img)
+    if isinstance(img, np.ndarray):
+        channels = 1 if img.ndim == 2 else img.shape[-1] if img.ndim == 3 else 0
+        if img.dtype != np.uint8 or channels not in _ARRAY_MODES:
+            raise ValueError(f"pixels must be uint8 (height, width[, 3 or 4]), got {img.dtype} {img.shape}")
+        pixels, mode = img, _ARRAY_MODES[channels]
+    else:
+        if img.mode not in _COLOUR_TYPES:
+            img = img.convert("RGBA" if img.has_transparency_data else "RGB")
+        pixels, mode = np.asarray(img), img.mode
     height, width = pixels.shape[:2]
     raw = _up_filtered(pixels)
     data = isal_zlib.compress(raw, level) if level <= ISAL_MAX_LEVEL else zlib.compress(raw, level)
-    header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[img.mode], 0, 0, 0)
+    header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[mode], 0, 0, 0)
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b"")

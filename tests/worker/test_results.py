@@ -37,10 +37,18 @@ def test_every_mode_and_size_decodes_to_the_same_pixels(mode, size):
     pixels = rng.integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
     image = Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode)
     for level in (1, 7):
-        back = Image.open(io.BytesIO(png_bytes(image, level)))
-        back.load()
-        assert back.mode == mode and back.size == size
-        np.testing.assert_array_equal(np.asarray(back), np.asarray(image))
+        for given in (image, np.asarray(image)):  # an image, or its pixels as the worker's results are
+            back = Image.open(io.BytesIO(png_bytes(given, level)))
+            back.load()
+            assert back.mode == mode and back.size == size
+            np.testing.assert_array_equal(np.asarray(back), np.asarray(image))
+
+
+@pytest.mark.parametrize("pixels", [np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4, 3), np.float32),
+                                    np.zeros((4,), np.uint8)])
+def test_pixels_of_no_png_colour_type_are_refused(pixels):
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(pixels, 1)
 
 
 def test_other_modes_are_written_as_rgb_or_rgba():

@@ -274,7 +274,8 @@ def _garment_distance(keep: np.ndarray, limit: int) -> np.ndarray:
 @dataclass(frozen=True)
 class _Seam:
     """What :func:`paste_back` needs of a kept area: the bounding box of the kept pixels with the kept part of
-    it, and the feather band around them as flat pixel indices with each one's weight of the source."""
+    it (a 0/1 mask, as OpenCV's masked copy takes it), and the feather band around them as flat pixel indices
+    with each one's weight of the source."""
 
     box: tuple[slice, slice]
     kept: np.ndarray
@@ -285,7 +286,8 @@ class _Seam:
     def of(cls, keep: np.ndarray, feather_px: int) -> _Seam:
         rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
         if not rows.size:
-            return cls((slice(0), slice(0)), keep[:0, :0, None], np.zeros(0, dtype=np.intp), np.zeros((0, 1)))
+            return cls((slice(0), slice(0)), np.zeros((0, 0), dtype=np.uint8), np.zeros(0, dtype=np.intp),
+                       np.zeros((0, 1)))
         box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         band = np.zeros(0, dtype=np.intp)
         weight = np.zeros((0, 1))
@@ -301,7 +303,7 @@ class _Seam:
             local_rows, local_cols = np.divmod(near, right - left)
             band = (local_rows + top) * width + (local_cols + left)
             weight = (1.0 - distance.reshape(-1)[near] / (feather_px + 1))[:, None]
-        return cls(box, keep[box][..., None], band, weight)
+        return cls(box, keep[box].astype(np.uint8), band, weight)
 
 
 def paste_back(
@@ -313,11 +315,25 @@ def paste_back(
     source: Image.Image | None = None,
     overwrite: bool = False,
 ) -> Image.Image:
+    """:func:`paste_back_pixels` as an RGB image."""
+    return Image.fromarray(paste_back_pixels(generated, comp, feather_px, keep=keep, source=source,
+                                             overwrite=overwrite), mode="RGB")
+
+
+def paste_back_pixels(
+    generated: Image.Image | np.ndarray,
+    comp: Composition,
+    feather_px: int = 4,
+    *,
+    keep: np.ndarray | None = None,
+    source: Image.Image | None = None,
+    overwrite: bool = False,
+) -> np.ndarray:
     """Put the kept pixels (the clothes of ``comp``, by default) back into a generated image, exactly.
 
     ``generated``: an RGB image, or a uint8 array (height, width, 3), as a pipeline's ``output_type="np"``
-    result is once scaled to 0..255. Returns an RGB image of ``comp``'s size (``generated`` is resized to it
-    first if needed, Lanczos):
+    result is once scaled to 0..255. Returns the uint8 pixels (height, width, 3) of ``comp``'s size
+    (``generated`` is resized to it first if needed, Lanczos):
 
     * on the kept pixels (``keep``, default ``comp.keep``): the pixels of ``source`` (default
       ``comp.image``), bit for bit;
@@ -364,8 +380,12 @@ def paste_back(
         flat_original, flat_result = original.reshape(-1, 3), result.reshape(-1, 3)
         blended = seam.weight * flat_original[seam.band] + (1.0 - seam.weight) * flat_result[seam.band]
         flat_result[seam.band] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    np.copyto(result[seam.box], original[seam.box], where=seam.kept)
-    return Image.fromarray(result, mode="RGB")
+    if seam.kept.size:  # OpenCV's masked copy, into the result's own memory: several times numpy's copyto
+        box = result[seam.box]
+        copied = cv2.copyTo(original[seam.box], seam.kept, box)
+        if not np.shares_memory(copied, box):  # OpenCV wrote elsewhere (a layout it could not take as it is)
+            box[...] = copied
+    return result
 
 
 # --- background reference (Image2Image) ----------------------------------------------------------------

@@ -32,6 +32,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from diffusers import (
@@ -238,7 +239,8 @@ def run_control_inpaint(
     background: Image.Image | None = None,
     refer_strength: float = 0.5,
     stats: dict[str, float] | None = None,
-) -> list[Image.Image]:
+    output: Literal["pil", "np"] = "pil",
+) -> list[Image.Image] | list[np.ndarray]:
     """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``batch_size`` RGB
     images of ``comp``'s size.
 
@@ -252,7 +254,7 @@ def run_control_inpaint(
     Everything else is :func:`workers.inference.inpaint.run_inpaint`, which this calls with the control arguments:
     image ``i`` from seed ``seed + i`` (a batch in few pipeline calls), height/width always passed (padded,
     cropped back), clothes pixels bit-identical to ``comp.image``, the background reference, ``on_step``,
-    ``stats``.
+    ``stats``, ``output`` (``"np"``: uint8 arrays instead of images).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -289,4 +291,4 @@ def run_control_inpaint(
     }
     return run_inpaint(pipe, comp, prompt, negative_prompt, seed, batch_size, steps, guidance_scale,
                        on_step=on_step, background=background, refer_strength=refer_strength,
-                       pipeline_kwargs=control_kwargs, stats=stats)
+                       pipeline_kwargs=control_kwargs, stats=stats, output=output)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -46,7 +47,7 @@ from workers.inference.compose import (
     Composition,
     inpaint_mask,
     pad_to_multiple,
-    paste_back,
+    paste_back_pixels,
     redraw_strength,
     with_background,
 )
@@ -190,7 +191,8 @@ def run_inpaint(
     refer_strength: float = 0.5,
     pipeline_kwargs: dict | None = None,
     stats: dict[str, float] | None = None,
-) -> list[Image.Image]:
+    output: Literal["pil", "np"] = "pil",
+) -> list[Image.Image] | list[np.ndarray]:
     """Redraw everything but the clothes of ``comp``; return ``batch_size`` RGB images of ``comp``'s size.
 
     Image ``i`` is generated from seed ``seed + i``: a single-image run with that seed (same model, device and
@@ -210,6 +212,9 @@ def run_inpaint(
 
     ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
     already padded to the size this function pads to: the composition rounded up to :func:`size_multiple`).
+
+    ``output``: ``"np"`` returns each image as its uint8 array (height, width, 3) instead of an RGB image (what
+    the worker encodes: no round trip through PIL).
 
     ``stats``: when given, ``stats["pipeline_s"]`` grows by the seconds spent inside the pipeline calls, less
     their step callbacks (progress, cancellation): the bare diffusion work, which ``make bench`` subtracts
@@ -288,7 +293,8 @@ def run_inpaint(
         for generated in result.images:
             pixels = to_bytes(generated, comp.height, comp.width)
             if kept is not None:
-                images.append(paste_back(pixels, comp, keep=kept, source=source, overwrite=True))
+                pixels = paste_back_pixels(pixels, comp, keep=kept, source=source, overwrite=True)
             else:
-                images.append(paste_back(pixels, comp, overwrite=True))
+                pixels = paste_back_pixels(pixels, comp, overwrite=True)
+            images.append(pixels if output == "np" else Image.fromarray(pixels, mode="RGB"))
     return images
