@@ -392,7 +392,8 @@ def open_input(rt: WorkerRuntime, key: str) -> Image.Image:
     try:
         img = Image.open(rt.storage.input_path(key))
         img.load()
-        return ImageOps.exif_transpose(img)  # phone photos: the mask was drawn on the upright image
+        ImageOps.exif_transpose(img, in_place=True)  # phone photos: the mask was drawn on the upright image
+        return img
     except (OSError, ValueError) as e:
         log.error("stored input %s is unreadable: %s", key, e)  # the path stays in the log
         raise JobError(ErrorCode.BAD_INPUT, f"stored input image {key[:12]} is unreadable"

@@ -19,7 +19,7 @@ from support.api import example_inputs
 from support.models import load_folder
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
-from workers.job import run_job
+from workers.job import open_input, run_job
 from workers.models.loading import load_controlnet
 from workers.models.sizes import measure_bytes
 from workers.runtime import WorkerRuntime
@@ -161,3 +161,17 @@ def test_progress_is_written_at_most_every_interval_and_finished_says_every_step
     # write waits an interval after the run starts), and the Finished task says all of them ran
     assert written == [(1, 2), (2, 2)][:writes]
     assert rec.status == "Finished" and (rec.step, rec.total_steps) == (2, 2)
+
+
+def test_a_stored_photo_is_read_upright_by_its_exif_orientation(tmp_path, redis_url, two_of_each):
+    rt = runtime_for(tmp_path, redis_url, two_of_each, budget=2**31)
+    photo = Image.new("RGB", (40, 20), (200, 10, 10))
+    photo.paste((10, 200, 10), (0, 0, 10, 20))  # green on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the camera was turned; show it rotated 90 degrees clockwise
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG", exif=exif)
+    data = buf.getvalue()
+    key = rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)
+    upright = open_input(rt, key)
+    assert upright.size == (20, 40) and upright.getpixel((10, 2)) == (10, 200, 10)  # the left edge is now on top
