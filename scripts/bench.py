@@ -5,12 +5,15 @@ gateway, Redis, Celery worker and storage (submit -> the worker has stored the i
 Finished -> images downloaded), against the bare diffusers call of that job: the worker times its pipeline
 calls inside the job (less their step callbacks, which are the service's progress and cancellation work), so
 ``service_overhead_ms`` = the median over jobs of end to end minus that job's own call (goal <= 15) and
-``service_overhead_ratio`` the median of their quotients (goal <= 1.05). The demo model's steps are set (in a
-bench-only copy of models_config) so that a bare call of the same job on a warm pipeline, in this process,
-takes about ``--target-s`` (0.3 s: a GPU job's duration), so the ratio shows what the service adds in the GPU
-regime. Those bare calls, alternating with the service jobs, are reported too (``bare_call_s``,
+``service_overhead_ratio`` the median of their quotients (goal <= 1.05). The headline jobs are on the same
+photo (a shop's variants of one photo, another seed each: the worker reuses the composition after the first);
+``new_inputs`` has the same figures for jobs each on a photo never seen before. The demo model's steps are set
+(in a bench-only copy of models_config) so that a bare call of the same job on a warm pipeline, in this
+process, takes about ``--target-s`` (0.3 s: a GPU job's duration), so the ratio shows what the service adds in
+the GPU regime. Those bare calls, timed before and after the service jobs, are reported too (``bare_call_s``,
 ``vs_separate_bare``): two processes on a shared CPU do not run the same call equally fast (tens of ms apart
-on a 0.3 s call here), which is why the headline subtracts each job's own call.
+on a 0.3 s call here), which is why the headline subtracts each job's own call. docs/performance.md says
+what was measured.
 
 lora_switch_ratio = a job whose LoRA differs from the previous job's divided by a job that uses the
 same LoRA again, on one warm pipeline (goal <= 1.2); pipeline_reload_s is what reloading the base
