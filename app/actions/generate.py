@@ -75,7 +75,8 @@ def _clothes_segmenter(req: GenerateRequest, svc: Services, notes: list[str]) ->
 def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
-                         max_prompt_chars=s.max_prompt_chars, allow_private_callbacks=s.webhook_allow_private)
+                         max_prompt_chars=s.max_prompt_chars, allow_private_callbacks=s.webhook_allow_private,
+                         known_images=svc.storage.has_input)
     callback = callback_url(req.callback_url, call, svc)
     notes = []
     if req.main_model is None:

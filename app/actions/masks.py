@@ -37,7 +37,7 @@ def _engine(req: MaskRequest, svc: Services) -> ModelEntry:
 def mask_action(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_mask_request(call.action, call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
-                             allow_private_callbacks=s.webhook_allow_private)
+                             allow_private_callbacks=s.webhook_allow_private, known_images=svc.storage.has_input)
     callback = callback_url(req.callback_url, call, svc)
     engine = _engine(req, svc)
     notes = [] if req.engine else [f"{ENGINE_FIELD}: not given; the deployment's default {engine.model_code}"

@@ -46,6 +46,10 @@ class Storage:
             raise ValueError(f"not a content hash: {sha!r}")
         return self.inputs / sha[:2] / sha
 
+    def has_input(self, sha: str) -> bool:
+        """Whether an input of this content hash is stored (the gateway stores only inputs it has checked)."""
+        return _SHA.match(sha) is not None and self.input_path(sha).exists()
+
     def put_input(self, sha: str, data: bytes) -> str:
         """Store an input image under its content hash (once); a re-upload refreshes its age."""
         path = self.input_path(sha)

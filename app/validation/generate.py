@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -312,7 +313,8 @@ def check_callback_url(value: Any, name: str, *, allow_private: bool) -> str | N
 
 
 def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
-                   max_prompt_chars: int, allow_private_callbacks: bool = False) -> GenerateRequest:
+                   max_prompt_chars: int, allow_private_callbacks: bool = False,
+                   known_images: Callable[[str], bool] | None = None) -> GenerateRequest:
     """Validate a GenerateFromMannequin body; raise ApiError 230 for the first problem found.
 
     The order of the checks (so the same bad body always gets the same message):
@@ -387,7 +389,7 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
 
-    images = [decode_image(src, name, max_pixels) for name, src in lists.sources()]
+    images = [decode_image(src, name, max_pixels, known_images) for name, src in lists.sources()]
     known = (*COMMON_FIELDS, *GENERATE_FIELDS)
 
     return GenerateRequest(

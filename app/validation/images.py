@@ -14,7 +14,10 @@ What is accepted:
   ``Image.MAX_IMAGE_PIXELS``. The size is read from the header and checked BEFORE any pixel is
   decoded, so a small file that claims 20000x20000 pixels (a decompression bomb) costs nothing;
 * a complete file: the image is fully decoded once, and a PNG's chunk checksums are verified, so a
-  truncated or corrupted upload is refused here rather than failing later in a worker.
+  truncated or corrupted upload is refused here rather than failing later in a worker. Once: a file whose
+  content hash the service has already stored (it passed these checks when it was stored, and the hash names
+  the very bytes) is only opened for its header, so a shop sending the same photo with every request does not
+  pay its decoding again (``known``, the storage's ``has_input``).
 
 Every refusal is an :class:`~app.errors.ApiError` 230 naming the field, e.g.
 ``Params [ImageAndMaskList[1]] not available: not a decodable image (PNG, JPEG, WEBP or BMP)``.
@@ -26,6 +29,7 @@ import binascii
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
@@ -97,30 +101,35 @@ def _open(data: bytes, field: str, limit: int) -> Image.Image:
     return image
 
 
-def decode_image(value: object, field: str, max_pixels: int) -> DecodedImage:
+def decode_image(value: object, field: str, max_pixels: int,
+                 known: Callable[[str], bool] | None = None) -> DecodedImage:
     """Decode and check one base64 image; raise ApiError 230 naming ``field`` if it is unusable.
 
     ``field`` is the parameter's path for the message (e.g. ``ImageAndMaskList[1]``);
-    ``max_pixels`` the largest width x height accepted (``Settings.max_image_pixels``).
+    ``max_pixels`` the largest width x height accepted (``Settings.max_image_pixels``); ``known(sha256)``:
+    whether a file of that content hash was stored, so checked, before (then only its header is read: format
+    and size are checked again, the decoding is not repeated).
     """
     if not isinstance(value, str):
         raise ApiError.param(field, "must be a base64 string")
     data = _base64_bytes(value, field)
+    sha256 = hashlib.sha256(data).hexdigest()
     limit = _pixel_limit(max_pixels)
     image = _open(data, field, limit)
     try:
-        if image.format == "PNG":
-            image.verify()  # chunk CRCs through IEND: catches truncation after the pixel data
-            image.close()
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)  # verify() spends an image
-        image.load()  # the full decode: a truncated or corrupt stream raises here
+        if known is None or not known(sha256):  # a stored file was decoded and verified when it was stored
+            if image.format == "PNG":
+                image.verify()  # chunk CRCs through IEND: catches truncation after the pixel data
+                image.close()
+                image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)  # verify() spends an image
+            image.load()  # the full decode: a truncated or corrupt stream raises here
     except Exception:  # noqa: BLE001 - as in _open
         raise ApiError.param(field, f"{_NOT_AN_IMAGE}: the file is truncated or corrupt") from None
     finally:
         image.close()
     return DecodedImage(
         data=data,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         width=image.width,
         height=image.height,
         format=str(image.format),

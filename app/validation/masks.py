@@ -16,6 +16,7 @@ The order of the checks (the same bad body always gets the same message):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,7 +90,8 @@ def _inside(points: list[Point], name: str, image: DecodedImage) -> None:
 
 
 def parse_mask_request(action: str, body: dict[str, Any], *, max_images: int, max_pixels: int,
-                       allow_private_callbacks: bool = False) -> MaskRequest:
+                       allow_private_callbacks: bool = False,
+                       known_images: Callable[[str], bool] | None = None) -> MaskRequest:
     """Validate the body of mask action ``action``; ApiError 230 for the first problem (module doc)."""
     if action == "RemoveBackgroundsInBatch":
         raw = check_list(body.get("RawImages"), "RawImages", min_items=1, max_items=max_images)
@@ -117,7 +119,7 @@ def parse_mask_request(action: str, body: dict[str, Any], *, max_images: int, ma
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
 
-    images = [decode_image(src, name, max_pixels) for name, src in sources]
+    images = [decode_image(src, name, max_pixels, known_images) for name, src in sources]
     if box is not None:
         first = images[0]
         if box[2] > first.width or box[3] > first.height:

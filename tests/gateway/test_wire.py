@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from app.contract.codes import RetCode
+from app.contract.storage import Storage
 from app.errors import ApiError
 from app.validation.fields import check_float, check_int, check_str_list
 from app.validation.generate import parse_generate
@@ -456,6 +457,36 @@ def test_corrupted_png_is_refused():
     data = bytearray(image_bytes((64, 64), "RGB", "PNG", noise=True))
     data[len(data) // 2] ^= 0xFF
     assert decode_error(b64(bytes(data))).endswith("the file is truncated or corrupt")
+
+
+def test_a_file_already_stored_is_not_decoded_again_but_its_header_is_still_checked():
+    """``known`` (the storage's has_input): a content hash stored before passed the full checks then; only the
+    header is read again. Shown with a corrupt file claimed as known: accepted unread, while the same bytes
+    unknown are refused; the size limit applies to a known file all the same."""
+    data = bytearray(image_bytes((64, 64), "RGB", "PNG", noise=True))
+    data[len(data) // 2] ^= 0xFF
+    seen = []
+
+    def known(sha: str) -> bool:
+        seen.append(sha)
+        return True
+
+    image = decode_image(b64(bytes(data)), "x", 10_000, known)
+    assert (image.width, image.height, image.format) == (64, 64, "PNG")
+    assert seen == [hashlib.sha256(bytes(data)).hexdigest()] == [image.sha256]
+    with pytest.raises(ApiError, match="truncated or corrupt"):
+        decode_image(b64(bytes(data)), "x", 10_000, lambda sha: False)
+    with pytest.raises(ApiError, match="more than 1000 pixels"):
+        decode_image(b64(bytes(data)), "x", 1000, known)
+
+
+def test_the_gateway_knows_an_input_once_it_has_stored_it(tmp_path):
+    storage = Storage(tmp_path)
+    data = image_bytes((8, 8), "RGB", "PNG")
+    sha = hashlib.sha256(data).hexdigest()
+    assert not storage.has_input(sha) and not storage.has_input("../etc")
+    storage.put_input(sha, data)
+    assert storage.has_input(sha)
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
