@@ -8,7 +8,8 @@
   ``atelier_job_errors_total{model,code}`` and ``atelier_images_total{model}`` (:func:`record_job`, called once
   at the end of each job by :func:`workers.job.run_job`);
 - read at scrape time (:class:`RuntimeCollector`): the model cache's hits, misses (loads), evictions and load
-  time by kind, the bytes it holds and its budget by place, and the GPU memory torch has allocated and reserved.
+  time by kind, the bytes it holds and its budget by place, the composition cache's hits, misses and bytes,
+  and the GPU memory torch has allocated and reserved.
 
 **Liveness**: a worker consuming a queue keeps its id in the sorted set ``atelier:workers:<queue>``, scored
 with the Redis server's time until which it counts as alive (:data:`ALIVE_TTL_S` ahead), renewed every
@@ -30,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from app.contract.queue import live_workers_key
 from app.contract.settings import Settings
+from workers.lru import Lru
 from workers.models.cache import PLACES, ModelCache
 
 log = logging.getLogger("atelier.worker")
@@ -73,11 +75,13 @@ def record_job(model: str, outcome: str, *, queue_wait: float | None = None, loa
 # --- read at scrape time ------------------------------------------------------------------------------------
 
 class RuntimeCollector(Collector):
-    """The model cache's counters and sizes, and the GPU memory of the worker's device, read when scraped
-    (nothing here takes the cache's lock: a scrape never waits for a model that is loading)."""
+    """The model cache's counters and sizes, the composition cache's (when the worker keeps one), and the GPU
+    memory of the worker's device, read when scraped (nothing here takes the model cache's lock: a scrape
+    never waits for a model that is loading)."""
 
-    def __init__(self, cache: ModelCache):
+    def __init__(self, cache: ModelCache, compositions: Lru | None = None):
         self.cache = cache
+        self.compositions = compositions
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families().values())
@@ -95,6 +99,15 @@ class RuntimeCollector(Collector):
             families["bytes"].add_metric([place], stats.held_bytes[place])
             families["budget"].add_metric([place], self.cache.budgets[place])
         yield from families.values()
+        if self.compositions is not None:
+            compositions = self.compositions
+            yield CounterMetricFamily("atelier_composition_cache_hits", "Jobs that found their composition (photo"
+                                      " and mask at the output size) in the worker's cache",
+                                      value=compositions.hits)
+            yield CounterMetricFamily("atelier_composition_cache_misses", "Jobs with a clothes mask that composed"
+                                      " their photo and mask (and kept the result)", value=compositions.misses)
+            yield GaugeMetricFamily("atelier_composition_cache_bytes", "Bytes of the compositions the worker keeps"
+                                    " (ATELIER_COMPOSITION_CACHE_BYTES)", value=compositions.nbytes)
         yield from _gpu_memory(self.cache.device)
 
     @staticmethod
@@ -147,11 +160,11 @@ def metrics_port(settings: Settings) -> int | None:
     return settings.worker_metrics_port + int(index)
 
 
-def serve_metrics(settings: Settings, cache: ModelCache) -> int | None:
-    """Add ``cache`` (and the GPU) to the process's metrics and serve them over HTTP (``/metrics``, on every
-    interface) at :func:`metrics_port`. Returns the port, or None when not served; a port that cannot be
-    taken is logged, and the worker goes on without metrics."""
-    REGISTRY.register(RuntimeCollector(cache))
+def serve_metrics(settings: Settings, cache: ModelCache, compositions: Lru | None = None) -> int | None:
+    """Add ``cache``, ``compositions`` (and the GPU) to the process's metrics and serve them over HTTP
+    (``/metrics``, on every interface) at :func:`metrics_port`. Returns the port, or None when not served; a port
+    that cannot be taken is logged, and the worker goes on without metrics."""
+    REGISTRY.register(RuntimeCollector(cache, compositions))
     try:
         port = metrics_port(settings)
     except ValueError as e:

@@ -86,8 +86,9 @@ def warm_up_in_background(runtime: WorkerRuntime) -> threading.Thread:
 @worker_init.connect
 def _build_in_solo_worker(sender=None, **_) -> None:
     if getattr(sender, "pool_cls", None) is get_implementation("solo"):
-        serve_metrics(get_settings(), generate.runtime.cache)  # builds the runtime first
-        generate.runtime.warm_up()  # before the worker consumes: the first job finds its models warm
+        runtime = generate.runtime  # built here, before the worker consumes
+        serve_metrics(get_settings(), runtime.cache, runtime.compositions)
+        runtime.warm_up()  # before the worker consumes: the first job finds its models warm
 
 
 @worker_process_init.connect

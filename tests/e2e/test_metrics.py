@@ -139,6 +139,10 @@ def test_a_job_shows_in_the_workers_metrics_by_model(stack):
     assert value(second, "atelier_job_load_seconds_bucket", model=m, le="0.001") - value(
         first, "atelier_job_load_seconds_bucket", model=m, le="0.001") == 1
     assert value(second, "atelier_images_total", model=m) - value(first, "atelier_images_total", model=m) == 1
+    # the same photo and mask at the same size: the composition came from the worker's cache
+    hits, misses = "atelier_composition_cache_hits_total", "atelier_composition_cache_misses_total"
+    assert value(second, hits) - value(first, hits) == 1 and value(second, misses) == value(first, misses)
+    assert value(second, "atelier_composition_cache_bytes") > 0
 
 
 def test_a_failed_job_counts_as_an_error_with_its_code(stack):
