@@ -175,8 +175,8 @@ def main() -> int:
 
 
 def bench_service(rt, pipe, comp, steps, guidance, repeats, base, man, mask, size) -> dict:
-    """The service figures of ``repeats`` jobs on the same photo, ``repeats`` jobs each on a photo never seen
-    before, and as many bare calls here, interleaved.
+    """The service figures of ``repeats`` jobs on the same photo and ``repeats`` jobs each on a photo never seen
+    before, alternating, and of as many bare calls here, half before the jobs and half after.
 
     ``service_overhead_ms``: the median over the same-photo jobs of (end to end - that job's diffusion call), the
     call timed by the worker itself around the pipeline's calls, less their step callbacks (``pipeline_s`` in

@@ -168,7 +168,6 @@ class LeaseRenewal:
                 self._renewing = []
                 self._changed.notify_all()
 
-
     @staticmethod
     def _renew(watch: JobWatch) -> bool:
         try:

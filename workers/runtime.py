@@ -57,7 +57,7 @@ class WorkerRuntime:
     cache: ModelCache
     models: WorkerModels
     maps: MapCache = field(default_factory=MapCache)
-    #: the compositions of recent jobs by their inputs and geometry (:func:`composition_key`); None = none kept
+    #: the compositions of recent jobs by their inputs and geometry (:func:`composition_cache`); None = none kept
     compositions: Lru[CompositionKey, Composition] | None = None
     #: who holds a task's lease: this process, on this host
     worker_id: str = field(default_factory=this_worker_id)

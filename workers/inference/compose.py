@@ -313,11 +313,9 @@ def paste_back(
     *,
     keep: np.ndarray | None = None,
     source: Image.Image | None = None,
-    overwrite: bool = False,
 ) -> Image.Image:
     """:func:`paste_back_pixels` as an RGB image."""
-    return Image.fromarray(paste_back_pixels(generated, comp, feather_px, keep=keep, source=source,
-                                             overwrite=overwrite), mode="RGB")
+    return Image.fromarray(paste_back_pixels(generated, comp, feather_px, keep=keep, source=source), mode="RGB")
 
 
 def paste_back_pixels(
