@@ -21,6 +21,7 @@ from app.actions import ACTIONS
 from app.actions.base import SignedCall
 from app.background import start_loops
 from app.contract.codes import DEFAULT_MESSAGES, RetCode
+from app.contract.storage import RESULTS
 from app.deps import ServicesDep, signed_call
 from app.errors import ApiError
 from app.metrics import TimedApi, count_answer, live_workers
@@ -177,23 +178,18 @@ async def metrics() -> PlainTextResponse:
 @app.get("/results/{uid}/{name}")
 async def result_file(uid: str, name: str, exp: int, sig: str, svc: ServicesDep):
     not_found = JSONResponse({"detail": "not found or link expired"}, status_code=404)
-    try:
-        path = svc.storage.result_path(uid, name)
-    except ValueError:
-        return not_found
+    if not (RESULTS.is_group(uid) and RESULTS.is_name(name)):
+        return not_found  # no result can have this address: no lookup
 
     def read() -> bytes | None:
-        """The file, if the link is valid: in one thread hop with the task's lookup, and in one read (a result is
-        a few hundred KB: a streamed file costs a thread hop per 64 KB chunk)."""
+        """The result, if the link is valid: in one thread hop with the task's lookup, and in one read (a result
+        is a few hundred KB: a streamed file costs a thread hop per 64 KB chunk)."""
         rec = svc.tasks.get(uid)
         key = svc.keys.private_key(rec.owner) if rec else None
         served = (*rec.images, rec.clothes_mask) if rec else ()  # its images, and the clothes mask it made
         if rec is None or key is None or name not in served or not check_link(key, uid, name, exp, sig):
             return None
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return svc.storage.read_result(uid, name)  # None once swept
 
     data = await run_in_threadpool(read)
     return not_found if data is None else Response(data, media_type="image/png")

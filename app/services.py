@@ -10,7 +10,7 @@ from app.contract.queue import make_celery
 from app.contract.redis_conn import get_redis
 from app.contract.registry import Registry, get_registry
 from app.contract.settings import Settings, get_settings
-from app.contract.storage import Storage
+from app.contract.storage import Storage, open_storage
 from app.contract.taskstore import TaskStore
 from app.keys import KeyStore, dev_keys_path, load_keystore
 
@@ -34,7 +34,7 @@ class Services:
 
     @cached_property
     def storage(self) -> Storage:
-        return Storage(self.settings.data_dir)
+        return open_storage(self.settings)
 
     @cached_property
     def celery(self):

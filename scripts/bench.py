@@ -24,7 +24,7 @@ the CPU from the worker.
 
 The pipeline and the submodel files come through the worker's own code: a :class:`WorkerRuntime` built
 from the settings, its model cache and :class:`WorkerModels` (a lease held as a job holds it), and
-:func:`apply_submodels` reading each file through the cache, as :mod:`workers.job` does.
+:func:`apply_submodels` reading each file through the cache, as :mod:`workers.jobs.generate` does.
 
 Ends by printing one JSON object on the last line of stdout.
 """

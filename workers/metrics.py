@@ -6,7 +6,7 @@
 - per job, by its Main ModelCode: the histograms ``atelier_job_queue_wait_seconds``, ``_load_seconds``,
   ``_inference_seconds`` and ``_store_seconds``; ``atelier_jobs_total{model,outcome}``,
   ``atelier_job_errors_total{model,code}`` and ``atelier_images_total{model}`` (:func:`record_job`, called once
-  at the end of each job by :func:`workers.job.run_job`);
+  at the end of each task by :func:`workers.lifecycle.task.run_task`);
 - read at scrape time (:class:`RuntimeCollector`): the model cache's hits, misses (loads), evictions and load
   time by kind, the bytes it holds and its budget by place, the composition cache's hits, misses and bytes,
   and the GPU memory torch has allocated and reserved.

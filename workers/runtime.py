@@ -3,7 +3,8 @@
 :class:`WorkerRuntime` holds the task store (Redis), the file storage, the model registry (re-read when
 ``models_config`` changes), the one model cache with the worker's models by kind, and the control-map
 cache. ``workers/tasks.py`` builds it when the worker starts, warms up the models that ask for it
-(:meth:`WorkerRuntime.warm_up`) and hands it to every job (:func:`workers.job.run_job`); tests build their own.
+(:meth:`WorkerRuntime.warm_up`) and hands it to every job (its ``RUNNERS``, one per job kind of ``workers/jobs``);
+tests build their own.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from app.contract.redis_conn import broker_url, connect
 from app.contract.registry import Registry, get_registry
 from app.contract.settings import Settings
-from app.contract.storage import Storage
+from app.contract.storage import Storage, open_storage
 from app.contract.taskstore import TaskStore
 from workers.inference.compose import Composition
 from workers.inference.preprocess import MapCache
@@ -77,7 +78,7 @@ class WorkerRuntime:
         log.info("worker runtime on %s (%s): model cache %s on the device, %s in host RAM", device,
                  str(dtype).removeprefix("torch."), fmt_bytes(settings.model_cache_bytes),
                  fmt_bytes(settings.model_cache_ram_bytes))
-        return cls(settings, store, Storage(settings.data_dir), cache, models,
+        return cls(settings, store, open_storage(settings), cache, models,
                    compositions=composition_cache(settings.composition_cache_bytes))
 
     @property

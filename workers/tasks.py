@@ -1,4 +1,6 @@
-"""The Celery entry points of the worker: thin on purpose. The job itself is :mod:`workers.job`.
+"""The Celery entry points of the worker: thin on purpose. :data:`RUNNERS` says which job runs each Celery task
+(one module per job kind in ``workers/jobs/``; the task names are the contract's); one Celery task is
+registered per entry.
 
 The :class:`~workers.runtime.WorkerRuntime` (task store, storage, registry, model cache) is held by the
 task's base class, as Celery's task guide suggests for per-process resources, and built when the worker
@@ -19,6 +21,7 @@ Once the worker consumes its queues (``worker_ready``) it announces itself alive
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from celery import Task
 from celery.concurrency import get_implementation
@@ -28,10 +31,16 @@ from app.contract.jobs import GENERATE_TASK_NAME, MASK_TASK_NAME
 from app.contract.redis_conn import broker_url, connect
 from app.contract.settings import get_settings
 from workers.celery_app import celery
-from workers.job import run_job
-from workers.mask_job import run_mask_job
+from workers.jobs.generate import run_job
+from workers.jobs.masks import run_mask_job
 from workers.metrics import Heartbeat, serve_metrics
 from workers.runtime import WorkerRuntime, this_worker_id
+
+#: The job that runs each Celery task: ``runner(runtime, job message)``, which ends the task whatever happens.
+RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
+    GENERATE_TASK_NAME: run_job,
+    MASK_TASK_NAME: run_mask_job,
+}
 
 
 class RuntimeTask(Task):
@@ -56,16 +65,21 @@ def _wait_for_warm_up() -> None:
         warmed.wait()
 
 
-@celery.task(name=GENERATE_TASK_NAME, base=RuntimeTask, bind=True, acks_late=True)
-def generate(self: RuntimeTask, message: dict) -> None:
-    _wait_for_warm_up()
-    run_job(self.runtime, message)
+def _register(name: str, runner: Callable[[WorkerRuntime, dict], None]) -> RuntimeTask:
+    @celery.task(name=name, base=RuntimeTask, bind=True, acks_late=True)
+    def run(self: RuntimeTask, message: dict) -> None:
+        _wait_for_warm_up()
+        runner(self.runtime, message)
+
+    return run
 
 
-@celery.task(name=MASK_TASK_NAME, base=RuntimeTask, bind=True, acks_late=True)
-def mask(self: RuntimeTask, message: dict) -> None:
-    _wait_for_warm_up()
-    run_mask_job(self.runtime, message)
+#: The Celery task of each entry of :data:`RUNNERS`, by its name.
+TASKS: dict[str, RuntimeTask] = {name: _register(name, runner) for name, runner in RUNNERS.items()}
+
+
+def _runtime() -> WorkerRuntime:
+    return next(iter(TASKS.values())).runtime
 
 
 def warm_up_in_background(runtime: WorkerRuntime) -> threading.Thread:
@@ -86,14 +100,14 @@ def warm_up_in_background(runtime: WorkerRuntime) -> threading.Thread:
 @worker_init.connect
 def _build_in_solo_worker(sender=None, **_) -> None:
     if getattr(sender, "pool_cls", None) is get_implementation("solo"):
-        runtime = generate.runtime  # built here, before the worker consumes
+        runtime = _runtime()  # built here, before the worker consumes
         serve_metrics(get_settings(), runtime.cache, runtime.compositions)
         runtime.warm_up()  # before the worker consumes: the first job finds its models warm
 
 
 @worker_process_init.connect
 def _build_in_pool_child(**_) -> None:
-    warm_up_in_background(generate.runtime)  # builds the runtime first
+    warm_up_in_background(_runtime())  # builds the runtime first
 
 
 @worker_ready.connect

@@ -1,87 +1,104 @@
-"""File storage shared by gateway and workers (one directory; a shared volume when they run on
-different hosts, see docs/deployment.md).
+"""What the gateway and the workers store per task, and the one way to reach it (:class:`Storage`, built by
+:func:`open_storage`):
 
-- inputs:  ``inputs/{sha[:2]}/{sha}``  each uploaded image stored once, by content hash
-- results: ``results/{TaskUID}/{i}.png`` written by the worker (atomically, so a re-run of the same
-  task after a worker crash overwrites instead of duplicating)
+- inputs (namespace ``inputs``): each uploaded image once, by its content hash; a re-upload starts its age again;
+- results (namespace ``results``, grouped by TaskUID): ``{i}.png`` written by the worker, and the clothes mask a
+  worker made itself (:data:`AUTO_MASK_NAME`); written atomically, so a re-run of the same task after a worker
+  crash replaces the earlier run's files instead of adding to them. A task's results expire and go together.
 
-Everything older than the retention period is removed by :func:`sweep`.
+Everything older than the retention period is removed by :meth:`Storage.sweep`. Where and how bytes are kept
+is the backend's business (:mod:`app.contract.storage_base`, the interface; :mod:`app.contract.storage_local`,
+the data dir): nobody outside these modules knows a stored object's path. A new kind of stored object is one
+:class:`~app.contract.storage_base.Namespace` here, added to :data:`NAMESPACES`, and its typed helpers.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import time
-from pathlib import Path
+from typing import BinaryIO
 
-_SHA = re.compile(r"^[0-9a-f]{64}$")
-_UID = re.compile(r"^[0-9a-v]{21}$")
-_RESULT = re.compile(r"^(\d{1,2}|clothes-mask)\.png$")
+from app.contract.settings import Settings
+from app.contract.storage_base import Namespace, ObjectStore
+from app.contract.storage_local import LocalStore
 
 #: The result file of a clothes mask the worker made itself (GenerateFromMannequin without ClothesMaskIndex).
 AUTO_MASK_NAME = "clothes-mask.png"
 
+#: Uploaded images, by SHA-256 content hash.
+INPUTS = Namespace("inputs", names=re.compile(r"^[0-9a-f]{64}$"))
+#: A task's results, grouped by its TaskUID: ``0.png`` .. ``99.png`` and :data:`AUTO_MASK_NAME`.
+RESULTS = Namespace("results", names=re.compile(r"^(\d{1,2}|clothes-mask)\.png$"), groups=re.compile(r"^[0-9a-v]{21}$"))
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+#: Every kind of stored object (the sweep visits those with ``swept``).
+NAMESPACES: tuple[Namespace, ...] = (INPUTS, RESULTS)
 
 
 class Storage:
-    def __init__(self, data_dir: Path):
-        self.inputs = data_dir / "inputs"
-        self.results = data_dir / "results"
+    """The typed helpers over a backend (``objects``). A bad content hash, TaskUID or result name is a
+    ValueError; a storage that cannot be reached or written raises OSError."""
 
-    def input_path(self, sha: str) -> Path:
-        if not _SHA.match(sha):
-            raise ValueError(f"not a content hash: {sha!r}")
-        return self.inputs / sha[:2] / sha
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
 
-    def has_input(self, sha: str) -> bool:
-        """Whether an input of this content hash is stored (the gateway stores only inputs it has checked)."""
-        return _SHA.match(sha) is not None and self.input_path(sha).exists()
+    # --- inputs ----------------------------------------------------------------------------------------------
 
     def put_input(self, sha: str, data: bytes) -> str:
-        """Store an input image under its content hash (once); a re-upload refreshes its age."""
-        path = self.input_path(sha)
-        if path.exists():
-            os.utime(path)
-        else:
-            _atomic_write(path, data)
+        """Store an input image under its content hash (once; a re-upload starts its age again); its key."""
+        key = INPUTS.key(sha)
+        if not self.objects.touch(key):
+            self.objects.put(key, data)
         return sha
 
-    def result_path(self, uid: str, name: str) -> Path:
-        if not _UID.match(uid) or not _RESULT.match(name):
-            raise ValueError("bad result name")
-        return self.results / uid / name
+    def has_input(self, sha: str) -> bool:
+        """Whether an input of this content hash is stored (the gateway stores only inputs it has checked);
+        False for anything that is not a content hash."""
+        return INPUTS.is_name(sha) and self.objects.exists(INPUTS.key(sha))
+
+    def open_input(self, sha: str) -> BinaryIO:
+        """A stored input as a seekable binary stream (use it in a ``with`` block); FileNotFoundError if missing."""
+        return self.objects.open(INPUTS.key(sha))
+
+    # --- results ---------------------------------------------------------------------------------------------
 
     def write_result(self, uid: str, index: int | str, png: bytes) -> str:
         """Write result ``index`` (``<index>.png``) or a named result (:data:`AUTO_MASK_NAME`); its name."""
         name = index if isinstance(index, str) else f"{index}.png"
-        _atomic_write(self.result_path(uid, name), png)
+        self.objects.put(RESULTS.key(name, uid), png)
         return name
 
+    def read_result(self, uid: str, name: str) -> bytes | None:
+        """A result's bytes, or None if it is not stored (never written, or swept)."""
+        return self.objects.get(RESULTS.key(name, uid))
+
+    def result_link(self, uid: str, name: str, expires_at: int) -> str | None:
+        """The URL a client downloads a result from until ``expires_at`` (a backend's presigned URL), or None:
+        the gateway serves it at ``/results/{uid}/{name}`` (``app/resultlinks.py`` signs that link)."""
+        return self.objects.link(RESULTS.key(name, uid), expires_at)
+
+    def delete_results(self, uid: str) -> int:
+        """Remove every result of a task; how many there were."""
+        return self.objects.delete_group(RESULTS, RESULTS.check_group(uid))
+
+    # --- retention -------------------------------------------------------------------------------------------
+
     def sweep(self, retention_s: float, now: float | None = None) -> int:
-        """Delete inputs and result folders older than the retention period; returns how many."""
-        cutoff = (now or time.time()) - retention_s
+        """Remove what was last written more than ``retention_s`` before ``now``: each expired input, each task
+        whose newest result expired (all its results); returns how many inputs and tasks."""
+        before = (time.time() if now is None else now) - retention_s
         removed = 0
-        if self.results.exists():
-            for d in self.results.iterdir():
-                if d.is_dir() and d.stat().st_mtime < cutoff:
-                    shutil.rmtree(d, ignore_errors=True)
-                    removed += 1
-        if self.inputs.exists():
-            for f in self.inputs.glob("*/*"):
-                if f.is_file() and f.stat().st_mtime < cutoff:
-                    f.unlink(missing_ok=True)
-                    removed += 1
+        for ns in NAMESPACES:
+            if not ns.swept:
+                continue
+            for entry in self.objects.expired(ns, before):
+                if ns.grouped:
+                    self.objects.delete_group(ns, entry)
+                else:
+                    self.objects.delete(ns.key(entry))
+                removed += 1
         return removed
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The deployment's storage, built the same way by the gateway and the workers: the data dir
+    (``ATELIER_DATA_DIR``)."""
+    return Storage(LocalStore(settings.data_dir))

@@ -1,5 +1,7 @@
-"""Storage and the task store's retention: inputs stored once by content hash, results swept after
-the retention period, task records expiring in Redis."""
+"""Storage and the task store's retention. The local-folder backend passes the storage contract
+(tests/support/storage_contract.py) and keeps the data dir's layout (``inputs/{sha[:2]}/{sha}``,
+``results/{TaskUID}/{name}``), so a deployment's stored inputs and results stay readable and are swept;
+task records expire in Redis."""
 from __future__ import annotations
 
 import hashlib
@@ -10,34 +12,78 @@ import uuid
 import pytest
 import redis
 
-from app.contract.storage import Storage
+from app.contract.settings import Settings
+from app.contract.storage import Storage, open_storage
+from app.contract.storage_local import LocalStore
 from app.contract.taskstore import TaskStore, task_key
+from support.storage_contract import UID, StorageContract
 
 
-def test_inputs_stored_once_and_swept_after_retention(tmp_path):
-    st = Storage(tmp_path)
-    data = b"\x89PNG fake"
+class TestLocalStorage(StorageContract):
+    tick_s = 0.05
+
+    @pytest.fixture
+    def storage_factory(self, tmp_path):
+        return lambda: LocalStore(tmp_path / "data")
+
+
+def _age(path, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_the_data_dir_keeps_its_layout_and_what_was_stored_before_is_read_and_swept(tmp_path):
+    data = b"\x89PNG stored by an earlier version"
     sha = hashlib.sha256(data).hexdigest()
-    assert st.put_input(sha, data) == st.put_input(sha, data) == sha
-    assert len(list(st.inputs.glob("*/*"))) == 1
-    st.write_result("a" * 21, 0, b"png")
-    old = time.time() - 100
-    os.utime(st.input_path(sha), (old, old))
-    os.utime(st.results / ("a" * 21), (old, old))
-    st.write_result("b" * 21, 0, b"png")
+    (tmp_path / "inputs" / sha[:2]).mkdir(parents=True)
+    (tmp_path / "inputs" / sha[:2] / sha).write_bytes(data)
+    (tmp_path / "results" / UID).mkdir(parents=True)
+    (tmp_path / "results" / UID / "0.png").write_bytes(b"png")
+    st = open_storage(Settings(data_dir=tmp_path))
+    assert st.has_input(sha) and st.read_result(UID, "0.png") == b"png"
+    with st.open_input(sha) as f:
+        assert f.read() == data
+    st.write_result("b" * 21, "clothes-mask.png", b"mask")
+    assert (tmp_path / "results" / ("b" * 21) / "clothes-mask.png").read_bytes() == b"mask"
+    _age(tmp_path / "inputs" / sha[:2] / sha, 100)
+    _age(tmp_path / "results" / UID / "0.png", 100)
     assert st.sweep(retention_s=50) == 2
-    assert not st.input_path(sha).exists()
-    assert not (st.results / ("a" * 21)).exists() and (st.results / ("b" * 21) / "0.png").exists()
+    assert not (tmp_path / "inputs" / sha[:2] / sha).exists() and not (tmp_path / "results" / UID).exists()
+    assert (tmp_path / "results" / ("b" * 21) / "clothes-mask.png").exists()
+
+
+def test_what_a_crashed_write_left_behind_goes_with_the_sweep(tmp_path):
+    st = Storage(LocalStore(tmp_path))
+    data = b"input"
+    sha = hashlib.sha256(data).hexdigest()
+    st.put_input(sha, data)
+    st.write_result(UID, 0, b"png")
+    stale = [tmp_path / "inputs" / sha[:2] / ".tmp-crashed", tmp_path / "results" / UID / ".tmp-crashed"]
+    for path in stale:
+        path.write_bytes(b"half")
+        _age(path, 100)
+    assert st.sweep(retention_s=50) == 0  # the objects are young; a temporary file is never one
+    assert not stale[0].exists() and st.has_input(sha)
+    _age(tmp_path / "results" / UID / "0.png", 100)
+    assert st.sweep(retention_s=50) == 1 and not (tmp_path / "results" / UID).exists()
+
+
+def test_an_empty_task_folder_goes_with_the_sweep(tmp_path):
+    (tmp_path / "results" / UID).mkdir(parents=True)
+    _age(tmp_path / "results" / UID, 100)
+    assert Storage(LocalStore(tmp_path)).sweep(retention_s=50) == 1 and not (tmp_path / "results" / UID).exists()
+
+
+def test_a_local_store_gives_no_link_and_nothing_outside_its_folder(tmp_path):
+    st = Storage(LocalStore(tmp_path / "data"))
+    assert st.result_link(UID, "0.png", int(time.time()) + 60) is None  # the gateway serves /results/...
+    with pytest.raises(ValueError):
+        st.write_result("../../" + "a" * 15, 0, b"x")
+    assert not (tmp_path / "data").exists() and list(tmp_path.iterdir()) == []
 
 
 # owners unique to this run: tasks left in the shared Redis by earlier runs never count
 OWNER_TTL, OWNER_LEASE, OWNER_CANCEL = (f"pk-{name}-{uuid.uuid4().hex[:8]}" for name in ("ttl", "lease", "cancel"))
-
-
-@pytest.mark.parametrize("bad", ["../../etc/passwd", "a" * 20, "A" * 21])
-def test_result_names_are_checked(tmp_path, bad):
-    with pytest.raises(ValueError):
-        Storage(tmp_path).result_path(bad, "0.png")
 
 
 def test_task_record_expires_after_retention_once_finished(redis_url):

@@ -10,6 +10,8 @@ import orjson
 import pytest
 import redis as redis_lib
 
+from app.contract.storage import Storage
+from app.contract.storage_local import LocalStore
 from app.resultlinks import make_link
 from app.services import get_services
 from support.api import KEYS, PUB, generate_body, signed
@@ -273,12 +275,11 @@ def test_control_net_list_units_are_checked_against_the_models(api):
     assert both["RetCode"] == 230 and "[ControlNet]" in both["Message"]
 
 
-def test_storage_that_cannot_be_written_is_150_and_nothing_is_queued(api, monkeypatch):
+def test_storage_that_cannot_be_written_is_150_and_nothing_is_queued(api, monkeypatch, tmp_path):
     svc = get_services()
     queued = redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue)
-    monkeypatch.setattr(svc.storage, "inputs", svc.storage.inputs / "input-folder-is-a-file")
-    svc.storage.inputs.parent.mkdir(parents=True, exist_ok=True)
-    svc.storage.inputs.write_bytes(b"")  # a file where a folder must be: every write fails
+    (tmp_path / "data-dir-is-a-file").write_bytes(b"")  # a file where a folder must be: every write fails
+    monkeypatch.setattr(svc, "storage", Storage(LocalStore(tmp_path / "data-dir-is-a-file")))
     out = api(signed(generate_body(Seed=987)))
     assert out["RetCode"] == 150 and out["Message"] == "Service unavailable"
     assert redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue) == queued

@@ -16,6 +16,7 @@ from PIL import Image, ImageFile
 
 from app.contract.codes import RetCode
 from app.contract.storage import Storage
+from app.contract.storage_local import LocalStore
 from app.errors import ApiError
 from app.validation.fields import check_float, check_int, check_str_list
 from app.validation.generate import parse_generate
@@ -481,7 +482,7 @@ def test_a_file_already_stored_is_not_decoded_again_but_its_header_is_still_chec
 
 
 def test_the_gateway_knows_an_input_once_it_has_stored_it(tmp_path):
-    storage = Storage(tmp_path)
+    storage = Storage(LocalStore(tmp_path))
     data = image_bytes((8, 8), "RGB", "PNG")
     sha = hashlib.sha256(data).hexdigest()
     assert not storage.has_input(sha) and not storage.has_input("../etc")

@@ -1,5 +1,5 @@
 """A foreign PICPIK client, written from PICPIK's public docs alone (the GenerateFromMannequin API
-reference and the collected facts of ``../shared/spec/PICPIK-FACTS.md``, sections 1-5), not from
+reference and PICPIK's collected public facts, as docs/API.md cites them), not from
 Atelier's code: it imports nothing from ``app/`` or ``workers/`` and has its own signer.
 
 What the docs say, and what this client does:

@@ -1,7 +1,7 @@
 """A deployment of real models never imports the demo builders: a worker whose models_config names only
 ``path:`` / ``file:`` sources runs a whole job (translator, LoRA, ControlNet with canny) without
-``workers.demo`` ever being imported (spec/ARCHITECTURE.md: "demo/ ... imported only when models_config
-names a `demo:` source").
+``workers.demo`` ever being imported (docs/architecture.md, "Rules": "`workers/demo` is reached only through
+`workers/models/sources.py`").
 
 The model files are real tiny models, made here with the demo builders (this test process may import them);
 the job runs in a fresh interpreter that knows them only by their paths, with an import hook that records
@@ -43,7 +43,7 @@ sys.meta_path.insert(0, Recorder())
 
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
 from app.contract.settings import get_settings
-from workers.job import run_job
+from workers.jobs.generate import run_job
 from workers.runtime import WorkerRuntime
 
 args = json.loads(sys.argv[1])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import workers.job as job_module
+import workers.jobs.generate as job_module
 from app.contract.jobs import JobMessage
 from app.contract.settings import get_settings
-from workers.job import run_job
+from workers.jobs.generate import run_job
 from workers.runtime import WorkerRuntime
 
 

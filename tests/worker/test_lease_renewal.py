@@ -9,7 +9,7 @@ import pytest
 
 from app.contract.redis_conn import connect
 from app.contract.taskstore import TaskStore
-from workers.job import RENEWAL, JobWatch
+from workers.lifecycle.watch import RENEWAL, JobWatch
 
 
 class QuickWatch(JobWatch):

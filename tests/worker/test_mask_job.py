@@ -13,8 +13,8 @@ from app.contract.jobs import JobMessage, MaskJobMessage
 from app.contract.settings import get_settings
 from app.contract.storage import AUTO_MASK_NAME
 from support.masks import EXAMPLES, MANNEQUINS, iou, point_on, truth
-from workers.job import run_job
-from workers.mask_job import run_mask_job
+from workers.jobs.generate import run_job
+from workers.jobs.masks import run_mask_job
 from workers.runtime import WorkerRuntime
 
 
@@ -29,7 +29,7 @@ def stored(rt: WorkerRuntime, name: str) -> str:
 
 
 def result(rt: WorkerRuntime, uid: str, name: str) -> Image.Image:
-    img = Image.open(io.BytesIO(rt.storage.result_path(uid, name).read_bytes()))
+    img = Image.open(io.BytesIO(rt.storage.read_result(uid, name)))
     img.load()
     return img
 

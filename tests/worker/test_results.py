@@ -11,7 +11,7 @@ from PIL import Image
 from app.contract.settings import Settings
 from support.masks import rgb
 from workers.inference.inpaint import to_bytes
-from workers.job import png_bytes
+from workers.lifecycle.stored import png_bytes
 
 
 @pytest.mark.parametrize("level", [0, 1, 6, 9])

@@ -19,7 +19,8 @@ from support.api import example_inputs
 from support.models import load_folder
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
-from workers.job import open_input, run_job
+from workers.jobs.generate import run_job
+from workers.lifecycle.stored import open_input
 from workers.models.loading import load_controlnet
 from workers.models.sizes import measure_bytes
 from workers.runtime import WorkerRuntime
@@ -111,7 +112,7 @@ def _generate(rt: WorkerRuntime, mannequin: str, clothes: str, seed: int, **job)
                            mannequin_image=mannequin, clothes_mask=clothes, **job).to_wire())
     rec = rt.store.get(uid)
     assert rec.status == "Finished", (rec.error_code, rec.error_message)
-    return Image.open(rt.storage.result_path(uid, rec.images[0])).convert("RGB")
+    return Image.open(io.BytesIO(rt.storage.read_result(uid, rec.images[0]))).convert("RGB")
 
 
 def test_the_next_job_on_the_same_photo_and_mask_reuses_their_composition(tmp_path, redis_url, two_of_each):

@@ -39,6 +39,22 @@ GRABCUT_ITERATIONS = 5
 #: GrabCut with a rectangle: inside it, colours within this many times the backdrop's own spread start as
 #: background (see :func:`_backdrop_seeds`).
 BACKDROP_SPREAD = 1.5
+#: GrabCut without a box: the rectangle leaves this share of the image's shorter side as a margin (at least 2 px).
+GRABCUT_MARGIN = 0.015
+#: A box with fewer pixels than this outside it covers the whole image: the backdrop is then taken along its edge.
+MIN_BACKDROP_PIXELS = 64
+#: GrabCut with points: each point marks a disc of this share of the shorter side (at least 2 px) as sure
+#: object (include) or sure background (exclude); the frame is half as wide.
+POINT_RADIUS = 0.012
+#: An include point's colour region: neighbours within this many levels per channel of the point's colour
+#: (on a median-blurred image) are probably the object.
+POINT_FILL_TOLERANCE = 18
+#: rembg's u2net_cloth_seg input: ImageNet's mean and standard deviation per RGB channel, at 768x768.
+CLOTH_SEG_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+CLOTH_SEG_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CLOTH_SEG_SIZE: tuple[int, int] = (768, 768)
+#: How much of a library's error message an EngineError quotes (the rest goes to nobody: some are pages long).
+CAUSE_CHARS = 200
 #: The labels of rembg's u2net_cloth_seg; all three are garment by default.
 CLOTH_SEG_CLASSES: dict[int, str] = {0: "background", 1: "upper-body clothes", 2: "lower-body clothes",
                                      3: "full-body clothes"}
@@ -50,6 +66,11 @@ GARMENT_WORDS: tuple[str, ...] = ("cloth", "skirt", "pants", "dress", "belt", "s
 
 class EngineError(Exception):
     """An engine's files could not be loaded or run (a corrupt ONNX file, a folder that is no model)."""
+
+
+def _cause(e: Exception) -> str:
+    """A library's exception in an :class:`EngineError`'s message: its type and the start of its text."""
+    return f"{type(e).__name__}: {str(e)[:CAUSE_CHARS]}"
 
 
 @dataclass
@@ -127,11 +148,11 @@ class GrabCutEngine:
             if req.box is not None:
                 x1, y1, x2, y2 = (round(v * scale) for v in req.box)
             else:
-                m = max(2, round(0.015 * min(h, w)))
+                m = max(2, round(GRABCUT_MARGIN * min(h, w)))
                 x1, y1, x2, y2 = m, m, w - m, h - m
             outside = np.ones((h, w), bool)
             outside[y1:y2, x1:x2] = False
-            if outside.sum() < 64:  # a box on the whole image: the backdrop is what lies along its edge
+            if outside.sum() < MIN_BACKDROP_PIXELS:  # a box on the whole image: the backdrop along its edge
                 outside[:] = True
                 outside[y1 + 2:y2 - 2, x1 + 2:x2 - 2] = False
             found = _run_grabcut(bgr, _backdrop_seeds(bgr, outside))
@@ -141,12 +162,12 @@ class GrabCutEngine:
     def _points(bgr: np.ndarray, include: list[tuple[float, float]],
                 exclude: list[tuple[float, float]]) -> np.ndarray:
         h, w = bgr.shape[:2]
-        radius = max(2, round(0.012 * min(h, w)))
+        radius = max(2, round(POINT_RADIUS * min(h, w)))
         mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
         smooth = cv2.medianBlur(bgr, 5)
         for x, y in include:  # the colour region around each include point: probably the object
             fill = np.zeros((h + 2, w + 2), np.uint8)
-            cv2.floodFill(smooth, fill, (int(x), int(y)), 0, (18,) * 3, (18,) * 3,
+            cv2.floodFill(smooth, fill, (int(x), int(y)), 0, (POINT_FILL_TOLERANCE,) * 3, (POINT_FILL_TOLERANCE,) * 3,
                           4 | cv2.FLOODFILL_MASK_ONLY | cv2.FLOODFILL_FIXED_RANGE | (255 << 8))
             mask[fill[1:-1, 1:-1] > 0] = cv2.GC_PR_FGD
         border = max(1, radius // 2)
@@ -191,7 +212,7 @@ def rembg_session(model_name: str, file: Path, device: str) -> Any:
     try:
         return local(model_name, options, providers=_providers(device))
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds for a corrupt file
-        raise EngineError(f"{file.name} is not a readable ONNX model ({type(e).__name__}: {str(e)[:200]})") from e
+        raise EngineError(f"{file.name} is not a readable ONNX model ({_cause(e)})") from e
 
 
 class RembgEngine:
@@ -210,7 +231,7 @@ class RembgEngine:
         try:
             predicted = self.session.predict(crop)[0]
         except Exception as e:  # noqa: BLE001 - a file with the wrong inputs fails here
-            raise EngineError(f"running the model failed ({type(e).__name__}: {str(e)[:200]})") from e
+            raise EngineError(f"running the model failed ({_cause(e)})") from e
         out = np.zeros((h, w), np.uint8)
         out[y1:y2, x1:x2] = np.asarray(predicted.convert("L").resize(crop.size, Image.Resampling.BILINEAR))
         return out
@@ -230,10 +251,9 @@ class RembgClothEngine:
         pil = Image.fromarray(image)
         s = self.session
         try:
-            logits = s.inner_session.run(None, s.normalize(pil, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                                                             (768, 768)))[0]
+            logits = s.inner_session.run(None, s.normalize(pil, CLOTH_SEG_MEAN, CLOTH_SEG_STD, CLOTH_SEG_SIZE))[0]
         except Exception as e:  # noqa: BLE001
-            raise EngineError(f"running the model failed ({type(e).__name__}: {str(e)[:200]})") from e
+            raise EngineError(f"running the model failed ({_cause(e)})") from e
         labels = np.argmax(logits[0], axis=0).astype(np.uint8)
         return np.asarray(Image.fromarray(labels).resize(pil.size, Image.Resampling.NEAREST))
 
@@ -253,7 +273,7 @@ class SamEngine:
             self.processor = SamProcessor.from_pretrained(folder)
             self.model = SamModel.from_pretrained(folder).to(device).eval()
         except Exception as e:  # noqa: BLE001 - transformers raises many kinds for a folder that is no model
-            raise EngineError(f"{folder.name} is not a SAM model folder ({type(e).__name__}: {str(e)[:200]})") from e
+            raise EngineError(f"{folder.name} is not a SAM model folder ({_cause(e)})") from e
         self.device = device
 
     def soft_mask(self, req: Request) -> np.ndarray:
@@ -287,7 +307,7 @@ class SegformerEngine:
             self.model = AutoModelForSemanticSegmentation.from_pretrained(folder).to(device).eval()
         except Exception as e:  # noqa: BLE001
             raise EngineError(f"{folder.name} is not a semantic-segmentation model folder"
-                              f" ({type(e).__name__}: {str(e)[:200]})") from e
+                              f" ({_cause(e)})") from e
         self.device = device
         labels = getattr(self.model.config, "id2label", {}) or {}
         self.labels = {int(k): str(v) for k, v in labels.items()}

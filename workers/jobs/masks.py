@@ -1,6 +1,6 @@
 """One mask task (RemoveBackground, RemoveBackgroundsInBatch, ExtractContents), from the job message to
-stored PNGs, with the same life as a generation (:func:`workers.job.run_task`: lease, watch, cancel, time
-budget, errors).
+stored PNGs, with the same life as a generation (:func:`workers.lifecycle.task.run_task`: lease, watch, cancel,
+time budget, errors).
 
 For each input image: the engine's soft mask (:mod:`workers.masks.engines`), refined as the request asks
 (:mod:`workers.masks.refine`), then stored as results in the contract's order: the cut-out (RGBA PNG of the
@@ -18,7 +18,10 @@ from app.contract.codes import ErrorCode, model_message
 from app.contract.jobs import MaskJobMessage
 from app.contract.limits import MASK_ACTION_ENGINE_TYPE
 from app.contract.registry import ModelEntry, Registry
-from workers.job import JobError, JobLost, JobWatch, Timings, open_input, png_bytes, run_task, version_ok
+from workers.lifecycle.errors import JobError, JobLost
+from workers.lifecycle.stored import open_input, png_bytes
+from workers.lifecycle.task import Timings, run_task, version_ok
+from workers.lifecycle.watch import JobWatch
 from workers.masks import refine
 from workers.masks.engines import EngineError, Request
 from workers.models.cache import Lease, ModelLoadError
@@ -37,8 +40,8 @@ def run_mask_job(rt: WorkerRuntime, message: dict) -> None:
     job = MaskJobMessage.model_validate(message)
     budget = rt.settings.job_time_base_s * (1 + PER_IMAGE_SHARE * (len(job.images) - 1))
 
-    def work(lease: Lease, timings: Timings, watch: JobWatch) -> tuple[int, str]:
-        count = _masks(rt, lease, job, timings, watch)
+    def work(held: Lease, timings: Timings, watch: JobWatch) -> tuple[int, str]:
+        count = _masks(rt, held, job, timings, watch)
         return count, f"{len(job.images)} image(s) by {job.engine}"
 
     run_task(rt, job.task_uid, label=job.engine, total_steps=len(job.images), budget_s=budget, work=work,
@@ -52,15 +55,15 @@ def _engine_entry(registry: Registry, job: MaskJobMessage) -> ModelEntry:
     return entry
 
 
-def _masks(rt: WorkerRuntime, lease: Lease, job: MaskJobMessage, timings: Timings, watch: JobWatch) -> int:
+def _masks(rt: WorkerRuntime, held: Lease, job: MaskJobMessage, timings: Timings, watch: JobWatch) -> int:
     registry = rt.registry  # read once: the models config as it stands for this whole job
     entry = _engine_entry(registry, job)
     try:
-        engine = rt.models.mask_engine(lease, entry, registry)
+        engine = rt.models.mask_engine(held, entry, registry)
     except ModelLoadError as e:
         log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
         raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
-    timings.load = lease.load_seconds
+    timings.load = held.load_seconds
     matting = refine.hair_matting_on(job.hair_optimization, entry.engine)
     names: list[str] = []
     level = rt.settings.result_png_level

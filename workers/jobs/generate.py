@@ -1,0 +1,266 @@
+"""One GenerateFromMannequin task, from the job message to stored PNGs: plan, run, store, inside the life every
+task has on a worker (:func:`workers.lifecycle.task.run_task`: lease, watch, cancel, time budget, errors).
+
+1. **plan**: the Main model, the stored inputs composed to the output size (the clothes mask made by the
+   ClothesSegmenter when the request sent none: :mod:`workers.masks.clothes`), the submodels, the prompts
+   (translated when asked; the models' trigger words first), a control map per control unit;
+2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets), held in
+   the model cache for the whole job, denoising with progress written to the task record;
+3. **store**: PNGs under the TaskUID, the task Finished.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from app.contract.codes import ErrorCode, model_message
+from app.contract.jobs import JobMessage
+from app.contract.limits import SUBMODEL_TYPES
+from app.contract.registry import ModelEntry, Registry
+from app.contract.storage import AUTO_MASK_NAME
+from workers.inference.compose import Composition, fit_background, fit_geometry, prepare
+from workers.inference.control import control_pipeline, run_control_inpaint
+from workers.inference.inpaint import run_inpaint
+from workers.inference.preprocess import preprocess
+from workers.lifecycle.errors import JobError, JobLost
+from workers.lifecycle.progress import ProgressWriter
+from workers.lifecycle.stored import open_input, png_bytes
+from workers.lifecycle.task import Timings, run_task, version_ok
+from workers.lifecycle.watch import JobWatch
+from workers.masks.clothes import NoGarmentFound, clothes_mask
+from workers.masks.engines import EngineError
+from workers.models.cache import Lease, ModelLoadError
+from workers.models.sources import local_path
+from workers.runtime import WorkerRuntime
+from workers.submodels.apply import apply_submodels
+from workers.submodels.spec import SubmodelError, SubModelSpec, build_prompt
+from workers.translate.detect import is_english
+from workers.translate.translator import TranslatorLoadError, translate_prompts
+
+log = logging.getLogger("atelier.worker")
+
+
+def time_budget(settings, job: JobMessage, steps: int) -> float:
+    """Seconds a job may take: a base plus a share per megapixel, step and image (docs/deployment.md)."""
+    megapixels = job.width * job.height / 1e6
+    return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * megapixels * steps * job.batch_size
+
+
+@dataclass
+class Plan:
+    """What :func:`_run` needs, every input read and checked."""
+
+    entry: ModelEntry
+    comp: Composition
+    background: Image.Image | None
+    specs: list[SubModelSpec]
+    prompt: str
+    negative: str
+    control_maps: list[Image.Image] = field(default_factory=list)
+    control_models: list[ModelEntry] = field(default_factory=list)
+
+
+def run_job(rt: WorkerRuntime, message: dict) -> None:
+    """Run one GenerateFromMannequin job message to its end (:func:`run_task`)."""
+    if not version_ok(rt, message):
+        return
+    job = JobMessage.model_validate(message)
+    entry = rt.registry.get(job.main_model)
+    steps = entry.defaults.steps if entry is not None else 0
+
+    def work(held: Lease, timings: Timings, watch: JobWatch) -> tuple[int, str]:
+        count = _generate(rt, held, job, timings, watch)
+        return count, f"{count} image(s) of {job.width}x{job.height}"
+
+    run_task(rt, job.task_uid, label=job.main_model, total_steps=steps * job.batch_size,
+             budget_s=time_budget(rt.settings, job, steps), work=work,
+             oom_message=f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}:"
+                         " lower BatchSize or Width/Height")
+
+
+def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings, watch: JobWatch) -> int:
+    registry = rt.registry
+    entry = registry.get(job.main_model)
+    if entry is None or entry.model_type != "Main":
+        raise JobError(ErrorCode.MODEL, model_message(job.main_model))
+    try:
+        plan = _plan(rt, held, registry, entry, job)
+        watch.check()
+        images = _run(rt, held, registry, plan, job, timings, watch)
+    except ModelLoadError as e:
+        log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
+        raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
+    except SubmodelError as e:
+        log.error("task %s: %s", job.task_uid, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be applied: {e.message}") from e
+    timings.load = held.load_seconds
+    t0 = time.monotonic()
+    names = []
+    for i, img in enumerate(images):
+        names.append(rt.storage.write_result(job.task_uid, i, png_bytes(img, rt.settings.result_png_level)))
+    watch.check()
+    if not rt.store.mark_finished(job.task_uid, names, job.seed, worker=rt.worker_id,
+                                  pipeline_s=timings.pipeline.get("pipeline_s", 0.0), steps=timings.steps):
+        raise JobLost(job.task_uid)
+    timings.store = time.monotonic() - t0
+    return len(names)
+
+
+# --- plan ------------------------------------------------------------------------------------------------
+
+
+def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
+    comp = _composition(rt, held, registry, job)
+    background = None
+    if job.background_image:
+        raw = open_input(rt, job.background_image)
+        background = fit_background(raw, comp.width, comp.height, job.background_resize_mode)
+    specs = _submodel_specs(rt, registry, job)
+    trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
+    prompt, negative = _prompts(rt, held, registry, job, trigger_words)
+    plan = Plan(entry, comp, background, specs, prompt, negative)
+    for unit in job.control_units:
+        plan.control_maps.append(_control_map(rt, held, registry, job, unit, comp))
+        cm = registry.get(unit.control_model)
+        if cm is None or cm.model_type != "ControlModel":
+            raise JobError(ErrorCode.MODEL, model_message(unit.control_model))
+        plan.control_models.append(cm)
+    return plan
+
+
+def _composition(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage) -> Composition:
+    """The job's mannequin and clothes mask composed at its size: from the worker's cache when a recent job had
+    the same stored inputs and geometry (a shop's variants of one photo), else read and made (and kept, with
+    read-only arrays). A mask the clothes segmenter makes is not cached (it is the job's own result)."""
+    cache = rt.compositions
+    key = None
+    if cache is not None and job.clothes_mask is not None:
+        key = (job.mannequin_image, job.clothes_mask, job.width, job.height, job.resize_mode, job.invert_mask)
+        comp = cache.get(key)
+        if comp is not None:
+            return comp
+    mannequin = open_input(rt, job.mannequin_image)
+    if job.clothes_mask is not None:
+        mask = open_input(rt, job.clothes_mask)
+    else:
+        mask = _auto_clothes_mask(rt, held, registry, job, mannequin)
+    comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
+    if key is not None:
+        for array in (comp.keep, comp.figure):
+            if array is not None:
+                array.flags.writeable = False
+        cache.put(key, comp)
+    return comp
+
+
+def _auto_clothes_mask(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
+                       mannequin: Image.Image) -> Image.Image:
+    """The clothes mask of a request without one, made by the job's ClothesSegmenter
+    (:func:`workers.masks.clothes.clothes_mask`) and stored with the task's results (:data:`AUTO_MASK_NAME`,
+    served as ``ClothesMaskUrl``)."""
+    entry = registry.get(job.clothes_segmenter or "")
+    if entry is None or entry.model_type != "ClothesSegmenter":
+        raise JobError(ErrorCode.MODEL, model_message(str(job.clothes_segmenter)))
+    engine = rt.models.mask_engine(held, entry, registry)
+    classes = job.garment_classes or entry.garment_classes or list(engine.default_classes)
+    try:
+        mask = clothes_mask(engine, mannequin, classes)
+    except EngineError as e:
+        log.error("task %s: clothes segmenter %s failed: %s", job.task_uid, entry.model_code, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{entry.model_code}] could not be used") from e
+    except NoGarmentFound:
+        raise JobError(ErrorCode.BAD_INPUT, f"the clothes segmenter {entry.model_code} found no garment (classes"
+                                            f" {', '.join(map(str, classes))}) on the mannequin image: send"
+                                            " Mannequin.ClothesMaskIndex") from None
+    out = Image.fromarray(mask, "L")
+    png = png_bytes(out, rt.settings.result_png_level)
+    rt.store.set_clothes_mask(job.task_uid, rt.storage.write_result(job.task_uid, AUTO_MASK_NAME, png))
+    return out
+
+
+def _submodel_specs(rt: WorkerRuntime, registry: Registry, job: JobMessage) -> list[SubModelSpec]:
+    """The job's submodels, resolved. One at weight 0 contributes nothing, its trigger words included: it is
+    left out (and the task's Notes say so)."""
+    specs = []
+    for ref in job.sub_models:
+        entry = registry.get(ref.model_code)
+        if entry is None or entry.model_type not in SUBMODEL_TYPES:
+            raise JobError(ErrorCode.MODEL, model_message(ref.model_code))
+        weight = ref.lora_weight if ref.lora_weight is not None else entry.defaults.lora_weight
+        if weight == 0:
+            rt.store.add_note(job.task_uid, f"SubModelList: {entry.model_code} at weight 0 left out")
+            continue
+        specs.append(SubModelSpec(model_code=entry.model_code, model_type=entry.model_type,
+                                  path=local_path(entry, registry, rt.settings.models_dir), weight=weight,
+                                  trigger_words=list(entry.trigger_words)))
+    return specs
+
+
+def _prompts(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
+             trigger_words: list[str]) -> tuple[str, str]:
+    """Translate (when asked) and join the prompts; the models' trigger words are added once."""
+    translator = None
+    if job.translate_prompts and not all(is_english(p) for p in job.positive_prompts + job.negative_prompts):
+        try:
+            translator = rt.models.translator(held, registry)
+        except TranslatorLoadError as e:
+            log.error("translator unavailable: %s", e)
+    positive = translate_prompts(job.positive_prompts, translator, job.translate_prompts)
+    negative = translate_prompts(job.negative_prompts, translator, job.translate_prompts)
+    for note in dict.fromkeys(positive.notes + negative.notes):
+        rt.store.add_note(job.task_uid, note)
+    return build_prompt(positive.prompts, trigger_words), ", ".join(p for p in negative.prompts if p)
+
+
+def _control_map(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage, unit,
+                 comp: Composition) -> Image.Image:
+    """The control map of one unit, made from its image in the composition's geometry."""
+    if unit.image == job.mannequin_image:
+        image = comp.image
+    else:
+        image = fit_geometry(open_input(rt, unit.image).convert("RGB"), comp.width, comp.height, job.resize_mode)
+    if unit.preprocessor is None:
+        return image
+    pre = registry.get(unit.preprocessor)
+    if pre is None or pre.model_type != "PreProcessor":
+        raise JobError(ErrorCode.MODEL, model_message(unit.preprocessor))
+    try:
+        return preprocess(pre.preprocessor, image, unit.resolution, local_path(pre, registry, rt.settings.models_dir),
+                          rt.maps, device=rt.models.device, detectors=rt.models.detectors(held))
+    except (OSError, ValueError) as e:
+        log.error("pre-processor %s failed: %s", pre.model_code, e)
+        raise JobError(ErrorCode.MODEL, f"Model [{pre.model_code}] could not be used") from e
+
+
+# --- run -------------------------------------------------------------------------------------------------
+
+
+def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: JobMessage,
+         timings: Timings, watch: JobWatch) -> list[np.ndarray]:
+    progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
+    common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
+                  guidance_scale=plan.entry.defaults.guidance_scale, on_step=progress,
+                  background=plan.background, refer_strength=job.refer_strength, stats=timings.pipeline, output="np")
+    with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
+            apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(held, spec)):
+        nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
+        loaded = held.load_seconds
+        t0 = time.monotonic()
+        if not nets:
+            images = run_inpaint(pipe, plan.comp, plan.prompt, plan.negative, **common)
+        else:
+            cpipe = control_pipeline(pipe, nets)
+            cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
+            units = job.control_units
+            images = run_control_inpaint(
+                cpipe, plan.comp, plan.prompt, plan.negative, control_images=plan.control_maps,
+                controlnet_conditioning_scale=[u.control_weight for u in units],
+                control_guidance_start=[u.starting_step for u in units],
+                control_guidance_end=[u.ending_step for u in units], **common)
+        timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
+    timings.steps = progress.seen
+    return images

@@ -1,0 +1,120 @@
+"""The life of one task on this worker, whatever its action (:func:`run_task`): Queuing -> Running -> Finished, or
+Canceled, or Error with a code and a one-line message (never a traceback; that goes to the worker's log). Safe to
+run twice (acks_late re-delivery): a task that already ended is skipped, and results are written under the
+TaskUID.
+
+Each job logs one line with its timings (:class:`Timings`: queue wait, model loads, inference, store); the same
+timings, its outcome and its images are counted in the worker's metrics (:func:`workers.metrics.record_job`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from app.contract.codes import ErrorCode, worker_lost_message
+from app.contract.jobs import JOB_VERSION
+from workers.lifecycle.errors import JobCanceled, JobError, JobLost
+from workers.lifecycle.watch import JobWatch
+from workers.metrics import record_job
+from workers.models.cache import Lease, is_oom
+from workers.runtime import WorkerRuntime
+
+log = logging.getLogger("atelier.worker")
+
+
+@dataclass
+class Timings:
+    """Seconds spent by one job in each phase (``load`` counts the model loads of the plan and the run)."""
+
+    queue_wait: float = 0.0
+    load: float = 0.0
+    inference: float = 0.0
+    store: float = 0.0
+    #: ``pipeline_s``: the part of ``inference`` spent inside the pipeline's calls (``run_inpaint``'s ``stats``)
+    pipeline: dict[str, float] = field(default_factory=dict)
+    #: the last (Step, TotalSteps) of the run, written with the Finished mark
+    steps: tuple[int, int] | None = None
+
+    def line(self) -> str:
+        return (f"queue wait {self.queue_wait:.2f}s, load {self.load:.2f}s, inference {self.inference:.2f}s,"
+                f" store {self.store:.2f}s")
+
+
+def version_ok(rt: WorkerRuntime, message: dict) -> bool:
+    """Whether this worker reads the job message's version; a task of another version ends in Error."""
+    if message.get("v") == JOB_VERSION:
+        return True
+    uid = str(message.get("task_uid", ""))
+    log.error("task %s: job message version %r not supported (want %d)", uid, message.get("v"), JOB_VERSION)
+    if uid and rt.store.get(uid):
+        rt.store.mark_error(uid, ErrorCode.UNSUPPORTED_JOB, f"job message version {message.get('v')} not supported")
+        record_job("?", "error", error_code=ErrorCode.UNSUPPORTED_JOB)
+    return False
+
+
+#: ``work(held, timings, watch) -> (images stored, what the log line says of them)``; ``held`` is the job's hold on
+#: the model cache (every model it gets through it stays loaded until the job ends)
+Work = Callable[[Lease, Timings, JobWatch], tuple[int, str]]
+
+
+def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budget_s: float, work: Work,
+             oom_message: str) -> None:
+    """The life of one task on this worker, whatever its action: take its lease in Redis (skipped when it
+    already ended or runs elsewhere; ended 502 when its runs keep killing workers), watch it (lease renewal,
+    cancellation, time budget), hold its models in the model cache for the run, and end it: Finished by
+    ``work``, else Canceled or Error with a code and a one-line message. Returns normally whatever happened, so
+    that the worker takes the next job. ``label`` names the task's model in the log and the metrics."""
+    store = rt.store
+    state, attempt = store.start(uid, rt.worker_id, rt.settings.lease_s, total_steps,
+                                 max_deaths=rt.settings.max_worker_deaths)
+    if state == "poison":  # a leftover copy of its message found it after the last of its workers died
+        store.mark_error(uid, ErrorCode.WORKER_LOST, worker_lost_message(attempt))
+        log.error("task %s: its run killed %d workers; ended in Error", uid, attempt)
+        return
+    if state != "started":
+        log.info("task %s: %s; not run here", uid,
+                 {"ended": "already ended", "busy": "running on another worker", "missing": "expired"}[state])
+        return
+    rec = store.get(uid)
+    timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at) if rec else 0.0)
+    if attempt > 1:
+        store.add_note(uid, f"run again (attempt {attempt}): the worker running it before stopped")
+    watch = JobWatch(store, uid, rt.worker_id, rt.settings.lease_s, budget_s)
+    held = rt.cache.lease()  # the job's hold on the model cache (not the task's lease, which the watch renews)
+    me = rt.worker_id
+    count, code = 0, None
+    try:
+        with watch, held:
+            count, what = work(held, timings, watch)
+    except JobLost:
+        log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", uid)
+        outcome = "lost"
+    except JobCanceled:
+        log.info("task %s canceled by its owner", uid)
+        outcome = "canceled" if store.mark_canceled(uid, worker=me) else "lost"
+    except JobError as e:
+        log.warning("task %s failed: %s", uid, e.message)
+        code = e.code
+        outcome = "error" if store.mark_error(uid, e.code, e.message, worker=me) else "lost"
+    except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
+        if is_oom(e):
+            torch.cuda.empty_cache()
+            msg = oom_message
+            log.warning("task %s failed: %s (%s)", uid, msg, e)
+            code = ErrorCode.OUT_OF_MEMORY
+        else:
+            log.exception("task %s: internal error", uid)
+            code, msg = ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})"
+        outcome = "error" if store.mark_error(uid, code, msg, worker=me) else "lost"
+    else:
+        outcome = "finished"
+        models = ", ".join(f"{name} ({how})" for name, how in held.used.items())
+        log.info("task %s finished: %s; models %s; %s", uid, what, models, timings.line())
+    done = outcome == "finished"
+    record_job(label, outcome, queue_wait=timings.queue_wait, load=held.load_seconds,
+               inference=timings.inference if done else None, store=timings.store if done else None,
+               images=count if done else 0, error_code=code if outcome == "error" else None)

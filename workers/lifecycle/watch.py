@@ -1,0 +1,133 @@
+"""The task's lease in Redis while its job runs on this worker (``TaskStore.start`` took it): renewed by one
+thread per process, and what the renewal learns (the owner canceled the task, another worker took it) turned
+into exceptions at the job's next denoising step, with the job's time budget.
+
+"Lease" in this room is always the task's lease in Redis; the models a job holds in the model cache are its
+:class:`~workers.models.cache.Lease` there, named ``held`` here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import redis
+
+from app.contract.codes import ErrorCode
+from app.contract.taskstore import TaskStore
+from workers.lifecycle.errors import JobCanceled, JobError, JobLost
+
+log = logging.getLogger("atelier.worker")
+
+
+class JobWatch:
+    """Beside a running job: its lease renewed twice a second (by the process's :class:`LeaseRenewal` thread),
+    and a cancellation or a lost lease noticed; the job's step callback (:meth:`check`) turns those, and a run
+    past the time budget, into exceptions at the next denoising step.
+
+    A step that hangs (a stuck driver) cannot be interrupted from here: past twice the budget the watch stops
+    renewing the lease, so the task is given to another worker (and counts a death) while this one is stuck.
+    """
+
+    RENEW_EVERY_S = 0.5
+
+    def __init__(self, store: TaskStore, uid: str, worker: str, lease_s: float, budget_s: float):
+        self.store, self.uid, self.worker, self.lease_s, self.budget_s = store, uid, worker, lease_s, budget_s
+        self.started = time.monotonic()
+        self.canceled = threading.Event()
+        self.lost = threading.Event()
+
+    def __enter__(self) -> JobWatch:
+        RENEWAL.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        RENEWAL.discard(self)
+
+    def renew(self) -> bool:
+        """Renew the lease once (the renewal thread calls this); False once it must no longer be renewed."""
+        if time.monotonic() - self.started > 2 * self.budget_s:
+            log.error("task %s: stuck past twice its time budget (%.0fs); no longer renewing its lease",
+                      self.uid, self.budget_s)
+            return False
+        try:
+            state = self.store.renew(self.uid, self.worker, self.lease_s)
+        except redis.RedisError as e:  # Redis restarting: the lease holds for a while, try again
+            log.warning("task %s: could not renew its lease: %s", self.uid, e)
+            return True
+        if state == "cancel":
+            self.canceled.set()
+        elif state == "lost":
+            self.lost.set()
+            return False
+        return True
+
+    def check(self) -> None:
+        """Raise at a denoising step: JobLost, JobCanceled, or JobError(TIMEOUT) past the time budget."""
+        if self.lost.is_set():
+            raise JobLost(self.uid)
+        if self.canceled.is_set():
+            raise JobCanceled(self.uid)
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.budget_s:
+            raise JobError(ErrorCode.TIMEOUT, f"ran longer than its time budget of {self.budget_s:.0f}s"
+                                              " (ATELIER_JOB_TIME_BASE_S, ATELIER_JOB_TIME_PER_MEGAPIXEL_STEP_S)")
+
+
+class LeaseRenewal:
+    """The one thread of a process that renews the leases of its running jobs (their :class:`JobWatch`), each
+    :attr:`JobWatch.RENEW_EVERY_S` after the last. One thread for the process's life rather than one per job:
+    starting a thread, and waking it to join it, cost every job a fraction of a millisecond. Started on the
+    first job of a process (a prefork child starts its own)."""
+
+    def __init__(self) -> None:
+        self._due: dict[JobWatch, float] = {}
+        self._renewing: list[JobWatch] = []  # being renewed now, outside the lock
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, watch: JobWatch) -> None:
+        with self._changed:
+            self._due[watch] = time.monotonic() + watch.RENEW_EVERY_S
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="atelier-lease-renewal", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+
+    def discard(self, watch: JobWatch) -> None:
+        """No more renewals of ``watch``: when this returns, none is under way either."""
+        with self._changed:
+            self._due.pop(watch, None)
+            self._changed.wait_for(lambda: watch not in self._renewing)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                ready = [watch for watch, due in self._due.items() if due <= now]
+                if not ready:
+                    self._changed.wait(min(self._due.values()) - now if self._due else None)
+                    continue
+                for watch in ready:
+                    self._due[watch] = now + watch.RENEW_EVERY_S
+                self._renewing = ready
+            done = [watch for watch in ready if not self._renew(watch)]  # Redis round trips, outside the lock
+            with self._changed:
+                for watch in done:
+                    self._due.pop(watch, None)
+                self._renewing = []
+                self._changed.notify_all()
+
+    @staticmethod
+    def _renew(watch: JobWatch) -> bool:
+        try:
+            return watch.renew()
+        except Exception:  # noqa: BLE001 - the thread renews every job's lease: it must outlive any one failure
+            log.exception("task %s: lease renewal failed", watch.uid)
+            return True
+
+
+RENEWAL = LeaseRenewal()
