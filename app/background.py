@@ -3,12 +3,13 @@ whose worker died and the webhook deliveries (app/webhooks.py). Several gateways
 step is atomic in Redis.
 
 Recovery (docs/deployment.md "Recovery"): a worker holds a lease on the task it runs and renews it twice a
-second (workers/job.py ``JobWatch``). Every ``ATELIER_REAP_INTERVAL_S`` the gateway looks for leases that
+second (workers/lifecycle/watch.py ``JobWatch``). Every ``ATELIER_REAP_INTERVAL_S`` the gateway looks for leases that
 expired (``ATELIER_LEASE_S`` without a renewal: the worker was killed, ran out of memory, lost its node) and
 sends the task's job message again, counting a death; after ``ATELIER_MAX_WORKER_DEATHS`` the task ends in
 Error (502) instead: a job that kills its worker must not kill the fleet. A task is sent again to the queue it
-was first sent to, and must be started within ``REQUEUE_GRACE_LEASES`` leases, or it is sent again (the message
-may have been lost with the gateway).
+was first sent to, as the Celery task the action table gives its action (``ACTION_SPECS``, app/contract/jobs.py),
+and must be started within ``REQUEUE_GRACE_LEASES`` leases, or it is sent again (the message may have been lost
+with the gateway).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 from app.contract.codes import ErrorCode, worker_lost_message
-from app.contract.jobs import task_name_for
+from app.contract.jobs import NoTaskAction, task_name_for
 from app.services import Services
 from app.webhooks import Deliverer
 
@@ -35,18 +36,16 @@ def sweep_once(svc: Services) -> None:
 
 
 def recover_once(svc: Services) -> list[tuple[str, str]]:
-    """Act on every expired lease; returns ``(TaskUID, what was done)`` for the log and the tests."""
+    """Act on every expired lease; returns ``(TaskUID, what was done)`` for the log and the tests: the state
+    ``TaskStore.reap`` gave (``requeue``, ``resend``, ``poison``, ...), or ``error`` for a task that needed sending
+    again but could not be (no job message kept, or an action no Celery task runs)."""
     s, done = svc.settings, []
     for uid in svc.tasks.expired_leases():
         state, deaths = svc.tasks.reap(uid, s.max_worker_deaths, requeue_grace_s=REQUEUE_GRACE_LEASES * s.lease_s)
         if state in ("requeue", "resend"):
-            rec = svc.tasks.get(uid)
-            if rec is None or rec.job is None:
-                log.error("task %s lost its worker but has no job message to send again", uid)
-                svc.tasks.mark_error(uid, ErrorCode.INTERNAL, "Internal error (the task's job message is missing)")
-                continue
-            svc.celery.send_task(task_name_for(rec.action), args=[rec.job], queue=rec.queue or s.queue)
-            if state == "requeue":
+            if not _send_again(svc, uid):
+                state = "error"
+            elif state == "requeue":
                 log.warning("task %s: its worker stopped renewing its lease (death %d; %d allowed); sent again",
                             uid, deaths, s.max_worker_deaths - 1)
             else:
@@ -57,6 +56,24 @@ def recover_once(svc: Services) -> list[tuple[str, str]]:
             log.error("task %s: its run killed %d workers; ended in Error", uid, deaths)
         done.append((uid, state))
     return done
+
+
+def _send_again(svc: Services, uid: str) -> bool:
+    """Send the task's kept job message again, as the Celery task the action table gives its action, to the queue
+    it was first sent to; False (the task ended in Error 500) when it cannot be."""
+    rec = svc.tasks.get(uid)
+    if rec is None or rec.job is None:
+        log.error("task %s lost its worker but has no job message to send again", uid)
+        svc.tasks.mark_error(uid, ErrorCode.INTERNAL, "Internal error (the task's job message is missing)")
+        return False
+    try:
+        task_name = task_name_for(rec.action)
+    except NoTaskAction as e:  # e.g. a task of an action this gateway's version does not know
+        log.error("task %s lost its worker but cannot be sent again: %s", uid, e)
+        svc.tasks.mark_error(uid, ErrorCode.INTERNAL, f"Internal error (no Celery task runs {rec.action})")
+        return False
+    svc.celery.send_task(task_name, args=[rec.job], queue=rec.queue or svc.settings.queue)
+    return True
 
 
 class Loop:

@@ -27,7 +27,7 @@ from celery import Task
 from celery.concurrency import get_implementation
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from app.contract.jobs import GENERATE_TASK_NAME, MASK_TASK_NAME
+from app.contract.jobs import GENERATE_TASK, JOB_TASK_NAMES, MASK_TASK
 from app.contract.redis_conn import broker_url, connect
 from app.contract.settings import get_settings
 from workers.celery_app import celery
@@ -38,9 +38,13 @@ from workers.runtime import WorkerRuntime, this_worker_id
 
 #: The job that runs each Celery task: ``runner(runtime, job message)``, which ends the task whatever happens.
 RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
-    GENERATE_TASK_NAME: run_job,
-    MASK_TASK_NAME: run_mask_job,
+    GENERATE_TASK.name: run_job,
+    MASK_TASK.name: run_mask_job,
 }
+if set(RUNNERS) != set(JOB_TASK_NAMES):  # the contract's action table names the tasks the gateway sends
+    raise RuntimeError(f"workers/tasks.py RUNNERS and the Celery tasks of app/contract/jobs.py ACTION_SPECS disagree:"
+                       f" no runner for {sorted(set(JOB_TASK_NAMES) - set(RUNNERS))}, a runner of no action for"
+                       f" {sorted(set(RUNNERS) - set(JOB_TASK_NAMES))}")
 
 
 class RuntimeTask(Task):
@@ -75,7 +79,7 @@ def _register(name: str, runner: Callable[[WorkerRuntime, dict], None]) -> Runti
 
 
 #: The Celery task of each entry of :data:`RUNNERS`, by its name.
-TASKS: dict[str, RuntimeTask] = {name: _register(name, runner) for name, runner in RUNNERS.items()}
+TASKS: dict[str, RuntimeTask] = {name: _register(name, RUNNERS[name]) for name in JOB_TASK_NAMES}
 
 
 def _runtime() -> WorkerRuntime:

@@ -1,7 +1,7 @@
 """CancelTask (an extension of PICPIK's API, docs/API.md): the caller's tasks stop.
 
 A Queuing task ends Canceled at once and never runs; a Running one is flagged, and its worker ends it Canceled
-at its next denoising step (within about half a second: workers/job.py ``JobWatch``) and takes the next job.
+at its next denoising step (within about half a second: workers/lifecycle/watch.py ``JobWatch``) and takes the next job.
 A task that already ended is left as it is, so cancelling twice is harmless. Another key's TaskUIDs are left
 out of the answer, as ListTasksDetails leaves them out.
 """

@@ -8,8 +8,8 @@ from typing import Any
 
 from app.actions.base import SignedCall
 from app.actions.submit import callback_url, store_input, submit
-from app.contract.jobs import GENERATE_TASK_NAME, ControlUnitRef, JobMessage, SubModelRef
-from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SUBMODEL_TYPES
+from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
+from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SEED_RANGE, SUBMODEL_TYPES
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import new_task_uid
 from app.errors import ApiError
@@ -91,7 +91,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     for sub in req.sub_models:
         _model(svc, sub.model_code, *SUBMODEL_TYPES)
     controls = _control_units(req, main, svc)
-    seed = req.seed if req.seed != -1 else secrets.randbelow(2**31)
+    seed = req.seed if req.seed != -1 else secrets.randbelow(int(SEED_RANGE.hi) + 1)  # 0 .. the highest Seed
     clothes = _clothes_segmenter(req, svc, notes)
 
     def stored(index: int) -> str:  # only the images the job uses, each once by content hash
@@ -113,8 +113,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         garment_classes=req.garment_classes if clothes else None,
         **job_images,
     )
-    uid = submit(call, svc, task_name=GENERATE_TASK_NAME, uid=job.task_uid, job=job.to_wire(), seed=seed,
-                 notes=notes, points=main.points, callback=callback)
+    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback)
     if uid != job.task_uid:  # a repeated request_uuid: the first task's
         return {"TaskUID": uid}
     log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, main.model_code,

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.actions.base import SignedCall
 from app.actions.submit import callback_url, store_input, submit
-from app.contract.jobs import MASK_TASK_NAME, MaskJobMessage
+from app.contract.jobs import MaskJobMessage
 from app.contract.limits import ENGINE_FIELD, MASK_ACTION_ENGINE_TYPE
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import new_task_uid
@@ -50,8 +50,8 @@ def mask_action(call: SignedCall, svc: Services) -> dict[str, Any]:
         include_points=req.include_points, exclude_points=req.exclude_points, erode_size=req.erode_size,
         foreground_threshold=req.foreground_threshold, background_threshold=req.background_threshold,
         hair_optimization=req.hair_optimization, only_mask=req.only_mask)
-    uid = submit(call, svc, task_name=MASK_TASK_NAME, uid=job.task_uid, job=job.to_wire(), seed=0, notes=notes,
-                 points=engine.points, callback=callback, results_per_image=1 if req.only_mask else 2)
+    uid = submit(call, svc, job=job, seed=0, notes=notes, points=engine.points, callback=callback,
+                 results_per_image=1 if req.only_mask else 2)
     if uid == job.task_uid:
         log.info("task %s queued for %s (%s by %s, %d image(s))", uid, call.public_key, req.action,
                  engine.model_code, len(req.images))

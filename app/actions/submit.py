@@ -1,13 +1,14 @@
 """What every task-creating action does once its request is valid: store the inputs (each once, by content
 hash), create the task (idempotent on PublicKey + request_uuid, with its job kept for the recovery), and
-send the job to the workers' queue. Also the webhook destination of a task (``CallbackUrl``)."""
+send the job to the workers' queue, as the Celery task the action table gives the action (``ACTION_SPECS``,
+``app/contract/jobs.py``). Also the webhook destination of a task (``CallbackUrl``)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from app.actions.base import SignedCall
 from app.contract.codes import RetCode
+from app.contract.jobs import BaseJob, task_for
 from app.contract.taskstore import TooManyActiveTasks
 from app.errors import ApiError
 from app.keys import WEBHOOK_SECRET_FIELD
@@ -42,16 +43,22 @@ def request_uuid(call: SignedCall) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def submit(call: SignedCall, svc: Services, *, task_name: str, uid: str, job: dict[str, Any], seed: int,
-           notes: list[str], points: int, callback: str | None, results_per_image: int = 1) -> str:
-    """Create task ``uid`` for ``job`` and enqueue it as Celery task ``task_name``; its TaskUID (the first
-    one's, for a repeated request_uuid, which is not enqueued again). 153 over the key's active tasks, 150
-    when the queue is unavailable (the task is then discarded, so that a retry starts afresh)."""
-    s = svc.settings
+def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: list[str], points: int,
+           callback: str | None, results_per_image: int = 1) -> str:
+    """Create task ``job.task_uid`` of ``call.action`` and enqueue ``job`` as the action's Celery task; its
+    TaskUID (the first one's, for a repeated request_uuid, which is not enqueued again). 153 over the key's
+    active tasks, 150 when the queue is unavailable (the task is then discarded, so that a retry starts afresh).
+
+    ``job`` must be of the action's message class; an action that creates no task cannot submit (both are
+    programming errors: TypeError, ``NoTaskAction``)."""
+    task = task_for(call.action)
+    if type(job) is not task.job:
+        raise TypeError(f"{call.action} sends {task.job.__name__} jobs, not {type(job).__name__}")
+    s, uid, wire = svc.settings, job.task_uid, job.to_wire()
     req_uuid = request_uuid(call)
     try:  # the task keeps its job message: the recovery sends it again if its worker dies
         got, created = svc.tasks.create(call.public_key, req_uuid, call.action, seed, s.max_active_tasks_per_key,
-                                        notes=notes, points=points, uid=uid, job=job, callback_url=callback,
+                                        notes=notes, points=points, uid=uid, job=wire, callback_url=callback,
                                         queue=s.queue, results_per_image=results_per_image)
     except TooManyActiveTasks:
         raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
@@ -60,7 +67,7 @@ def submit(call: SignedCall, svc: Services, *, task_name: str, uid: str, job: di
     try:
         # argsrepr: what Celery's logs show of the arguments; its default, a safe repr of the whole job message,
         # costs a few milliseconds per submission and repeats what the task record holds
-        svc.celery.send_task(task_name, args=[job], queue=s.queue, argsrepr=f"[job of task {got}]", kwargsrepr="{}")
+        svc.celery.send_task(task.name, args=[wire], queue=s.queue, argsrepr=f"[job of task {got}]", kwargsrepr="{}")
     except Exception:
         log.exception("enqueue failed for task %s", got)
         svc.tasks.discard(got, call.public_key, req_uuid)

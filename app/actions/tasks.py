@@ -14,11 +14,16 @@ from app.validation.fields import check_str_list
 def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, Any]:
     exp = int((rec.finished_at or rec.created_at) + svc.settings.result_retention_s)
     base = svc.settings.base_url()
+
+    def link(name: str) -> str:
+        """The storage's own link when it has one (a bucket's presigned URL), else the gateway's signed one."""
+        return svc.storage.result_link(rec.uid, name, exp) or make_link(base, call.private_key, rec.uid, name, exp)
+
     detail = {
         "TaskUID": rec.uid,
         "Action": rec.action,
         "Status": rec.status.value,
-        "ImgList": [make_link(base, call.private_key, rec.uid, name, exp) for name in rec.images],
+        "ImgList": [link(name) for name in rec.images],
         "Seed": rec.seed,
         "TxtList": [],                      # text results: none for the image actions
         "ConsumeApiPoint": rec.consumed_points,
@@ -31,7 +36,7 @@ def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, A
         "Notes": rec.notes,
     }
     if rec.clothes_mask:  # the clothes mask the worker made (GenerateFromMannequin without ClothesMaskIndex)
-        detail[CLOTHES_MASK_URL_FIELD] = make_link(base, call.private_key, rec.uid, rec.clothes_mask, exp)
+        detail[CLOTHES_MASK_URL_FIELD] = link(rec.clothes_mask)
     return detail
 
 
@@ -44,4 +49,6 @@ def list_tasks_details(call: SignedCall, svc: Services) -> dict[str, Any]:
 
 
 def list_running_tasks(call: SignedCall, svc: Services) -> dict[str, Any]:
+    """The caller's Queuing and Running TaskUIDs, of every task-creating action of the action table alike
+    (``ACTION_SPECS``): only ``submit`` creates tasks, and it refuses an action that creates none."""
     return {"TaskUIDList": svc.tasks.active(call.public_key)}

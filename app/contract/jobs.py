@@ -1,11 +1,19 @@
-"""The contract between gateway and workers: the job message and the task record.
+"""The contract between gateway and workers: the job messages, the action table and the task statuses.
 
-The job message travels through Celery; it is small (references to stored images, never pixels)
+A job message travels through Celery; it is small (references to stored images, never pixels)
 and versioned (``v``): a worker refuses a version it does not know instead of guessing.
 The task record lives in Redis (see :mod:`app.contract.taskstore`).
+
+:data:`ACTION_SPECS`, the action table, names every Action of the wire and says whether it creates a task; if it
+does, its :class:`JobTask`: the Celery task that runs its job and the message class the job travels as. The
+gateway's submit and recovery send a job by it, the gateway builds its handler table from it
+(``app/actions/__init__.py``, which refuses to start on a disagreement) and the worker registers one Celery task
+per name of :data:`JOB_TASK_NAMES`. It lives here, beside the messages it names, so that a new action's message
+and its row are written in one file (docs/architecture.md "Add an action").
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -27,17 +35,12 @@ GENERATE_TASK_NAME = "atelier.generate"
 MASK_TASK_NAME = "atelier.mask"
 
 
-def task_name_for(action: str) -> str:
-    """The Celery task that runs a task of ``action`` (the recovery sends a lost job again by it)."""
-    return MASK_TASK_NAME if action in MASK_ACTIONS else GENERATE_TASK_NAME
-
-
 class TaskStatus(StrEnum):
     QUEUING = "Queuing"
     RUNNING = "Running"
     FINISHED = "Finished"
     ERROR = "Error"
-    CANCELED = "Canceled"  # reserved for CancelTask; nothing ends a task so yet
+    CANCELED = "Canceled"  # CancelTask: at once while Queuing, at the worker's next step while Running
 
 
 ACTIVE_STATUSES = (TaskStatus.QUEUING, TaskStatus.RUNNING)
@@ -47,6 +50,7 @@ ENDED_STATUSES = (TaskStatus.FINISHED, TaskStatus.ERROR, TaskStatus.CANCELED)
 class SubModelRef(BaseModel):
     model_code: str
     lora_weight: float | None = None
+    image: str | None = None  # storage key of the per-request image a kind needs (IP-Adapter); None otherwise
 
 
 class ControlUnitRef(BaseModel):
@@ -61,12 +65,21 @@ class ControlUnitRef(BaseModel):
     ending_step: float
 
 
-class JobMessage(BaseModel):
-    """What a worker needs to run one GenerateFromMannequin task. All values already validated
-    and defaulted by the gateway; image fields are storage keys (content hashes)."""
+class BaseJob(BaseModel):
+    """What every job message carries: its version and the task it runs. A message class of
+    :data:`ACTION_SPECS` derives from it."""
 
     v: int = JOB_VERSION
     task_uid: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class JobMessage(BaseJob):
+    """What a worker needs to run one GenerateFromMannequin task. All values already validated
+    and defaulted by the gateway; image fields are storage keys (content hashes)."""
+
     main_model: str
     sub_models: list[SubModelRef] = Field(default_factory=list)
     positive_prompts: list[str] = Field(default_factory=list)
@@ -89,19 +102,14 @@ class JobMessage(BaseModel):
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
 
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
 
-
-class MaskJobMessage(BaseModel):
+class MaskJobMessage(BaseJob):
     """What a worker needs to run one mask task (RemoveBackground, RemoveBackgroundsInBatch, ExtractContents).
     Values validated and defaulted by the gateway; ``images`` are storage keys (one, or several for a batch).
 
     Results, in ``images`` order: the cut-out (RGBA PNG of the input's size, transparent outside the object)
     then the mask (grey PNG, white = the object), or only the mask with ``only_mask``."""
 
-    v: int = JOB_VERSION
-    task_uid: str
     action: str                              # one of limits.MASK_ACTIONS
     engine: str                              # ModelCode of the engine (BackgroundRemover / PointSegmenter)
     images: list[str]
@@ -114,5 +122,78 @@ class MaskJobMessage(BaseModel):
     hair_optimization: str = DEFAULT_HAIR_OPTIMIZATION
     only_mask: bool = False
 
-    def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+
+# --- the action table ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """How the jobs of a task-creating action reach the workers: the Celery task that runs them (the worker
+    registers one per name) and the message class they travel as. Several actions may share one."""
+
+    name: str
+    job: type[BaseJob]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """One Action of the wire as gateway and workers both see it: an action that creates a task has its
+    :class:`JobTask`; the others are answered by the gateway alone. Its handler is the gateway's
+    (``app/actions/__init__.py``)."""
+
+    name: str
+    task: JobTask | None = None
+
+    @property
+    def creates_task(self) -> bool:
+        return self.task is not None
+
+
+GENERATE_TASK = JobTask(GENERATE_TASK_NAME, JobMessage)
+MASK_TASK = JobTask(MASK_TASK_NAME, MaskJobMessage)
+
+
+def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
+    """The specs by name; ValueError for an action listed twice or a Celery task given two message classes."""
+    table = {spec.name: spec for spec in specs}
+    if len(table) != len(specs):
+        raise ValueError("an action is listed twice in the action table")
+    tasks = {spec.task for spec in specs if spec.task}
+    if len({task.name for task in tasks}) != len(tasks):  # one worker entry point reads one message class
+        raise ValueError(f"one Celery task name is given several job message classes: {tasks}")
+    return table
+
+
+#: Every Action of the wire, by name.
+ACTION_SPECS: dict[str, ActionSpec] = action_table(
+    ActionSpec("GenerateFromMannequin", GENERATE_TASK),
+    ActionSpec("ListTasksDetails"),
+    ActionSpec("ListModels"),
+    ActionSpec("ListRunningTasks"),
+    ActionSpec("ListControlNets"),
+    ActionSpec("CancelTask"),  # an extension of PICPIK's API
+    *(ActionSpec(name, MASK_TASK) for name in MASK_ACTIONS),
+)
+
+#: The Celery tasks the workers register (one each), in the table's order.
+JOB_TASKS: tuple[JobTask, ...] = tuple(dict.fromkeys(spec.task for spec in ACTION_SPECS.values() if spec.task))
+JOB_TASK_NAMES: tuple[str, ...] = tuple(task.name for task in JOB_TASKS)
+
+
+class NoTaskAction(LookupError):
+    """An action that creates no task (or a name that is no action) was asked for its Celery task."""
+
+
+def task_for(action: str) -> JobTask:
+    """The :class:`JobTask` of a task-creating ``action``; :class:`NoTaskAction` for any other name."""
+    spec = ACTION_SPECS.get(action)
+    if spec is None or spec.task is None:
+        what = "is not an action" if spec is None else "creates no task"
+        raise NoTaskAction(f"{action!r} {what}: no Celery task runs it (app/contract/jobs.py ACTION_SPECS)")
+    return spec.task
+
+
+def task_name_for(action: str) -> str:
+    """The Celery task that runs a task of ``action`` (submit sends its job by it, the recovery sends a lost
+    job again by it); :class:`NoTaskAction` for an action that creates no task."""
+    return task_for(action).name

@@ -1,0 +1,92 @@
+"""The action table (``ACTION_SPECS``, app/contract/jobs.py): which actions create a task, which Celery task runs
+each one's job and which message class it travels as. What the gateway does with it: tests/gateway/test_actions.py
+(its handlers, submit, recovery); what the worker does: tests/worker/test_task_registration.py."""
+from __future__ import annotations
+
+import pytest
+
+from app.contract.jobs import (
+    ACTION_SPECS,
+    GENERATE_TASK_NAME,
+    JOB_TASK_NAMES,
+    JOB_TASKS,
+    JOB_VERSION,
+    MASK_TASK_NAME,
+    ActionSpec,
+    BaseJob,
+    JobMessage,
+    JobTask,
+    MaskJobMessage,
+    NoTaskAction,
+    SubModelRef,
+    action_table,
+    task_for,
+    task_name_for,
+)
+from app.contract.limits import MASK_ACTIONS
+
+#: What each task-creating action is run by, written out: a change of the table must be a deliberate one.
+EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
+                  **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS}}
+GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
+
+
+def test_the_table_names_every_action_and_what_runs_each():
+    assert set(ACTION_SPECS) == set(EXPECTED_TASKS) | set(GATEWAY_ONLY)
+    assert all(name == spec.name for name, spec in ACTION_SPECS.items())
+    creating = {name: (spec.task.name, spec.task.job) for name, spec in ACTION_SPECS.items() if spec.creates_task}
+    assert creating == EXPECTED_TASKS
+    assert not any(ACTION_SPECS[name].creates_task or ACTION_SPECS[name].task for name in GATEWAY_ONLY)
+
+
+def test_task_name_for_looks_up_the_table():
+    for action, (task_name, job) in EXPECTED_TASKS.items():
+        assert task_name_for(action) == task_name
+        assert task_for(action) == JobTask(task_name, job)
+
+
+@pytest.mark.parametrize("action, what", [(name, "creates no task") for name in GATEWAY_ONLY]
+                         + [("ResizeImage", "is not an action"), ("", "is not an action")])
+def test_an_action_without_a_task_has_no_celery_task(action, what):
+    """Not a default task (the old ``atelier.generate`` for anything not a mask action): a clear error."""
+    with pytest.raises(NoTaskAction, match=f"'{action}' {what}: no Celery task runs it"):
+        task_name_for(action)
+    assert issubclass(NoTaskAction, LookupError)
+
+
+def test_the_workers_register_one_celery_task_per_distinct_name():
+    assert JOB_TASK_NAMES == (GENERATE_TASK_NAME, MASK_TASK_NAME)
+    assert [t.name for t in JOB_TASKS] == list(JOB_TASK_NAMES)
+    assert {spec.task for spec in ACTION_SPECS.values() if spec.task} == set(JOB_TASKS)
+
+
+def test_every_job_message_carries_its_version_and_task_and_travels_as_json():
+    samples = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
+                                      batch_size=1, mannequin_image="a" * 64),
+               MaskJobMessage: MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e",
+                                              images=["a" * 64])}
+    assert set(samples) == {task.job for task in JOB_TASKS}
+    for cls, job in samples.items():
+        assert issubclass(cls, BaseJob)
+        wire = job.to_wire()
+        assert (wire["v"], wire["task_uid"]) == (JOB_VERSION, "u" * 21)
+        assert list(wire)[:2] == ["v", "task_uid"]  # the fields every worker reads first, first
+        assert cls.model_validate(wire) == job
+
+
+def test_a_table_that_contradicts_itself_is_refused():
+    resize = JobTask("atelier.resize", JobMessage)
+    with pytest.raises(ValueError, match="listed twice"):
+        action_table(ActionSpec("ResizeImage", resize), ActionSpec("ResizeImage"))
+    crop = JobTask("atelier.resize", MaskJobMessage)
+    with pytest.raises(ValueError, match="several job message classes"):  # one entry point reads one message class
+        action_table(ActionSpec("ResizeImage", resize), ActionSpec("CropImage", crop))
+    table = action_table(ActionSpec("ResizeImage", resize), ActionSpec("CropImage", resize), ActionSpec("ListThings"))
+    assert [s.creates_task for s in table.values()] == [True, True, False]
+
+
+def test_a_submodel_may_carry_a_per_request_image():
+    assert SubModelRef(model_code="lora").image is None  # LoRA, Embedding, HyperNetwork: none
+    ref = SubModelRef(model_code="ip-adapter", image="b" * 64)
+    assert SubModelRef.model_validate(ref.model_dump(mode="json")).image == "b" * 64
+    assert SubModelRef.model_validate({"model_code": "lora", "lora_weight": 0.5}).image is None  # older messages

@@ -1,0 +1,212 @@
+"""The gateway reads one action table (``ACTION_SPECS``, app/contract/jobs.py) everywhere: its handlers
+(app/actions/__init__.py) are checked against it, submit sends each job as its action's Celery task, and the
+recovery (app/background.py) sends a lost job again to that same task. What the table says: tests/contract/
+test_actions.py.
+
+The recovery tests run a private redis-server, not the shared test Redis: ``recover_once`` acts on every expired
+lease it finds, and other tests (or other runs) leave theirs in the shared one. Its jobs go through a real Celery
+app to that Redis, and the tests read what arrived in the queue."""
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+import uuid
+
+import orjson
+import pytest
+import redis
+
+from app.actions import ACTIONS, HANDLERS, handler_table
+from app.actions.base import SignedCall
+from app.actions.submit import submit
+from app.background import recover_once
+from app.contract.codes import ErrorCode
+from app.contract.jobs import ACTION_SPECS, ActionSpec, JobMessage, JobTask, MaskJobMessage, NoTaskAction, task_name_for
+from app.contract.limits import MASK_ACTIONS
+from app.contract.redis_conn import get_redis
+from app.contract.settings import get_settings
+from app.contract.taskstore import new_task_uid
+from app.services import Services, get_services
+from support.api import free_port, generate_body, signed
+from support.bodies import PHOTO
+
+TASK_ACTIONS = [name for name, spec in ACTION_SPECS.items() if spec.creates_task]
+
+
+# --- the handlers ----------------------------------------------------------------------------------------------
+
+
+def test_the_gateway_answers_exactly_the_actions_of_the_contract():
+    assert list(ACTIONS) == list(ACTION_SPECS) and set(HANDLERS) == set(ACTION_SPECS)
+    assert all(ACTIONS[name] is HANDLERS[name] for name in ACTIONS)
+
+
+def test_an_action_of_the_contract_without_a_handler_is_refused():
+    """What the gateway's import does with ``ACTION_SPECS``: a new action without a handler stops it starting."""
+    specs = {**ACTION_SPECS, "ResizeImage": ActionSpec("ResizeImage", JobTask("atelier.resize", JobMessage))}
+    with pytest.raises(ValueError, match=r"disagree: no handler for ResizeImage$"):
+        handler_table(specs, HANDLERS)
+    with pytest.raises(ValueError, match=r"disagree: a handler of no action: ResizeImage$"):
+        handler_table(ACTION_SPECS, {**HANDLERS, "ResizeImage": HANDLERS["ListModels"]})
+    assert handler_table(specs, {**HANDLERS, "ResizeImage": HANDLERS["ListModels"]})["ResizeImage"] is \
+        HANDLERS["ListModels"]
+
+
+# --- submit ----------------------------------------------------------------------------------------------------
+
+
+def _mask_body(action: str) -> dict:
+    images = {"RawImages": [PHOTO, PHOTO]} if action == "RemoveBackgroundsInBatch" else {"RawImage": PHOTO}
+    points = {"IncludePointList": [{"X": 2, "Y": 3}]} if action == "ExtractContents" else {}
+    return {"Action": action, **images, **points}
+
+
+BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS}}
+
+
+@pytest.mark.parametrize("action", TASK_ACTIONS)
+def test_submit_sends_each_action_as_its_celery_task_and_lists_it_running(api, atelier_env, action):
+    if action not in BODIES:
+        pytest.skip(f"no request body for {action} in this test (add one to BODIES)")
+    out = api(signed(BODIES[action]()))
+    assert out["RetCode"] == 0, out
+    uid = out["TaskUID"]
+    r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
+    sent = [m for m in map(orjson.loads, r.lrange(api.queue, 0, -1)) if uid in m["headers"]["argsrepr"]]
+    assert [m["headers"]["task"] for m in sent] == [task_name_for(action)]
+    job = _args(sent[0])[0]
+    assert ACTION_SPECS[action].task.job.model_validate(job).task_uid == uid
+    assert uid in api(signed({"Action": "ListRunningTasks"}))["TaskUIDList"]
+    detail = api(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}))["TaskDetailList"][0]
+    assert (detail["Action"], detail["Status"]) == (action, "Queuing")
+
+
+def test_submit_refuses_an_action_without_a_task_and_a_job_of_another_class():
+    """Programming errors, raised before anything is stored or sent (no Redis is reached: the settings' own)."""
+    svc = Services(get_settings())
+    mask_job = MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e", images=["a" * 64])
+    with pytest.raises(NoTaskAction, match="'ListModels' creates no task"):
+        submit(SignedCall("ListModels", "pk", "sk", {}), svc, job=mask_job, seed=0, notes=[], points=1, callback=None)
+    with pytest.raises(TypeError, match="GenerateFromMannequin sends JobMessage jobs, not MaskJobMessage"):
+        submit(SignedCall("GenerateFromMannequin", "pk", "sk", {}), svc, job=mask_job, seed=0, notes=[], points=1,
+               callback=None)
+
+
+# --- the recovery ----------------------------------------------------------------------------------------------
+
+
+def _args(message: dict) -> list:
+    """The positional arguments of a Celery message as kombu's Redis transport stores it."""
+    body = message["body"]
+    if message["properties"].get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    return orjson.loads(body)[0]
+
+
+@pytest.fixture()
+def private_redis(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.02)
+    yield url, client
+    proc.kill()
+    proc.wait(10)
+
+
+def _clear_caches() -> None:
+    get_settings.cache_clear()
+    get_redis.cache_clear()
+    get_services.cache_clear()
+
+
+@pytest.fixture()
+def recovery(atelier_env, private_redis, monkeypatch):
+    """The gateway's services on the private Redis (task store and Celery alike), and that Redis."""
+    url, client = private_redis
+    monkeypatch.setenv("ATELIER_REDIS_URL", url)
+    monkeypatch.setenv("ATELIER_QUEUE", f"atelier-recovery-{uuid.uuid4().hex[:8]}")
+    _clear_caches()
+    svc = Services(get_settings())
+    yield svc, client
+    svc.celery.close()
+    monkeypatch.undo()
+    _clear_caches()
+
+
+def _lost(svc: Services, action: str) -> tuple[str, dict]:
+    """A task of ``action`` whose worker died: Running, its lease expired. Its job is a marker (the recovery sends
+    the stored job as it is)."""
+    uid = new_task_uid()
+    job = {"v": 1, "task_uid": uid, "marker": action}
+    assert svc.tasks.create("pk-recovery", None, action, 0, 0, uid=uid, job=job, queue=svc.settings.queue)[1]
+    assert svc.tasks.start(uid, "host:1", lease_s=-1, total_steps=4) == ("started", 1)
+    return uid, job
+
+
+def _queued(client: redis.Redis, queue: str) -> dict[str, tuple[str, dict]]:
+    """What the queue holds, by TaskUID: (the Celery task name, the job message)."""
+    out = {}
+    for raw in client.lrange(queue, 0, -1):
+        message = orjson.loads(raw)
+        job = _args(message)[0]
+        out[job["task_uid"]] = (message["headers"]["task"], job)
+    return out
+
+
+def test_every_task_creating_action_s_lost_job_is_sent_again_to_its_own_celery_task(recovery):
+    svc, client = recovery
+    lost = {action: _lost(svc, action) for action in TASK_ACTIONS}
+    done = recover_once(svc)
+    assert sorted(done) == sorted((uid, "requeue") for uid, _ in lost.values())
+    queued = _queued(client, svc.settings.queue)
+    assert len(queued) == len(lost)
+    for action, (uid, job) in lost.items():
+        assert queued[uid] == (ACTION_SPECS[action].task.name, job), action
+        assert svc.tasks.get(uid).status == "Queuing" and svc.tasks.get(uid).deaths == 1
+    assert {queued[uid][0] for uid, _ in lost.values()} == {"atelier.generate", "atelier.mask"}
+
+
+def test_a_new_action_s_lost_job_goes_to_its_own_task_not_to_generate(recovery, monkeypatch):
+    """The bug of issue 21: recovery sent every action that was not a mask action to ``atelier.generate``."""
+    svc, client = recovery
+    resize = ActionSpec("ResizeImage", JobTask("atelier.resize", JobMessage))
+    monkeypatch.setitem(ACTION_SPECS, "ResizeImage", resize)
+    uid, job = _lost(svc, "ResizeImage")
+    assert recover_once(svc) == [(uid, "requeue")]
+    assert _queued(client, svc.settings.queue) == {uid: ("atelier.resize", job)}
+
+
+@pytest.mark.parametrize("action", ["ListModels", "NoSuchAction"])
+def test_a_lost_task_of_an_action_without_a_task_ends_in_error_and_is_sent_nowhere(recovery, action):
+    svc, client = recovery
+    uid, _ = _lost(svc, action)
+    assert recover_once(svc) == [(uid, "error")]
+    assert _queued(client, svc.settings.queue) == {}
+    rec = svc.tasks.get(uid)
+    assert rec.status == "Error" and rec.error_code == ErrorCode.INTERNAL
+    assert rec.error_message == f"Internal error (no Celery task runs {action})"
+
+
+
+def test_a_lost_task_without_its_job_message_ends_in_error(recovery):
+    svc, client = recovery
+    uid, _ = svc.tasks.create("pk-recovery", None, "GenerateFromMannequin", 0, 0)
+    svc.tasks.start(uid, "host:1", lease_s=-1, total_steps=4)
+    assert recover_once(svc) == [(uid, "error")]
+    assert _queued(client, svc.settings.queue) == {}
+    rec = svc.tasks.get(uid)
+    assert (rec.status, rec.error_message) == ("Error", "Internal error (the task's job message is missing)")
