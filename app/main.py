@@ -21,6 +21,7 @@ from app.actions import ACTIONS
 from app.actions.base import SignedCall
 from app.background import start_loops
 from app.contract.codes import DEFAULT_MESSAGES, RetCode
+from app.contract.registry import UnknownModel
 from app.contract.storage import RESULTS
 from app.deps import ServicesDep, signed_call
 from app.errors import ApiError
@@ -94,6 +95,12 @@ def answer(request: Request, code: int, message: str, **fields: Any) -> Response
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> Response:
     return answer(request, exc.ret_code, exc.message)
+
+
+@app.exception_handler(UnknownModel)
+async def _unknown_model(request: Request, exc: UnknownModel) -> Response:
+    """A ModelCode that names no model of the kinds asked (``Registry.require``): 240 naming it."""
+    return answer(request, RetCode.UNKNOWN_MODEL, ApiError.model(exc.model_code).message)
 
 
 @app.exception_handler(redis.RedisError)

@@ -53,10 +53,11 @@ import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app.cli.run import start_embedded_redis  # noqa: E402
+from app.contract.limits import ModelType  # noqa: E402
 from app.contract.settings import Settings  # noqa: E402
 from app.signature import sign  # noqa: E402
 from workers.inference.compose import inpaint_mask, prepare  # noqa: E402
-from workers.inference.inpaint import run_inpaint  # noqa: E402
+from workers.inference.inpaint import Sampling, run_inpaint  # noqa: E402
 from workers.models.loading import load_main_pipeline  # noqa: E402
 from workers.models.sources import demo_path  # noqa: E402
 from workers.runtime import WorkerRuntime  # noqa: E402
@@ -279,14 +280,13 @@ def bench_lora_switch(rt, pipe, comp, steps, guidance, repeats, entry, registry)
     one warm pipeline, with the LoRA files in the model cache (each job holds them through its own lease,
     as in the worker); and what reloading the pipeline would cost."""
     models = rt.models
-    loras = [SubModelSpec(model_code=k, model_type="LoRA", path=demo_path(k, models.models_dir), weight=0.8)
+    loras = [SubModelSpec(model_code=k, model_type=ModelType.LORA, path=demo_path(k, models.models_dir), weight=0.8)
              for k in ("lora-kohya", "lora-peft")]
 
     def job(spec) -> float:
         t0 = time.perf_counter()
         with rt.cache.lease() as lease, apply_submodels(pipe, [spec], lambda s: models.submodel(lease, s)):
-            run_inpaint(pipe, comp, "a woman, studio photo", "", seed=1, batch_size=1, steps=steps,
-                        guidance_scale=guidance)
+            run_inpaint(pipe, comp, "a woman, studio photo", "", Sampling(seed=1, steps=steps, guidance_scale=guidance))
         return time.perf_counter() - t0
 
     def apply_remove(spec) -> float:

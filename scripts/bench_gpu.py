@@ -83,8 +83,9 @@ from PIL import Image  # noqa: E402
 from app.contract.registry import COMPILE_MODES, SpeedOptions  # noqa: E402
 from workers.demo.realsize import BUILDERS, unet_forward_flops  # noqa: E402
 from workers.inference.compose import inpaint_mask, prepare  # noqa: E402
-from workers.inference.inpaint import run_inpaint  # noqa: E402
-from workers.models.speed import apply_speed, images_per_call  # noqa: E402
+from workers.inference.inpaint import Sampling, run_inpaint  # noqa: E402
+from workers.models.speed import apply_speed  # noqa: E402
+from workers.patching.per_call import images_per_call  # noqa: E402
 
 PROMPT = "a professional fashion photograph of a young woman wearing the dress, studio light"
 NEGATIVE_PROMPT = "blurry, low quality, deformed hands"
@@ -233,7 +234,8 @@ def measure_pipeline(pipe, arch: str, args: argparse.Namespace, size: int, manne
 
     def atelier(n: int) -> None:
         composed = prepare(mannequin, mask, size, size)
-        images = run_inpaint(pipe, composed, PROMPT, NEGATIVE_PROMPT, SEED, n, args.steps, GUIDANCE)
+        images = run_inpaint(pipe, composed, PROMPT, NEGATIVE_PROMPT,
+                             Sampling(seed=SEED, batch_size=n, steps=args.steps, guidance_scale=GUIDANCE))
         if len(images) != n:
             raise RuntimeError(f"run_inpaint returned {len(images)} images for a batch of {n}")
 

@@ -9,7 +9,7 @@ from typing import Any
 from app.actions.base import SignedCall
 from app.actions.submit import callback_url, store_input, submit
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
-from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SEED_RANGE, SUBMODEL_TYPES
+from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SEED_RANGE, SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import new_task_uid
 from app.errors import ApiError
@@ -17,13 +17,6 @@ from app.services import Services
 from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
 
 log = logging.getLogger("atelier.gateway")
-
-
-def _model(svc: Services, code: str | None, *types: str) -> ModelEntry:
-    entry = svc.registry.get(code) if code else None
-    if entry is None or entry.model_type not in types:
-        raise ApiError.model(str(code))
-    return entry
 
 
 def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> list[tuple[int, dict[str, Any]]]:
@@ -36,8 +29,8 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
         units = req.control_units
     refs = []
     for i, u in enumerate(units):
-        pre = _model(svc, u.preprocessor, "PreProcessor") if u.preprocessor is not None else None
-        cm = _model(svc, u.control_model, "ControlModel").defaults
+        pre = svc.registry.require(u.preprocessor, ModelType.PRE_PROCESSOR) if u.preprocessor is not None else None
+        cm = svc.registry.require(u.control_model, ModelType.CONTROL_MODEL).defaults
         start = cm.starting_step if u.starting_step is None else u.starting_step
         end = cm.ending_step if u.ending_step is None else u.ending_step
         if start > end:
@@ -59,9 +52,9 @@ def _clothes_segmenter(req: GenerateRequest, svc: Services, notes: list[str]) ->
     if req.clothes_mask_index is not None:
         return None
     if req.clothes_segmenter is not None:
-        entry = _model(svc, req.clothes_segmenter, "ClothesSegmenter")
+        entry = svc.registry.require(req.clothes_segmenter, ModelType.CLOTHES_SEGMENTER)
     else:
-        entry = svc.registry.default_engine("ClothesSegmenter")
+        entry = svc.registry.default_engine(ModelType.CLOTHES_SEGMENTER)
         if entry is None:
             raise ApiError.param("Mannequin.ClothesMaskIndex", "is required: this deployment has no clothes"
                                  " segmenter to find the garment (a ClothesSegmenter in models_config/)")
@@ -85,11 +78,11 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
             raise ApiError.param("MainModel", "is required (this deployment has no default main model)")
         notes.append(f"MainModel: not given; the deployment's default {main.model_code} was used")
     else:
-        main = _model(svc, req.main_model, "Main")
+        main = svc.registry.require(req.main_model, ModelType.MAIN)
     if req.ignored_fields:
         notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
     for sub in req.sub_models:
-        _model(svc, sub.model_code, *SUBMODEL_TYPES)
+        svc.registry.require(sub.model_code, *SUBMODEL_TYPES)
     controls = _control_units(req, main, svc)
     seed = req.seed if req.seed != -1 else secrets.randbelow(int(SEED_RANGE.hi) + 1)  # 0 .. the highest Seed
     clothes = _clothes_segmenter(req, svc, notes)

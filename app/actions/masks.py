@@ -23,10 +23,7 @@ log = logging.getLogger("atelier.gateway")
 def _engine(req: MaskRequest, svc: Services) -> ModelEntry:
     engine_type = MASK_ACTION_ENGINE_TYPE[req.action]
     if req.engine is not None:
-        entry = svc.registry.get(req.engine)
-        if entry is None or entry.model_type != engine_type:
-            raise ApiError.model(req.engine)
-        return entry
+        return svc.registry.require(req.engine, engine_type)
     entry = svc.registry.default_engine(engine_type)
     if entry is None:
         raise ApiError.param(ENGINE_FIELD, f"no {engine_type} is configured on this deployment (models_config/),"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS, MASK_ENGINE_TYPES
+from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS, MASK_ENGINE_TYPES, ModelType
 from app.services import Services
 
 
@@ -25,5 +25,5 @@ def list_control_nets(call: SignedCall, svc: Services) -> dict[str, Any]:
     """ListControlNets: ``PreProcessors`` and ``ControlModels``, arrays of ``{ModelCode, Name, InferenceParams}``
     with the default InferenceParams."""
     reg = svc.registry
-    return {"PreProcessors": [e.to_control() for e in reg.entries_of("PreProcessor")],
-            "ControlModels": [e.to_control() for e in reg.entries_of("ControlModel")]}
+    return {"PreProcessors": [e.to_control() for e in reg.entries_of(ModelType.PRE_PROCESSOR)],
+            "ControlModels": [e.to_control() for e in reg.entries_of(ModelType.CONTROL_MODEL)]}

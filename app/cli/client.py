@@ -43,6 +43,7 @@ from app.contract.limits import (
     HAIR_OPTIMIZATION_MODES,
     LIST_MODELS_FIELDS,
     RESIZE_MODES,
+    ModelType,
 )
 from app.keys import KeyStore, dev_keys_path
 from app.signature import sign
@@ -260,8 +261,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     models = call(args.url, pub, priv, "ListModels")
     control = call(args.url, pub, priv, "ListControlNets")
     rows = [(m, model_type) for model_type, field in LIST_MODELS_FIELDS.items() for m in models.get(field, [])]
-    rows += [(m, "PreProcessor") for m in control["PreProcessors"]]
-    rows += [(m, "ControlModel") for m in control["ControlModels"]]
+    rows += [(m, ModelType.PRE_PROCESSOR) for m in control["PreProcessors"]]
+    rows += [(m, ModelType.CONTROL_MODEL) for m in control["ControlModels"]]
     rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""

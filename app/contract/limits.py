@@ -7,6 +7,7 @@ active tasks per key) are settings (``app/contract/settings.py``), not facts of 
 """
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import NamedTuple
 
 
@@ -65,47 +66,70 @@ DEFAULT_GUIDANCE_SCALE = 7.0
 
 # --- model types (ModelType), families and sources ---------------------------------------------------
 
-MASK_ENGINE_TYPES: tuple[str, ...] = ("BackgroundRemover", "PointSegmenter", "ClothesSegmenter")
-MODEL_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel", "PreProcessor",
-                                *MASK_ENGINE_TYPES)
-GENERATION_TYPES: tuple[str, ...] = ("Main", "LoRA", "Embedding", "HyperNetwork")   # listed by ListModels
-SUBMODEL_TYPES: tuple[str, ...] = ("LoRA", "Embedding", "HyperNetwork")             # SubModelList
-CONTROL_TYPES: tuple[str, ...] = ("PreProcessor", "ControlModel")                   # listed by ListControlNets
+
+class ModelType(StrEnum):
+    """A model's kind (``ModelType`` in models_config/ and on the wire). A ``StrEnum``: each member is equal to
+    its string (``entry.model_type == "Main"`` holds) and is written as that string in JSON and YAML.
+
+    The tuples below group the members by what the wire does with them. A new kind is a member here, plus its
+    place in those groups (a submodel kind: :data:`SUBMODEL_TYPES`; listed by ListModels:
+    :data:`LIST_MODELS_FIELDS`; a ``demo:`` model: :data:`DEMO_SOURCES`), plus what reads and applies it on the
+    worker (a submodel kind: one module of ``workers/submodels`` and its line in ``workers/submodels/kinds.py``).
+    """
+
+    MAIN = "Main"
+    LORA = "LoRA"
+    EMBEDDING = "Embedding"
+    HYPERNETWORK = "HyperNetwork"
+    CONTROL_MODEL = "ControlModel"
+    PRE_PROCESSOR = "PreProcessor"
+    BACKGROUND_REMOVER = "BackgroundRemover"
+    POINT_SEGMENTER = "PointSegmenter"
+    CLOTHES_SEGMENTER = "ClothesSegmenter"
+
+
+MODEL_TYPES: tuple[ModelType, ...] = tuple(ModelType)
+MASK_ENGINE_TYPES: tuple[ModelType, ...] = (ModelType.BACKGROUND_REMOVER, ModelType.POINT_SEGMENTER,
+                                            ModelType.CLOTHES_SEGMENTER)
+SUBMODEL_TYPES: tuple[ModelType, ...] = (ModelType.LORA, ModelType.EMBEDDING, ModelType.HYPERNETWORK)  # SubModelList
+CONTROL_TYPES: tuple[ModelType, ...] = (ModelType.PRE_PROCESSOR, ModelType.CONTROL_MODEL)  # listed by ListControlNets
+
+#: ListModels' answer: the PICPIK field that lists each generation type.
+LIST_MODELS_FIELDS: dict[ModelType, str] = {ModelType.MAIN: "MainModels", ModelType.LORA: "LoraModels",
+                                            ModelType.EMBEDDING: "EmbeddingModels",
+                                            ModelType.HYPERNETWORK: "HypernetworkModels"}
+GENERATION_TYPES: tuple[ModelType, ...] = tuple(LIST_MODELS_FIELDS)   # listed by ListModels (Main and SubModelList)
 
 PREPROCESSOR_KINDS: tuple[str, ...] = ("openpose", "canny", "depth", "lineart")     # a PreProcessor's detector
 FAMILIES: tuple[str, ...] = ("sd15", "sdxl")
 SOURCE_KINDS: tuple[str, ...] = ("demo", "path", "file", "hub")
 
-#: ListModels' answer: the PICPIK field that lists each generation type.
-LIST_MODELS_FIELDS: dict[str, str] = {"Main": "MainModels", "LoRA": "LoraModels", "Embedding": "EmbeddingModels",
-                                      "HyperNetwork": "HypernetworkModels"}
-
 #: ConsumeApiPoint: each image a task makes costs its Main model's ``points`` (models_config/), by default
 DEFAULT_POINTS = 1
 
-#: ``source: {demo: <kind>}``: the tiny models the demo deployment builds by code (``workers/demo``), by the
-#: ModelType that may name each (``translator`` is the top-level translator's).
 #: The engines of each mask engine type (``engine:`` in models_config/): ``rembg`` runs an ONNX file in rembg's
 #: layout (u2net, isnet, birefnet ...), ``rembg-cloth`` rembg's ``u2net_cloth_seg``, ``sam`` a transformers
 #: SamModel folder, ``segformer`` a transformers semantic-segmentation folder; ``grabcut`` needs no weights.
-MASK_ENGINES: dict[str, tuple[str, ...]] = {
-    "BackgroundRemover": ("rembg", "grabcut"),
-    "PointSegmenter": ("sam", "grabcut"),
-    "ClothesSegmenter": ("rembg-cloth", "segformer"),
+MASK_ENGINES: dict[ModelType, tuple[str, ...]] = {
+    ModelType.BACKGROUND_REMOVER: ("rembg", "grabcut"),
+    ModelType.POINT_SEGMENTER: ("sam", "grabcut"),
+    ModelType.CLOTHES_SEGMENTER: ("rembg-cloth", "segformer"),
 }
 #: The engines that read no weights (no ``source:``).
 WEIGHT_FREE_ENGINES: tuple[str, ...] = ("grabcut",)
 
+#: ``source: {demo: <kind>}``: the tiny models the demo deployment builds by code (``workers/demo``), by the
+#: ModelType that may name each (``translator`` is the top-level translator's).
 DEMO_SOURCES: dict[str, tuple[str, ...]] = {
-    "Main": ("inpaint", "sd15"),
-    "LoRA": ("lora-kohya", "lora-peft"),
-    "Embedding": ("embedding",),
-    "HyperNetwork": ("hypernetwork",),
-    "ControlModel": ("controlnet",),
-    "PreProcessor": ("annotators",),
-    "BackgroundRemover": ("u2net-onnx",),
-    "PointSegmenter": ("sam",),
-    "ClothesSegmenter": ("segformer", "cloth-onnx"),
+    ModelType.MAIN: ("inpaint", "sd15"),
+    ModelType.LORA: ("lora-kohya", "lora-peft"),
+    ModelType.EMBEDDING: ("embedding",),
+    ModelType.HYPERNETWORK: ("hypernetwork",),
+    ModelType.CONTROL_MODEL: ("controlnet",),
+    ModelType.PRE_PROCESSOR: ("annotators",),
+    ModelType.BACKGROUND_REMOVER: ("u2net-onnx",),
+    ModelType.POINT_SEGMENTER: ("sam",),
+    ModelType.CLOTHES_SEGMENTER: ("segformer", "cloth-onnx"),
     "translator": ("translator",),
 }
 DEMO_SOURCE_KINDS: tuple[str, ...] = tuple(kind for kinds in DEMO_SOURCES.values() for kind in kinds)
@@ -123,9 +147,9 @@ DEFAULT_HAIR_OPTIMIZATION = "auto"
 MAX_POINTS = 32                             # IncludePointList / ExcludePointList entries (Atelier's limit)
 MASK_ACTIONS: tuple[str, ...] = ("RemoveBackground", "RemoveBackgroundsInBatch", "ExtractContents")
 #: The engine type each mask action runs (its ``Engine`` extension field names one of that type).
-MASK_ACTION_ENGINE_TYPE: dict[str, str] = {"RemoveBackground": "BackgroundRemover",
-                                           "RemoveBackgroundsInBatch": "BackgroundRemover",
-                                           "ExtractContents": "PointSegmenter"}
+MASK_ACTION_ENGINE_TYPE: dict[str, ModelType] = {"RemoveBackground": ModelType.BACKGROUND_REMOVER,
+                                                 "RemoveBackgroundsInBatch": ModelType.BACKGROUND_REMOVER,
+                                                 "ExtractContents": ModelType.POINT_SEGMENTER}
 #: The fields each mask action reads besides the common ones (any other is ignored and named in the Notes).
 #: ``Engine`` (an extension) names the engine's ModelCode; absent: the deployment's default of its type.
 ENGINE_FIELD = "Engine"

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.contract.codes import model_message
 from app.contract.limits import (
     BATCH_SIZE_RANGE,
     CONTROL_WEIGHT_RANGE,
@@ -39,7 +40,6 @@ from app.contract.limits import (
     LORA_WEIGHT_RANGE,
     MASK_ENGINE_TYPES,
     MASK_ENGINES,
-    MODEL_TYPES,
     PREPROCESSOR_KINDS,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
@@ -48,11 +48,11 @@ from app.contract.limits import (
     STEP_RATIO_RANGE,
     STEPS_RANGE,
     WEIGHT_FREE_ENGINES,
+    ModelType,
 )
 
 log = logging.getLogger("atelier.registry")
 
-ModelType = Literal[MODEL_TYPES]
 PreProcessorKind = Literal[PREPROCESSOR_KINDS]
 Family = Literal[FAMILIES]
 SourceKind = Literal[SOURCE_KINDS]
@@ -202,7 +202,7 @@ class SpeedOptions(BaseModel):
 
     Everything here changes how fast a model runs, never what a request means: the worker applies it when it
     loads the model (:func:`workers.models.speed.apply_speed`) and before each pipeline call
-    (:func:`workers.models.speed.before_call`). The defaults are the paths that are safe everywhere; a CPU
+    (:func:`workers.patching.per_call.before_call`). The defaults are the paths that are safe everywhere; a CPU
     worker ignores ``dtype`` and ``channels_last`` (float32, default memory format). Frozen and hashable.
     """
 
@@ -300,7 +300,7 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
-        if self.model_type != "Main" and self.speed != SpeedOptions():
+        if self.model_type != ModelType.MAIN and self.speed != SpeedOptions():
             raise ValueError("`speed:` is for Main models only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
         for name in ("engine", "rembg_model", "garment_classes"):
@@ -315,16 +315,16 @@ class ModelEntry(BaseModel):
                 if value != default:
                     raise ValueError(f"`{field}:` is not for mask engines")
             return self._engine_fits()
-        if self.model_type == "PreProcessor":
+        if self.model_type == ModelType.PRE_PROCESSOR:
             if self.preprocessor is None:
                 raise ValueError(f"a PreProcessor needs `preprocessor:` ({', '.join(PREPROCESSOR_KINDS)})")
             if self.source is not None and (self.source.kind not in ("path", "demo")
-                                            or self.source.demo not in (None, *DEMO_SOURCES["PreProcessor"])):
+                                            or self.source.demo not in (None, *DEMO_SOURCES[ModelType.PRE_PROCESSOR])):
                 raise ValueError("a PreProcessor's source is an annotator folder: `path:` or `demo: annotators`")
             return self
         if self.preprocessor is not None:
             raise ValueError("`preprocessor:` is for PreProcessor entries only")
-        if self.model_type != "Main":
+        if self.model_type != ModelType.MAIN:
             for field, value, default in (("default_control", self.default_control, []),
                                           ("default_main", self.default_main, False),
                                           ("points", self.points, DEFAULT_POINTS)):
@@ -333,9 +333,9 @@ class ModelEntry(BaseModel):
         if self.source is None:
             raise ValueError(f"a {self.model_type} model needs a source")
         kind = self.source.kind
-        if kind == "demo" and self.source.demo not in DEMO_SOURCES[self.model_type]:
+        if kind == "demo" and self.source.demo not in DEMO_SOURCES.get(self.model_type, ()):
             raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model")
-        if self.model_type == "Main":
+        if self.model_type == ModelType.MAIN:
             if kind == "file" and self.source.file.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"a Main model's source.file must end in {' or '.join(CHECKPOINT_SUFFIXES)},"
                                  f" got {self.source.file.name!r}")
@@ -344,7 +344,7 @@ class ModelEntry(BaseModel):
         else:
             if kind not in ("path", "file", "demo"):
                 raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}")
-            if self.source.config is not None and self.model_type != "ControlModel":
+            if self.source.config is not None and self.model_type != ModelType.CONTROL_MODEL:
                 raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
             if self.defaults.scheduler is not None:
                 raise ValueError("defaults.scheduler applies to Main models only")
@@ -356,7 +356,7 @@ class ModelEntry(BaseModel):
             raise ValueError(f"a {self.model_type} needs `engine:` one of {', '.join(kinds)}")
         if self.rembg_model is not None and self.engine != "rembg":
             raise ValueError("`rembg_model:` is for `engine: rembg` only")
-        if self.garment_classes is not None and self.model_type != "ClothesSegmenter":
+        if self.garment_classes is not None and self.model_type != ModelType.CLOTHES_SEGMENTER:
             raise ValueError("`garment_classes:` is for ClothesSegmenter entries only")
         if self.engine in WEIGHT_FREE_ENGINES:
             if self.source is not None:
@@ -365,7 +365,7 @@ class ModelEntry(BaseModel):
         if self.source is None:
             raise ValueError(f"`engine: {self.engine}` needs a source")
         kind = self.source.kind
-        if kind == "demo" and self.source.demo not in DEMO_SOURCES[self.model_type]:
+        if kind == "demo" and self.source.demo not in DEMO_SOURCES.get(self.model_type, ()):
             raise ValueError(f"demo: {self.source.demo} is not a {self.model_type}")
         wanted = ("file", "demo") if self.engine in ("rembg", "rembg-cloth") else ("path", "demo")
         if kind not in wanted:
@@ -377,7 +377,7 @@ class ModelEntry(BaseModel):
 
     def to_engine(self) -> dict[str, Any]:
         """A ListModels ``MaskEngines`` entry (an extension): what a client may name as ``Engine``."""
-        return {"ModelCode": self.model_code, "Name": self.name, "ModelType": self.model_type,
+        return {"ModelCode": self.model_code, "Name": self.name, "ModelType": str(self.model_type),
                 "Engine": self.engine}
 
     def to_model(self) -> dict[str, Any]:
@@ -388,7 +388,7 @@ class ModelEntry(BaseModel):
 
     def to_wire(self) -> dict[str, Any]:
         """The ``Model`` object plus ``ModelType`` (ListModels' ``Models``, an extension)."""
-        return {**self.to_model(), "ModelType": self.model_type}
+        return {**self.to_model(), "ModelType": str(self.model_type)}
 
     def to_control(self) -> dict[str, Any]:
         """A ListControlNets entry: ``{ModelCode, Name, InferenceParams}``."""
@@ -397,10 +397,10 @@ class ModelEntry(BaseModel):
     def inference_params(self) -> dict[str, Any]:
         """The default InferenceParams the reference's table assigns to this model type."""
         d = self.defaults
-        return {"LoRA": {"LoraWeight": d.lora_weight},
-                "PreProcessor": {"Resolution": d.resolution},
-                "ControlModel": {"ControlWeight": d.control_weight, "StartingStep": d.starting_step,
-                                 "EndingStep": d.ending_step}}.get(self.model_type, {})
+        return {ModelType.LORA: {"LoraWeight": d.lora_weight},
+                ModelType.PRE_PROCESSOR: {"Resolution": d.resolution},
+                ModelType.CONTROL_MODEL: {"ControlWeight": d.control_weight, "StartingStep": d.starting_step,
+                                          "EndingStep": d.ending_step}}.get(self.model_type, {})
 
 
 class VaeSources(BaseModel):
@@ -435,6 +435,16 @@ def _errors(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+class UnknownModel(LookupError):
+    """A ModelCode that names no model of the kind asked for (or nothing): 240 at the gateway
+    (``ApiError.model``), ErrorCode 240 on a worker. ``str(error)`` is the wire's message
+    (:func:`app.contract.codes.model_message`); ``model_code`` the code as given (``str(code)``)."""
+
+    def __init__(self, code: object):
+        self.model_code = str(code)
+        super().__init__(model_message(self.model_code))
+
+
 class Registry:
     """The validated contents of one models YAML. Source paths are absolute (resolved against ``base_dir``)."""
 
@@ -459,7 +469,8 @@ class Registry:
                                  " mark one")
         for e in self._by_code.values():
             for i, unit in enumerate(e.default_control):
-                for code, kind in ((unit.preprocessor, "PreProcessor"), (unit.control_model, "ControlModel")):
+                for code, kind in ((unit.preprocessor, ModelType.PRE_PROCESSOR),
+                                   (unit.control_model, ModelType.CONTROL_MODEL)):
                     ref = self._by_code.get(code) if code is not None else None
                     if code is not None and (ref is None or ref.model_type != kind):
                         raise ValueError(f"ModelCode {e.model_code!r}: default_control[{i}]: {code!r} is not"
@@ -474,19 +485,30 @@ class Registry:
     def get(self, code: str) -> ModelEntry | None:
         return self._by_code.get(code)
 
+    def require(self, code: str | None, *kinds: ModelType) -> ModelEntry:
+        """The entry ``code`` names when it is of one of ``kinds``; else :class:`UnknownModel` (240 at the
+        gateway, ErrorCode 240 on a worker), for an absent or empty code too. At least one kind is needed:
+        a request's ModelCode always stands for a model of a known kind."""
+        if not kinds:
+            raise TypeError("Registry.require needs at least one ModelType")
+        entry = self._by_code.get(code) if code else None
+        if entry is None or entry.model_type not in kinds:
+            raise UnknownModel(code)
+        return entry
+
     def default_main(self) -> ModelEntry | None:
         """The Main model of a request without MainModel: the one marked ``default_main: true``, else the
         first Main model of the file, else None."""
-        mains = self.entries_of("Main")
+        mains = self.entries_of(ModelType.MAIN)
         return next((e for e in mains if e.default_main), mains[0] if mains else None)
 
-    def default_engine(self, engine_type: str) -> ModelEntry | None:
+    def default_engine(self, engine_type: ModelType) -> ModelEntry | None:
         """The mask engine of ``engine_type`` a request that names none gets: the one marked
         ``default_engine: true``, else the first of the file, else None (the deployment has none)."""
         engines = self.entries_of(engine_type)
         return next((e for e in engines if e.default_engine), engines[0] if engines else None)
 
-    def entries_of(self, *types: str) -> list[ModelEntry]:
+    def entries_of(self, *types: ModelType) -> list[ModelEntry]:
         return [e for e in self._by_code.values() if e.model_type in types]
 
     def entries(self) -> list[ModelEntry]:

@@ -1,8 +1,10 @@
-"""The rules of the house (spec/ARCHITECTURE.md, "Rooms"), checked by reading the source with ``ast``:
+"""The rules of the house (docs/architecture.md, "Rules"), checked by reading the source with ``ast``:
 nothing is imported, so a broken or heavy module cannot hide a violation.
 
 a. no import cycle among the modules of app/ and workers/ (module-level imports; ``from x import y`` where
-   ``x.y`` is a module is an edge to ``x.y``; imports under ``if TYPE_CHECKING:`` do not count);
+   ``x.y`` is a module is an edge to ``x.y``; imports under ``if TYPE_CHECKING:`` do not count), nor among their
+   folders (the rooms: ``workers/models/``, ``app/contract/``...; a module directly in app/ or workers/ is a node
+   of its own): no folder imports a folder that imports it back, however many steps away;
 b. app/ never imports workers; workers/ import from app only ``app.contract``; app/contract imports nothing
    from the rest of app;
 c. no import inside a function body, except of a heavy library of :data:`LAZY_ALLOWED` (a deliberate lazy
@@ -214,6 +216,50 @@ def test_no_import_cycles():
         "gateway and worker share), or import under `if TYPE_CHECKING:` when only annotations need it.")
 
 
+
+def _room(path: Path) -> str:
+    """The node of ``path`` in the folder graph: its folder (``workers/models/``), or the module itself for one
+    directly in a top package (``workers/runtime.py``: the top-level files are not one room)."""
+    rel = path.relative_to(ROOT)
+    if len(rel.parts) == 2 and rel.name != "__init__.py":
+        return rel.as_posix()
+    return rel.parent.as_posix() + "/"
+
+
+def _room_graph() -> dict[str, dict[str, list[Import]]]:
+    """Folder -> folder it imports -> the module-level imports that make the edge."""
+    ours = _modules()
+    graph: dict[str, dict[str, list[Import]]] = {_room(p): {} for p in ours.values()}
+    for imp in _all_imports(*PACKAGES):
+        if imp.in_function or imp.type_checking or imp.target not in ours:
+            continue
+        source, target = _room(ROOT / imp.path), _room(ours[imp.target])
+        if source != target:
+            graph[source].setdefault(target, []).append(imp)
+    return graph
+
+
+def _edge(graph: dict[str, dict[str, list[Import]]], a: str, b: str) -> str:
+    imports = graph[a][b]
+    more = f" (+{len(imports) - 6} more)" if len(imports) > 6 else ""
+    return f"{a} -> {b}: " + ", ".join(imp.where for imp in imports[:6]) + more
+
+
+def test_no_folder_cycles():
+    graph = _room_graph()
+    # every pair of folders importing each other, both directions named; then any longer cycle
+    problems = [f"{a} <-> {b}\n    {_edge(graph, a, b)}\n    {_edge(graph, b, a)}"
+                for a in sorted(graph) for b in sorted(graph[a]) if a < b and a in graph[b]]
+    for cycle in _find_cycles(graph):
+        if len(cycle) > 3:
+            steps = [_edge(graph, a, b) for a, b in pairwise(cycle)]
+            problems.append("cycle " + " -> ".join(cycle) + "\n    " + "\n    ".join(steps))
+    assert not problems, _report(
+        "folders of app/ and workers/ importing each other", problems,
+        "Arrows between rooms point one way. Move what both sides need into a room below both (as "
+        "workers/patching/ is below workers/models/, inference/ and submodels/), or import under "
+        "`if TYPE_CHECKING:` when only annotations need it.")
+
 # --- b. arrows point one way --------------------------------------------------------------------------------
 
 def test_arrows_point_one_way():
@@ -304,11 +350,10 @@ def test_only_sources_names_the_demo_package():
 def test_checker_sees_the_house():
     """The walk finds the modules and the edges it is meant to judge (a silent checker passes everything)."""
     ours = _modules()
-    expected = {"app.main", "app.contract.jobs", "workers.jobs.generate", "workers.demo",
-                DEMO_GATE[:-3].replace("/", ".")}
+    expected = {"app.main", "app.contract.jobs", "workers.tasks", "workers.demo", DEMO_GATE[:-3].replace("/", ".")}
     assert expected <= set(ours)
-    job = {imp.target for imp in _imports(ours["workers.jobs.generate"])}
-    assert "app.contract.jobs" in job, sorted(job)
+    tasks = {imp.target for imp in _imports(ours["workers.tasks"])}
+    assert "app.contract.jobs" in tasks, sorted(tasks)
 
 
 def test_checker_rules_on_a_sample(tmp_path):
@@ -338,3 +383,14 @@ def test_checker_rules_on_a_sample(tmp_path):
     ]
     cycles = _find_cycles({"a": {"b": None}, "b": {"c": None}, "c": {"a": None}, "d": {"a": None}})
     assert cycles == [["a", "b", "c", "a"]]
+
+
+def test_checker_sees_the_rooms():
+    """The folder graph has the rooms and the edges it is meant to judge."""
+    assert _room(ROOT / "workers/models/speed.py") == "workers/models/"
+    assert _room(ROOT / "workers/patching/__init__.py") == "workers/patching/"
+    assert _room(ROOT / "workers/tasks.py") == "workers/tasks.py"
+    graph = _room_graph()
+    assert {"workers/inference/", "workers/patching/"} <= set(graph["workers/models/"]), graph["workers/models/"]
+    assert "app/contract/" in graph["workers/patching/"]
+    assert not graph["app/contract/"]

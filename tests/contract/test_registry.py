@@ -1,8 +1,9 @@
 """app/contract/registry.py: the models YAML format (source kinds, families, schedulers, the vaes section),
-its error messages, relative path resolution and the ListModels wire output."""
+its error messages, relative path resolution, the ListModels wire output, ModelType and ``Registry.require``."""
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -10,9 +11,28 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.contract.codes import model_message
 from app.contract.jobs import GENERATE_TASK_NAME, MASK_TASK_NAME, task_name_for
-from app.contract.limits import MODEL_TYPES
-from app.contract.registry import KNOWN_SCHEDULERS, ModelEntry, ModelSource, Registry, SpeedOptions, get_registry
+from app.contract.limits import (
+    CONTROL_TYPES,
+    DEMO_SOURCES,
+    GENERATION_TYPES,
+    LIST_MODELS_FIELDS,
+    MASK_ACTION_ENGINE_TYPE,
+    MASK_ENGINE_TYPES,
+    MODEL_TYPES,
+    SUBMODEL_TYPES,
+    ModelType,
+)
+from app.contract.registry import (
+    KNOWN_SCHEDULERS,
+    ModelEntry,
+    ModelSource,
+    Registry,
+    SpeedOptions,
+    UnknownModel,
+    get_registry,
+)
 from support.api import ROOT
 
 
@@ -424,3 +444,38 @@ def test_speed_is_for_main_models_only(fields):
 ])
 def test_images_per_call_follows_the_formula(size, options, expected):
     assert SpeedOptions(**options).images_per_call(*size) == expected
+
+
+# --- ModelType and Registry.require --------------------------------------------------------------------------
+
+def test_model_types_are_an_enum_equal_to_their_wire_strings():
+    assert [str(t) for t in ModelType] == ["Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel",
+                                           "PreProcessor", "BackgroundRemover", "PointSegmenter", "ClothesSegmenter"]
+    assert MODEL_TYPES == tuple(ModelType) and ModelType.MAIN == "Main" and ModelType("LoRA") is ModelType.LORA
+    groups = (SUBMODEL_TYPES, CONTROL_TYPES, MASK_ENGINE_TYPES, GENERATION_TYPES, tuple(LIST_MODELS_FIELDS),
+              tuple(MASK_ACTION_ENGINE_TYPE.values()), tuple(k for k in DEMO_SOURCES if k != "translator"))
+    assert all(isinstance(t, ModelType) for group in groups for t in group)
+    assert GENERATION_TYPES == (ModelType.MAIN, *SUBMODEL_TYPES)
+    e = ModelEntry.model_validate(model("x", ModelType="LoRA", source={"file": "x.safetensors"}))
+    assert e.model_type is ModelType.LORA and e.model_type == "LoRA"
+    wire = e.to_wire()
+    assert type(wire["ModelType"]) is str and json.loads(json.dumps(wire))["ModelType"] == "LoRA"
+    assert yaml.safe_load(yaml.safe_dump(wire))["ModelType"] == "LoRA"
+    assert e.model_dump(mode="json", by_alias=True)["ModelType"] == "LoRA"
+
+
+def test_require_gives_the_entry_of_one_of_the_kinds_else_unknown_model_naming_the_code():
+    reg = registry_of(model("main"), model("l", ModelType="LoRA", source={"file": "l.safetensors"}),
+                      {"ModelCode": "canny", "Name": "Canny", "ModelType": "PreProcessor", "preprocessor": "canny"})
+    assert reg.require("main", ModelType.MAIN) is reg.get("main")
+    assert reg.require("l", *SUBMODEL_TYPES) is reg.get("l")
+    assert reg.require("canny", ModelType.CONTROL_MODEL, ModelType.PRE_PROCESSOR).model_code == "canny"
+    for code, kinds in (("l", (ModelType.MAIN,)), ("main", SUBMODEL_TYPES), ("nope", tuple(ModelType)),
+                        ("", (ModelType.MAIN,)), (None, (ModelType.MAIN,))):
+        with pytest.raises(UnknownModel) as caught:
+            reg.require(code, *kinds)
+        assert caught.value.model_code == str(code)
+        assert str(caught.value) == model_message(str(code)) == f"Model [{code}] not exists"
+        assert isinstance(caught.value, LookupError)
+    with pytest.raises(TypeError, match="at least one ModelType"):
+        reg.require("main")

@@ -15,6 +15,7 @@ from support.models import load_folder
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.inference.compose import Composition, fit_background, prepare, redraw_strength, with_background
 from workers.inference.inpaint import (
+    Sampling,
     latent_strength,
     reference_latents,
     run_inpaint,
@@ -97,8 +98,9 @@ def grown(mask: np.ndarray, px: int) -> np.ndarray:
 
 def generate(pipe, comp, refer_strength=None, seed=3, batch_size=1, background=REFERENCE, on_step=None):
     kwargs = {} if refer_strength is None else {"background": background, "refer_strength": refer_strength}
-    images = run_inpaint(pipe, comp, "a woman in a dress", "blurry", seed=seed, batch_size=batch_size,
-                         steps=STEPS, guidance_scale=7.5, on_step=on_step, **kwargs)
+    images = run_inpaint(pipe, comp, "a woman in a dress", "blurry",
+                         Sampling(seed=seed, batch_size=batch_size, steps=STEPS, guidance_scale=7.5, on_step=on_step,
+                                  **kwargs))
     arrays = [np.asarray(image).astype(int) for image in images]
     for array in arrays:  # the clothes are bit-exact in every case
         assert array.shape == (comp.height, comp.width, 3)
@@ -280,4 +282,5 @@ def test_start_steps_round_half_up():
 
 def test_refer_strength_out_of_range_is_refused(pipe):
     with pytest.raises(ValueError, match="refer_strength"):
-        run_inpaint(pipe, photo_mannequin(), "", "", 0, 1, STEPS, 7.5, background=REFERENCE, refer_strength=-0.1)
+        run_inpaint(pipe, photo_mannequin(), "", "",
+                    Sampling(seed=0, steps=STEPS, guidance_scale=7.5, background=REFERENCE, refer_strength=-0.1))

@@ -16,7 +16,7 @@ from app.contract.registry import SpeedOptions
 from support.models import garment, load_folder
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.inference.compose import inpaint_mask, pad_to_multiple, paste_back
-from workers.inference.inpaint import run_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 from workers.models.speed import apply_speed
 
 STEPS = 3
@@ -27,8 +27,9 @@ MEAN_DIFF = 0.05
 
 
 def generate(pipe, comp, seed, batch_size=1, on_step=None, background=None):
-    images = run_inpaint(pipe, comp, "a woman in a dress", "blurry", seed=seed, batch_size=batch_size, steps=STEPS,
-                         guidance_scale=7.5, on_step=on_step, background=background, refer_strength=0.5)
+    images = run_inpaint(pipe, comp, "a woman in a dress", "blurry",
+                         Sampling(seed=seed, batch_size=batch_size, steps=STEPS, guidance_scale=7.5, on_step=on_step,
+                                  background=background, refer_strength=0.5))
     return [np.asarray(image).astype(int) for image in images]
 
 

@@ -23,12 +23,13 @@ from workers.demo.model import ensure_demo_model
 from workers.demo.submodels import write_demo_embedding_a1111
 from workers.inference.compose import Composition, prepare
 from workers.inference.control import (
+    ControlUnits,
     clear_control_pipeline_cache,
     control_pipeline,
     drop_control_pipelines,
     run_control_inpaint,
 )
-from workers.inference.inpaint import run_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.preprocess import MapCache, load_detector, map_key, preprocess
 from workers.models.loading import load_controlnet
 from workers.submodels.apply import apply_submodels
@@ -88,13 +89,13 @@ def garment(width: int, height: int, seed: int = 0) -> Composition:
 
 
 def generate(pipe, comp, maps, steps=STEPS, seed=7, **control) -> np.ndarray:
-    [image] = run_control_inpaint(pipe, comp, PROMPT, NEGATIVE, seed=seed, batch_size=1, steps=steps,
-                                  guidance_scale=7.5, control_images=maps, **control)
+    [image] = run_control_inpaint(pipe, comp, PROMPT, NEGATIVE, Sampling(seed=seed, steps=steps, guidance_scale=7.5),
+                                  ControlUnits(control_images=maps, **control))
     return np.asarray(image)
 
 
 def uncontrolled(base, comp, steps=STEPS, seed=7) -> np.ndarray:
-    [image] = run_inpaint(base, comp, PROMPT, NEGATIVE, seed=seed, batch_size=1, steps=steps, guidance_scale=7.5)
+    [image] = run_inpaint(base, comp, PROMPT, NEGATIVE, Sampling(seed=seed, steps=steps, guidance_scale=7.5))
     return np.asarray(image)
 
 
@@ -400,7 +401,8 @@ def test_settings_out_of_range_are_refused(base, controlnets):
         with pytest.raises(ValueError):
             generate(ctrl, comp, [edges], **bad)
     with pytest.raises(TypeError, match="no ControlNet"):
-        run_control_inpaint(base, comp, PROMPT, NEGATIVE, 1, 1, STEPS, 7.5, [edges])
+        run_control_inpaint(base, comp, PROMPT, NEGATIVE, Sampling(seed=1, steps=STEPS, guidance_scale=7.5),
+                            ControlUnits(control_images=[edges]))
 
 
 def test_batches_are_reproducible_per_image_and_report_progress(base, controlnets):
@@ -408,9 +410,10 @@ def test_batches_are_reproducible_per_image_and_report_progress(base, controlnet
     ctrl = control_pipeline(base, controlnets[:1])
     edges = preprocess("canny", comp.image, 64, None)
     progress = []
-    batch = run_control_inpaint(ctrl, comp, PROMPT, NEGATIVE, seed=5, batch_size=2, steps=STEPS,
-                                guidance_scale=7.5, control_images=[edges],
-                                on_step=lambda step, total: progress.append((step, total)))
+    batch = run_control_inpaint(ctrl, comp, PROMPT, NEGATIVE,
+                                Sampling(seed=5, batch_size=2, steps=STEPS, guidance_scale=7.5,
+                                         on_step=lambda step, total: progress.append((step, total))),
+                                ControlUnits(control_images=[edges]))
     # both images in one call: image 1 within a grey level of the single run with its seed (test_batching.py)
     assert np.abs(np.asarray(batch[1]).astype(int) - generate(ctrl, comp, [edges], seed=6)).max() <= 1
     assert progress == [(2 * step, 2 * STEPS) for step in range(1, STEPS + 1)]

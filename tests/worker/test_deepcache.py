@@ -1,4 +1,4 @@
-"""DeepCache (workers/inference/deepcache.py) on real, tiny diffusers UNets and pipelines, on the CPU.
+"""DeepCache (workers/patching/deepcache.py) on real, tiny diffusers UNets and pipelines, on the CPU.
 
 The central check is exactness against diffusers' own forward: a cached step must compute what the stock
 forward computes when the feature entering the shallow up blocks is replaced by the cached one (done here with
@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections import Counter
 
+import diffusers
 import numpy as np
 import pytest
 import torch
@@ -19,10 +20,14 @@ from diffusers import ControlNetModel, StableDiffusionInpaintPipeline, UNet2DCon
 from PIL import Image
 
 from workers.demo.model import ensure_demo_model
-from workers.inference.deepcache import (
+from workers.patching.deepcache import (
+    MIRRORED_FORWARD,
+    MIRRORED_ON,
+    ForwardChanged,
     deep_cache_stats,
     disable_deep_cache,
     enable_deep_cache,
+    forward_fingerprint,
     reset_deep_cache,
 )
 
@@ -246,6 +251,54 @@ def test_reenabling_updates_the_settings_and_validates_them():
     with pytest.raises(TypeError):
         enable_deep_cache(torch.nn.Linear(2, 2), interval=2)
 
+
+
+# --- the mirrored forward ------------------------------------------------------------------------------------
+
+def test_the_installed_diffusers_has_the_forward_deepcache_mirrors():
+    """The cached step (_shallow_forward) copies the steps of one diffusers' UNet2DConditionModel.forward, while
+    pyproject accepts any diffusers from 0.42 on: a new one must be checked before DeepCache runs on it."""
+    found = forward_fingerprint(UNet2DConditionModel.forward)
+    assert found == MIRRORED_FORWARD, (
+        f"diffusers {diffusers.__version__}'s UNet2DConditionModel.forward (fingerprint {found}) is not the one"
+        f" workers/patching/deepcache.py mirrors (diffusers {', '.join(MIRRORED_ON)}: {MIRRORED_FORWARD}); the"
+        " worker runs such models without DeepCache. Diff the two forwards, carry every change into"
+        " _shallow_forward (embeddings, masks, down/up block calls, residuals, the output), make this file's"
+        " other tests pass, then record the new fingerprint and version in MIRRORED_FORWARD and MIRRORED_ON.")
+
+
+def test_the_fingerprint_ignores_docstrings_comments_and_layout_but_not_code():
+    def one(x, y=2):
+        """Documented."""
+        return x + y  # a comment
+
+    def two(x, y=2):
+        return (x +
+                y)
+
+    def three(x, y=2):
+        return x - y
+
+    assert forward_fingerprint(one) == forward_fingerprint(two) != forward_fingerprint(three)
+    assert forward_fingerprint(len) is None  # no Python source: cannot be checked
+
+
+def test_a_unet_whose_forward_differs_is_refused():
+    class Overridden(UNet2DConditionModel):
+        def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
+            return super().forward(sample, timestep, encoder_hidden_states, **kwargs)
+
+    class Inherited(UNet2DConditionModel):
+        pass
+
+    unet = sd_unet(4)
+    unet.__class__ = Overridden
+    with pytest.raises(ForwardChanged, match="Overridden.forward .* is not the forward DeepCache's cached step"):
+        enable_deep_cache(unet, interval=2)
+    assert "forward" not in vars(unet) and not deep_cache_stats(unet)["enabled"]
+    unet.__class__ = Inherited  # the stock forward, inherited: accepted
+    enable_deep_cache(unet, interval=2)
+    assert deep_cache_stats(unet)["enabled"]
 
 def test_disable_restores_the_stock_forward():
     unet = sd_unet(9)

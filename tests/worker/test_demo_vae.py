@@ -22,7 +22,7 @@ from workers.demo.model import (
     ensure_demo_vae,
 )
 from workers.inference.compose import Composition
-from workers.inference.inpaint import run_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 
 #: Reconstruction quality the demo VAE must reach on smooth images, compared at 8x8 block resolution.
 BLOCK_PSNR_DB = 40.0
@@ -164,8 +164,8 @@ def test_a_pipeline_decoding_with_the_tinted_vae_shows_it(tmp_path):
     background = Image.new("RGB", size, (150, 160, 170))
 
     def render():
-        [image] = run_inpaint(pipe, comp, "a woman", "", seed=1, batch_size=1, steps=4, guidance_scale=7.5,
-                              background=background, refer_strength=0.9)
+        [image] = run_inpaint(pipe, comp, "a woman", "", Sampling(seed=1, batch_size=1, steps=4, guidance_scale=7.5,
+                                                                  background=background, refer_strength=0.9))
         return np.asarray(image).astype(float)[~keep]
 
     plain = render()

@@ -17,7 +17,7 @@ import torch
 from support.models import garment, load_folder
 from workers.demo import publish
 from workers.demo.model import DEMO_BUILD, MARKER_FILE, ensure_demo_model, ensure_demo_model_sd15
-from workers.inference.inpaint import run_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 from workers.models.cache import ModelLoadError
 from workers.models.device import pick_device
 
@@ -25,8 +25,8 @@ STEPS = 2
 
 
 def generate(pipe, comp, seed=7, batch_size=1, on_step=None, prompt="a woman in a dress"):
-    images = run_inpaint(pipe, comp, prompt, "blurry", seed=seed, batch_size=batch_size, steps=STEPS,
-                         guidance_scale=7.5, on_step=on_step)
+    images = run_inpaint(pipe, comp, prompt, "blurry",
+                         Sampling(seed=seed, batch_size=batch_size, steps=STEPS, guidance_scale=7.5, on_step=on_step))
     return [np.asarray(image) for image in images]
 
 

@@ -1,4 +1,5 @@
-"""A Main model's ``speed:`` options on the worker (workers/models/speed.py), on the CPU with the demo models.
+"""A Main model's ``speed:`` options on the worker (workers/models/speed.py at load, workers/patching/ for what it
+patches and what runs before each call), on the CPU with the demo models.
 
 What is checked: the attention processors and fused projections asked for, and that the fast paths change no
 image; channels_last (applied for CUDA only: checked on CPU tensors, the layout does not depend on the device);
@@ -28,13 +29,16 @@ from app.contract.registry import ModelEntry, ModelSource, Registry, SpeedOption
 from support.models import garment, load_folder
 from workers.demo.submodels import write_demo_hypernetwork, write_demo_lora_kohya
 from workers.inference.compose import Composition
-from workers.inference.deepcache import deep_cache_stats
-from workers.inference.inpaint import run_inpaint
-from workers.models import speed, warmup
+from workers.inference.inpaint import Sampling, run_inpaint
+from workers.models import warmup
 from workers.models.cache import ModelCache
 from workers.models.kinds import Loaders, WorkerModels
 from workers.models.sizes import measure_bytes
-from workers.models.speed import apply_speed, before_call, images_per_call, prepare_vae, speed_of
+from workers.models.speed import apply_speed, prepare_vae
+from workers.patching import deepcache
+from workers.patching.attention import separate_projections
+from workers.patching.deepcache import deep_cache_stats
+from workers.patching.per_call import before_call, images_per_call, speed_of
 from workers.submodels import hypernetwork, lora
 from workers.submodels.spec import SubmodelError
 
@@ -44,8 +48,8 @@ PLAIN = SpeedOptions(sdpa=False, fuse_qkv=False, channels_last=False)
 
 
 def generate(pipe, comp: Composition, seed: int = 7, batch_size: int = 1) -> list[np.ndarray]:
-    images = run_inpaint(pipe, comp, "a woman in a dress", "blurry", seed=seed, batch_size=batch_size, steps=STEPS,
-                         guidance_scale=7.5)
+    images = run_inpaint(pipe, comp, "a woman in a dress", "blurry",
+                         Sampling(seed=seed, batch_size=batch_size, steps=STEPS, guidance_scale=7.5))
     return [np.asarray(image).astype(np.int16) for image in images]
 
 
@@ -324,7 +328,7 @@ def test_a_hypernetwork_runs_on_the_separate_projections_of_a_fused_model(demo_d
             pass
     with hypernetwork.hypernetwork_hooks(plain, "hn", hn):
         want = generate(plain, comp)[0]
-    with speed.separate_projections(fused), hypernetwork.hypernetwork_hooks(fused, "hn", hn):
+    with separate_projections(fused), hypernetwork.hypernetwork_hooks(fused, "hn", hn):
         assert processors(fused.unet) == {AttnProcessor2_0}
         got = generate(fused, comp)[0]
     assert processors(fused.unet) == {FusedAttnProcessor2_0}  # fused again afterwards
@@ -369,7 +373,7 @@ def test_deep_cache_is_switched_by_the_options_and_reset_before_each_call(fresh)
     apply_speed(fresh, SpeedOptions(deep_cache_interval=2), "cpu")
     assert deep_cache_stats(fresh.unet) | {"full_steps": 0, "cached_steps": 0} == {
         "enabled": True, "interval": 2, "branch": 0, "full_steps": 0, "cached_steps": 0}
-    run_inpaint(fresh, garment(64, 64), "a", "", seed=1, batch_size=1, steps=4, guidance_scale=7.5)
+    run_inpaint(fresh, garment(64, 64), "a", "", Sampling(seed=1, steps=4, guidance_scale=7.5))
     stats = deep_cache_stats(fresh.unet)
     assert stats["cached_steps"] > 0 and stats["full_steps"] > 0
     # a call that could use the cache (same shapes, a lower timestep) is a full step after before_call
@@ -382,6 +386,23 @@ def test_deep_cache_is_switched_by_the_options_and_reset_before_each_call(fresh)
     assert deep_cache_stats(fresh.unet)["full_steps"] == stats["full_steps"] + 2
     apply_speed(fresh, SpeedOptions(), "cpu")
     assert not deep_cache_stats(fresh.unet)["enabled"]
+
+
+def test_deep_cache_on_a_changed_unet_forward_is_refused_with_a_warning(fresh, monkeypatch, caplog):
+    """Another diffusers' forward (here: the recorded fingerprint no longer matches): the model loads and runs
+    without DeepCache, its images the stock ones, and the log says why."""
+    comp = garment(64, 64)
+    stock = generate(fresh, comp)[0]
+    monkeypatch.setattr(deepcache, "MIRRORED_FORWARD", "0" * 64)
+    caplog.set_level(logging.WARNING, logger="atelier.worker.speed")
+    apply_speed(fresh, SpeedOptions(deep_cache_interval=2), "cpu")
+    assert not deep_cache_stats(fresh.unet)["enabled"]
+    assert "forward" not in vars(fresh.unet)  # the stock forward, unpatched
+    assert "DeepCache (speed.deep_cache_interval 2) is off for this model" in caplog.text
+    assert "MIRRORED_FORWARD" in caplog.text  # what to re-check is said
+    np.testing.assert_array_equal(generate(fresh, comp)[0], stock)
+    with pytest.raises(deepcache.ForwardChanged, match="Re-check _shallow_forward"):
+        deepcache.enable_deep_cache(fresh.unet, interval=2)
 
 
 # --- warm-up ----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from support.models import load_folder
 from workers.demo import submodels as demo
 from workers.inference.compose import prepare
-from workers.inference.inpaint import run_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 from workers.models.cache import ModelCache
 from workers.models.kinds import Loaders, WorkerModels
 from workers.submodels import embedding, hypernetwork
@@ -75,7 +75,7 @@ def comp():
 
 
 def generate(pipe, comp, prompt: str = PROMPT) -> np.ndarray:
-    [image] = run_inpaint(pipe, comp, prompt, "blurry", seed=5, batch_size=1, steps=STEPS, guidance_scale=7.5)
+    [image] = run_inpaint(pipe, comp, prompt, "blurry", Sampling(seed=5, batch_size=1, steps=STEPS, guidance_scale=7.5))
     return np.asarray(image).astype(np.int16)
 
 

@@ -32,6 +32,8 @@ from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 from safetensors.torch import save_file
 
+from app.contract.limits import ModelType
+
 #: Width of the demo text encoder (= the UNet's cross-attention context width).
 TEXT_WIDTH = 32
 #: Width of the demo CLIP MLP.
@@ -350,11 +352,11 @@ def write_demo_hypernetwork(path: Path, seed: int, layer_norm: bool = False, act
 
 
 #: The demo submodels :func:`ensure_demo_submodels` writes: name -> (file or folder name, ModelType).
-DEMO_SUBMODELS: dict[str, tuple[str, str]] = {
-    "lora-kohya": ("demo-lora-kohya.safetensors", "LoRA"),
-    "lora-peft": ("demo-lora-peft", "LoRA"),
-    "embedding": ("demo-embedding.pt", "Embedding"),
-    "hypernetwork": ("demo-hypernetwork.pt", "HyperNetwork"),
+DEMO_SUBMODELS: dict[str, tuple[str, ModelType]] = {
+    "lora-kohya": ("demo-lora-kohya.safetensors", ModelType.LORA),
+    "lora-peft": ("demo-lora-peft", ModelType.LORA),
+    "embedding": ("demo-embedding.pt", ModelType.EMBEDDING),
+    "hypernetwork": ("demo-hypernetwork.pt", ModelType.HYPERNETWORK),
 }
 
 

@@ -32,7 +32,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from diffusers import (
@@ -47,7 +46,7 @@ from PIL import Image
 
 from app.contract.limits import CONTROL_WEIGHT_RANGE, STEP_RATIO_RANGE
 from workers.inference.compose import Composition
-from workers.inference.inpaint import StepCallback, run_inpaint, size_multiple
+from workers.inference.inpaint import Sampling, run_inpaint, size_multiple
 
 #: How many control pipelines are kept (each is a thin wrapper: the modules belong to the base pipeline
 #: and the ControlNets, so an entry costs almost no memory of its own while they are alive).
@@ -222,46 +221,29 @@ def _pad_edge(image: Image.Image, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.pad(array, pad, mode="edge"), mode="RGB")
 
 
-def run_control_inpaint(
-    pipe: ControlPipeline,
-    comp: Composition,
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    batch_size: int,
-    steps: int,
-    guidance_scale: float,
-    control_images: Sequence[Image.Image] | Image.Image,
-    controlnet_conditioning_scale: float | Sequence[float] = 1.0,
-    control_guidance_start: float | Sequence[float] = 0.0,
-    control_guidance_end: float | Sequence[float] = 1.0,
-    on_step: StepCallback | None = None,
-    background: Image.Image | None = None,
-    refer_strength: float = 0.5,
-    stats: dict[str, float] | None = None,
-    output: Literal["pil", "np"] = "pil",
-) -> list[Image.Image] | list[np.ndarray]:
-    """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``batch_size`` RGB
-    images of ``comp``'s size.
+@dataclass(frozen=True, kw_only=True)
+class ControlUnits:
+    """The ControlNet side of one :func:`run_control_inpaint`: one control map per unit (``control_images``,
+    each of exactly the composition's size, made from ``comp.image``, e.g. by
+    :func:`workers.inference.preprocess.preprocess`; padded like the composition when the size is not a multiple
+    of 8, never resized) and three settings, each one number for every unit or one per unit:
+    ``controlnet_conditioning_scale`` (ControlWeight, 0..2), ``control_guidance_start`` (StartingStep, 0..1) and
+    ``control_guidance_end`` (EndingStep, 0..1), start <= end (the module doc says which steps they select).
+    Checked against the pipeline and the composition by :func:`run_control_inpaint`."""
 
-    ``pipe`` comes from :func:`control_pipeline`. ``control_images``: one map per unit, each of exactly
-    ``comp``'s size (made from ``comp.image``, e.g. by :func:`workers.inference.preprocess.preprocess`); it is
-    padded like the composition when the size is not a multiple of 8, never resized. The three control
-    settings are one number for every unit or one per unit: ``controlnet_conditioning_scale`` 0..2,
-    ``control_guidance_start`` and ``control_guidance_end`` 0..1 with start <= end (see the module doc for
-    the steps they select).
+    control_images: Sequence[Image.Image] | Image.Image
+    controlnet_conditioning_scale: float | Sequence[float] = 1.0
+    control_guidance_start: float | Sequence[float] = 0.0
+    control_guidance_end: float | Sequence[float] = 1.0
 
-    Everything else is :func:`workers.inference.inpaint.run_inpaint`, which this calls with the control arguments:
-    image ``i`` from seed ``seed + i`` (a batch in few pipeline calls), height/width always passed (padded,
-    cropped back), clothes pixels bit-identical to ``comp.image``, the background reference, ``on_step``,
-    ``stats``, ``output`` (``"np"``: uint8 arrays instead of images).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+
+def _control_kwargs(pipe: ControlPipeline, comp: Composition, control: ControlUnits) -> dict:
+    """``control`` checked against ``pipe``'s units and ``comp``'s size (``ValueError``; ``TypeError`` for a
+    pipeline without ControlNet), as the arguments of every pipeline call: the maps padded to the size
+    :func:`~workers.inference.inpaint.run_inpaint` pads to, one value instead of a list for a single unit."""
     units = len(controlnets_of(pipe))
-    images = [control_images] if isinstance(control_images, Image.Image) else list(control_images)
+    images = [control.control_images] if isinstance(control.control_images, Image.Image) \
+        else list(control.control_images)
     if len(images) != units:
         raise ValueError(f"{len(images)} control image(s) for {units} ControlNet unit(s)")
     for index, image in enumerate(images):
@@ -270,9 +252,10 @@ def run_control_inpaint(
                 f"control_images[{index}] is {image.width}x{image.height}, the composition {comp.width}x{comp.height}:"
                 " make control maps from comp.image (preprocess brings them back to its size)"
             )
-    scales = _per_unit(controlnet_conditioning_scale, units, "controlnet_conditioning_scale", *CONTROL_WEIGHT_RANGE)
-    starts = _per_unit(control_guidance_start, units, "control_guidance_start", *STEP_RATIO_RANGE)
-    ends = _per_unit(control_guidance_end, units, "control_guidance_end", *STEP_RATIO_RANGE)
+    scales = _per_unit(control.controlnet_conditioning_scale, units, "controlnet_conditioning_scale",
+                       *CONTROL_WEIGHT_RANGE)
+    starts = _per_unit(control.control_guidance_start, units, "control_guidance_start", *STEP_RATIO_RANGE)
+    ends = _per_unit(control.control_guidance_end, units, "control_guidance_end", *STEP_RATIO_RANGE)
     for index, (start, end) in enumerate(zip(starts, ends)):
         if start > end:
             raise ValueError(f"control_guidance_start {start} > control_guidance_end {end} (unit {index})")
@@ -283,12 +266,30 @@ def run_control_inpaint(
     width, height = -(-comp.width // multiple) * multiple, -(-comp.height // multiple) * multiple
     maps = [_pad_edge(image.convert("RGB"), width, height) for image in images]
     single = units == 1
-    control_kwargs = {
+    return {
         "control_image": maps[0] if single else maps,
         "controlnet_conditioning_scale": scales[0] if single else scales,
         "control_guidance_start": starts[0] if single else starts,
         "control_guidance_end": ends[0] if single else ends,
     }
-    return run_inpaint(pipe, comp, prompt, negative_prompt, seed, batch_size, steps, guidance_scale,
-                       on_step=on_step, background=background, refer_strength=refer_strength,
-                       pipeline_kwargs=control_kwargs, stats=stats, output=output)
+
+
+def run_control_inpaint(
+    pipe: ControlPipeline,
+    comp: Composition,
+    prompt: str,
+    negative_prompt: str,
+    sampling: Sampling,
+    control: ControlUnits,
+) -> list[Image.Image] | list[np.ndarray]:
+    """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``sampling.batch_size``
+    RGB images of ``comp``'s size.
+
+    ``pipe`` comes from :func:`control_pipeline`; ``control`` gives its units' maps and settings
+    (:class:`ControlUnits`). Everything else is :func:`workers.inference.inpaint.run_inpaint`, which this calls
+    with the control arguments: image ``i`` from seed ``seed + i`` (a batch in few pipeline calls), height/width
+    always passed (padded, cropped back), clothes pixels bit-identical to ``comp.image``, the background
+    reference, ``on_step``, ``stats``, ``output`` (:class:`~workers.inference.inpaint.Sampling`).
+    """
+    return run_inpaint(pipe, comp, prompt, negative_prompt, sampling,
+                       pipeline_kwargs=_control_kwargs(pipe, comp, control))

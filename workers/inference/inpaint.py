@@ -16,7 +16,7 @@ What the service relies on, and how it is obtained:
   (:class:`ReferenceHold`): the pipeline runs at strength 1 and, after every step, the latent pixels whose
   own start step has not come yet are reset to the reference's latents noised to the next timestep.
 * **Batches in few calls, each image from its own seed.** A BatchSize of N runs as pipeline calls of up to
-  :func:`~workers.models.speed.images_per_call` images each (the model's ``speed.max_batch`` and
+  :func:`~workers.patching.per_call.images_per_call` images each (the model's ``speed.max_batch`` and
   ``speed.max_batch_megapixels``: one call at 512x512 x 8 keeps a GPU busy, and the chunks bound memory at
   large sizes). Image ``i`` gets its own CPU ``torch.Generator`` seeded ``seed + i``, and the call is given N
   copies of the input image and mask, so every random draw image ``i`` sees (its initial noise, its VAE
@@ -26,6 +26,11 @@ What the service relies on, and how it is obtained:
   (docs/API.md "Seeds"; tests/worker/test_batching.py measures it). A single-image call is made exactly as
   before (one image, one generator): a BatchSize 1 task is unchanged bit for bit. CPU generators make the
   starting noise the same on every device.
+
+One call, in named steps: its settings (:class:`Sampling`, checked when made), what every pipeline call starts
+from (:func:`_canvas`: the padded composition, its mask, the held reference), the state the pipeline's step
+callback keeps across the calls of a batch (:class:`_StepEnd`), one pipeline call per chunk
+(:func:`_call_pipeline`), each image cropped and pasted back (:func:`_finish`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import cv2
@@ -51,7 +57,7 @@ from workers.inference.compose import (
     redraw_strength,
     with_background,
 )
-from workers.models import speed
+from workers.patching.per_call import before_call, images_per_call
 
 StepCallback = Callable[[int, int], None]
 
@@ -177,62 +183,81 @@ def size_multiple(pipe: DiffusionPipeline) -> int:
     return math.lcm(8, pipe.vae_scale_factor)
 
 
-def run_inpaint(
-    pipe: DiffusionPipeline,
-    comp: Composition,
-    prompt: str,
-    negative_prompt: str,
-    seed: int,
-    batch_size: int,
-    steps: int,
-    guidance_scale: float,
-    on_step: StepCallback | None = None,
-    background: Image.Image | None = None,
-    refer_strength: float = 0.5,
-    pipeline_kwargs: dict | None = None,
-    stats: dict[str, float] | None = None,
-    output: Literal["pil", "np"] = "pil",
-) -> list[Image.Image] | list[np.ndarray]:
-    """Redraw everything but the clothes of ``comp``; return ``batch_size`` RGB images of ``comp``'s size.
+@dataclass(frozen=True, kw_only=True)
+class Sampling:
+    """How one :func:`run_inpaint` (or :func:`~workers.inference.control.run_control_inpaint`) call samples;
+    checked when made (``ValueError``).
 
     Image ``i`` is generated from seed ``seed + i``: a single-image run with that seed (same model, device and
     inputs) gives the same image, bit for bit when ``batch_size`` is 1, within a small tolerance otherwise
-    (batches run as few pipeline calls: see the module doc). The clothes pixels of every image are
-    bit-identical to ``comp.image``'s.
-    ``on_step(step, total)`` is called after every denoising step of the whole batch, ``step`` counting from
-    1 to ``total`` = ``batch_size`` x the scheduler's number of timesteps (for some schedulers, e.g. PNDM,
-    that differs from ``steps``).
+    (batches run as few pipeline calls: see the module doc). ``steps`` denoising steps, classifier-free guidance
+    ``guidance_scale``.
 
-    ``background`` (Image2Image): a reference for everything outside the clothes, of any size (brought to
-    ``comp``'s by :func:`~workers.inference.compose.fit_background`), denoised with the per-pixel strength of
-    :func:`~workers.inference.compose.redraw_strength`: ``1 - refer_strength`` on the background, 1 on the figure of a
-    cut-out mannequin (see :class:`ReferenceHold` for how). ``refer_strength`` 0 ignores the reference
-    (the images are exactly those without it); 1 keeps it: the background pixels of the result are the
-    reference's, bit for bit, blended into the redrawn figure over the same seam as the clothes.
+    ``background`` (Image2Image): a reference for everything outside the clothes, of any size (brought to the
+    composition's by :func:`~workers.inference.compose.fit_background`), denoised with the per-pixel strength of
+    :func:`~workers.inference.compose.redraw_strength`: ``1 - refer_strength`` on the background, 1 on the figure
+    of a cut-out mannequin (see :class:`ReferenceHold` for how). ``refer_strength`` 0 ignores the reference (the
+    images are exactly those without it); 1 keeps it: the background pixels of the result are the reference's,
+    bit for bit, blended into the redrawn figure over the same seam as the clothes.
 
-    ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
-    already padded to the size this function pads to: the composition rounded up to :func:`size_multiple`).
+    ``on_step(step, total)`` is called after every denoising step of the whole batch, ``step`` counting from 1 to
+    ``total`` = ``batch_size`` x the scheduler's number of timesteps (for some schedulers, e.g. PNDM, that
+    differs from ``steps``).
+
+    ``stats``: when given, ``stats["pipeline_s"]`` grows by the seconds spent inside the pipeline calls, less
+    their step callbacks (progress, cancellation): the bare diffusion work, which ``make bench`` subtracts from a
+    task's time to get what the service adds.
 
     ``output``: ``"np"`` returns each image as its uint8 array (height, width, 3) instead of an RGB image (what
     the worker encodes: no round trip through PIL).
-
-    ``stats``: when given, ``stats["pipeline_s"]`` grows by the seconds spent inside the pipeline calls, less
-    their step callbacks (progress, cancellation): the bare diffusion work, which ``make bench`` subtracts
-    from a task's time to get what the service adds.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if not 0.0 <= refer_strength <= 1.0:
-        raise ValueError(f"refer_strength must be between 0 and 1, got {refer_strength}")
+
+    seed: int
+    batch_size: int = 1
+    steps: int
+    guidance_scale: float
+    background: Image.Image | None = None
+    refer_strength: float = 0.5
+    on_step: StepCallback | None = None
+    stats: dict[str, float] | None = None
+    output: Literal["pil", "np"] = "pil"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not 0.0 <= self.refer_strength <= 1.0:
+            raise ValueError(f"refer_strength must be between 0 and 1, got {self.refer_strength}")
+
+
+@dataclass(frozen=True)
+class _Canvas:
+    """What every pipeline call of one :func:`run_inpaint` starts from."""
+
+    #: The composition padded to :func:`size_multiple`; outside the clothes, the background reference when a
+    #: latent pixel is held to it.
+    padded: Composition
+    #: Its inpainting mask (:func:`~workers.inference.compose.inpaint_mask`).
+    mask: Image.Image
+    #: The reference's latents and the latent strength map (:func:`latent_strength`), when a latent pixel is held.
+    x0: torch.Tensor | None
+    strength: np.ndarray | None
+    #: ReferStrength 1: the pixels kept exactly (the clothes and the background) and the image they come from.
+    kept: np.ndarray | None
+    source: Image.Image | None
+
+
+def _canvas(pipe: DiffusionPipeline, comp: Composition, sampling: Sampling) -> _Canvas:
+    """Pad ``comp`` for ``pipe`` and, with a background reference, put it outside the clothes and work out
+    which latent pixels are held to it (none: the reference plays no part)."""
     multiple = size_multiple(pipe)
     padded = pad_to_multiple(comp, multiple)
-    start = with_background(comp, background) if background is not None else None
+    start = with_background(comp, sampling.background) if sampling.background is not None else None
     strength = None
-    if start is not None and refer_strength > 0:
+    if start is not None and sampling.refer_strength > 0:
         padded_start = pad_to_multiple(start, multiple)
-        pixel_strength = redraw_strength(padded_start, refer_strength)
+        pixel_strength = redraw_strength(padded_start, sampling.refer_strength)
         strength = latent_strength(pixel_strength, padded_start.keep, pipe.vae_scale_factor)
         if (strength < 1).any():
             padded = padded_start
@@ -240,61 +265,124 @@ def run_inpaint(
             strength = None  # no latent pixel is held: the reference plays no part
     x0 = reference_latents(pipe, padded.image) if strength is not None else None
     mask = inpaint_mask(padded)
-    per_call = speed.images_per_call(pipe, padded.width, padded.height)
-    done, chunk = 0, 1  # images finished before the running call, and how many it makes
-    hold: ReferenceHold | None = None
-    in_callbacks = 0.0
-
-    def step_end(pipeline: DiffusionPipeline, index: int, timestep, tensors: dict) -> dict:
-        nonlocal in_callbacks
-        if hold is not None:
-            tensors["latents"] = hold(pipeline, index, tensors["latents"])
-        if on_step is not None:
-            t0 = time.perf_counter()
-            per_image = pipeline.num_timesteps
-            try:
-                on_step(done * per_image + (index + 1) * chunk, batch_size * per_image)
-            finally:
-                in_callbacks += time.perf_counter() - t0
-        return tensors
-
-    if start is not None and refer_strength == 1.0:  # the clothes and the background are kept
+    if start is not None and sampling.refer_strength == 1.0:  # the clothes and the background are kept
         kept, source = redraw_strength(start, 1.0) == 0, start.image
     else:
         kept, source = None, None
+    return _Canvas(padded=padded, mask=mask, x0=x0, strength=strength, kept=kept, source=source)
+
+
+class _StepEnd:
+    """The pipeline's ``callback_on_step_end`` for one :func:`run_inpaint`, and the state it keeps across the
+    pipeline calls of the batch: the running call's :class:`ReferenceHold`, how many images the calls before it
+    made (``done``) and how many it makes (``chunk``), for the progress count; and the seconds spent in
+    ``on_step`` since :meth:`seconds_in_callbacks` last took them."""
+
+    def __init__(self, on_step: StepCallback | None, batch_size: int):
+        self.on_step = on_step
+        self.batch_size = batch_size
+        self.hold: ReferenceHold | None = None
+        self.done = 0
+        self.chunk = 1
+        self._in_callbacks = 0.0
+
+    def start_call(self, done: int, chunk: int, hold: ReferenceHold | None) -> None:
+        """A pipeline call making images ``done`` to ``done + chunk - 1`` of the batch begins."""
+        self.done, self.chunk, self.hold = done, chunk, hold
+
+    @property
+    def needed(self) -> bool:
+        """Whether the running call needs the callback at all (without it the pipeline runs as it would alone)."""
+        return self.on_step is not None or self.hold is not None
+
+    def seconds_in_callbacks(self) -> float:
+        """The seconds ``on_step`` took since the last time this was asked."""
+        seconds, self._in_callbacks = self._in_callbacks, 0.0
+        return seconds
+
+    def __call__(self, pipeline: DiffusionPipeline, index: int, timestep, tensors: dict) -> dict:
+        if self.hold is not None:
+            tensors["latents"] = self.hold(pipeline, index, tensors["latents"])
+        if self.on_step is not None:
+            t0 = time.perf_counter()
+            per_image = pipeline.num_timesteps
+            try:
+                self.on_step(self.done * per_image + (index + 1) * self.chunk, self.batch_size * per_image)
+            finally:
+                self._in_callbacks += time.perf_counter() - t0
+        return tensors
+
+
+def _call_pipeline(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, canvas: _Canvas, sampling: Sampling,
+                   step_end: _StepEnd, done: int, chunk: int, pipeline_kwargs: dict | None) -> list[np.ndarray]:
+    """One pipeline call making images ``done`` to ``done + chunk - 1`` of the batch, each from its own seed;
+    the pipeline's float images (``output_type="np"``), at the padded size."""
+    seeds = [sampling.seed + done + k for k in range(chunk)]
+    step_end.start_call(done, chunk, ReferenceHold(canvas.x0, canvas.strength, seeds) if canvas.x0 is not None
+                        else None)
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    padded = canvas.padded
+    before_call(pipe, padded.width, padded.height, chunk)
+    started = time.perf_counter()
+    result = pipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        # one copy per image, so that each image's VAE sample is drawn from its own generator
+        image=padded.image if chunk == 1 else [padded.image] * chunk,
+        mask_image=canvas.mask if chunk == 1 else [canvas.mask] * chunk,
+        height=padded.height,
+        width=padded.width,
+        strength=1.0,
+        num_inference_steps=sampling.steps,
+        guidance_scale=sampling.guidance_scale,
+        num_images_per_prompt=chunk,
+        generator=generators[0] if chunk == 1 else generators,
+        callback_on_step_end=step_end if step_end.needed else None,
+        output_type="np",
+        **(pipeline_kwargs or {}),
+    )
+    in_callbacks = step_end.seconds_in_callbacks()
+    if sampling.stats is not None:
+        stats = sampling.stats
+        stats["pipeline_s"] = stats.get("pipeline_s", 0.0) + time.perf_counter() - started - in_callbacks
+    return list(result.images)
+
+
+def _finish(generated: np.ndarray, comp: Composition, canvas: _Canvas,
+            output: Literal["pil", "np"]) -> Image.Image | np.ndarray:
+    """One generated image cropped to ``comp``'s size, its clothes (and with ReferStrength 1 its background)
+    pasted back exactly."""
+    pixels = to_bytes(generated, comp.height, comp.width)
+    if canvas.kept is not None:
+        pixels = paste_back_pixels(pixels, comp, keep=canvas.kept, source=canvas.source, overwrite=True)
+    else:
+        pixels = paste_back_pixels(pixels, comp, overwrite=True)
+    return pixels if output == "np" else Image.fromarray(pixels, mode="RGB")
+
+
+def run_inpaint(
+    pipe: DiffusionPipeline,
+    comp: Composition,
+    prompt: str,
+    negative_prompt: str,
+    sampling: Sampling,
+    *,
+    pipeline_kwargs: dict | None = None,
+) -> list[Image.Image] | list[np.ndarray]:
+    """Redraw everything but the clothes of ``comp`` as ``sampling`` says (:class:`Sampling`: seeds, steps,
+    guidance, background reference, progress, output kind); return ``sampling.batch_size`` RGB images of
+    ``comp``'s size. The clothes pixels of every image are bit-identical to ``comp.image``'s.
+
+    ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
+    already padded to the size this function pads to: the composition rounded up to :func:`size_multiple`).
+    """
+    canvas = _canvas(pipe, comp, sampling)
+    per_call = images_per_call(pipe, canvas.padded.width, canvas.padded.height)
+    step_end = _StepEnd(sampling.on_step, sampling.batch_size)
     images = []
-    for done in range(0, batch_size, per_call):
-        chunk = min(per_call, batch_size - done)
-        seeds = [seed + done + k for k in range(chunk)]
-        hold = ReferenceHold(x0, strength, seeds) if x0 is not None else None
-        generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-        speed.before_call(pipe, padded.width, padded.height, chunk)
-        started = time.perf_counter()
-        result = pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            # one copy per image, so that each image's VAE sample is drawn from its own generator
-            image=padded.image if chunk == 1 else [padded.image] * chunk,
-            mask_image=mask if chunk == 1 else [mask] * chunk,
-            height=padded.height,
-            width=padded.width,
-            strength=1.0,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            num_images_per_prompt=chunk,
-            generator=generators[0] if chunk == 1 else generators,
-            callback_on_step_end=step_end if on_step is not None or hold is not None else None,
-            output_type="np",
-            **(pipeline_kwargs or {}),
-        )
-        if stats is not None:
-            stats["pipeline_s"] = stats.get("pipeline_s", 0.0) + time.perf_counter() - started - in_callbacks
-            in_callbacks = 0.0
-        for generated in result.images:
-            pixels = to_bytes(generated, comp.height, comp.width)
-            if kept is not None:
-                pixels = paste_back_pixels(pixels, comp, keep=kept, source=source, overwrite=True)
-            else:
-                pixels = paste_back_pixels(pixels, comp, overwrite=True)
-            images.append(pixels if output == "np" else Image.fromarray(pixels, mode="RGB"))
+    for done in range(0, sampling.batch_size, per_call):
+        chunk = min(per_call, sampling.batch_size - done)
+        for generated in _call_pipeline(pipe, prompt, negative_prompt, canvas, sampling, step_end, done, chunk,
+                                        pipeline_kwargs):
+            images.append(_finish(generated, comp, canvas, sampling.output))
     return images

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from app.contract.codes import ErrorCode, model_message
+from app.contract.codes import ErrorCode
 from app.contract.jobs import JobMessage
-from app.contract.limits import SUBMODEL_TYPES
+from app.contract.limits import SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry, Registry
 from app.contract.storage import AUTO_MASK_NAME
 from workers.inference.compose import Composition, fit_background, fit_geometry, prepare
-from workers.inference.control import control_pipeline, run_control_inpaint
-from workers.inference.inpaint import run_inpaint
+from workers.inference.control import ControlUnits, control_pipeline, run_control_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.preprocess import preprocess
 from workers.lifecycle.errors import JobError, JobLost
 from workers.lifecycle.progress import ProgressWriter
@@ -37,7 +37,7 @@ from workers.models.cache import Lease, ModelLoadError
 from workers.models.sources import local_path
 from workers.runtime import WorkerRuntime
 from workers.submodels.apply import apply_submodels
-from workers.submodels.spec import SubmodelError, SubModelSpec, build_prompt
+from workers.submodels.spec import SubmodelError, SubModelSpec, WithImage, build_prompt
 from workers.translate.detect import is_english
 from workers.translate.translator import TranslatorLoadError, translate_prompts
 
@@ -84,9 +84,7 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
 
 def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings, watch: JobWatch) -> int:
     registry = rt.registry
-    entry = registry.get(job.main_model)
-    if entry is None or entry.model_type != "Main":
-        raise JobError(ErrorCode.MODEL, model_message(job.main_model))
+    entry = registry.require(job.main_model, ModelType.MAIN)
     try:
         plan = _plan(rt, held, registry, entry, job)
         watch.check()
@@ -125,10 +123,7 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     plan = Plan(entry, comp, background, specs, prompt, negative)
     for unit in job.control_units:
         plan.control_maps.append(_control_map(rt, held, registry, job, unit, comp))
-        cm = registry.get(unit.control_model)
-        if cm is None or cm.model_type != "ControlModel":
-            raise JobError(ErrorCode.MODEL, model_message(unit.control_model))
-        plan.control_models.append(cm)
+        plan.control_models.append(registry.require(unit.control_model, ModelType.CONTROL_MODEL))
     return plan
 
 
@@ -162,9 +157,7 @@ def _auto_clothes_mask(rt: WorkerRuntime, held: Lease, registry: Registry, job: 
     """The clothes mask of a request without one, made by the job's ClothesSegmenter
     (:func:`workers.masks.clothes.clothes_mask`) and stored with the task's results (:data:`AUTO_MASK_NAME`,
     served as ``ClothesMaskUrl``)."""
-    entry = registry.get(job.clothes_segmenter or "")
-    if entry is None or entry.model_type != "ClothesSegmenter":
-        raise JobError(ErrorCode.MODEL, model_message(str(job.clothes_segmenter)))
+    entry = registry.require(job.clothes_segmenter, ModelType.CLOTHES_SEGMENTER)
     engine = rt.models.mask_engine(held, entry, registry)
     classes = job.garment_classes or entry.garment_classes or list(engine.default_classes)
     try:
@@ -187,17 +180,21 @@ def _submodel_specs(rt: WorkerRuntime, registry: Registry, job: JobMessage) -> l
     left out (and the task's Notes say so)."""
     specs = []
     for ref in job.sub_models:
-        entry = registry.get(ref.model_code)
-        if entry is None or entry.model_type not in SUBMODEL_TYPES:
-            raise JobError(ErrorCode.MODEL, model_message(ref.model_code))
+        entry = registry.require(ref.model_code, *SUBMODEL_TYPES)
         weight = ref.lora_weight if ref.lora_weight is not None else entry.defaults.lora_weight
         if weight == 0:
             rt.store.add_note(job.task_uid, f"SubModelList: {entry.model_code} at weight 0 left out")
             continue
         specs.append(SubModelSpec(model_code=entry.model_code, model_type=entry.model_type,
                                   path=local_path(entry, registry, rt.settings.models_dir), weight=weight,
-                                  trigger_words=list(entry.trigger_words)))
+                                  trigger_words=list(entry.trigger_words), image=ref.image))
     return specs
+
+
+def _read_submodel(rt: WorkerRuntime, held: Lease, spec: SubModelSpec) -> object:
+    """A submodel's parsed file from the model cache; with the request's image for a kind that takes one."""
+    data = rt.models.submodel(held, spec)
+    return data if spec.image is None else WithImage(data, open_input(rt, spec.image))
 
 
 def _prompts(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
@@ -225,9 +222,7 @@ def _control_map(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMes
         image = fit_geometry(open_input(rt, unit.image).convert("RGB"), comp.width, comp.height, job.resize_mode)
     if unit.preprocessor is None:
         return image
-    pre = registry.get(unit.preprocessor)
-    if pre is None or pre.model_type != "PreProcessor":
-        raise JobError(ErrorCode.MODEL, model_message(unit.preprocessor))
+    pre = registry.require(unit.preprocessor, ModelType.PRE_PROCESSOR)
     try:
         return preprocess(pre.preprocessor, image, unit.resolution, local_path(pre, registry, rt.settings.models_dir),
                           rt.maps, device=rt.models.device, detectors=rt.models.detectors(held))
@@ -242,25 +237,24 @@ def _control_map(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMes
 def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: JobMessage,
          timings: Timings, watch: JobWatch) -> list[np.ndarray]:
     progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
-    common = dict(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
-                  guidance_scale=plan.entry.defaults.guidance_scale, on_step=progress,
-                  background=plan.background, refer_strength=job.refer_strength, stats=timings.pipeline, output="np")
+    sampling = Sampling(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
+                        guidance_scale=plan.entry.defaults.guidance_scale, on_step=progress, background=plan.background,
+                        refer_strength=job.refer_strength, stats=timings.pipeline, output="np")
     with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
-            apply_submodels(pipe, plan.specs, lambda spec: rt.models.submodel(held, spec)):
+            apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
         loaded = held.load_seconds
         t0 = time.monotonic()
         if not nets:
-            images = run_inpaint(pipe, plan.comp, plan.prompt, plan.negative, **common)
+            images = run_inpaint(pipe, plan.comp, plan.prompt, plan.negative, sampling)
         else:
             cpipe = control_pipeline(pipe, nets)
             cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
             units = job.control_units
-            images = run_control_inpaint(
-                cpipe, plan.comp, plan.prompt, plan.negative, control_images=plan.control_maps,
-                controlnet_conditioning_scale=[u.control_weight for u in units],
+            images = run_control_inpaint(cpipe, plan.comp, plan.prompt, plan.negative, sampling, ControlUnits(
+                control_images=plan.control_maps, controlnet_conditioning_scale=[u.control_weight for u in units],
                 control_guidance_start=[u.starting_step for u in units],
-                control_guidance_end=[u.ending_step for u in units], **common)
+                control_guidance_end=[u.ending_step for u in units]))
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images

@@ -14,10 +14,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from app.contract.codes import ErrorCode, model_message
+from app.contract.codes import ErrorCode
 from app.contract.jobs import MaskJobMessage
 from app.contract.limits import MASK_ACTION_ENGINE_TYPE
-from app.contract.registry import ModelEntry, Registry
 from workers.lifecycle.errors import JobError, JobLost
 from workers.lifecycle.stored import open_input, png_bytes
 from workers.lifecycle.task import Timings, run_task, version_ok
@@ -48,16 +47,9 @@ def run_mask_job(rt: WorkerRuntime, message: dict) -> None:
              oom_message="out of GPU memory running the mask engine: send a smaller image")
 
 
-def _engine_entry(registry: Registry, job: MaskJobMessage) -> ModelEntry:
-    entry = registry.get(job.engine)
-    if entry is None or entry.model_type != MASK_ACTION_ENGINE_TYPE[job.action]:
-        raise JobError(ErrorCode.MODEL, model_message(job.engine))
-    return entry
-
-
 def _masks(rt: WorkerRuntime, held: Lease, job: MaskJobMessage, timings: Timings, watch: JobWatch) -> int:
     registry = rt.registry  # read once: the models config as it stands for this whole job
-    entry = _engine_entry(registry, job)
+    entry = registry.require(job.engine, MASK_ACTION_ENGINE_TYPE[job.action])
     try:
         engine = rt.models.mask_engine(held, entry, registry)
     except ModelLoadError as e:

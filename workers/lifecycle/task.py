@@ -17,6 +17,7 @@ import torch
 
 from app.contract.codes import ErrorCode, worker_lost_message
 from app.contract.jobs import JOB_VERSION
+from app.contract.registry import UnknownModel
 from workers.lifecycle.errors import JobCanceled, JobError, JobLost
 from workers.lifecycle.watch import JobWatch
 from workers.metrics import record_job
@@ -96,10 +97,10 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
     except JobCanceled:
         log.info("task %s canceled by its owner", uid)
         outcome = "canceled" if store.mark_canceled(uid, worker=me) else "lost"
-    except JobError as e:
-        log.warning("task %s failed: %s", uid, e.message)
-        code = e.code
-        outcome = "error" if store.mark_error(uid, e.code, e.message, worker=me) else "lost"
+    except (JobError, UnknownModel) as e:  # UnknownModel: Registry.require, a ModelCode the config no longer has
+        code, msg = (e.code, e.message) if isinstance(e, JobError) else (ErrorCode.MODEL, str(e))
+        log.warning("task %s failed: %s", uid, msg)
+        outcome = "error" if store.mark_error(uid, code, msg, worker=me) else "lost"
     except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
         if is_oom(e):
             torch.cuda.empty_cache()

@@ -16,8 +16,9 @@ One method per kind says how it is keyed (what makes two requests share one load
   device; :func:`~workers.models.loading.load_controlnet`.
 * ``annotator``: by detector, annotator folder and device; device (host for weight-free ``canny``);
   :func:`~workers.inference.preprocess.load_detector`.
-* ``submodel``: by type, resolved file, its mtime and size; host;
-  :func:`~workers.submodels.apply.read_submodel`.
+* ``submodel``: by its kind's cache key (:attr:`~workers.submodels.spec.SubmodelKind.cache_key`: type and
+  resolved file unless the kind says more), the file's mtime and size; in its kind's place (host for LoRAs,
+  embeddings, hypernetworks); :func:`~workers.submodels.apply.read_submodel`.
 * ``translator``: by resolved folder; host; :meth:`~workers.translate.translator.Translator.load`.
 * ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
   file or folder and rembg model; on the device for transformers folders, host for ONNX files and
@@ -45,6 +46,7 @@ from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
 from workers.models.sources import local_path
 from workers.models.speed import apply_speed, load_key, pipeline_dtype, prepare_vae, record
 from workers.submodels.apply import read_submodel, submodel_file
+from workers.submodels.kinds import kind_of
 from workers.submodels.spec import SubModelSpec
 from workers.translate.translator import Translator
 
@@ -81,7 +83,7 @@ class WorkerModels:
 
     def pipeline(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
         """The warm inpainting pipeline of the Main model ``entry``, its ``speed:`` options applied (and
-        recorded: :func:`~workers.models.speed.speed_of` gives ``entry.speed`` until the next hand-out). Raises
+        recorded: :func:`~workers.patching.per_call.speed_of` gives ``entry.speed`` until the next hand-out). Raises
         :class:`ModelLoadError`."""
         dtype = self.dtype_of(entry)
 
@@ -167,13 +169,16 @@ class WorkerModels:
         return get
 
     def submodel(self, lease: Lease, spec: SubModelSpec) -> Any:
-        """The parsed file of a LoRA, embedding or hypernetwork (read-only, shared between jobs). A file
-        replaced on disk is read again. Raises :class:`~workers.submodels.spec.SubmodelError`."""
+        """The parsed file of a submodel (a LoRA, embedding, hypernetwork ...: read-only, shared between jobs),
+        keyed and placed as its kind says. A file replaced on disk is read again. Raises
+        :class:`~workers.submodels.spec.SubmodelError`."""
+        kind = kind_of(spec)
         file = submodel_file(spec).resolve()
         st = os.stat(file)
-        return lease.get(("submodel", spec.model_type, str(file), st.st_mtime_ns, st.st_size),
+        key = kind.cache_key(spec, file)
+        return lease.get(("submodel", *key, st.st_mtime_ns, st.st_size),
                          lambda: self.loaders.submodel(spec, file), label=spec.model_code, kind="submodel",
-                         place="host", slot=("submodel", spec.model_type, str(file)),
+                         place=kind.place, slot=("submodel", *key),
                          # a safetensors file is its tensors plus a small header; a pickle, not reliably
                          estimate=st.st_size if file.suffix == ".safetensors" else None)
 

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.contract.limits import ModelType
 from app.contract.registry import ModelEntry, ModelSource, Registry
 from workers.models.cache import ModelLoadError, is_oom
 from workers.models.sources import demo_path
@@ -341,7 +342,7 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
     tests and the benchmark get a stock pipeline from this function.
     """
     code, family, source = entry.model_code, entry.family, entry.source
-    if entry.model_type != "Main":
+    if entry.model_type != ModelType.MAIN:
         raise ModelLoadError(code, f"it is a {entry.model_type}, not a Main model")
     cls = pipeline_class_for(family)
     t0 = time.monotonic()

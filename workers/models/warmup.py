@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from app.contract.limits import DEFAULT_SIZE
+from app.contract.limits import DEFAULT_SIZE, ModelType
 from app.contract.registry import ModelEntry, Registry
 from workers.inference.compose import prepare
-from workers.inference.inpaint import run_inpaint
+from workers.inference.inpaint import Sampling, run_inpaint
 from workers.models.cache import ModelLoadError, is_oom
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def warmup_plan(entry: ModelEntry) -> list[tuple[int, int, int]]:
     """``(width, height, batch)`` generations :func:`warm_up` runs for ``entry``: every ``warmup_sizes`` x
     ``warmup_batch``; with ``compile`` on and no sizes given, the size of a request without Width/Height
     (:data:`~app.contract.limits.DEFAULT_SIZE` squared). Nothing for other models."""
-    if entry.model_type != "Main":
+    if entry.model_type != ModelType.MAIN:
         return []
     options = entry.speed
     sizes = list(options.warmup_sizes) or ([(DEFAULT_SIZE, DEFAULT_SIZE)] if options.compile else [])
@@ -62,7 +62,7 @@ def warm_up(models: WorkerModels, registry: Registry, *, budget_s: float = WARMU
     one loaded pipeline are warmed once per size and batch.
     """
     report = WarmupReport()
-    plans = [(entry, plan) for entry in registry.entries_of("Main") if (plan := warmup_plan(entry))]
+    plans = [(entry, plan) for entry in registry.entries_of(ModelType.MAIN) if (plan := warmup_plan(entry))]
     if not plans:
         return report
     log.info("warm-up: %d generation(s) for %s", sum(len(plan) for _, plan in plans),
@@ -106,8 +106,9 @@ def _generate_once(models: WorkerModels, registry: Registry, entry: ModelEntry, 
             return None
         t = time.monotonic()
         comp = prepare(*_warmup_inputs(width, height), width, height)
-        run_inpaint(pipe, comp, "", "", seed=0, batch_size=batch, steps=max(2, entry.speed.deep_cache_interval + 1),
-                    guidance_scale=entry.defaults.guidance_scale)
+        steps = max(2, entry.speed.deep_cache_interval + 1)  # with DeepCache, both of its paths run
+        run_inpaint(pipe, comp, "", "", Sampling(seed=0, batch_size=batch, steps=steps,
+                                                 guidance_scale=entry.defaults.guidance_scale))
         warm.add(key)
         return time.monotonic() - t
 

@@ -9,6 +9,8 @@ base pipeline for one job and removed without a trace.
         images = run_inpaint(pipe, comp, prompt, ...)
     # here the pipeline is exactly the base again, also after an exception
 
-``spec.py`` (what a job asks for, ``SubmodelError``, ``build_prompt``) imports no torch; ``apply.py`` and the
-format modules (``lora.py``, ``embedding.py``, ``hypernetwork.py``, ``files.py``) do.
+``spec.py`` (what a job asks for, ``SubmodelError``, ``SubmodelKind``, ``build_prompt``) imports no torch;
+``apply.py``, ``kinds.py`` and the format modules (``lora.py``, ``embedding.py``, ``hypernetwork.py``,
+``files.py``) do. Each kind's module ends with its ``SubmodelKind`` (how it is read, cached, checked, applied
+and undone, and its order); ``kinds.py`` registers each in one line, and ``apply.py`` names no kind.
 """

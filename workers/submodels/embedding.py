@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,9 @@ from typing import Any
 import torch
 from tokenizers import AddedToken, Tokenizer
 
+from app.contract.limits import ModelType
 from workers.submodels.files import FileFormatError, find_weights_file, read_weights
-from workers.submodels.spec import SubmodelError
+from workers.submodels.spec import Loaded, SubmodelError, SubmodelKind, SubModelSpec
 
 DIFFUSERS_EMBEDDING_NAMES = ("learned_embeds.safetensors", "learned_embeds.bin")
 SDXL_KEYS = ("clip_l", "clip_g")  # text_encoder / tokenizer, text_encoder_2 / tokenizer_2
@@ -313,3 +314,29 @@ def textual_inversion(pipe, model_code: str, trigger_word: str, vectors: Embeddi
 
 
 _MISSING = object()
+
+
+# --------------------------------------------------------------------------------------- the kind
+
+def _trigger(spec: SubModelSpec) -> str | None:
+    """An embedding's token: its first non-blank trigger word."""
+    return next((w for w in spec.trigger_words if w.strip()), None)
+
+
+def _check_trigger(spec: SubModelSpec, weight: float) -> None:
+    if _trigger(spec) is None:
+        raise SubmodelError(spec.model_code, "an embedding needs a trigger word (its TriggerWordList is empty)")
+
+
+@contextmanager
+def _applied(pipe: Any, items: list[Loaded], **_options: Any) -> Iterator[None]:
+    """A job's embeddings, each under its first trigger word, in the job's order (undone in reverse)."""
+    with ExitStack() as stack:
+        for item in items:
+            stack.enter_context(textual_inversion(pipe, item.spec.model_code, _trigger(item.spec), item.data))
+        yield
+
+
+#: Textual-inversion embeddings: added to the tokenizer(s) and text encoder(s) after the LoRAs.
+EMBEDDING = SubmodelKind(ModelType.EMBEDDING, read=read_embedding, apply=_applied, order=20,
+                         preferred_names=DIFFUSERS_EMBEDDING_NAMES, check=_check_trigger)

@@ -39,15 +39,16 @@ import inspect
 import math
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.contract.limits import ModelType
 from workers.submodels.files import FileFormatError, find_weights_file, read_weights
-from workers.submodels.spec import SubmodelError
+from workers.submodels.spec import Loaded, SubmodelError, SubmodelKind
 
 #: A1111's activation names: its own seven ("swish" is Hardswish there) plus every class of
 #: ``torch.nn.modules.activation`` by its lowercased name, built without arguments as A1111 builds them (so
@@ -297,3 +298,21 @@ def _context_hook(net: HypernetworkModule, strength: float):
         return (context + net(context) * strength, *args[1:])
 
     return hook
+
+
+# --------------------------------------------------------------------------------------- the kind
+
+@contextmanager
+def _applied(pipe: Any, items: list[Loaded], *, hypernetwork_self_attention: bool = True,
+             **_options: Any) -> Iterator[None]:
+    """A job's hypernetworks, in the job's order, each with its weight as strength."""
+    with ExitStack() as stack:
+        for item in items:
+            stack.enter_context(hypernetwork_hooks(pipe, item.spec.model_code, item.data, item.weight,
+                                                   self_attention=hypernetwork_self_attention))
+        yield
+
+
+#: A1111 hypernetworks: hooks on the attention's k/v inputs, last, on separate (unfused) projections.
+HYPERNETWORK = SubmodelKind(ModelType.HYPERNETWORK, read=read_hypernetwork, apply=_applied, order=30,
+                            separate_attention=True)

@@ -42,13 +42,14 @@ a LoRA is never applied partly.
 Several LoRAs in one job are applied in order. :func:`patched` keeps a host copy of every weight it changes
 and copies it back when the job ends, whatever happens, so the base model is bit for bit the same again.
 
-**Fused attention** (a model's ``speed.fuse_qkv``, :mod:`workers.models.speed`): diffusers' fused attention
-computes q, k, v with ``to_qkv`` (self-attention) or k, v with ``to_kv`` (cross-attention), built from the
-separate layers' weights when the model is fused; a LoRA names (and patches) the separate layers. The worker
-makes the separate weights views into the fused ones (:func:`workers.models.speed.share_fused_storage`), so
-patching them patches the fused layer. Where they are not views (a pipeline fused by diffusers' own
+**Fused attention** (a model's ``speed.fuse_qkv``, :mod:`workers.patching.attention`): diffusers' fused
+attention computes q, k, v with ``to_qkv`` (self-attention) or k, v with ``to_kv`` (cross-attention), built from
+the separate layers' weights when the model is fused; a LoRA names (and patches) the separate layers. The worker
+makes the separate weights views into the fused ones (:func:`workers.patching.attention.share_fused_storage`),
+so patching them patches the fused layer. Where they are not views (a pipeline fused by diffusers' own
 ``fuse_qkv_projections()``), every fused layer whose parts changed is rebuilt from them in place after
-patching, and kept and restored like any patched weight. Either way the LoRA takes effect whether the model is
+patching (:func:`workers.patching.attention.refresh_fused_projections`), and kept and restored like any patched
+weight. Either way the LoRA takes effect whether the model is
 fused or not, in place, on the same parameters: a compiled UNet reads the new weights without recompiling.
 """
 
@@ -64,9 +65,11 @@ from typing import Any
 
 import torch
 
+from app.contract.limits import LORA_WEIGHT_RANGE, ModelType
+from workers.patching.attention import refresh_fused_projections
 from workers.submodels.files import FileFormatError, find_weights_file, read_weights
 from workers.submodels.ldm_names import ldm_module_names
-from workers.submodels.spec import SubmodelError
+from workers.submodels.spec import Loaded, SubmodelError, SubmodelKind, SubModelSpec
 
 PEFT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors", "pytorch_lora_weights.bin")
 PEFT_METADATA_KEY = "lora_adapter_metadata"
@@ -439,43 +442,21 @@ def _apply(patch: _Patch, weight: float, keep) -> None:
         b.copy_((b.detach().to(torch.float32) + weight * diff_b.to(b.device, torch.float32)).to(b.dtype))
 
 
-#: diffusers' fused attention projections (``Attention.fuse_projections``) and the layers each concatenates.
-FUSED_PROJECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("to_qkv", ("to_q", "to_k", "to_v")),
-    ("to_kv", ("to_k", "to_v")),
-    ("to_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj")),
-)
+# --------------------------------------------------------------------------------------- the kind
+
+def _check_weight(spec: SubModelSpec, weight: float) -> None:
+    low, high = LORA_WEIGHT_RANGE
+    if not low <= weight <= high:
+        raise SubmodelError(spec.model_code, f"LoraWeight must be within {low:g}..{high:g}, got {weight:g}")
 
 
-def fused_parameters(module: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter, list[torch.nn.Linear]]]:
-    """``(attr, fused parameter, separate layers)`` for the weight and the bias of each :data:`FUSED_PROJECTIONS`
-    layer of ``module`` itself (not its children) whose separate layers all exist and all have that parameter."""
-    for fused_name, part_names in FUSED_PROJECTIONS:
-        fused = getattr(module, fused_name, None)
-        parts = [getattr(module, name, None) for name in part_names]
-        if not isinstance(fused, torch.nn.Linear) or not all(isinstance(p, torch.nn.Linear) for p in parts):
-            continue
-        for attr in ("weight", "bias"):
-            whole = getattr(fused, attr)
-            if whole is not None and all(getattr(part, attr) is not None for part in parts):
-                yield attr, whole, parts
+@contextmanager
+def _applied(pipe: Any, items: list[Loaded], **_options: Any) -> Iterator[None]:
+    """A job's LoRAs, merged into the weights in the job's order with their weights (one :func:`patched`)."""
+    with patched(pipe, [(item.spec.model_code, item.data, item.weight) for item in items]):
+        yield
 
 
-def refresh_fused_projections(model: torch.nn.Module, changed: set[int], keep) -> int:
-    """Rebuild, in place, each fused parameter of ``model`` (weight or bias of a :data:`FUSED_PROJECTIONS`
-    layer) one of whose parts has its ``id`` in ``changed``, by concatenating the parts as diffusers does when
-    fusing, unless the parts are views into it already (then it changed with them); ``keep(param)`` is called
-    first on each fused parameter rewritten. Returns how many were rebuilt."""
-    count = 0
-    for module in model.modules():
-        for attr, whole, parts in fused_parameters(module):
-            pieces = [getattr(part, attr) for part in parts]
-            if not any(id(p) in changed for p in pieces):
-                continue
-            storage = whole.untyped_storage().data_ptr()
-            if all(p.untyped_storage().data_ptr() == storage for p in pieces):
-                continue  # views into the fused parameter: patched with them
-            keep(whole)
-            whole.copy_(torch.cat(pieces))
-            count += 1
-    return count
+#: LoRAs (and the LyCORIS family): merged into the weights first, before any other kind.
+LORA = SubmodelKind(ModelType.LORA, read=read_lora, apply=_applied, order=10, preferred_names=PEFT_WEIGHT_NAMES,
+                    check=_check_weight)

@@ -18,11 +18,11 @@ How it is applied: :func:`enable_deep_cache` patches the *instance's* ``forward`
 other UNets are not affected) and puts a forward pre-hook on the up block the cache feeds, which records that
 block's input during full steps. Full steps run the stock ``forward`` unchanged (ControlNet residuals,
 T2I-Adapters, LoRA scales, GLIGEN: all as diffusers does them); cached steps run :func:`_shallow_forward`, which
-mirrors the stock forward's steps for the blocks it keeps (diffusers 0.42). A call runs full when the cache
-cannot be trusted: no cached feature (first call, after :func:`reset_deep_cache`), another input shape, batch,
-dtype or device, a timestep not below the previous call's (a new generation, or a scheduler that evaluates a
-step twice), arguments the shallow path does not handle (``down_intrablock_additional_residuals``, legacy
-adapter residuals, GLIGEN), or ``interval - 1`` cached steps since the last full one.
+mirrors the stock forward's steps for the blocks it keeps (diffusers 0.42; guarded, see below). A call runs
+full when the cache cannot be trusted: no cached feature (first call, after :func:`reset_deep_cache`), another
+input shape, batch, dtype or device, a timestep not below the previous call's (a new generation, or a scheduler
+that evaluates a step twice), arguments the shallow path does not handle (``down_intrablock_additional_residuals``,
+legacy adapter residuals, GLIGEN), or ``interval - 1`` cached steps since the last full one.
 
 ControlNet: on cached steps only the residuals of the shallow skips are added (the others, and the mid-block
 residual, went into the cached feature at its full step), so the control still steers every step's detail.
@@ -38,13 +38,32 @@ it survives compiled graphs that reuse their output memory (CUDA graphs).
 
 Not combined with accelerate's offload hooks (they patch ``forward`` too): :func:`enable_deep_cache` refuses a
 UNet whose ``forward`` is already patched by someone else.
+
+Guarded against another diffusers: :func:`_shallow_forward` is a copy of the steps of one version's
+``UNet2DConditionModel.forward``, while the project accepts any diffusers from 0.42 on (pyproject.toml). The
+fingerprint of the forward it mirrors (:func:`forward_fingerprint`: a hash of its source without docstring,
+comments or formatting) is recorded in :data:`MIRRORED_FORWARD`, with the versions it was checked on
+(:data:`MIRRORED_ON`). :func:`enable_deep_cache` refuses (:class:`ForwardChanged`) a UNet whose class's
+``forward`` has another fingerprint (a newer diffusers, or a subclass that overrides it), rather than let
+cached steps silently compute something other than the stock forward; the worker then logs a warning and runs
+that model without DeepCache (:func:`workers.models.speed.apply_speed`: stock images, only slower), and
+tests/worker/test_deepcache.py fails on such a diffusers, saying what to re-check.
+
+Below ``models/`` and ``inference/`` (workers/patching): imports neither.
 """
 from __future__ import annotations
 
+import ast
+import hashlib
+import inspect
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from types import MethodType
 from typing import Any
 
+import diffusers
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -53,6 +72,50 @@ from torch.utils.hooks import RemovableHandle
 
 #: The attribute of a UNet instance that holds its :class:`_DeepCache` while DeepCache is enabled.
 _STATE_ATTR = "_atelier_deep_cache"
+
+#: :func:`forward_fingerprint` of the ``UNet2DConditionModel.forward`` that :func:`_shallow_forward` mirrors.
+MIRRORED_FORWARD = "77abaa7a16ed1b5ac226031a53ad57120102f2a2430efcbf71a72c3aa350e409"
+#: The diffusers versions whose ``UNet2DConditionModel.forward`` has that fingerprint (checked by hand against
+#: :func:`_shallow_forward`, and by tests/worker/test_deepcache.py's exactness tests).
+MIRRORED_ON = ("0.42.1",)
+
+
+class ForwardChanged(ValueError):
+    """The UNet's ``forward`` is not the one :func:`_shallow_forward` mirrors: DeepCache is refused for it."""
+
+
+@cache
+def forward_fingerprint(forward: Callable[..., Any]) -> str | None:
+    """A sha256 of ``forward``'s source with its name, docstring, comments and formatting left out
+    (``ast.unparse`` of the parsed function, signature and decorators included); None when its source cannot be
+    read."""
+    try:
+        source = textwrap.dedent(inspect.getsource(forward))
+    except (OSError, TypeError):
+        return None
+    function = ast.parse(source).body[0]
+    if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        function.name = "_"
+    body = getattr(function, "body", [])
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        function.body = body[1:]
+    return hashlib.sha256(ast.unparse(function).encode()).hexdigest()
+
+
+def check_mirrored_forward(unet_class: type) -> None:
+    """Raise :class:`ForwardChanged` unless ``unet_class.forward`` is the forward :func:`_shallow_forward`
+    mirrors (:data:`MIRRORED_FORWARD`), saying what to re-check."""
+    found = forward_fingerprint(unet_class.forward)
+    if found == MIRRORED_FORWARD:
+        return
+    seen = "its source cannot be read" if found is None else f"fingerprint {found[:12]}"
+    raise ForwardChanged(
+        f"{unet_class.__name__}.forward (diffusers {diffusers.__version__}: {seen}) is not the forward DeepCache's"
+        f" cached step mirrors (diffusers {', '.join(MIRRORED_ON)}: {MIRRORED_FORWARD[:12]}). Re-check"
+        " _shallow_forward in workers/patching/deepcache.py against the new forward, step by step, run"
+        " tests/worker/test_deepcache.py, then record the new fingerprint and version in MIRRORED_FORWARD and"
+        " MIRRORED_ON")
 
 
 @dataclass(eq=False)
@@ -161,9 +224,11 @@ def enable_deep_cache(unet: UNet2DConditionModel, interval: int, branch: int = 0
     Idempotent; calling it again with other values updates them (and forgets the cached feature; the step
     counters of :func:`deep_cache_stats` keep counting). Accepts the wrapper of ``torch.compile(unet)``.
     Raises ``ValueError`` for ``interval < 1``, a branch the UNet does not have, or a UNet whose ``forward``
-    is already patched by something else (e.g. accelerate's offload hooks).
+    is already patched by something else (e.g. accelerate's offload hooks); :class:`ForwardChanged` (a
+    ``ValueError``) for a UNet whose class's ``forward`` is not the one mirrored (module docstring).
     """
     unet = _unwrap(unet)
+    check_mirrored_forward(type(unet))
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
         raise ValueError(f"DeepCache interval must be an integer >= 1, got {interval!r}")
     _check_layout(unet, branch)
@@ -283,8 +348,9 @@ def _shallow_forward(
 ) -> torch.Tensor:
     """A cached step: the stock forward's steps restricted to the outer ``branch + 1`` down/up blocks, with
     ``feature`` (from the last full step) in place of what the deep part would feed the first of those up
-    blocks. Mirrors ``UNet2DConditionModel.forward`` of diffusers 0.42 step by step, so that a cached step with
-    the very feature a full step would compute gives that full step's output (the tests check this)."""
+    blocks. Mirrors ``UNet2DConditionModel.forward`` of diffusers 0.42 (:data:`MIRRORED_FORWARD`) step by step,
+    so that a cached step with the very feature a full step would compute gives that full step's output (the
+    tests check this)."""
     # Masks to additive biases with a query dimension, as the stock forward does.
     if attention_mask is not None:
         attention_mask = ((1 - attention_mask.to(sample.dtype)) * -10000.0).unsqueeze(1)
