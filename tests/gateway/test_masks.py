@@ -1,6 +1,7 @@
 """The mask actions at the gateway (app/validation/masks.py, app/actions/masks.py): every field's type and
 range, boxes and points inside the image, the engine named or defaulted, and the clothes segmenter of a
-generation without a mask. What the workers make of them: tests/worker/test_mask_job.py, tests/e2e/test_masks.py."""
+generation without a mask. What the workers make of them: tests/worker/jobs/test_mask_job.py,
+tests/e2e/test_masks.py."""
 from __future__ import annotations
 
 import orjson

@@ -23,7 +23,7 @@ What the service relies on, and how it is obtained:
   posterior sample) is the very draw a single-image call with seed ``seed + i`` makes. What still differs is
   arithmetic: kernels for a batch of N round differently from kernels for one image, so image ``i`` of a
   batch is within a small tolerance of the single-image request with seed ``seed + i``, not bit-identical
-  (docs/API.md "Seeds"; tests/worker/test_batching.py measures it). A single-image call is made exactly as
+  (docs/API.md "Seeds"; tests/worker/inference/test_batching.py measures it). A single-image call is made exactly as
   before (one image, one generator): a BatchSize 1 task is unchanged bit for bit. CPU generators make the
   starting noise the same on every device.
 

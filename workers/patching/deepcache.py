@@ -47,7 +47,7 @@ comments or formatting) is recorded in :data:`MIRRORED_FORWARD`, with the versio
 ``forward`` has another fingerprint (a newer diffusers, or a subclass that overrides it), rather than let
 cached steps silently compute something other than the stock forward; the worker then logs a warning and runs
 that model without DeepCache (:func:`workers.models.speed.apply_speed`: stock images, only slower), and
-tests/worker/test_deepcache.py fails on such a diffusers, saying what to re-check.
+tests/worker/patching/test_deepcache.py fails on such a diffusers, saying what to re-check.
 
 Below ``models/`` and ``inference/`` (workers/patching): imports neither.
 """
@@ -76,7 +76,7 @@ _STATE_ATTR = "_atelier_deep_cache"
 #: :func:`forward_fingerprint` of the ``UNet2DConditionModel.forward`` that :func:`_shallow_forward` mirrors.
 MIRRORED_FORWARD = "77abaa7a16ed1b5ac226031a53ad57120102f2a2430efcbf71a72c3aa350e409"
 #: The diffusers versions whose ``UNet2DConditionModel.forward`` has that fingerprint (checked by hand against
-#: :func:`_shallow_forward`, and by tests/worker/test_deepcache.py's exactness tests).
+#: :func:`_shallow_forward`, and by tests/worker/patching/test_deepcache.py's exactness tests).
 MIRRORED_ON = ("0.42.1",)
 
 
@@ -114,7 +114,7 @@ def check_mirrored_forward(unet_class: type) -> None:
         f"{unet_class.__name__}.forward (diffusers {diffusers.__version__}: {seen}) is not the forward DeepCache's"
         f" cached step mirrors (diffusers {', '.join(MIRRORED_ON)}: {MIRRORED_FORWARD[:12]}). Re-check"
         " _shallow_forward in workers/patching/deepcache.py against the new forward, step by step, run"
-        " tests/worker/test_deepcache.py, then record the new fingerprint and version in MIRRORED_FORWARD and"
+        " tests/worker/patching/test_deepcache.py, then record the new fingerprint and version in MIRRORED_FORWARD and"
         " MIRRORED_ON")
 
 

@@ -87,7 +87,7 @@ def test_translate_module_is_light_to_import():
     code = ("import sys, workers.translate.detect as d, workers.translate.translator; d.detect_language('chica'); "
             "print([m for m in ('torch', 'transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[3])
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 

@@ -21,7 +21,7 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, S
 from workers.demo import demo_path
 from workers.demo.masks import ATR_CLOTHES_LABELS, SAM_IMAGE_SIZE, SEGFORMER_SIZE
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 

@@ -437,7 +437,7 @@ def test_warm_up_generates_once_per_size_and_batch_and_survives_a_broken_model(d
 
 
 def test_the_demo_deployment_warms_nothing_up():
-    registry = Registry.from_file(Path(__file__).parents[2] / "models_config" / "models.yaml")
+    registry = Registry.from_file(Path(__file__).parents[3] / "models_config" / "models.yaml")
     assert not any(warmup.warmup_plan(e) for e in registry.entries())
     models = WorkerModels(ModelCache(device_bytes=10**9, host_bytes=10**9), device="cpu", dtype=torch.float32,
                           models_dir=Path("/nonexistent"))

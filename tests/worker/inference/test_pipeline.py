@@ -72,7 +72,7 @@ def test_batch_image_i_matches_a_single_run_with_seed_plus_i(pipe):
     batch = generate(pipe, comp, seed=100, batch_size=3)
     for i, image in enumerate(batch):
         [single] = generate(pipe, comp, seed=100 + i)
-        # one batched call: within a grey level (tests/worker/test_batching.py); this tiny model's CPU
+        # one batched call: within a grey level (tests/worker/inference/test_batching.py); this tiny model's CPU
         # kernels happen to round alike
         assert np.abs(image.astype(int) - single).max() <= 1
     assert not np.array_equal(batch[0], batch[1])

@@ -35,7 +35,7 @@ from workers.models.loading import load_controlnet
 from workers.submodels.apply import apply_submodels
 from workers.submodels.spec import SubModelSpec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 STEPS = 2
 PROMPT, NEGATIVE = "a woman in a dress", "blurry"
 
