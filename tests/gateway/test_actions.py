@@ -9,8 +9,6 @@ app to that Redis, and the tests read what arrived in the queue."""
 from __future__ import annotations
 
 import base64
-import subprocess
-import time
 import uuid
 
 import orjson
@@ -28,8 +26,9 @@ from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.contract.taskstore import new_task_uid
 from app.services import Services, get_services
-from support.api import free_port, generate_body, signed
+from support.api import generate_body, signed
 from support.bodies import PHOTO
+from support.webhooks import private_redis as start_private_redis
 
 TASK_ACTIONS = [name for name, spec in ACTION_SPECS.items() if spec.creates_task]
 
@@ -106,25 +105,10 @@ def _args(message: dict) -> list:
 
 @pytest.fixture()
 def private_redis(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, decode_responses=True)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.02)
-    yield url, client
-    proc.kill()
-    proc.wait(10)
+    with start_private_redis(tmp_path) as url:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        yield url, client
+        client.close()
 
 
 def _clear_caches() -> None:
