@@ -327,14 +327,17 @@ class TaskStore:
             argv += [k, v]
         return bool(self._finish_script(keys=[task_key(uid), LEASES, WEBHOOKS], args=argv))
 
-    def mark_finished(self, uid: str, images: list[str], seed: int, worker: str | None = None,
+    def mark_finished(self, uid: str, images: list[str], seed: int | None, worker: str | None = None,
                       pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> bool:
-        """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it.
+        """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it. ``seed``:
+        the seed the images were drawn with (None: the task keeps the Seed it was created with).
         ``pipeline_s``: the seconds its worker spent inside the diffusion pipeline's calls (their step callbacks
         excepted), kept for ``make bench``: the task's time minus this is what the service added. ``steps``: its
         last (Step, TotalSteps), written with the mark (the worker does not write its last step's progress)."""
-        mapping = {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images), "seed": seed,
+        mapping = {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
                    "error_code": int(ErrorCode.NONE), "error_message": "", "pipeline_s": pipeline_s}
+        if seed is not None:
+            mapping["seed"] = seed
         if steps is not None:
             mapping["step"], mapping["total_steps"] = steps
         return self._finish(uid, mapping, worker)

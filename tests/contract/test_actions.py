@@ -25,9 +25,15 @@ from app.contract.jobs import (
 )
 from app.contract.limits import MASK_ACTIONS
 
-#: What each task-creating action is run by, written out: a change of the table must be a deliberate one.
+#: What each task-creating action is run by, written out: a change of the table must be a deliberate one. A new
+#: action adds its row here, and a sample of a new job message class to SAMPLE_JOBS (docs/architecture.md).
 EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS}}
+#: One message of each job message class, as a worker would receive it.
+SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
+                                      batch_size=1, mannequin_image="a" * 64),
+               MaskJobMessage: MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e",
+                                              images=["a" * 64])}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
 
 
@@ -55,18 +61,14 @@ def test_an_action_without_a_task_has_no_celery_task(action, what):
 
 
 def test_the_workers_register_one_celery_task_per_distinct_name():
-    assert JOB_TASK_NAMES == (GENERATE_TASK_NAME, MASK_TASK_NAME)
+    assert JOB_TASK_NAMES == tuple(dict.fromkeys(task_name for task_name, _ in EXPECTED_TASKS.values()))
     assert [t.name for t in JOB_TASKS] == list(JOB_TASK_NAMES)
     assert {spec.task for spec in ACTION_SPECS.values() if spec.task} == set(JOB_TASKS)
 
 
 def test_every_job_message_carries_its_version_and_task_and_travels_as_json():
-    samples = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
-                                      batch_size=1, mannequin_image="a" * 64),
-               MaskJobMessage: MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e",
-                                              images=["a" * 64])}
-    assert set(samples) == {task.job for task in JOB_TASKS}
-    for cls, job in samples.items():
+    assert set(SAMPLE_JOBS) == {task.job for task in JOB_TASKS}
+    for cls, job in SAMPLE_JOBS.items():
         assert issubclass(cls, BaseJob)
         wire = job.to_wire()
         assert (wire["v"], wire["task_uid"]) == (JOB_VERSION, "u" * 21)

@@ -20,7 +20,16 @@ from app.actions.base import SignedCall
 from app.actions.submit import submit
 from app.background import recover_once
 from app.contract.codes import ErrorCode
-from app.contract.jobs import ACTION_SPECS, ActionSpec, JobMessage, JobTask, MaskJobMessage, NoTaskAction, task_name_for
+from app.contract.jobs import (
+    ACTION_SPECS,
+    JOB_TASK_NAMES,
+    ActionSpec,
+    JobMessage,
+    JobTask,
+    MaskJobMessage,
+    NoTaskAction,
+    task_name_for,
+)
 from app.contract.limits import MASK_ACTIONS
 from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
@@ -161,7 +170,7 @@ def test_every_task_creating_action_s_lost_job_is_sent_again_to_its_own_celery_t
     for action, (uid, job) in lost.items():
         assert queued[uid] == (ACTION_SPECS[action].task.name, job), action
         assert svc.tasks.get(uid).status == "Queuing" and svc.tasks.get(uid).deaths == 1
-    assert {queued[uid][0] for uid, _ in lost.values()} == {"atelier.generate", "atelier.mask"}
+    assert {queued[uid][0] for uid, _ in lost.values()} == set(JOB_TASK_NAMES)  # every Celery task, none other
 
 
 def test_a_new_action_s_lost_job_goes_to_its_own_task_not_to_generate(recovery, monkeypatch):

@@ -26,10 +26,10 @@ from workers.inference.compose import Composition, fit_background, fit_geometry,
 from workers.inference.control import ControlUnits, control_pipeline, run_control_inpaint
 from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.preprocess import preprocess
-from workers.lifecycle.errors import JobError, JobLost
+from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
 from workers.lifecycle.stored import open_input, png_bytes
-from workers.lifecycle.task import Timings, run_task, version_ok
+from workers.lifecycle.task import Timings, finish, run_task, version_ok
 from workers.lifecycle.watch import JobWatch
 from workers.masks.clothes import NoGarmentFound, clothes_mask
 from workers.masks.engines import EngineError
@@ -100,10 +100,8 @@ def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings,
     names = []
     for i, img in enumerate(images):
         names.append(rt.storage.write_result(job.task_uid, i, png_bytes(img, rt.settings.result_png_level)))
-    watch.check()
-    if not rt.store.mark_finished(job.task_uid, names, job.seed, worker=rt.worker_id,
-                                  pipeline_s=timings.pipeline.get("pipeline_s", 0.0), steps=timings.steps):
-        raise JobLost(job.task_uid)
+    finish(rt, job.task_uid, watch, names, seed=job.seed, pipeline_s=timings.pipeline.get("pipeline_s", 0.0),
+           steps=timings.steps)
     timings.store = time.monotonic() - t0
     return len(names)
 

@@ -17,9 +17,9 @@ from PIL import Image
 from app.contract.codes import ErrorCode
 from app.contract.jobs import MaskJobMessage
 from app.contract.limits import MASK_ACTION_ENGINE_TYPE
-from workers.lifecycle.errors import JobError, JobLost
+from workers.lifecycle.errors import JobError
 from workers.lifecycle.stored import open_input, png_bytes
-from workers.lifecycle.task import Timings, run_task, version_ok
+from workers.lifecycle.task import Timings, finish, run_task, version_ok
 from workers.lifecycle.watch import JobWatch
 from workers.masks import refine
 from workers.masks.engines import EngineError, Request
@@ -89,9 +89,7 @@ def _masks(rt: WorkerRuntime, held: Lease, job: MaskJobMessage, timings: Timings
         names.append(rt.storage.write_result(job.task_uid, len(names), png_bytes(Image.fromarray(alpha, "L"), level)))
         timings.store += time.monotonic() - t0
         rt.store.set_progress(job.task_uid, i + 1, len(job.images))
-    watch.check()
-    if not rt.store.mark_finished(job.task_uid, names, -1, worker=rt.worker_id):
-        raise JobLost(job.task_uid)
+    finish(rt, job.task_uid, watch, names)  # a mask task keeps its Seed 0 (docs/API.md)
     return len(names)
 
 

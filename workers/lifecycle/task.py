@@ -58,8 +58,20 @@ def version_ok(rt: WorkerRuntime, message: dict) -> bool:
 
 
 #: ``work(held, timings, watch) -> (images stored, what the log line says of them)``; ``held`` is the job's hold on
-#: the model cache (every model it gets through it stays loaded until the job ends)
+#: the model cache (every model it gets through it stays loaded until the job ends). ``work`` stores its results
+#: and ends with :func:`finish`; run_task ends the task in every other case.
 Work = Callable[[Lease, Timings, JobWatch], tuple[int, str]]
+
+
+def finish(rt: WorkerRuntime, uid: str, watch: JobWatch, names: list[str], *, seed: int | None = None,
+           pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> None:
+    """End a job's task Finished with its stored results ``names`` (what ``work`` does last, once every result is
+    written): unless it was canceled or ran out of time meanwhile (the watch raises), and only while this worker
+    still holds its lease (else :class:`JobLost`: another worker runs it). ``seed``: what ListTasksDetails reports
+    (None: the Seed the task was created with); ``pipeline_s`` and ``steps``: see ``TaskStore.mark_finished``."""
+    watch.check()
+    if not rt.store.mark_finished(uid, names, seed, worker=rt.worker_id, pipeline_s=pipeline_s, steps=steps):
+        raise JobLost(uid)
 
 
 def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budget_s: float, work: Work,
@@ -68,7 +80,8 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
     already ended or runs elsewhere; ended 502 when its runs keep killing workers), watch it (lease renewal,
     cancellation, time budget), hold its models in the model cache for the run, and end it: Finished by
     ``work``, else Canceled or Error with a code and a one-line message. Returns normally whatever happened, so
-    that the worker takes the next job. ``label`` names the task's model in the log and the metrics."""
+    that the worker takes the next job. ``label`` names the task in the log and the metrics (its model, or its
+    action when it uses none)."""
     store = rt.store
     state, attempt = store.start(uid, rt.worker_id, rt.settings.lease_s, total_steps,
                                  max_deaths=rt.settings.max_worker_deaths)
@@ -113,7 +126,7 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
         outcome = "error" if store.mark_error(uid, code, msg, worker=me) else "lost"
     else:
         outcome = "finished"
-        models = ", ".join(f"{name} ({how})" for name, how in held.used.items())
+        models = ", ".join(f"{name} ({how})" for name, how in held.used.items()) or "none"
         log.info("task %s finished: %s; models %s; %s", uid, what, models, timings.line())
     done = outcome == "finished"
     record_job(label, outcome, queue_wait=timings.queue_wait, load=held.load_seconds,

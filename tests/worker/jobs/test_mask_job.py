@@ -46,6 +46,7 @@ def test_remove_background_stores_the_cutout_then_the_mask(runtime):
     rec = mask_task(runtime, "RemoveBackground", "grabcut", [photo])
     assert rec.status == "Finished", rec.error_message
     assert rec.images == ["0.png", "1.png"] and rec.consumed_points == 1
+    assert rec.seed == 0  # a mask task's Seed stays what the gateway created it with (docs/API.md)
     cut, mask = result(runtime, rec.uid, "0.png"), result(runtime, rec.uid, "1.png")
     assert cut.mode == "RGBA" and mask.mode == "L" and cut.size == mask.size == (320, 480)
     alpha, grey = np.asarray(cut.getchannel("A")), np.asarray(mask)
