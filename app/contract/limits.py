@@ -94,11 +94,13 @@ MASK_ENGINE_TYPES: tuple[ModelType, ...] = (ModelType.BACKGROUND_REMOVER, ModelT
 SUBMODEL_TYPES: tuple[ModelType, ...] = (ModelType.LORA, ModelType.EMBEDDING, ModelType.HYPERNETWORK)  # SubModelList
 CONTROL_TYPES: tuple[ModelType, ...] = (ModelType.PRE_PROCESSOR, ModelType.CONTROL_MODEL)  # listed by ListControlNets
 
-#: ListModels' answer: the PICPIK field that lists each generation type.
+#: ListModels' answer: the PICPIK field that lists each of PICPIK's generation types. A submodel kind PICPIK does
+#: not have gets no field of its own (Atelier invents no PICPIK field): it is listed in ``Models`` alone.
 LIST_MODELS_FIELDS: dict[ModelType, str] = {ModelType.MAIN: "MainModels", ModelType.LORA: "LoraModels",
                                             ModelType.EMBEDDING: "EmbeddingModels",
                                             ModelType.HYPERNETWORK: "HypernetworkModels"}
-GENERATION_TYPES: tuple[ModelType, ...] = tuple(LIST_MODELS_FIELDS)   # listed by ListModels (Main and SubModelList)
+#: What ListModels' ``Models`` lists: the Main models and every submodel kind.
+GENERATION_TYPES: tuple[ModelType, ...] = (ModelType.MAIN, *SUBMODEL_TYPES)
 
 PREPROCESSOR_KINDS: tuple[str, ...] = ("openpose", "canny", "depth", "lineart")     # a PreProcessor's detector
 FAMILIES: tuple[str, ...] = ("sd15", "sdxl")

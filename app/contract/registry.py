@@ -1,6 +1,6 @@
 """The model registry: what a deployment serves, from ``models_config/*.yaml``.
 
-Each entry maps a ModelCode to its ModelType (Main, LoRA, Embedding, HyperNetwork), family, source
+Each entry maps a ModelCode to its ModelType (:class:`~app.contract.limits.ModelType`), family, source
 and defaults; ListModels is generated from it and the gateway refuses unknown codes (240) before
 anything is queued. A top-level ``vaes:`` section names the deployment's external VAE per family.
 See models_config/README.md for the format.

@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis as redis_lib
 
+from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS
 from app.contract.storage import Storage
 from app.contract.storage_local import LocalStore
 from app.resultlinks import make_link
@@ -47,7 +48,8 @@ def test_list_models_answers_picpiks_fields_as_arrays_of_model_objects(api):
     # every entry of the PICPIK lists is in the flat extension list too, with its type
     flat = {m["ModelCode"]: m["ModelType"] for m in r["Models"]}
     assert {code: flat[code] for code in by_field["HypernetworkModels"]} == {"demo-hypernetwork": "HyperNetwork"}
-    assert sum(map(len, by_field.values())) == len(flat)
+    assert sum(map(len, by_field.values())) == len(flat)  # (a submodel kind PICPIK lacks is in Models alone)
+    assert set(flat.values()) == set(GENERATION_TYPES) and set(LIST_MODELS_FIELDS) <= set(GENERATION_TYPES)
 
 
 def test_a_model_from_list_models_is_accepted_back_unchanged(api):

@@ -13,7 +13,7 @@ from workers.demo.control import ensure_demo_controlnet, write_demo_annotators
 from workers.demo.masks import ensure_demo_cloth_seg, ensure_demo_sam, ensure_demo_segformer, ensure_demo_u2net
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.demo.publish import ensure_folder
-from workers.demo.submodels import ensure_demo_submodels
+from workers.demo.submodels import DEMO_SUBMODELS, ensure_demo_submodels
 from workers.demo.translator import ensure_demo_translator
 
 #: annotators of the demo deployment; MiDaS (depth) is left out: its weights are ~250 MB even in fp16
@@ -27,7 +27,7 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
         return (ensure_demo_model if kind == "inpaint" else ensure_demo_model_sd15)(demo_dir / f"demo-{kind}")
     if kind == "translator":
         return ensure_demo_translator(demo_dir / "demo-translator")
-    if kind in ("lora-kohya", "lora-peft", "embedding", "hypernetwork"):
+    if kind in DEMO_SUBMODELS:
         return ensure_demo_submodels(demo_dir / "demo-submodels")[kind]
     if kind == "controlnet":
         return ensure_demo_controlnet(demo_dir / "demo-controlnet", base_model=demo_path("inpaint", demo_dir))

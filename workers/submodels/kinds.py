@@ -4,8 +4,9 @@ A kind (:class:`~workers.submodels.spec.SubmodelKind`) lives in its own module, 
 read, cached and checked and how it is applied to a pipeline and undone; :func:`register` makes it known to
 :func:`~workers.submodels.apply.apply_submodels` and to the model cache (``WorkerModels.submodel``). Every
 type of the contract's ``SUBMODEL_TYPES`` has exactly one registration here
-(``tests/worker/submodels/test_submodel_kinds.py`` checks it). Adding a kind: its module, its line below, its
-``ModelType`` in ``app/contract/limits.py`` (docs/architecture.md "Add a model kind").
+(``tests/worker/submodels/test_submodel_kinds.py`` checks it). Adding a kind: docs/architecture.md "Add a model
+kind" (its module, its line below, its ``ModelType`` in ``app/contract/limits.py``, its section in
+docs/submodels.md).
 """
 
 from __future__ import annotations

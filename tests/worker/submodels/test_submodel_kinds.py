@@ -26,7 +26,7 @@ from workers.submodels.spec import Loaded, SubmodelError, SubmodelKind, SubModel
 
 # ------------------------------------------------------------------ a throwaway kind, as its module would be
 
-TINT = "Tint"            # stands for its ModelType member (app/contract/limits.py)
+TINT = "Throwaway"       # stands for its ModelType member (app/contract/limits.py); no real kind's name
 events: list[str] = []   # what the kinds of this test did, in order
 
 
@@ -201,7 +201,7 @@ def test_a_kind_that_needs_an_image_gets_the_requests_image(pipe, tint_type, tmp
     image = np.zeros((4, 4, 3), np.uint8)
     with swapped(TINT_KIND, needy):
         without = SubModelSpec(model_code="ip", model_type=tint_type, path=file)
-        with pytest.raises(SubmodelError, match="submodel ip: a Tint needs an image in the request"), \
+        with pytest.raises(SubmodelError, match="submodel ip: a Throwaway needs an image in the request"), \
                 apply_submodels(pipe, [without]):
             pass
         unit = SubModelSpec(model_code="ip", model_type=tint_type, path=file, image="a" * 64)
@@ -214,6 +214,6 @@ def test_a_kind_that_needs_an_image_gets_the_requests_image(pipe, tint_type, tmp
 def test_an_unregistered_type_is_a_submodel_error_naming_the_model(pipe, monkeypatch, tmp_path):
     monkeypatch.setattr(spec_module, "SUBMODEL_TYPES", (*SUBMODEL_TYPES, TINT))
     stray = SubModelSpec(model_code="stray", model_type=TINT, path=tint_file(tmp_path / "s.pt", [0.0]))
-    with pytest.raises(SubmodelError, match="submodel stray: no submodel kind Tint on this worker"), \
+    with pytest.raises(SubmodelError, match="submodel stray: no submodel kind Throwaway on this worker"), \
             apply_submodels(pipe, [stray]):
         pass
