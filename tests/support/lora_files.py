@@ -192,25 +192,46 @@ def loha_tensors(weight: torch.Tensor, seed, rank: int = 4, alpha: float = 2.0,
     return _finish(tensors, weight, "hada_w1_a", dtype)
 
 
+def _flat_factor(in_f: int, kernel: int) -> int:
+    """A divisor ``b`` of ``in * kernel`` for the flattened LoKr layout, one that does not divide ``in`` when there
+    is one (so that no per-kernel reading of the factors exists: sd-scripts' LyCORIS writes such files, e.g.
+    ``w1`` (20, 60) and ``w2`` (16, 48) for a 320x320x3x3 convolution)."""
+    flat = in_f * kernel
+    divisors = [f for f in range(2, 65) if flat % f == 0]
+    return next((f for f in divisors if in_f % f), divisors[-1] if divisors else 1)
+
+
 def lokr_tensors(weight: torch.Tensor, seed, w1: str = "full", w2: str = "full", rank: int = 4,
-                 alpha: float | None = 2.0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+                 alpha: float | None = 2.0, dtype: torch.dtype = torch.float32,
+                 layout: str = "per-kernel") -> dict[str, torch.Tensor]:
     """LyCORIS LoKr: ``w1`` (a, b) as ``lokr_w1`` ("full") or ``lokr_w1_a`` (a, r) @ ``lokr_w1_b`` (r, b)
-    ("decomposed"); ``w2`` (c, d[, kh, kw]) as ``lokr_w2`` or ``lokr_w2_a`` (c, r) @ ``lokr_w2_b`` (r, d*kh*kw);
-    ``a * c = out``, ``b * d = in``; ``alpha``."""
-    g = _generator(seed, "lokr", tuple(weight.shape), w1, w2)
+    ("decomposed"); ``a * c = out``; ``alpha``. ``layout`` (of a convolution; a linear layer has one):
+
+    * "per-kernel": ``w2`` (c, d, kh, kw) as ``lokr_w2``, or ``lokr_w2_a`` (c, r) @ ``lokr_w2_b`` (r, d*kh*kw);
+      ``b * d = in``;
+    * "flattened": ``w2`` (c, e) as ``lokr_w2`` or ``lokr_w2_a`` (c, r) @ ``lokr_w2_b`` (r, e), with
+      ``b * e = in * kh * kw`` and ``b`` not dividing ``in`` (:func:`_flat_factor`)."""
+    g = _generator(seed, "lokr", tuple(weight.shape), w1, w2, layout)
     out_f, in_f, *kernel = weight.shape
-    a, b = _factor(out_f), _factor(in_f)
-    c, d = out_f // a, in_f // b
+    k = kernel[0] * kernel[1] if kernel else 1
+    a = _factor(out_f)
+    c = out_f // a
+    if layout == "flattened" and kernel:
+        b = _flat_factor(in_f, k)
+        cols, full_w2 = in_f * k // b, (c, in_f * k // b)
+    else:
+        b = _factor(in_f)
+        cols, full_w2 = in_f // b * k, (c, in_f // b, *kernel)
     tensors: dict[str, torch.Tensor] = {}
     if w1 == "full":
         tensors["lokr_w1"] = _randn(g, a, b)
     else:
         tensors["lokr_w1_a"], tensors["lokr_w1_b"] = _randn(g, a, 2), _randn(g, 2, b)
     if w2 == "full":
-        tensors["lokr_w2"] = _randn(g, c, d, *kernel)
+        tensors["lokr_w2"] = _randn(g, *full_w2)
     else:
         tensors["lokr_w2_a"] = _randn(g, c, rank)
-        tensors["lokr_w2_b"] = _randn(g, rank, d * (kernel[0] * kernel[1] if kernel else 1))
+        tensors["lokr_w2_b"] = _randn(g, rank, cols)
     if alpha is not None:
         tensors["alpha"] = torch.tensor(float(alpha))
     return _finish(tensors, weight, "lokr_w1" if w1 == "full" else "lokr_w1_a", dtype)
@@ -233,15 +254,18 @@ def kohya_name(component: str, module: str, family: str, ldm_names: dict[str, st
 
 
 def write_kohya(path: Path, layers: list[Layer], family: str, ldm_names: dict[str, str] | None = None,
-                extra: dict[str, torch.Tensor] | None = None, header: bool = True) -> LoraFile:
+                extra: dict[str, torch.Tensor] | None = None, header: bool = True,
+                metadata: dict[str, str] | None = None) -> LoraFile:
     """A kohya-ss / LyCORIS ``.safetensors``: ``<kohya name>.<suffix>`` for every layer's tensors, plus ``extra``
     keys as given; kohya's ``ss_*`` training metadata in the header (``ss_base_model_version`` names the
-    family), or, without ``header``, no metadata at all (converted and merged files often have none)."""
+    family), or, without ``header``, no metadata at all (converted and merged files often have none);
+    ``metadata``: the header as another trainer writes it, instead."""
     tensors = {f"{kohya_name(layer.component, layer.module, family, ldm_names)}.{suffix}": t
                for layer in layers for suffix, t in layer.tensors.items()}
     tensors.update(extra or {})
-    metadata = {"ss_network_module": "networks.lora", "ss_base_model_version": "sdxl_base_v1-0" if family == "sdxl"
-                else "sd_v1", "ss_output_name": Path(path).stem} if header else None
+    if metadata is None and header:
+        metadata = {"ss_network_module": "networks.lora", "ss_output_name": Path(path).stem,
+                    "ss_base_model_version": "sdxl_base_v1-0" if family == "sdxl" else "sd_v1"}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
@@ -314,14 +338,7 @@ def delta(tensors: dict[str, torch.Tensor], shape: torch.Size | tuple[int, ...],
         return product.reshape(shape) * scale
     if any(k.startswith("lokr_") for k in t):
         w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
-        if "lokr_w2" in t:
-            w2 = t["lokr_w2"]
-        else:
-            w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
-            if len(shape) == 4:
-                w2 = w2.reshape(w2.shape[0], shape[1] // w1.shape[1], *shape[2:])
-        if len(shape) == 4:
-            w1 = w1[:, :, None, None]
+        w2 = t["lokr_w2"] if "lokr_w2" in t else t["lokr_w2_a"] @ t["lokr_w2_b"]
         if "lokr_w2_a" in t:
             r = t["lokr_w2_a"].shape[1]
         elif "lokr_w1_a" in t:
@@ -329,8 +346,27 @@ def delta(tensors: dict[str, torch.Tensor], shape: torch.Size | tuple[int, ...],
         else:
             r = None
         scale = alpha / r if r is not None and alpha is not None else 1.0
-        return torch.kron(w1, w2).reshape(shape) * scale
+        return _kronecker_by_index(w1, w2, shape) * scale
     raise ValueError(f"no known layer format in {sorted(tensors)}")
+
+
+def _kronecker_by_index(w1: torch.Tensor, w2: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """LoKr's delta written out element by element (index arithmetic, no ``torch.kron``), as LyCORIS defines it:
+
+    * ``w2`` (c, d, kh, kw), per kernel: ``ΔW[o, i, h, w] = w1[o // c, i // d] · w2[o % c, i % d, h, w]``;
+    * ``w2`` a matrix (c, e), flattened: ``F[o, j] = w1[o // c, j // e] · w2[o % c, j % e]`` over the layer's
+      weight flattened to (out, in·kh·kw), then given the layer's shape."""
+    out = shape[0]
+    o = torch.arange(out)
+    if w2.dim() == 4:
+        c, d = w2.shape[:2]
+        i = torch.arange(w2.shape[1] * w1.shape[1])
+        per_kernel = w1[(o // c)[:, None], (i // d)[None, :]][:, :, None, None] * w2[(o % c)[:, None], (i % d)[None, :]]
+        return per_kernel.reshape(shape)
+    c, e = w2.shape
+    j = torch.arange(e * w1.shape[1])
+    flat = w1[(o // c)[:, None], (j // e)[None, :]] * w2[(o % c)[:, None], (j % e)[None, :]]
+    return flat.reshape(shape)
 
 
 def merged_weight(weight: torch.Tensor, tensors: dict[str, torch.Tensor], w: float,

@@ -22,9 +22,11 @@ Anything else (OFT, BOFT, LoHa/LoKr with Tucker cores, unknown parts) is refused
 **Names** (:func:`_resolve`): ``lora_unet_`` / ``lora_te_`` / ``lora_te1_`` / ``lora_te2_`` + a module path with
 ``.`` written ``_`` (kohya), either diffusers' module names or the original LDM ones
 (:mod:`workers.submodels.ldm_names`, for SD 1.x and SDXL); or ``unet.`` / ``text_encoder.`` /
-``text_encoder_2.`` + the dotted module name (diffusers/peft). Names are looked up in the loaded model, so
+``text_encoder_2.`` + the dotted module name (diffusers/peft; the layouts of diffusers' older training scripts are
+read in these names, :mod:`workers.submodels.diffusers_names`). Names are looked up in the loaded model, so
 any model size works. A layer that names no module, or whose shape does not fit, refuses the whole file:
-a LoRA is never applied partly.
+a LoRA is never applied partly. The family a file is made for comes from its keys first, then its metadata
+(:func:`_family`).
 
 **The math** (per layer with weight ``W`` and the job's weight ``w``; in float32, then cast to ``W``'s dtype):
 
@@ -33,7 +35,8 @@ a LoRA is never applied partly.
   ``ΔW[o,i] = Σ up[o,a] · mid[a,b] · down[b,i]`` over the kernel;
 * ``loha``: ``ΔW = alpha/r · (w1_a @ w1_b) ⊙ (w2_a @ w2_b)``;
 * ``lokr``: ``ΔW = scale · kron(w1, w2)``, ``scale = alpha/r`` when a factor is decomposed (its rank ``r``),
-  else 1;
+  else 1; on a convolution per kernel (a 4-D ``w2``) or of the flattened ``(out, in·kh·kw)`` weight (a matrix
+  ``w2``), as :func:`_kron` says;
 * ``full``: ``ΔW = diff`` (and ``diff_b`` on the bias);
 * then ``W' = W + w·ΔW``; with DoRA's magnitude ``m``: ``V = W + ΔW``, ``D = m · V / ‖V‖`` (the norm per output
   row when ``m`` is shaped ``(out, ...)``, per input column when it is ``(1, in, ...)``, as LyCORIS writes it),
@@ -67,6 +70,7 @@ import torch
 
 from app.contract.limits import LORA_WEIGHT_RANGE, ModelType
 from workers.patching.attention import refresh_fused_projections
+from workers.submodels.diffusers_names import COMPONENT_PREFIXES, modern_key
 from workers.submodels.files import FileFormatError, find_weights_file, read_weights
 from workers.submodels.ldm_names import ldm_module_names
 from workers.submodels.spec import Loaded, SubmodelError, SubmodelKind, SubModelSpec
@@ -95,7 +99,7 @@ UNSUPPORTED_PARTS: dict[str, str] = {
 #: The pipeline components a LoRA can patch, by the name prefixes files give them.
 KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder",
                   "lora_te2_": "text_encoder_2"}
-DOTTED_PREFIXES = {"unet.": "unet", "text_encoder.": "text_encoder", "text_encoder_2.": "text_encoder_2"}
+DOTTED_PREFIXES = COMPONENT_PREFIXES
 SDXL_MARKERS = ("lora_te1_", "lora_te2_", "text_encoder_2.")
 
 
@@ -147,7 +151,7 @@ def read_lora(path: Path) -> LoraFile:
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     kinds: dict[str, set[str]] = {}
     for key, tensor in content.items():
-        split = _split(key)
+        split = _split(modern_key(key))  # diffusers' older layouts in today's peft names; messages name the key
         if split is None:
             raise FileFormatError(f"{file.name}: key {key!r} is no part of a LoRA, LoHa, LoKr or full-diff layer")
         layer, part = split
@@ -230,25 +234,61 @@ def _resolve(index: _Index, layer: str) -> tuple[str, str] | None:
     return None
 
 
-#: What a file may say it was made for, and the pipelines (:func:`_pipe_family`) that fits.
+#: What a file may be made for, and the pipelines (:func:`_pipe_family`) that fits.
 FAMILY_FITS = {"SDXL": ("SDXL",), "SD 1.x": ("SD 1.x",), "SD 2.x": ("SD 2.x",),
-               "SD 1.x or 2.x": ("SD 1.x", "SD 2.x")}
+               "SD 1.x or 2.x": ("SD 1.x", "SD 2.x"), "FLUX": (), "SD 3": (), "FLUX or SD 3": ()}
+#: The metadata fields trainers name the base model in: kohya's, and the model-spec standard's
+#: (``modelspec.architecture``: ``stable-diffusion-v1/lora``, ``stable-diffusion-xl-v1-base/lora``...).
+FAMILY_METADATA = ("ss_base_model_version", "modelspec.architecture")
+#: The spellings found in the wild (``sd_v1``, ``sd_1.5``, ``SD1.5``, ``sd_v2_768_v``, ``sdxl_base_v1-0``,
+#: ``stable-diffusion-v1``, ``flux-1-dev``...), compared lower-cased without spaces, dots, dashes and underscores:
+#: ``(contains, family)`` then ``(starts with, family)``, in order.
+FAMILY_WORDS = (("flux", "FLUX"), ("sd3", "SD 3"), ("stablediffusion3", "SD 3"), ("xl", "SDXL"), ("pony", "SDXL"))
+FAMILY_PREFIXES = (("stablediffusionv2", "SD 2.x"), ("sdv2", "SD 2.x"), ("sd2", "SD 2.x"),
+                   ("stablediffusionv1", "SD 1.x"), ("sdv1", "SD 1.x"), ("sd1", "SD 1.x"))
+#: Layer-name prefixes that only transformer models' LoRAs have (kohya's FLUX names; diffusers' ``transformer.``).
+FLUX_MARKERS = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
+TRANSFORMER_MARKERS = ("transformer.", "lora_transformer_")
 
 
 def _family(lora: LoraFile) -> str | None:
-    """The family a file says it was made for (a key of :data:`FAMILY_FITS`): its kohya metadata, else its
-    keys (kohya names SDXL's two text encoders ``lora_te1_``/``lora_te2_``, a single one ``lora_te_``)."""
-    version = lora.metadata.get("ss_base_model_version", "")
-    v2 = lora.metadata.get("ss_v2", "").lower()
-    if version.startswith("sdxl") or any(layer.startswith(SDXL_MARKERS) for layer in lora.layers):
+    """The family a file is made for (a key of :data:`FAMILY_FITS`), key evidence first: layer names only a
+    FLUX, SD 3 or SDXL LoRA has, or kohya's single text encoder ``lora_te_`` (SD 1.x or 2.x), win over what the
+    metadata says (which a trainer may get wrong); the metadata decides when the keys do not, and tells SD 1.x
+    from 2.x."""
+    keys = _family_by_keys(lora.layers)
+    said = _family_by_metadata(lora.metadata)
+    if keys is None or (keys == "SD 1.x or 2.x" and said in FAMILY_FITS[keys]):
+        return said if said is not None else keys
+    return keys
+
+
+def _family_by_keys(layers: dict[str, LoraLayer]) -> str | None:
+    names = list(layers)
+    if any(name.startswith(FLUX_MARKERS) for name in names):
+        return "FLUX"
+    if any(name.startswith(TRANSFORMER_MARKERS) for name in names):
+        return "FLUX or SD 3"
+    if any(name.startswith(SDXL_MARKERS) for name in names):
         return "SDXL"
-    if version.startswith("sd_v2") or v2 == "true":
-        return "SD 2.x"
-    if version.startswith("sd_v1") or v2 == "false":
-        return "SD 1.x"
-    if any(layer.startswith("lora_te_") for layer in lora.layers):
+    if any(name.startswith("lora_te_") for name in names):
         return "SD 1.x or 2.x"
     return None
+
+
+def _family_by_metadata(metadata: dict[str, str]) -> str | None:
+    for field_name in FAMILY_METADATA:
+        said = "".join(ch for ch in metadata.get(field_name, "").split("/")[0].lower() if ch.isalnum())
+        if not said:
+            continue
+        for word, family in FAMILY_WORDS:
+            if word in said:
+                return family
+        for prefix, family in FAMILY_PREFIXES:
+            if said.startswith(prefix):
+                return family
+    v2 = metadata.get("ss_v2", "").lower()  # kohya's older flag
+    return "SD 2.x" if v2 == "true" else "SD 1.x" if v2 == "false" else None
 
 
 def _pipe_family(pipe: Any) -> str:
@@ -294,11 +334,20 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.flatten(1) @ b.flatten(1)
 
 
+class ShapeMismatch(ValueError):
+    """A layer's tensors make a weight of other dimensions than the model's layer: made for another base model."""
+
+
+class UnknownLayout(ValueError):
+    """A layer's tensors are no layout of its kind that Atelier knows (say the factor shapes)."""
+
+
 def delta(layer: LoraLayer, shape: torch.Size, *, peft_scale: float | None = None,
           device: torch.device | str = "cpu") -> torch.Tensor:
     """ΔW of ``layer`` for a weight of ``shape`` (float32, on ``device``), scale included, the job's weight not.
 
-    Raises ``ValueError`` when the layer's tensors do not make a matrix of that shape."""
+    Raises :class:`ShapeMismatch` when the layer's tensors make a weight of other dimensions (another base
+    model's layer), :class:`UnknownLayout` when they are no layout Atelier knows."""
     p = {role: t.to(device=device, dtype=torch.float32) for role, t in layer.parts.items() if role != "dora"}
     if layer.kind == "lora":
         down, up = p["down"], p["up"]
@@ -313,28 +362,52 @@ def delta(layer: LoraLayer, shape: torch.Size, *, peft_scale: float | None = Non
         scale = _alpha_scale(layer.parts, rank)
         d = _matmul(p["w1_a"], p["w1_b"]) * _matmul(p["w2_a"], p["w2_b"])
     elif layer.kind == "lokr":
-        rank = None
-        if "w1" in p:
-            w1 = p["w1"]
-        else:
-            w1, rank = _matmul(p["w1_a"], p["w1_b"]), p["w1_b"].shape[0]
-        if "w2" in p:
-            w2 = p["w2"]
-        else:
-            w2, rank = p["w2_a"].flatten(1) @ p["w2_b"].flatten(1), p["w2_b"].shape[0]
-            if len(shape) == 4:
-                w2 = w2.reshape(w2.shape[0], -1, *shape[2:])
-        scale = _alpha_scale(layer.parts, rank)
-        if w2.dim() == 4:
-            w1 = w1.reshape(*w1.shape, 1, 1)
-        d = torch.kron(w1, w2)
+        d, scale = _kron(layer, p, shape)
     else:  # full
         scale, d = 1.0, p["diff"]
     # the same number of values and of output channels: a linear delta fits a 1x1 conv and back (SDXL
     # LoRAs write proj_in/proj_out as linear layers where SD 1.x has 1x1 convs), nothing else is reshaped
     if d.numel() != math.prod(shape) or d.shape[0] != shape[0]:
-        raise ValueError(f"makes {tuple(d.shape)}, the layer is {tuple(shape)}")
+        raise ShapeMismatch(f"makes {tuple(d.shape)}, the layer is {tuple(shape)}")
     return d.reshape(shape) * scale
+
+
+def _kron(layer: LoraLayer, p: dict[str, torch.Tensor], shape: torch.Size) -> tuple[torch.Tensor, float]:
+    """A LoKr layer's ``kron(w1, w2)`` and its scale. The factorisation is told by ``w2``'s shape, as A1111 and
+    ComfyUI tell it:
+
+    * per kernel: ``w2`` (c, d, kh, kw), a full factor of a convolution: ``ΔW[o, i] = w1[o // c, i // d] · w2[o % c,
+      i % d]`` kernel by kernel (the Kronecker product with ``w1`` as (a, b, 1, 1));
+    * flattened: ``w2`` a matrix (c, e), full or ``w2_a @ w2_b``: the Kronecker product of the two matrices,
+      ``(a·c, b·e)``, is the layer's weight flattened to ``(out, in·kh·kw)`` and reshaped to the layer's shape.
+      ``b`` need not divide ``in``: sd-scripts' LyCORIS factors ``in·kh·kw`` as a whole (e.g. ``w1`` (20, 60),
+      ``w2`` (16, 48) for a 320x320x3x3 convolution). When it does, this equals the per-kernel product of ``w2``
+      reshaped to (c, e / kh·kw, kh, kw), the layout LyCORIS writes for a decomposed ``w2`` today.
+
+    ``scale = alpha / dim`` with ``dim`` the rank of the decomposed factor (``w2``'s when both are), as LyCORIS
+    defines it; 1 when both factors are full or the file has no alpha. Raises :class:`UnknownLayout` for factors
+    that are neither."""
+    rank = None
+    if "w1" in p:
+        w1 = p["w1"]
+    else:
+        w1, rank = _matmul(p["w1_a"], p["w1_b"]), p["w1_b"].shape[0]
+    if "w2" in p:
+        w2 = p["w2"]
+    else:
+        w2, rank = _matmul(p["w2_a"], p["w2_b"]), p["w2_b"].shape[0]
+    scale = _alpha_scale(layer.parts, rank)
+    if w1.dim() == 2 and w2.dim() == 4 and (len(shape) == 2 or tuple(w2.shape[2:]) == tuple(shape[2:])):
+        return torch.kron(w1[:, :, None, None], w2), scale
+    if w1.dim() == 2 and w2.dim() == 2:
+        return torch.kron(w1, w2), scale
+    raise UnknownLayout(f"LoKr factors w1 {_dims(w1)} and w2 {_dims(w2)} are no factorisation Atelier knows of a"
+                        f" {_dims(shape)} weight (per kernel: w1 (a, b) and w2 (c, d, kh, kw); flattened: two"
+                        " matrices)")
+
+
+def _dims(t: torch.Tensor | torch.Size) -> str:
+    return "x".join(map(str, t.shape if isinstance(t, torch.Tensor) else t))
 
 
 def _dora(weight: torch.Tensor, update: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
@@ -384,9 +457,16 @@ def _plan(pipe: Any, index: _Index, model_code: str, lora: LoraFile) -> list[_Pa
                 peft_scale = _alpha_scale(layer.parts, layer.parts["down"].shape[0])
         try:
             delta(layer, module.weight.shape, peft_scale=peft_scale, device="meta")
-        except (ValueError, RuntimeError, KeyError) as e:
+        except ShapeMismatch as e:  # its dimensions are another model's
             raise SubmodelError(model_code, f"LoRA layer {name} does not fit {component}.{module_name}: {e};"
                                             " made for another base model?") from e
+        except UnknownLayout as e:
+            raise SubmodelError(model_code, f"LoRA layer {name} ({component}.{module_name}): {e}") from e
+        except (RuntimeError, KeyError) as e:  # its own tensors do not multiply: not the base model's fault
+            shapes = ", ".join(f"{role} {_dims(t)}" for role, t in sorted(layer.parts.items()) if t.dim())
+            raise SubmodelError(model_code, f"LoRA layer {name}: its {layer.kind} tensors ({shapes}) do not make"
+                                            " one weight together: a corrupt file or a layout Atelier does not"
+                                            " know") from e
         patches.append(_Patch(module, layer, name, peft_scale))
     if unknown:
         hint = f" (it looks made for {family})" if family else ""

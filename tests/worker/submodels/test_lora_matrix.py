@@ -211,6 +211,14 @@ ROWS = [
     # with both factors full it must be ignored, scale 1)
     *[Row(f"lokr-w1-{w1}-w2-{w2}", "sd15", kohya(lokr_tensors, (*LINEAR_KINDS, *CONV_KINDS), w1=w1, w2=w2))
       for w1 in ("full", "decomposed") for w2 in ("full", "decomposed")],
+    # convolutions in the flattened layout (sd-scripts' LyCORIS): w1 (a, b), w2 (c, e) with b * e = in * kh * kw
+    # and b not dividing in, so no per-kernel reading exists; text encoder and linear UNet layers in the same file
+    *[Row(f"lokr-flattened-conv-w1-{w1}-w2-{w2}", "sd15",
+          kohya(lokr_tensors, (*LINEAR_KINDS, *CONV_KINDS), w1=w1, w2=w2, layout="flattened"))
+      for w1 in ("full", "decomposed") for w2 in ("full", "decomposed")],
+    Row("lokr-flattened-conv-no-alpha-fp16", "sd15", kohya(lokr_tensors, CONV_KINDS, te_kinds=(), w2="decomposed",
+                                                           layout="flattened", alpha=None, dtype=torch.float16)),
+    Row("lokr-flattened-sdxl-ldm", "sdxl", kohya(lokr_tensors, names="ldm", w2="decomposed", layout="flattened")),
     Row("lokr-decomposed-no-alpha", "sd15", kohya(lokr_tensors, (*LINEAR_KINDS, *CONV_KINDS), w1="full",
                                                   w2="decomposed", alpha=None)),
     Row("lokr-sdxl-ldm", "sdxl", kohya(lokr_tensors, names="ldm", w1="full", w2="decomposed")),
@@ -230,6 +238,10 @@ ROWS = [
     Row("peft-metadata-alpha", "sd15", peft({"unet": 8.0, "text_encoder": 2.0})),
     Row("peft-no-metadata", "sd15", peft(None)),
     Row("peft-sdxl", "sdxl", peft({"unet": 2.0, "text_encoder": 16.0, "text_encoder_2": 1.0})),
+    # keys win over metadata: a file with kohya's single text encoder whose metadata wrongly says SDXL applies
+    Row("kohya-sd15-keys-sdxl-metadata", "sd15", lambda model, folder: [(write_kohya(
+        folder / "wrong-metadata.safetensors", _layers(model, lora_tensors, UNET_KINDS, TE_KINDS), "sd15",
+        metadata={"ss_base_model_version": "sdxl_base_v1-0"}), 1.0)]),
     # several LoRAs in one job
     Row("two-loras-kohya-and-peft", "sd15", together((kohya(seed=1), 0.7), (peft({"unet": 8.0, "text_encoder": 2.0},
                                                                                 seed=2), 0.5))),
@@ -319,8 +331,52 @@ def _unknown_module(models: dict[str, Model], folder: Path) -> tuple[str, Path]:
     return "sd15", write_kohya(folder / "unknown.safetensors", layers, "sd15", extra=extra).path
 
 
-def _mentions(*patterns: str) -> Callable[[str], bool]:
-    return lambda message: all(re.search(p, message, re.IGNORECASE) for p in patterns)
+def _lokr_unknown_factorisation(models: dict[str, Model], folder: Path) -> tuple[str, Path]:
+    """A LoKr layer on a 3x3 convolution whose second factor is 3-D: no layout LyCORIS writes (nor A1111 reads)."""
+    model = models["sd15"]
+    [(c, m, w)] = [t for t in targets(model.pipe, ("conv1",)) if t[1].startswith("down_blocks.0.resnets.0.")]
+    g = torch.Generator().manual_seed(5)
+    out_f, in_f = w.shape[:2]
+    layers = [Layer(c, m, {"lokr_w1": torch.randn(2, 2, generator=g), "alpha": torch.tensor(1.0),
+                           "lokr_w2": torch.randn(out_f // 2, in_f // 2, 9, generator=g)})]
+    return "sd15", write_kohya(folder / "lokr3d.safetensors", layers, "sd15").path
+
+
+def _inconsistent_ranks(models: dict[str, Model], folder: Path) -> tuple[str, Path]:
+    """A LoRA layer whose down has rank 5 and up rank 4: the file's own tensors do not multiply."""
+    model = models["sd15"]
+    [(c, m, w)] = [t for t in targets(model.pipe, ("to_q",))
+                   if t[1].startswith("down_blocks.0.attentions.0.transformer_blocks.0.attn1.")]
+    g = torch.Generator().manual_seed(6)
+    layers = [Layer(c, m, {"lora_down.weight": torch.randn(5, w.shape[1], generator=g),
+                           "lora_up.weight": torch.randn(w.shape[0], 4, generator=g), "alpha": torch.tensor(4.0)})]
+    return "sd15", write_kohya(folder / "ranks.safetensors", layers, "sd15").path
+
+
+def _unet_only(made_for: str, applied_to: str, metadata: dict[str, str]):
+    """A UNet-only kohya LoRA (diffusers names: its keys say no family) whose metadata names the family in another
+    trainer's spelling."""
+    def make(models: dict[str, Model], folder: Path) -> tuple[str, Path]:
+        model = models[made_for]
+        layers = _layers(model, lora_tensors, ("to_q", "to_k"))
+        return applied_to, write_kohya(folder / "unet-only.safetensors", layers, made_for, metadata=metadata).path
+    return make
+
+
+def _flux_keys_sd15_metadata(models: dict[str, Model], folder: Path) -> tuple[str, Path]:
+    """FLUX layer names (kohya's ``double_blocks`` / ``single_blocks``) in a file whose metadata wrongly says SD 1.5."""
+    g = torch.Generator().manual_seed(7)
+    extra = {}
+    for name in ("lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_0_linear1"):
+        extra |= {f"{name}.lora_down.weight": torch.randn(4, 32, generator=g),
+                  f"{name}.lora_up.weight": torch.randn(96, 4, generator=g), f"{name}.alpha": torch.tensor(4.0)}
+    return "sd15", write_kohya(folder / "flux.safetensors", [], "sd15", extra=extra,
+                               metadata={"ss_base_model_version": "sd_1.5"}).path
+
+
+def _mentions(*patterns: str, never: str | None = None) -> Callable[[str], bool]:
+    return lambda message: (all(re.search(p, message, re.IGNORECASE) for p in patterns)
+                            and (never is None or not re.search(never, message, re.IGNORECASE)))
 
 
 REFUSALS = [
@@ -329,7 +385,22 @@ REFUSALS = [
     ("sdxl-lora-on-sd15-no-header", _other_family("sdxl", "sd15", False), _mentions(r"SDXL")),
     ("sd15-lora-on-sdxl", _other_family("sd15", "sdxl", True), _mentions(r"\bSD[ -]?1")),
     ("sd15-lora-on-sdxl-no-header", _other_family("sd15", "sdxl", False), _mentions(r"\bSD[ -]?1")),
-    ("3x3-delta-on-1x1-conv", _shape_mismatch, _mentions(r"proj_in")),
+    ("3x3-delta-on-1x1-conv", _shape_mismatch, _mentions(r"proj_in", r"another base model")),
+    # a layout Atelier does not know, or a file whose tensors do not multiply: named, the base model not blamed
+    ("lokr-unknown-factorisation", _lokr_unknown_factorisation,
+     _mentions(r"conv1", r"no factorisation", r"w1 2x2", r"w2 \d+x\d+x9", never="another base model")),
+    ("lora-ranks-disagree", _inconsistent_ranks,
+     _mentions(r"to_q", r"down 5x\d+", r"up \d+x4", r"do not make one weight", never="another base model")),
+    # the family from other trainers' metadata spellings when the keys say none; key evidence first
+    *[(f"sd15-unet-only-on-sdxl-metadata-{said}", _unet_only("sd15", "sdxl", {field: said}),
+       _mentions(r"made for SD 1\.x")) for field, said in (("ss_base_model_version", "sd_1.5"),
+                                                            ("ss_base_model_version", "SD1.5"),
+                                                            ("modelspec.architecture", "stable-diffusion-v1/lora"))],
+    *[(f"sdxl-unet-only-on-sd15-metadata-{said}", _unet_only("sdxl", "sd15", {field: said}),
+       _mentions(r"made for SDXL"))
+      for field, said in (("ss_base_model_version", "sdxl_base_v1-0"), ("ss_base_model_version", "SDXL 1.0"),
+                          ("modelspec.architecture", "stable-diffusion-xl-v1-base/lora"))],
+    ("flux-keys-with-sd15-metadata", _flux_keys_sd15_metadata, _mentions(r"made for FLUX")),
     ("one-unknown-module", _unknown_module, _mentions(r"to_zz")),
 ]
 
