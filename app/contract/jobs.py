@@ -98,6 +98,7 @@ class JobMessage(BaseJob):
     invert_mask: bool = False
     background_image: str | None = None
     refer_strength: float = DEFAULT_REFER_STRENGTH
+    refine_strength: float | None = None     # Refine.Strength; None: the main model's refine.strength
     background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)

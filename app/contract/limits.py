@@ -36,6 +36,16 @@ BATCH_SIZE_RANGE = Range(1, 16)
 REFER_STRENGTH_RANGE = Range(0.0, 1.0)      # Image2Image.ReferStrength
 DEFAULT_REFER_STRENGTH = 0.5
 
+#: Native size and refinement (docs/API.md "Native size and refinement"): a Main model draws at its native size
+#: (``native:`` in models_config, else its family's); a request larger than TWO_PASS_AREA times the native area
+#: is drawn at the native area (the request's aspect ratio), upscaled and redrawn at the refine strength.
+NATIVE_SIZES: dict[str, tuple[int, int]] = {"sd15": (512, 512), "sdxl": (1024, 1024)}
+TWO_PASS_AREA = 1.2
+REFINE_FIELD = "Refine"                     # the request's extension object: Refine.Strength
+REFINE_STRENGTH_RANGE = Range(0.0, 1.0)     # 0 = upscale only
+DEFAULT_REFINE_STRENGTH = 0.35
+SIZE_MULTIPLE = 8                           # a pass's size: multiples of the VAE factor
+
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "JustResize", "CropAndResize", "ResizeAndFill"
 RESIZE_MODES: tuple[str, ...] = (JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL)        # Mannequin.ResizeMode
 DEFAULT_RESIZE_MODE = RESIZE_AND_FILL

@@ -30,6 +30,7 @@ from app.contract.limits import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_LORA_WEIGHT,
     DEFAULT_POINTS,
+    DEFAULT_REFINE_STRENGTH,
     DEFAULT_RESOLUTION,
     DEFAULT_STARTING_STEP,
     DEFAULT_STEPS,
@@ -40,9 +41,12 @@ from app.contract.limits import (
     LORA_WEIGHT_RANGE,
     MASK_ENGINE_TYPES,
     MASK_ENGINES,
+    NATIVE_SIZES,
     PREPROCESSOR_KINDS,
+    REFINE_STRENGTH_RANGE,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
+    SIZE_MULTIPLE,
     SIZE_RANGE,
     SOURCE_KINDS,
     STEP_RATIO_RANGE,
@@ -183,6 +187,21 @@ class ModelDefaults(BaseModel):
         return v
 
 
+class NativeSize(BaseModel):
+    """``native: {width, height}``: the size a Main model draws at (its training size); multiples of 8."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(ge=SIZE_RANGE.lo, le=SIZE_RANGE.hi, multiple_of=SIZE_MULTIPLE)
+    height: int = Field(ge=SIZE_RANGE.lo, le=SIZE_RANGE.hi, multiple_of=SIZE_MULTIPLE)
+
+
+class RefineOptions(BaseModel):
+    """``refine: {strength}``: how much the second pass of a large request redraws (0 = upscale only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    strength: float = Field(DEFAULT_REFINE_STRENGTH, ge=REFINE_STRENGTH_RANGE.lo, le=REFINE_STRENGTH_RANGE.hi)
+
+
 class DefaultControl(BaseModel):
     """A control unit a Main model gets when the request has no ``ControlNetList`` (alias ``ControlNet``)."""
 
@@ -290,6 +309,10 @@ class ModelEntry(BaseModel):
                                 " \"Speed (GPU fast paths)\")")
     points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image made costs; a mask engine: what"
                         " each input image costs (TaskDetail.ConsumeApiPoint)")
+    native: NativeSize | None = Field(None, description="Main: the size it draws at; default its family's"
+                                      " (limits.NATIVE_SIZES)")
+    refine: RefineOptions = Field(default_factory=RefineOptions, description="Main: the second pass of a request"
+                                  " larger than its native size")
     # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
     engine: MaskEngine | None = Field(None, description="a mask engine's kind (limits.MASK_ENGINES)")
     rembg_model: RembgModel | None = Field(None, description="engine rembg: which of rembg's models the ONNX"
@@ -302,6 +325,8 @@ class ModelEntry(BaseModel):
     def _source_fits_type(self) -> ModelEntry:
         if self.model_type != ModelType.MAIN and self.speed != SpeedOptions():
             raise ValueError("`speed:` is for Main models only")
+        if self.model_type != ModelType.MAIN and (self.native is not None or self.refine != RefineOptions()):
+            raise ValueError("`native:` and `refine:` are for Main models only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
         for name in ("engine", "rembg_model", "garment_classes"):
             if getattr(self, name) is not None and not is_engine:
@@ -374,6 +399,11 @@ class ModelEntry(BaseModel):
         if kind == "file" and self.source.file.suffix.lower() != ".onnx":
             raise ValueError(f"`engine: {self.engine}` reads an .onnx file, got {self.source.file.name!r}")
         return self
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) this Main model draws at: its ``native:``, else its family's."""
+        return (self.native.width, self.native.height) if self.native else NATIVE_SIZES[self.family]
 
     def to_engine(self) -> dict[str, Any]:
         """A ListModels ``MaskEngines`` entry (an extension): what a client may name as ``Engine``."""

@@ -27,6 +27,8 @@ from app.contract.limits import (
     MAX_GARMENT_CLASSES,
     MAX_SUB_MODELS,
     REFER_STRENGTH_RANGE,
+    REFINE_FIELD,
+    REFINE_STRENGTH_RANGE,
     RESIZE_MODES,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
@@ -63,7 +65,7 @@ CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS = "ControlNetList", "ControlNet"
 GENERATE_FIELDS: tuple[str, ...] = (
     "MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed", "Width",
     "Height", "BatchSize", "UseMainModelVAE", "Image2Image", "Mannequin", "ImageAndMaskList", "ImageList",
-    "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS, CALLBACK_URL_FIELD,
+    "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS, CALLBACK_URL_FIELD, REFINE_FIELD,
 )
 
 
@@ -124,6 +126,7 @@ class GenerateRequest:
     callback_url: str | None = None  # CallbackUrl (None: the key's default, if any)
     clothes_segmenter: str | None = None      # Mannequin.ClothesSegmenter (an extension)
     garment_classes: list[int] | None = None  # Mannequin.GarmentClasses (an extension)
+    refine_strength: float | None = None      # Refine.Strength (an extension; None: the main model's)
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -329,7 +332,8 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
        clothes segmenter makes the mask), InvertMask, and the extensions ClothesSegmenter and GarmentClasses
        (only without ClothesMaskIndex);
        then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
-    5. CallbackUrl (optional, the webhook extension: :func:`check_callback_url`);
+    5. Refine (optional, an extension: ``Strength``), then CallbackUrl (optional, the webhook extension:
+       :func:`check_callback_url`);
     6. every image decoded, first to last (the expensive part comes last).
 
     Indexes point into ImageAndMaskList, or, in the other style, into ImageList (``Mannequin.ImageIndex``,
@@ -386,6 +390,11 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         raise ApiError.param(CLOTHES_SEGMENTER_FIELD if segmenter is not None else GARMENT_CLASSES_FIELD,
                              "is for a request without Mannequin.ClothesMaskIndex (the mask is given)")
     control_units = _parse_control_units(body, lists, mannequin_index)
+    refine = check_object(body.get(REFINE_FIELD), REFINE_FIELD, default=None)
+    refine_strength = None
+    if refine is not None:
+        refine_strength = check_float(refine.get("Strength"), f"{REFINE_FIELD}.Strength", lo=REFINE_STRENGTH_RANGE.lo,
+                                      hi=REFINE_STRENGTH_RANGE.hi, default=None)
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
 
@@ -417,4 +426,5 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         control_units_field=control_units_field(body),
         ignored_fields=[name for name in body if name not in known],
         callback_url=callback_url,
+        refine_strength=refine_strength,
     )

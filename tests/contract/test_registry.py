@@ -479,3 +479,24 @@ def test_require_gives_the_entry_of_one_of_the_kinds_else_unknown_model_naming_t
         assert isinstance(caught.value, LookupError)
     with pytest.raises(TypeError, match="at least one ModelType"):
         reg.require("main")
+
+
+def test_native_size_and_refine_strength_of_a_main_model():
+    reg = registry_of(model("sd15"), model("xl", family="sdxl", source={"path": "xl"}),
+                      model("own", native={"width": 256, "height": 384}, refine={"strength": 0.5}))
+    assert reg.get("sd15").native_size == (512, 512) and reg.get("xl").native_size == (1024, 1024)
+    assert reg.get("own").native_size == (256, 384) and reg.get("own").refine.strength == 0.5
+    assert reg.get("sd15").refine.strength == 0.35
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"native": {"width": 250, "height": 384}}, r"native.width: Input should be a multiple of 8"),
+    ({"native": {"width": 32, "height": 384}}, r"native.width: Input should be greater than or equal to 64"),
+    ({"native": {"width": 256}}, r"native.height: Field required"),
+    ({"refine": {"strength": 1.5}}, r"refine.strength: Input should be less than or equal to 1"),
+    ({"ModelType": "LoRA", "source": {"file": "l.safetensors"}, "native": {"width": 256, "height": 256}},
+     r"`native:` and `refine:` are for Main models only"),
+])
+def test_bad_native_or_refine_options_are_refused_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=r"^models.yaml: models\[0\] \(ModelCode 'bad'\): .*" + message):
+        registry_of(model("bad", **fields))

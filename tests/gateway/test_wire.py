@@ -40,6 +40,7 @@ def full_body() -> dict:
         UseMainModelVAE=True,
         Image2Image={"ImageIndex": 0, "ReferStrength": 0.3},
         Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 1, "ResizeMode": "CropAndResize", "InvertMask": True},
+        Refine={"Strength": 0.5},
     )
 
 
@@ -158,8 +159,9 @@ RANGED = [
     ("BatchSize", 1, 16, lambda r: r.batch_size),
     ("Image2Image.ReferStrength", 0, 1, lambda r: r.refer_strength),
     ("SubModelList[0].InferenceParams.LoraWeight", -1, 2, lambda r: r.sub_models[0].lora_weight),
+    ("Refine.Strength", 0, 1, lambda r: r.refine_strength),
 ]
-FLOAT_PATHS = {"Image2Image.ReferStrength", "SubModelList[0].InferenceParams.LoraWeight"}
+FLOAT_PATHS = {"Image2Image.ReferStrength", "SubModelList[0].InferenceParams.LoraWeight", "Refine.Strength"}
 
 
 @pytest.mark.parametrize(("path", "lo", "hi", "read"), RANGED, ids=[r[0] for r in RANGED])
@@ -265,6 +267,8 @@ WRONG_TYPES = [
     ("Image2Image.ImageIndex", 0.5, "must be an integer"),
     ("Image2Image.ReferStrength", "0.5", "must be a number"),
     ("Image2Image.ReferStrength", True, "must be a number"),
+    ("Refine.Strength", "0.3", "must be a number"),
+    ("Refine", 0.3, "must be an object"),
     ("SubModelList[0].InferenceParams.LoraWeight", "1", "must be a number"),
     ("TranslatePrompts", "true", "must be a boolean (true or false)"),
     ("TranslatePrompts", 1, "must be a boolean (true or false)"),

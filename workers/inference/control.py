@@ -281,6 +281,9 @@ def run_control_inpaint(
     negative_prompt: str,
     sampling: Sampling,
     control: ControlUnits,
+    *,
+    starts: Sequence[Image.Image | np.ndarray] | None = None,
+    strength: float = 1.0,
 ) -> list[Image.Image] | list[np.ndarray]:
     """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``sampling.batch_size``
     RGB images of ``comp``'s size.
@@ -289,7 +292,8 @@ def run_control_inpaint(
     (:class:`ControlUnits`). Everything else is :func:`workers.inference.inpaint.run_inpaint`, which this calls
     with the control arguments: image ``i`` from seed ``seed + i`` (a batch in few pipeline calls), height/width
     always passed (padded, cropped back), clothes pixels bit-identical to ``comp.image``, the background
-    reference, ``on_step``, ``stats``, ``output`` (:class:`~workers.inference.inpaint.Sampling`).
+    reference, ``on_step``, ``stats``, ``output`` (:class:`~workers.inference.inpaint.Sampling`), a refine pass
+    from ``starts`` at ``strength``.
     """
     return run_inpaint(pipe, comp, prompt, negative_prompt, sampling,
-                       pipeline_kwargs=_control_kwargs(pipe, comp, control))
+                       pipeline_kwargs=_control_kwargs(pipe, comp, control), starts=starts, strength=strength)

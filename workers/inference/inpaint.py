@@ -314,25 +314,28 @@ class _StepEnd:
 
 
 def _call_pipeline(pipe: DiffusionPipeline, prompt: str, negative_prompt: str, canvas: _Canvas, sampling: Sampling,
-                   step_end: _StepEnd, done: int, chunk: int, pipeline_kwargs: dict | None) -> list[np.ndarray]:
+                   step_end: _StepEnd, done: int, chunk: int, pipeline_kwargs: dict | None,
+                   starts: list[Image.Image] | None = None, strength: float = 1.0) -> list[np.ndarray]:
     """One pipeline call making images ``done`` to ``done + chunk - 1`` of the batch, each from its own seed;
-    the pipeline's float images (``output_type="np"``), at the padded size."""
+    the pipeline's float images (``output_type="np"``), at the padded size. ``starts``: each image's own start
+    (padded), redrawn at ``strength`` (a refine pass); else the canvas, at strength 1."""
     seeds = [sampling.seed + done + k for k in range(chunk)]
     step_end.start_call(done, chunk, ReferenceHold(canvas.x0, canvas.strength, seeds) if canvas.x0 is not None
                         else None)
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
     padded = canvas.padded
     before_call(pipe, padded.width, padded.height, chunk)
+    # one copy per image, so that each image's VAE sample is drawn from its own generator
+    images = starts[done:done + chunk] if starts is not None else [padded.image] * chunk
     started = time.perf_counter()
     result = pipe(
         prompt=prompt,
         negative_prompt=negative_prompt,
-        # one copy per image, so that each image's VAE sample is drawn from its own generator
-        image=padded.image if chunk == 1 else [padded.image] * chunk,
+        image=images[0] if chunk == 1 else images,
         mask_image=canvas.mask if chunk == 1 else [canvas.mask] * chunk,
         height=padded.height,
         width=padded.width,
-        strength=1.0,
+        strength=strength,
         num_inference_steps=sampling.steps,
         guidance_scale=sampling.guidance_scale,
         num_images_per_prompt=chunk,
@@ -360,6 +363,14 @@ def _finish(generated: np.ndarray, comp: Composition, canvas: _Canvas,
     return pixels if output == "np" else Image.fromarray(pixels, mode="RGB")
 
 
+def _rgb(image: Image.Image | np.ndarray, comp: Composition) -> Image.Image:
+    """A start image as RGB, checked to be ``comp``'s size."""
+    rgb = Image.fromarray(image, mode="RGB") if isinstance(image, np.ndarray) else image.convert("RGB")
+    if rgb.size != (comp.width, comp.height):
+        raise ValueError(f"a start image of {rgb.width}x{rgb.height} for a {comp.width}x{comp.height} composition")
+    return rgb
+
+
 def run_inpaint(
     pipe: DiffusionPipeline,
     comp: Composition,
@@ -368,6 +379,8 @@ def run_inpaint(
     sampling: Sampling,
     *,
     pipeline_kwargs: dict | None = None,
+    starts: Sequence[Image.Image | np.ndarray] | None = None,
+    strength: float = 1.0,
 ) -> list[Image.Image] | list[np.ndarray]:
     """Redraw everything but the clothes of ``comp`` as ``sampling`` says (:class:`Sampling`: seeds, steps,
     guidance, background reference, progress, output kind); return ``sampling.batch_size`` RGB images of
@@ -375,14 +388,27 @@ def run_inpaint(
 
     ``pipeline_kwargs``: extra arguments of every pipeline call (the ControlNet runner's control maps,
     already padded to the size this function pads to: the composition rounded up to :func:`size_multiple`).
+
+    ``starts`` (a refine pass, :mod:`workers.inference.passes`): one image of ``comp``'s size per image of the
+    batch, each redrawn outside the clothes from itself at ``strength`` (img2img: the last ``strength`` of the
+    denoising schedule) instead of from the composition at strength 1.
     """
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     canvas = _canvas(pipe, comp, sampling)
+    padded_starts = None
+    if starts is not None:
+        if len(starts) != sampling.batch_size:
+            raise ValueError(f"{len(starts)} start images for a batch of {sampling.batch_size}")
+        multiple = size_multiple(pipe)
+        padded_starts = [pad_to_multiple(Composition(_rgb(start, comp), comp.keep, comp.figure), multiple).image
+                         for start in starts]
     per_call = images_per_call(pipe, canvas.padded.width, canvas.padded.height)
     step_end = _StepEnd(sampling.on_step, sampling.batch_size)
     images = []
     for done in range(0, sampling.batch_size, per_call):
         chunk = min(per_call, sampling.batch_size - done)
         for generated in _call_pipeline(pipe, prompt, negative_prompt, canvas, sampling, step_end, done, chunk,
-                                        pipeline_kwargs):
+                                        pipeline_kwargs, padded_starts, strength):
             images.append(_finish(generated, comp, canvas, sampling.output))
     return images

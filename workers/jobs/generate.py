@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -22,9 +23,10 @@ from app.contract.jobs import JobMessage
 from app.contract.limits import SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry, Registry
 from app.contract.storage import AUTO_MASK_NAME
-from workers.inference.compose import Composition, fit_background, fit_geometry, prepare
+from workers.inference.compose import Composition, fit_background, fit_geometry, paste_back_pixels, prepare
 from workers.inference.control import ControlUnits, control_pipeline, run_control_inpaint
 from workers.inference.inpaint import Sampling, run_inpaint
+from workers.inference.passes import Passes, plan_passes
 from workers.inference.preprocess import preprocess
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
@@ -44,23 +46,41 @@ from workers.translate.translator import TranslatorLoadError, translate_prompts
 log = logging.getLogger("atelier.worker")
 
 
-def time_budget(settings, job: JobMessage, steps: int) -> float:
-    """Seconds a job may take: a base plus a share per megapixel, step and image (docs/deployment.md)."""
-    megapixels = job.width * job.height / 1e6
-    return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * megapixels * steps * job.batch_size
+def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
+    """The passes ``job`` runs on ``entry`` (:mod:`workers.inference.passes`); one pass for an unknown model."""
+    if entry is None:
+        return plan_passes(job.width, job.height, (job.width, job.height), 0.0)
+    strength = job.refine_strength if job.refine_strength is not None else entry.refine.strength
+    return plan_passes(job.width, job.height, entry.native_size, strength)
+
+
+def time_budget(settings, job: JobMessage, steps: int, passes: Passes) -> float:
+    """Seconds a job may take: a base plus a share per megapixel, step and image of each pass
+    (docs/deployment.md)."""
+    work = passes.draw[0] * passes.draw[1] * steps + passes.final[0] * passes.final[1] * passes.refine_steps(steps)
+    return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * work / 1e6 * job.batch_size
+
+
+@dataclass
+class Pass:
+    """What one pass draws on: its composition, background reference and control maps, at its size."""
+
+    comp: Composition
+    background: Image.Image | None
+    control_maps: list[Image.Image] = field(default_factory=list)
 
 
 @dataclass
 class Plan:
-    """What :func:`_run` needs, every input read and checked."""
+    """What :func:`_run` needs, every input read and checked: the passes (``draw`` is ``final`` for one pass)."""
 
     entry: ModelEntry
-    comp: Composition
-    background: Image.Image | None
+    passes: Passes
+    draw: Pass
+    final: Pass
     specs: list[SubModelSpec]
     prompt: str
     negative: str
-    control_maps: list[Image.Image] = field(default_factory=list)
     control_models: list[ModelEntry] = field(default_factory=list)
 
 
@@ -71,13 +91,14 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
     job = JobMessage.model_validate(message)
     entry = rt.registry.get(job.main_model)
     steps = entry.defaults.steps if entry is not None else 0
+    passes = passes_of(entry, job)
 
     def work(held: Lease, timings: Timings, watch: JobWatch) -> tuple[int, str]:
         count = _generate(rt, held, job, timings, watch)
         return count, f"{count} image(s) of {job.width}x{job.height}"
 
-    run_task(rt, job.task_uid, label=job.main_model, total_steps=steps * job.batch_size,
-             budget_s=time_budget(rt.settings, job, steps), work=work,
+    run_task(rt, job.task_uid, label=job.main_model, total_steps=(steps + passes.refine_steps(steps)) * job.batch_size,
+             budget_s=time_budget(rt.settings, job, steps, passes), work=work,
              oom_message=f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}:"
                          " lower BatchSize or Width/Height")
 
@@ -110,44 +131,58 @@ def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings,
 
 
 def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
-    comp = _composition(rt, held, registry, job)
-    background = None
-    if job.background_image:
-        raw = open_input(rt, job.background_image)
-        background = fit_background(raw, comp.width, comp.height, job.background_resize_mode)
+    passes = passes_of(entry, job)
+    rt.store.add_note(job.task_uid, passes.note())
+    comps = _compositions(rt, held, registry, job, [passes.draw, passes.final])
+    raw_background = open_input(rt, job.background_image) if job.background_image else None
+    units = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
+
+    def at(size: tuple[int, int]) -> Pass:
+        comp = comps[size]
+        background = None
+        if raw_background is not None:
+            background = fit_background(raw_background, comp.width, comp.height, job.background_resize_mode)
+        return Pass(comp, background, [_control_map(rt, held, registry, job, unit, comp) for unit, _ in units])
+
+    final = at(passes.final)
+    draw = at(passes.draw) if passes.two else final
     specs = _submodel_specs(rt, registry, job)
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
-    plan = Plan(entry, comp, background, specs, prompt, negative)
-    for unit in job.control_units:
-        plan.control_maps.append(_control_map(rt, held, registry, job, unit, comp))
-        plan.control_models.append(registry.require(unit.control_model, ModelType.CONTROL_MODEL))
-    return plan
+    return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units])
 
 
-def _composition(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage) -> Composition:
-    """The job's mannequin and clothes mask composed at its size: from the worker's cache when a recent job had
-    the same stored inputs and geometry (a shop's variants of one photo), else read and made (and kept, with
-    read-only arrays). A mask the clothes segmenter makes is not cached (it is the job's own result)."""
+def _compositions(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
+                  sizes: list[tuple[int, int]]) -> dict[tuple[int, int], Composition]:
+    """The job's mannequin and clothes mask composed at each of ``sizes``: from the worker's cache when a recent
+    job had the same stored inputs and geometry (a shop's variants of one photo), else read and made once (and
+    kept, with read-only arrays). A mask the clothes segmenter makes is made once and not cached (it is the job's
+    own result)."""
     cache = rt.compositions
-    key = None
-    if cache is not None and job.clothes_mask is not None:
-        key = (job.mannequin_image, job.clothes_mask, job.width, job.height, job.resize_mode, job.invert_mask)
-        comp = cache.get(key)
-        if comp is not None:
-            return comp
+    comps: dict[tuple[int, int], Composition] = {}
+    keys: dict[tuple[int, int], tuple] = {}
+    for size in dict.fromkeys(sizes):
+        if cache is not None and job.clothes_mask is not None:
+            keys[size] = (job.mannequin_image, job.clothes_mask, *size, job.resize_mode, job.invert_mask)
+            comp = cache.get(keys[size])
+            if comp is not None:
+                comps[size] = comp
+    missing = [size for size in dict.fromkeys(sizes) if size not in comps]
+    if not missing:
+        return comps
     mannequin = open_input(rt, job.mannequin_image)
     if job.clothes_mask is not None:
         mask = open_input(rt, job.clothes_mask)
     else:
         mask = _auto_clothes_mask(rt, held, registry, job, mannequin)
-    comp = prepare(mannequin, mask, job.width, job.height, job.resize_mode, job.invert_mask)
-    if key is not None:
-        for array in (comp.keep, comp.figure):
-            if array is not None:
-                array.flags.writeable = False
-        cache.put(key, comp)
-    return comp
+    for size in missing:
+        comp = comps[size] = prepare(mannequin, mask, *size, job.resize_mode, job.invert_mask)
+        if size in keys:
+            for array in (comp.keep, comp.figure):
+                if array is not None:
+                    array.flags.writeable = False
+            cache.put(keys[size], comp)
+    return comps
 
 
 def _auto_clothes_mask(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
@@ -232,27 +267,66 @@ def _control_map(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMes
 # --- run -------------------------------------------------------------------------------------------------
 
 
+class TwoPassProgress:
+    """Both passes' steps as one count (``on_step(step, total)`` of the task): pass 1 reports its steps against its
+    own total plus the refine pass's expected one; the refine pass continues from pass 1's total."""
+
+    def __init__(self, on_step: Callable[[int, int], None], second_total: int):
+        self.on_step, self.second_total, self.first_total = on_step, second_total, 0
+
+    def first(self, step: int, total: int) -> None:
+        self.first_total = total
+        self.on_step(step, total + self.second_total)
+
+    def second(self, step: int, total: int) -> None:
+        self.second_total = total
+        self.on_step(self.first_total + step, self.first_total + total)
+
+
+def upscaled(images: list[np.ndarray], comp: Composition) -> list[np.ndarray]:
+    """Pass 1's images brought to ``comp``'s size (Lanczos), the clothes pasted back exactly."""
+    size = (comp.width, comp.height)
+    return [paste_back_pixels(np.array(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)), comp,
+                              overwrite=True) for image in images]
+
+
 def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: JobMessage,
          timings: Timings, watch: JobWatch) -> list[np.ndarray]:
+    """Draw the job's images: one pass, or pass 1 at the native size, upscaled, and the refine pass from it (the
+    background reference then only keeps its exact pixels at ReferStrength 1: pass 1 already followed it)."""
     progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
-    sampling = Sampling(seed=job.seed, batch_size=job.batch_size, steps=plan.entry.defaults.steps,
-                        guidance_scale=plan.entry.defaults.guidance_scale, on_step=progress, background=plan.background,
+    passes, steps = plan.passes, plan.entry.defaults.steps
+    two = TwoPassProgress(progress, passes.refine_steps(steps) * job.batch_size)
+    sampling = Sampling(seed=job.seed, batch_size=job.batch_size, steps=steps,
+                        guidance_scale=plan.entry.defaults.guidance_scale,
+                        on_step=two.first if passes.refines else progress, background=plan.draw.background,
                         refer_strength=job.refer_strength, stats=timings.pipeline, output="np")
     with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
         loaded = held.load_seconds
         t0 = time.monotonic()
-        if not nets:
-            images = run_inpaint(pipe, plan.comp, plan.prompt, plan.negative, sampling)
-        else:
-            cpipe = control_pipeline(pipe, nets)
-            cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
-            units = job.control_units
-            images = run_control_inpaint(cpipe, plan.comp, plan.prompt, plan.negative, sampling, ControlUnits(
-                control_images=plan.control_maps, controlnet_conditioning_scale=[u.control_weight for u in units],
-                control_guidance_start=[u.starting_step for u in units],
-                control_guidance_end=[u.ending_step for u in units]))
+        images = _denoise(pipe, nets, plan, job, plan.draw, sampling)
+        if passes.two:
+            images = upscaled(images, plan.final.comp)
+        if passes.refines:
+            keep_reference = job.refer_strength == 1.0
+            refine = replace(sampling, on_step=two.second, background=plan.final.background if keep_reference else None)
+            images = _denoise(pipe, nets, plan, job, plan.final, refine, starts=images, strength=passes.strength)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images
+
+
+def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, **refine) -> list[np.ndarray]:
+    """One pass of the job's pipeline (with its ControlNets, if any) on ``at``; ``refine``: ``starts`` and
+    ``strength`` of a refine pass."""
+    if not nets:
+        return run_inpaint(pipe, at.comp, plan.prompt, plan.negative, sampling, **refine)
+    cpipe = control_pipeline(pipe, nets)
+    cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
+    units = job.control_units
+    return run_control_inpaint(cpipe, at.comp, plan.prompt, plan.negative, sampling, ControlUnits(
+        control_images=at.control_maps, controlnet_conditioning_scale=[u.control_weight for u in units],
+        control_guidance_start=[u.starting_step for u in units],
+        control_guidance_end=[u.ending_step for u in units]), **refine)

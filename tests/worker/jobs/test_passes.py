@@ -1,0 +1,157 @@
+"""Native size and refinement (workers/inference/passes.py, the generate job): which passes run, at which sizes,
+with which strength, seen by a spy on the real pipeline calls of real jobs (run_job, the real Redis task store,
+tiny demo models loaded through the production loaders); the clothes bit-exact at the size asked; the Notes and
+the progress of both passes as one count."""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline
+from PIL import Image
+
+from app.contract.jobs import ControlUnitRef, JobMessage
+from app.contract.settings import Settings
+from support.api import example_inputs
+from workers.demo.control import ensure_demo_controlnet
+from workers.demo.model import ensure_demo_model
+from workers.inference.compose import prepare
+from workers.inference.passes import plan_passes
+from workers.jobs.generate import run_job
+from workers.runtime import WorkerRuntime
+
+STEPS = 4
+NATIVE = (64, 96)
+
+
+# ------------------------------------------------------------------------------------------- the arithmetic
+
+@pytest.mark.parametrize("size, native, draw", [
+    ((512, 512), (512, 512), (512, 512)),        # the native size: one pass
+    ((560, 560), (512, 512), (560, 560)),        # within 1.2x the native area: one pass, as asked
+    ((600, 600), (512, 512), (512, 512)),        # beyond: the native area
+    ((1024, 1536), (512, 512), (416, 624)),      # the request's aspect ratio, multiples of 8
+    ((512, 768), (256, 384), (256, 384)),        # a model's own native size
+    ((2048, 1024), (1024, 1024), (1448, 728)),   # SDXL
+    ((2560, 128), (512, 512), (2288, 112)),      # never beyond the size asked, each side a multiple of 8
+])
+def test_the_passes_keep_the_native_area_and_the_aspect_ratio(size, native, draw):
+    passes = plan_passes(*size, native, 0.35)
+    assert passes.draw == draw and passes.final == size and passes.two == (draw != size)
+    assert all(side % 8 == 0 for side in passes.draw) or not passes.two
+    if passes.two:
+        assert abs(draw[0] * draw[1] / (native[0] * native[1]) - 1) < 0.05
+        assert abs(draw[0] / draw[1] - size[0] / size[1]) / (size[0] / size[1]) < 0.05
+
+
+def test_what_the_notes_say_and_how_many_steps_the_refine_pass_takes():
+    assert plan_passes(512, 512, (512, 512), 0.35).note() == "drawn at 512x512"
+    two = plan_passes(512, 768, (256, 384), 0.35)
+    assert two.note() == "drawn at 256x384, refined at 512x768" and two.refine_steps(25) == 8
+    upscale = plan_passes(512, 768, (256, 384), 0.0)
+    assert upscale.note() == "drawn at 256x384, upscaled to 512x768" and upscale.refine_steps(25) == 0
+    assert plan_passes(512, 512, (512, 512), 0.35).refine_steps(25) == 0
+
+
+# ------------------------------------------------------------------------------------------- real jobs
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    main = ensure_demo_model(d / "main")
+    return {"main": main, "cn": ensure_demo_controlnet(d / "cn", seed=0, base_model=main)}
+
+
+@pytest.fixture()
+def rt(tmp_path, redis_url, folders) -> WorkerRuntime:
+    models = [{"ModelCode": "main", "Name": "main", "ModelType": "Main", "source": {"path": str(folders["main"])},
+               "defaults": {"steps": STEPS}, "native": {"width": NATIVE[0], "height": NATIVE[1]}},
+              {"ModelCode": "cn", "Name": "cn", "ModelType": "ControlModel", "source": {"path": str(folders["cn"])}}]
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": models}))
+    settings = Settings(data_dir=tmp_path / "data", models_config=config, redis_url=redis_url, device="cpu",
+                        progress_interval_s=0)
+    return WorkerRuntime.build(settings)
+
+
+@pytest.fixture()
+def calls(monkeypatch) -> list[dict]:
+    """Every real pipeline call of the test: its size, strength, image count and control maps' sizes."""
+    seen = []
+    for cls in (StableDiffusionInpaintPipeline, StableDiffusionControlNetInpaintPipeline):
+        original = cls.__call__
+
+        def spy(self, *args, _original=original, **kwargs):
+            control = kwargs.get("control_image")
+            seen.append({"size": (kwargs["width"], kwargs["height"]), "strength": kwargs["strength"],
+                         "images": kwargs["num_images_per_prompt"],
+                         "control": None if control is None else
+                         [c.size for c in (control if isinstance(control, list) else [control])]})
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", spy)
+    return seen
+
+
+def stored(rt: WorkerRuntime, image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    return rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)
+
+
+def generate(rt: WorkerRuntime, width: int, height: int, batch: int = 1, **job):
+    man, mask = example_inputs()
+    uid, _ = rt.store.create("pk-passes", None, "GenerateFromMannequin", 7, 0)
+    run_job(rt, JobMessage(task_uid=uid, main_model="main", seed=7, width=width, height=height, batch_size=batch,
+                           mannequin_image=stored(rt, man), clothes_mask=stored(rt, mask), **job).to_wire())
+    rec = rt.store.get(uid)
+    assert rec.status == "Finished", (rec.error_code, rec.error_message)
+    comp = prepare(man, mask, width, height, "ResizeAndFill", False)
+    images = [np.asarray(Image.open(io.BytesIO(rt.storage.read_result(uid, name))).convert("RGB"))
+              for name in rec.images]
+    for image in images:  # the clothes are the mannequin's pixels exactly, at the size asked
+        assert image.shape == (height, width, 3)
+        assert np.array_equal(image[comp.keep], np.asarray(comp.image)[comp.keep])
+    return rec, images
+
+
+def test_a_request_within_the_native_area_runs_one_pass_as_asked(rt, calls):
+    rec, _ = generate(rt, 64, 96)
+    assert [c["size"] for c in calls] == [(64, 96)] and calls[0]["strength"] == 1.0
+    assert "drawn at 64x96" in rec.notes and (rec.step, rec.total_steps) == (STEPS, STEPS)
+
+
+def test_a_larger_request_is_drawn_at_the_native_size_then_refined_at_its_own(rt, calls):
+    rec, images = generate(rt, 128, 192, batch=3)
+    assert [(c["size"], c["strength"], c["images"]) for c in calls] == [((64, 96), 1.0, 3), ((128, 192), 0.35, 3)]
+    assert "drawn at 64x96, refined at 128x192" in rec.notes
+    refine_steps = int(STEPS * 0.35)
+    assert (rec.step, rec.total_steps) == ((STEPS + refine_steps) * 3, (STEPS + refine_steps) * 3)
+    assert len(images) == 3 and not np.array_equal(images[0], images[1])  # image i from seed + i
+
+
+def test_refine_strength_0_upscales_only(rt, calls):
+    rec, _ = generate(rt, 128, 192, refine_strength=0.0)
+    assert [c["size"] for c in calls] == [(64, 96)]
+    assert "drawn at 64x96, upscaled to 128x192" in rec.notes and rec.step == rec.total_steps == STEPS
+
+
+def test_the_request_s_refine_strength_overrides_the_model_s(rt, calls):
+    rec, _ = generate(rt, 128, 192, refine_strength=0.75)
+    assert [(c["size"], c["strength"]) for c in calls] == [((64, 96), 1.0), ((128, 192), 0.75)]
+    assert rec.step == rec.total_steps == STEPS + int(STEPS * 0.75)
+
+
+def test_control_units_apply_in_both_passes_with_their_maps_at_each_pass_s_size(rt, calls):
+    unit = ControlUnitRef(image="", preprocessor=None, resolution=512, control_model="cn", control_weight=1.0,
+                          starting_step=0.0, ending_step=1.0)
+    man, _ = example_inputs()
+    unit = unit.model_copy(update={"image": stored(rt, man)})  # the mannequin photo as the control map
+    generate(rt, 128, 192, control_units=[unit])
+    assert [(c["size"], c["strength"], c["control"]) for c in calls] == [
+        ((64, 96), 1.0, [(64, 96)]), ((128, 192), 0.35, [(128, 192)])]
