@@ -42,6 +42,7 @@ from app.contract.limits import (
     ERODE_SIZE_RANGE,
     HAIR_OPTIMIZATION_MODES,
     LIST_MODELS_FIELDS,
+    REFINE_FIELD,
     RESIZE_MODES,
     ModelType,
 )
@@ -131,6 +132,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         params["ControlNetList"] = [_control_unit(c) for c in args.control if c]
     if args.no_translate:
         params["TranslatePrompts"] = False
+    if args.refine_strength is not None:
+        params[REFINE_FIELD] = {"Strength": args.refine_strength}
     uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
     detail = _wait(args, pub, priv, uid)
     out = Path(args.output)
@@ -310,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--width", type=int, default=512)
     g.add_argument("--height", type=int, default=768)
     g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--refine-strength", type=float, metavar="S",
+                   help="a size above the model's native one: how much the second pass redraws (0..1; 0 = upscale"
+                        " only; default the model's)")
     g.add_argument("--seed", type=int, default=-1)
     g.add_argument("--resize-mode", default=DEFAULT_RESIZE_MODE, choices=RESIZE_MODES)
     g.add_argument("--invert-mask", action="store_true")
