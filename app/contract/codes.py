@@ -37,6 +37,7 @@ class ErrorCode(IntEnum):
     WORKER_LOST = 502        # the workers that ran it died every time (a job that kills its worker?)
     TIMEOUT = 504            # the job ran past its time budget
     UNSUPPORTED_JOB = 505    # a job message version this worker does not know
+    WITHHELD = 506           # every image made was flagged by the Main model's safety checker (its `safety:` policy)
     OUT_OF_MEMORY = 507      # CUDA out of memory: lower BatchSize or the size
 
 
@@ -71,6 +72,11 @@ def model_message(code: str) -> str:
 def worker_lost_message(deaths: int) -> str:
     """ErrorCode 502: a task whose run killed its workers, ended by the recovery or by the next worker."""
     return f"the worker running this task died {deaths} times; not tried again (a job that kills its worker?)"
+
+
+def withheld_message(code: str, count: int) -> str:
+    """ErrorCode 506: every image of a task withheld by the safety checker of the Main model ``code``."""
+    return f"all {count} image(s) withheld by the safety checker of Model [{code}]"
 
 
 def action_message(action: object) -> str:

@@ -202,6 +202,47 @@ class RefineOptions(BaseModel):
     strength: float = Field(DEFAULT_REFINE_STRENGTH, ge=REFINE_STRENGTH_RANGE.lo, le=REFINE_STRENGTH_RANGE.hi)
 
 
+#: ``safety.policy`` values: ``none`` runs no checker (the default), ``checker`` screens every image made.
+SAFETY_POLICIES: tuple[str, ...] = ("none", "checker")
+
+
+class SafetyOptions(BaseModel):
+    """A Main model's safety policy (``safety:``; models_config/README.md "Safety").
+
+    ``safety: none`` (the default) or ``safety: {policy: checker, checker: <folder>}``: the folder of a diffusers
+    ``StableDiffusionSafetyChecker`` with its CLIP image processor (``preprocessor_config.json`` beside it, or a
+    pipeline folder with ``safety_checker/`` and ``feature_extractor/``). ``none`` is the default because SD's
+    checker blacks out swimwear and lingerie, which shops sell: the operator chooses. A checkpoint's own checker is
+    never loaded unless this names it. A relative ``checker`` is resolved against the YAML file's folder.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    policy: Literal[SAFETY_POLICIES] = Field("none", description="none: no checker; checker: every image made is"
+                                             " screened, a flagged one withheld")
+    checker: Path | None = Field(None, description="with policy checker: the safety checker's folder")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"policy": v} if isinstance(v, str) else v  # `safety: none`, `safety: checker` (refused below)
+
+    @model_validator(mode="after")
+    def _checker_with_policy(self) -> SafetyOptions:
+        if self.policy == "checker" and self.checker is None:
+            raise ValueError("`safety: {policy: checker}` needs `checker:`, the folder of a diffusers"
+                             " StableDiffusionSafetyChecker and its preprocessor_config.json")
+        if self.policy != "checker" and self.checker is not None:
+            raise ValueError("`safety.checker` is only used with `policy: checker`")
+        return self
+
+    def resolved(self, base_dir: Path) -> SafetyOptions:
+        """This policy with a relative ``checker`` made absolute against ``base_dir`` (the YAML file's folder)."""
+        if self.checker is None:
+            return self
+        p = self.checker.expanduser()
+        return self.model_copy(update={"checker": p if p.is_absolute() else (base_dir / p).resolve()})
+
+
 class DefaultControl(BaseModel):
     """A control unit a Main model gets when the request has no ``ControlNetList`` (alias ``ControlNet``)."""
 
@@ -313,6 +354,8 @@ class ModelEntry(BaseModel):
                                       " (limits.NATIVE_SIZES)")
     refine: RefineOptions = Field(default_factory=RefineOptions, description="Main: the second pass of a request"
                                   " larger than its native size")
+    safety: SafetyOptions = Field(default_factory=SafetyOptions, description="Main: `none` (default) or"
+                                  " `{policy: checker, checker: <folder>}` (SafetyOptions)")
     # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
     engine: MaskEngine | None = Field(None, description="a mask engine's kind (limits.MASK_ENGINES)")
     rembg_model: RembgModel | None = Field(None, description="engine rembg: which of rembg's models the ONNX"
@@ -327,6 +370,8 @@ class ModelEntry(BaseModel):
             raise ValueError("`speed:` is for Main models only")
         if self.model_type != ModelType.MAIN and (self.native is not None or self.refine != RefineOptions()):
             raise ValueError("`native:` and `refine:` are for Main models only")
+        if self.model_type != ModelType.MAIN and self.safety != SafetyOptions():
+            raise ValueError("`safety:` is for Main models only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
         for name in ("engine", "rembg_model", "garment_classes"):
             if getattr(self, name) is not None and not is_engine:
@@ -488,7 +533,8 @@ class Registry:
                 raise ValueError(f"models[{index}] (ModelCode {e.model_code!r}): duplicate ModelCode,"
                                  f" already used by models[{first}]")
             source = e.source.resolved(self.base_dir) if e.source is not None else None
-            self._by_code[e.model_code] = e.model_copy(update={"source": source})
+            self._by_code[e.model_code] = e.model_copy(update={"source": source,
+                                                               "safety": e.safety.resolved(self.base_dir)})
         marked = [e.model_code for e in self._by_code.values() if e.default_main]
         if len(marked) > 1:
             raise ValueError(f"`default_main: true` on {len(marked)} Main models ({', '.join(marked)}); mark one")

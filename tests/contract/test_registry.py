@@ -500,3 +500,32 @@ def test_native_size_and_refine_strength_of_a_main_model():
 def test_bad_native_or_refine_options_are_refused_naming_the_field(fields, message):
     with pytest.raises(ValueError, match=r"^models.yaml: models\[0\] \(ModelCode 'bad'\): .*" + message):
         registry_of(model("bad", **fields))
+
+
+def test_the_safety_policy_defaults_to_none_and_its_checker_folder_is_resolved_against_the_yaml(tmp_path):
+    reg = registry_of(model("default"), model("short", safety="none"), model("long", safety={"policy": "none"}),
+                      model("rel", safety={"policy": "checker", "checker": "checkers/sd"}),
+                      model("abs", safety={"policy": "checker", "checker": "/opt/checker"}))
+    for code in ("default", "short", "long"):
+        assert reg.get(code).safety.policy == "none" and reg.get(code).safety.checker is None
+    assert reg.get("rel").safety.policy == "checker" and reg.get("rel").safety.checker == Path("/deploy/checkers/sd")
+    assert reg.get("abs").safety.checker == Path("/opt/checker")
+    path = write(tmp_path / "cfg", """
+        models:
+          - {ModelCode: m, Name: M, ModelType: Main, source: {demo: inpaint}, safety: {policy: checker, checker: sc}}
+        """)
+    assert Registry.from_file(path).get("m").safety.checker == (tmp_path / "cfg" / "sc").resolve()
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"safety": "checker"}, r"safety: `safety: \{policy: checker\}` needs `checker:`"),
+    ({"safety": {"policy": "checker"}}, r"safety: `safety: \{policy: checker\}` needs `checker:`"),
+    ({"safety": {"policy": "none", "checker": "sc"}}, r"safety: `safety.checker` is only used with `policy: checker`"),
+    ({"safety": "strict"}, r"safety.policy: Input should be 'none' or 'checker'"),
+    ({"safety": {"policy": "checker", "checker": "sc", "threshold": 0.5}}, r"safety.threshold: Extra inputs"),
+    ({"ModelType": "LoRA", "source": {"file": "l.safetensors"}, "safety": {"policy": "checker", "checker": "sc"}},
+     r"`safety:` is for Main models only"),
+])
+def test_bad_safety_policies_are_refused_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=r"^models.yaml: models\[0\] \(ModelCode 'bad'\): .*" + message):
+        registry_of(model("bad", **fields))

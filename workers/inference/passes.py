@@ -19,24 +19,27 @@ from app.contract.limits import SIZE_MULTIPLE, SIZE_RANGE, TWO_PASS_AREA
 @dataclass(frozen=True)
 class Passes:
     """The sizes a job is drawn at: ``draw`` (pass 1) and ``final`` (the size asked); one pass when they are the
-    same. ``strength``: the refine pass's strength (0: upscale only)."""
+    same. ``strength``: the refine pass's strength (0: upscale only); ``steps``: the model's denoising steps."""
 
     draw: tuple[int, int]
     final: tuple[int, int]
     strength: float
+    steps: int
 
     @property
     def two(self) -> bool:
         return self.draw != self.final
 
     @property
-    def refines(self) -> bool:
-        """Whether a second pipeline pass runs (two passes and a strength above 0)."""
-        return self.two and self.strength > 0
+    def refine_steps(self) -> int:
+        """The denoising steps of the refine pass: diffusers' img2img count, ``int(steps * strength)`` (0: none)."""
+        return min(int(self.steps * self.strength), self.steps) if self.two else 0
 
-    def refine_steps(self, steps: int) -> int:
-        """The denoising steps of the refine pass: diffusers' img2img count, ``int(steps * strength)``."""
-        return min(int(steps * self.strength), steps) if self.refines else 0
+    @property
+    def refines(self) -> bool:
+        """Whether a second pipeline pass runs: two passes whose strength leaves at least one step of the
+        schedule (a strength that leaves none, like 0, upscales only)."""
+        return self.refine_steps > 0
 
     def note(self) -> str:
         """What ran, for the task's Notes: ``drawn at 512x768, refined at 1024x1536``."""
@@ -46,12 +49,13 @@ class Passes:
         return drawn + (", refined at {}x{}" if self.refines else ", upscaled to {}x{}").format(*self.final)
 
 
-def plan_passes(width: int, height: int, native: tuple[int, int], strength: float) -> Passes:
-    """The passes of a ``width`` x ``height`` request on a model of ``native`` size (see the module doc)."""
+def plan_passes(width: int, height: int, native: tuple[int, int], strength: float, steps: int) -> Passes:
+    """The passes of a ``width`` x ``height`` request of ``steps`` denoising steps on a model of ``native`` size
+    (see the module doc)."""
     area = native[0] * native[1]
     if width * height <= TWO_PASS_AREA * area:
-        return Passes((width, height), (width, height), strength)
+        return Passes((width, height), (width, height), strength, steps)
     aspect = width / height
     draw = tuple(min(limit, max(SIZE_RANGE.lo, SIZE_MULTIPLE * round(side / SIZE_MULTIPLE)))
                  for side, limit in ((math.sqrt(area * aspect), width), (math.sqrt(area / aspect), height)))
-    return Passes(draw, (width, height), strength)  # type: ignore[arg-type]
+    return Passes(draw, (width, height), strength, steps)  # type: ignore[arg-type]

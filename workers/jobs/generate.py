@@ -6,7 +6,8 @@ task has on a worker (:func:`workers.lifecycle.task.run_task`: lease, watch, can
    (translated when asked; the models' trigger words first), a control map per control unit;
 2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets), held in
    the model cache for the whole job, denoising with progress written to the task record;
-3. **store**: PNGs under the TaskUID, the task Finished.
+3. **store**: the images the model's safety policy lets through (:func:`_screen`; all under ``safety: none``) as
+   PNGs under the TaskUID, the task Finished.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from app.contract.codes import ErrorCode
+from app.contract.codes import ErrorCode, withheld_message
 from app.contract.jobs import JobMessage
 from app.contract.limits import SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry, Registry
@@ -28,6 +29,7 @@ from workers.inference.control import ControlUnits, control_pipeline, run_contro
 from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.passes import Passes, plan_passes
 from workers.inference.preprocess import preprocess
+from workers.inference.safety import withheld_note
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
 from workers.lifecycle.stored import open_input, png_bytes
@@ -49,15 +51,15 @@ log = logging.getLogger("atelier.worker")
 def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
     """The passes ``job`` runs on ``entry`` (:mod:`workers.inference.passes`); one pass for an unknown model."""
     if entry is None:
-        return plan_passes(job.width, job.height, (job.width, job.height), 0.0)
+        return plan_passes(job.width, job.height, (job.width, job.height), 0.0, 0)
     strength = job.refine_strength if job.refine_strength is not None else entry.refine.strength
-    return plan_passes(job.width, job.height, entry.native_size, strength)
+    return plan_passes(job.width, job.height, entry.native_size, strength, entry.defaults.steps)
 
 
 def time_budget(settings, job: JobMessage, steps: int, passes: Passes) -> float:
     """Seconds a job may take: a base plus a share per megapixel, step and image of each pass
     (docs/deployment.md)."""
-    work = passes.draw[0] * passes.draw[1] * steps + passes.final[0] * passes.final[1] * passes.refine_steps(steps)
+    work = passes.draw[0] * passes.draw[1] * steps + passes.final[0] * passes.final[1] * passes.refine_steps
     return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * work / 1e6 * job.batch_size
 
 
@@ -97,7 +99,7 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
         count = _generate(rt, held, job, timings, watch)
         return count, f"{count} image(s) of {job.width}x{job.height}"
 
-    run_task(rt, job.task_uid, label=job.main_model, total_steps=(steps + passes.refine_steps(steps)) * job.batch_size,
+    run_task(rt, job.task_uid, label=job.main_model, total_steps=(steps + passes.refine_steps) * job.batch_size,
              budget_s=time_budget(rt.settings, job, steps, passes), work=work,
              oom_message=f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}:"
                          " lower BatchSize or Width/Height")
@@ -110,6 +112,7 @@ def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings,
         plan = _plan(rt, held, registry, entry, job)
         watch.check()
         images = _run(rt, held, registry, plan, job, timings, watch)
+        images = _screen(rt, held, entry, job, images)  # last: what is screened is what is stored
     except ModelLoadError as e:
         log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
         raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be loaded") from e
@@ -125,6 +128,27 @@ def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings,
            steps=timings.steps)
     timings.store = time.monotonic() - t0
     return len(names)
+
+
+def _screen(rt: WorkerRuntime, held: Lease, entry: ModelEntry, job: JobMessage,
+            images: list[np.ndarray]) -> list[np.ndarray]:
+    """The images the Main model's safety policy lets through (``safety:``; docs/API.md "Safety"): all under
+    ``none``; under ``checker``, those its checker does not flag, each flagged one named in the task's Notes, and
+    Error 506 when it flags them all. Only the checker's flags are read: an image is stored as drawn or not at all."""
+    checker = rt.models.safety_checker(held, entry)
+    if checker is None:
+        return images
+    flags = checker.flags(images)
+    for i, flagged in enumerate(flags):
+        if flagged:
+            rt.store.add_note(job.task_uid, withheld_note(i + 1, len(images)))
+    kept = [image for image, flagged in zip(images, flags, strict=True) if not flagged]
+    if len(kept) < len(images):
+        log.info("task %s: %d of %d image(s) withheld by the safety checker of %s", job.task_uid,
+                 len(images) - len(kept), len(images), entry.model_code)
+    if not kept:
+        raise JobError(ErrorCode.WITHHELD, withheld_message(entry.model_code, len(images)))
+    return kept
 
 
 # --- plan ------------------------------------------------------------------------------------------------
@@ -296,7 +320,7 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
     background reference then only keeps its exact pixels at ReferStrength 1: pass 1 already followed it)."""
     progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
     passes, steps = plan.passes, plan.entry.defaults.steps
-    two = TwoPassProgress(progress, passes.refine_steps(steps) * job.batch_size)
+    two = TwoPassProgress(progress, passes.refine_steps * job.batch_size)
     sampling = Sampling(seed=job.seed, batch_size=job.batch_size, steps=steps,
                         guidance_scale=plan.entry.defaults.guidance_scale,
                         on_step=two.first if passes.refines else progress, background=plan.draw.background,

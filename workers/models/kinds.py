@@ -20,6 +20,8 @@ One method per kind says how it is keyed (what makes two requests share one load
   resolved file unless the kind says more), the file's mtime and size; in its kind's place (host for LoRAs,
   embeddings, hypernetworks); :func:`~workers.submodels.apply.read_submodel`.
 * ``translator``: by resolved folder; host; :meth:`~workers.translate.translator.Translator.load`.
+* ``safety``: a Main model's safety checker (``safety: {policy: checker}``), by resolved folder and dtype; device;
+  :func:`~workers.inference.safety.load_safety_checker`.
 * ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
   file or folder and rembg model; on the device for transformers folders, host for ONNX files and
   the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
@@ -40,6 +42,7 @@ import torch
 from app.contract.registry import ModelEntry, ModelSource, Registry
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
+from workers.inference.safety import SafetyCheckerError, checker_folders, load_safety_checker
 from workers.masks.engines import EngineError, load_engine
 from workers.models import loading
 from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
@@ -62,6 +65,7 @@ class Loaders:
     submodel: Callable[..., Any] = read_submodel
     translator: Callable[..., Any] = Translator.load
     mask: Callable[..., Any] = load_engine
+    safety: Callable[..., Any] = load_safety_checker
 
 
 class WorkerModels:
@@ -199,6 +203,32 @@ class WorkerModels:
         return lease.get(("translator", str(path)), lambda: self.loaders.translator(path), label=path.name,
                          kind="translator", place="host", slot=("translator",),
                          estimate=lambda: loading.estimate_bytes(ModelSource(path=path), torch.float32))  # on the CPU
+
+    def safety_checker(self, lease: Lease, entry: ModelEntry) -> Any:
+        """The safety checker the Main model ``entry``'s policy names (``safety.checker``, resolved by the
+        registry), on the device in this worker's dtype; None under ``policy: none``. Models naming one folder share
+        it. Raises :class:`ModelLoadError` (labelled ``safety:<ModelCode>``)."""
+        if entry.safety.policy != "checker":
+            return None
+        folder, label = entry.safety.checker, f"safety:{entry.model_code}"
+
+        def load() -> Any:
+            try:
+                return self.loaders.safety(folder, self.device, self.dtype)
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                raise ModelLoadError(label, f"safety checker {folder}: {e}") from e
+
+        def estimate() -> int | None:
+            try:
+                model_dir, _ = checker_folders(folder)
+            except SafetyCheckerError:
+                return None
+            return loading.estimate_bytes(ModelSource(path=model_dir), self.dtype) or None  # 0: pickled weights only
+
+        return lease.get(("safety", str(folder), str(self.dtype)), load, label=label, kind="safety",
+                         estimate=estimate, slot=("safety", entry.model_code))
 
     def mask_engine(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
         """The mask engine ``entry`` (:mod:`workers.masks.engines`). Raises :class:`ModelLoadError` for files

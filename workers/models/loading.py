@@ -16,6 +16,10 @@ single-file checkpoint is loaded with its ``config`` folder, or, without one, wi
 base model diffusers infers from its keys *only if they are already in the local Hugging Face cache*
 (diffusers itself would silently go online for them).
 
+A checkpoint's own safety checker (``safety_checker/`` and ``feature_extractor/`` in an SD 1.x/2.x folder or
+config folder) is never loaded (:func:`without_safety_checker`): a Main model is screened only when its
+``safety:`` policy names a checker, which the worker loads apart (:mod:`workers.inference.safety`).
+
 Every failure is a :class:`ModelLoadError` naming the model and the cause (missing file, corrupt or
 truncated checkpoint, wrong family, missing weights), except CUDA out-of-memory, which is re-raised as is
 so that the cache can make room and retry.
@@ -25,6 +29,7 @@ Imports torch and diffusers lazily (inside the functions), so that importing thi
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -50,6 +55,8 @@ _FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2
 _OTHER_DTYPES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8}
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _UNET_IN_KEY = "model.diffusion_model.input_blocks.0.0.weight"
+#: Components of a pipeline folder that :func:`load_main_pipeline` never loads (:func:`without_safety_checker`).
+_NEVER_LOADED = ("safety_checker",)
 
 #: The standard Stable Diffusion VAE configs, used for a single-file VAE given without ``config``
 #: (the shape every SD 1.x/2.x and SDXL VAE checkpoint has; SDXL differs in its scaling factor).
@@ -131,9 +138,10 @@ def _header_bytes(header: dict[str, dict[str, Any]], target_itemsize: int, skip_
 
 def _weight_files(folder: Path) -> list[Path]:
     """The weight files from_pretrained would read in a diffusers folder: per component, the non-variant
-    files when there are any (``x.safetensors`` over ``x.fp16.safetensors``), safetensors over .bin."""
+    files when there are any (``x.safetensors`` over ``x.fp16.safetensors``), safetensors over .bin; not a
+    checkpoint's own safety checker (never loaded with it)."""
     chosen: list[Path] = []
-    dirs = [folder, *(p for p in folder.iterdir() if p.is_dir())]
+    dirs = [folder, *(p for p in folder.iterdir() if p.is_dir() and p.name not in _NEVER_LOADED)]
     for d in dirs:
         files = [p for p in d.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")]
         if d == folder:
@@ -177,6 +185,16 @@ def pipeline_class_for(family: str):
     if family not in classes:
         raise ValueError(f"unknown family {family!r}; expected one of {sorted(classes)}")
     return classes[family]
+
+
+def without_safety_checker(cls) -> dict[str, Any]:
+    """The keyword arguments that keep a checkpoint's own safety checker out of ``cls.from_pretrained`` and
+    ``from_single_file``: for a pipeline class that has one (SD 1.x/2.x), no checker, no feature extractor (it only
+    feeds the checker) and no "you have disabled the safety checker" warning; nothing for one that has none (SDXL,
+    whose ``feature_extractor`` belongs to IP-Adapters)."""
+    if "safety_checker" not in inspect.signature(cls.__init__).parameters:
+        return {}
+    return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
 
 def family_of_pipeline_class(class_name: str) -> str | None:
@@ -345,24 +363,25 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
     if entry.model_type != ModelType.MAIN:
         raise ModelLoadError(code, f"it is a {entry.model_type}, not a Main model")
     cls = pipeline_class_for(family)
+    no_checker = without_safety_checker(cls)  # a policy's checker is loaded apart: WorkerModels.safety_checker
     t0 = time.monotonic()
     with _load_errors(code, source):
         if source.demo is not None:
             folder = demo_path(source.demo, demo_dir)
             _check_folder_family(code, folder, family, "demo folder")
-            pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
+            pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True, **no_checker)
         elif source.path is not None:
             folder = registry.resolve_path(source)
             if not folder.is_dir():
                 raise ModelLoadError(code, f"model folder {folder} does not exist")
             _check_folder_family(code, folder, family, "model folder")
-            pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
+            pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True, **no_checker)
         elif source.file is not None:
             file = registry.resolve_path(source)
             config = registry.resolve_config(source)
             _check_single_file(code, file, config, family)
             config_dir = str(config) if config is not None else _config_from_hf_cache(code, file)
-            pipe = cls.from_single_file(str(file), config=config_dir, dtype=dtype, local_files_only=True)
+            pipe = cls.from_single_file(str(file), config=config_dir, dtype=dtype, local_files_only=True, **no_checker)
         else:
             try:
                 from diffusers import DiffusionPipeline
@@ -374,7 +393,8 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
             if found is not None and found != family:
                 raise ModelLoadError(code, f"registry says family {family} but hub repo {source.hub} holds a"
                                            f" {index.get('_class_name')} ({found}); fix `family`")
-            pipe = cls.from_pretrained(source.hub, revision=source.revision, dtype=dtype, local_files_only=False)
+            pipe = cls.from_pretrained(source.hub, revision=source.revision, dtype=dtype, local_files_only=False,
+                                       **no_checker)
         _check_loaded(code, pipe, family)
         apply_scheduler(pipe, entry.defaults.scheduler)
         pipe = pipe.to(device)

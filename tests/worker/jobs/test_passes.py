@@ -40,7 +40,7 @@ NATIVE = (64, 96)
     ((2560, 128), (512, 512), (2288, 112)),      # never beyond the size asked, each side a multiple of 8
 ])
 def test_the_passes_keep_the_native_area_and_the_aspect_ratio(size, native, draw):
-    passes = plan_passes(*size, native, 0.35)
+    passes = plan_passes(*size, native, 0.35, 25)
     assert passes.draw == draw and passes.final == size and passes.two == (draw != size)
     assert all(side % 8 == 0 for side in passes.draw) or not passes.two
     if passes.two:
@@ -49,12 +49,15 @@ def test_the_passes_keep_the_native_area_and_the_aspect_ratio(size, native, draw
 
 
 def test_what_the_notes_say_and_how_many_steps_the_refine_pass_takes():
-    assert plan_passes(512, 512, (512, 512), 0.35).note() == "drawn at 512x512"
-    two = plan_passes(512, 768, (256, 384), 0.35)
-    assert two.note() == "drawn at 256x384, refined at 512x768" and two.refine_steps(25) == 8
-    upscale = plan_passes(512, 768, (256, 384), 0.0)
-    assert upscale.note() == "drawn at 256x384, upscaled to 512x768" and upscale.refine_steps(25) == 0
-    assert plan_passes(512, 512, (512, 512), 0.35).refine_steps(25) == 0
+    assert plan_passes(512, 512, (512, 512), 0.35, 25).note() == "drawn at 512x512"
+    two = plan_passes(512, 768, (256, 384), 0.35, 25)
+    assert two.note() == "drawn at 256x384, refined at 512x768" and two.refine_steps == 8 and two.refines
+    upscale = plan_passes(512, 768, (256, 384), 0.0, 25)
+    assert upscale.note() == "drawn at 256x384, upscaled to 512x768" and upscale.refine_steps == 0
+    assert plan_passes(512, 512, (512, 512), 0.35, 25).refine_steps == 0
+    # a strength that leaves no step of the schedule (diffusers would refuse the call) upscales only
+    few = plan_passes(512, 768, (256, 384), 0.35, 2)
+    assert few.refine_steps == 0 and not few.refines and few.note() == "drawn at 256x384, upscaled to 512x768"
 
 
 # ------------------------------------------------------------------------------------------- real jobs
