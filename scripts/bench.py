@@ -15,6 +15,12 @@ the GPU regime. Those bare calls, timed before and after the service jobs, are r
 on a 0.3 s call here), which is why the headline subtracts each job's own call. docs/performance.md says
 what was measured.
 
+two_pass_ratio: a 1024x1536 request on the demo model (SD 1.5's native 512x512) drawn as the service draws it,
+pass 1 at the native area (416x624) then upscaled and refined at 1024x1536 at the model's refine strength,
+divided by one pass at 1024x1536 (the naive call), both at 10 steps, on the warm pipeline in this process
+(``two_pass_s``, ``one_pass_s``). ``two_pass_flop_ratio_sd15``: the same quotient in UNet FLOPs for the real
+SD 1.5 architecture at 25 steps (a meta-device UNet: nothing allocated), what a GPU is expected to spend.
+
 lora_switch_ratio = a job whose LoRA differs from the previous job's divided by a job that uses the
 same LoRA again, on one warm pipeline (goal <= 1.2); pipeline_reload_s is what reloading the base
 pipeline instead would cost (on the demo model, whose load is far cheaper than a real checkpoint's).
@@ -56,8 +62,11 @@ from app.cli.run import start_embedded_redis  # noqa: E402
 from app.contract.limits import ModelType  # noqa: E402
 from app.contract.settings import Settings  # noqa: E402
 from app.signature import sign  # noqa: E402
+from workers.demo.realsize import build_sd15_inpaint, unet_forward_flops  # noqa: E402
 from workers.inference.compose import inpaint_mask, prepare  # noqa: E402
 from workers.inference.inpaint import Sampling, run_inpaint  # noqa: E402
+from workers.inference.passes import plan_passes  # noqa: E402
+from workers.jobs.generate import upscaled  # noqa: E402
 from workers.models.loading import load_main_pipeline  # noqa: E402
 from workers.models.sources import demo_path  # noqa: E402
 from workers.runtime import WorkerRuntime  # noqa: E402
@@ -66,6 +75,8 @@ from workers.submodels.spec import SubModelSpec  # noqa: E402
 
 PK, SK = "bench", "bench-secret"
 SIZE = 512  # the job: 512x512, BatchSize 1
+TWO_PASS_SIZE = (1024, 1536)  # two passes against one (two_pass_ratio) ...
+TWO_PASS_STEPS = 10           # ... at a step count that leaves the refine pass steps of its own
 
 
 def log(msg: str) -> None:
@@ -153,6 +164,7 @@ def main() -> int:
             models.write_text(yaml.safe_dump(shipped, sort_keys=False))
             log(f"job: demo-inpaint {size}x{size}, {steps} steps (about {per_step * steps:.2f}s bare)")
             figures = bench_lora_switch(rt, pipe, comp, steps, guidance, args.repeats, entry, registry)
+            figures |= bench_two_pass(pipe, entry, man, mask, TWO_PASS_STEPS, guidance, max(1, args.repeats // 2))
 
             port = free_port()
             env["ATELIER_PORT"] = str(port)
@@ -173,6 +185,41 @@ def main() -> int:
 
     print(json.dumps({**service, **figures, "job_size_px": size, "job_steps": steps}))
     return 0
+
+
+def bench_two_pass(pipe, entry, man, mask, steps: int, guidance: float, repeats: int) -> dict:
+    """Two passes (the service's way) against one at the same large size: seconds here, and UNet FLOPs on SD 1.5."""
+    width, height = TWO_PASS_SIZE
+    real_steps = 25  # for the FLOPs: SD's usual step count
+    passes = plan_passes(width, height, entry.native_size, entry.refine.strength, steps)
+    real = plan_passes(width, height, entry.native_size, entry.refine.strength, real_steps)
+    final, draw = prepare(man, mask, width, height), prepare(man, mask, *passes.draw)
+    sampling = Sampling(seed=1, steps=steps, guidance_scale=guidance, output="np")
+
+    def one() -> None:
+        run_inpaint(pipe, final, "a woman, studio photo", "", sampling)
+
+    def two() -> None:
+        drawn = upscaled(run_inpaint(pipe, draw, "a woman, studio photo", "", sampling), final)
+        run_inpaint(pipe, final, "a woman, studio photo", "", sampling, starts=drawn, strength=passes.strength)
+
+    timings = {}
+    for name, run in (("one", one), ("two", two)):  # seconds-long calls: no warm-up needed on a CPU
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        timings[name] = statistics.median(times)
+    unet = build_sd15_inpaint("meta", torch.float16).unet
+    per_step = {size: unet_forward_flops(unet, size[1], size[0], 2) for size in (passes.draw, passes.final)}
+    flops_two = per_step[passes.draw] * real_steps + per_step[passes.final] * real.refine_steps
+    log(f"two passes at {width}x{height}: drawn at {passes.draw[0]}x{passes.draw[1]}, refined at strength"
+        f" {passes.strength}: {timings['two']:.2f}s against {timings['one']:.2f}s for one pass")
+    return {"two_pass_s": round(timings["two"], 3), "one_pass_s": round(timings["one"], 3),
+            "two_pass_ratio": round(timings["two"] / timings["one"], 3),
+            "two_pass_flop_ratio_sd15": round(flops_two / (per_step[passes.final] * real_steps), 3),
+            "two_pass_size": f"{width}x{height}", "two_pass_draw": "{}x{}".format(*passes.draw)}
 
 
 def bench_service(rt, pipe, comp, steps, guidance, repeats, base, man, mask, size) -> dict:
