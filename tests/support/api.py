@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import socket
@@ -115,3 +116,12 @@ def generate_body(**overrides) -> dict:
     }
     body.update(overrides)
     return body
+
+
+def stored(rt, image: Image.Image) -> str:
+    """``image`` stored as an input PNG in the storage of ``rt`` (a WorkerRuntime), by content hash as the gateway
+    stores one; its storage key."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    data = buf.getvalue()
+    return rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.settings import Settings
-from support.api import example_inputs
+from support.api import example_inputs, stored
 from support.models import load_folder
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
@@ -46,13 +46,6 @@ def runtime_for(tmp_path: Path, redis_url: str, folders: dict[str, Path], budget
     settings = Settings(data_dir=tmp_path / "data", models_config=config, redis_url=redis_url, device="cpu",
                         model_cache_bytes=budget, progress_interval_s=0)
     return WorkerRuntime.build(settings)
-
-
-def stored(rt: WorkerRuntime, image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    data = buf.getvalue()
-    return rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)
 
 
 def test_a_budget_for_one_pipeline_serves_jobs_alternating_two_models_and_two_controlnets(

@@ -4,7 +4,6 @@ tiny demo models loaded through the production loaders); the clothes bit-exact a
 the progress of both passes as one count."""
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from PIL import Image
 
 from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.settings import Settings
-from support.api import example_inputs
+from support.api import example_inputs, stored
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model
 from workers.inference.compose import prepare
@@ -98,13 +97,6 @@ def calls(monkeypatch) -> list[dict]:
 
         monkeypatch.setattr(cls, "__call__", spy)
     return seen
-
-
-def stored(rt: WorkerRuntime, image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    data = buf.getvalue()
-    return rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)
 
 
 def generate(rt: WorkerRuntime, width: int, height: int, batch: int = 1, **job):

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import shutil
@@ -28,7 +27,7 @@ from app.contract.codes import ErrorCode
 from app.contract.jobs import JobMessage
 from app.contract.registry import ModelSource, Registry
 from app.contract.settings import Settings
-from support.api import example_inputs
+from support.api import example_inputs, stored
 from support.ldm import save_single_file
 from support.models import load_folder, main_entry
 from support.safety import FLAG_ALL, FLAG_NONE, add_checker_to_pipeline, build_checker, image_embeddings
@@ -163,13 +162,6 @@ def rt(tmp_path, redis_url, folders) -> WorkerRuntime:
     settings = Settings(data_dir=tmp_path / "data", models_config=config, redis_url=redis_url, device="cpu",
                         progress_interval_s=0)
     return WorkerRuntime.build(settings)
-
-
-def stored(rt: WorkerRuntime, image: Image.Image) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    data = buf.getvalue()
-    return rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)
 
 
 def generate(rt: WorkerRuntime, model: str, batch: int):

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from support.lora_files import Layer, LoraFile, components, lora_tensors, oracle_components, targets
 from support.models import load_folder
+from support.probes import probe, relative_error, snapshot
 from support.tiny import build_sd15
 from workers.submodels.apply import apply_submodels
 from workers.submodels.diffusers_names import modern_key
@@ -129,24 +130,6 @@ class Model:
     outputs: dict[str, torch.Tensor]
 
 
-def snapshot(pipe) -> dict[str, torch.Tensor]:
-    return {f"{name}.{key}": value.detach().clone()
-            for name, module in pipe.components.items() if isinstance(module, torch.nn.Module)
-            for key, value in module.state_dict().items()}
-
-
-@torch.no_grad()
-def probe(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """The UNet's noise prediction and the text encoder's hidden states on fixed random inputs."""
-    g = torch.Generator().manual_seed(1234)
-    unet, te = modules["unet"], modules["text_encoder"]
-    sample = torch.randn(1, unet.config.in_channels, 8, 8, generator=g)
-    context = torch.randn(1, 8, unet.config.cross_attention_dim, generator=g)
-    ids = torch.randint(0, te.config.vocab_size, (2, 12), generator=g)
-    return {"unet": unet(sample, torch.tensor([500]), encoder_hidden_states=context, return_dict=False)[0],
-            "text_encoder": te(ids).last_hidden_state}
-
-
 def _live(pipe) -> dict[str, torch.Tensor]:
     return probe({c: getattr(pipe, c) for c in components(pipe)})
 
@@ -155,10 +138,6 @@ def _live(pipe) -> dict[str, torch.Tensor]:
 def model(tmp_path_factory) -> Model:
     pipe = load_folder(build_sd15(tmp_path_factory.mktemp("old-diffusers") / "tiny-sd15", in_channels=9))
     return Model(pipe, snapshot(pipe), _live(pipe))
-
-
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got - want).abs().max() / want.abs().max())
 
 
 def assert_is_base(model: Model) -> None:
