@@ -14,8 +14,10 @@ from app.actions.cancel import cancel_task
 from app.actions.generate import generate_from_mannequin
 from app.actions.masks import mask_action
 from app.actions.models import list_control_nets, list_models
+from app.actions.resize import resize_image
 from app.actions.tasks import list_running_tasks, list_tasks_details
 from app.contract.jobs import ACTION_SPECS, ActionSpec
+from app.contract.limits import RESIZE_ACTION
 
 #: The handler of each action of ``ACTION_SPECS`` (the same names, no other).
 HANDLERS: dict[str, Handler] = {
@@ -28,6 +30,7 @@ HANDLERS: dict[str, Handler] = {
     "RemoveBackground": mask_action,
     "RemoveBackgroundsInBatch": mask_action,
     "ExtractContents": mask_action,
+    RESIZE_ACTION: resize_image,
 }
 
 

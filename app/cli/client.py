@@ -3,6 +3,7 @@
     atelier generate --mannequin M.png [--clothes-mask K.png] [--background B.png] --prompt "..." -o DIR
     atelier remove-background IMG [IMG ...] [--box X1,Y1,X2,Y2] [--only-mask] -o DIR
     atelier extract IMG --point X,Y [--point X,Y ...] [--exclude X,Y ...] [--only-mask] -o DIR
+    atelier resize IMG --width W --height H -o DIR
     atelier models
     atelier cancel TASKUID [TASKUID ...]
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -43,7 +45,9 @@ from app.contract.limits import (
     HAIR_OPTIMIZATION_MODES,
     LIST_MODELS_FIELDS,
     REFINE_FIELD,
+    RESIZE_ACTION,
     RESIZE_MODES,
+    RESIZE_SIZE_RANGE,
     ModelType,
 )
 from app.keys import KeyStore, dev_keys_path
@@ -250,6 +254,32 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def resize_target(size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
+    """The ResizeImage size: both as given; one of them alone keeps the image's aspect ratio (the other side rounded
+    and kept within the action's range; the server checks both)."""
+    if width is None and height is None:
+        raise SystemExit("atelier resize: give --width, --height or both")
+    w, h = size
+    if height is None:
+        height = min(RESIZE_SIZE_RANGE.hi, max(RESIZE_SIZE_RANGE.lo, round(width * h / w)))
+    elif width is None:
+        width = min(RESIZE_SIZE_RANGE.hi, max(RESIZE_SIZE_RANGE.lo, round(height * w / h)))
+    return width, height
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    """ResizeImage: the image stretched by Lanczos to exactly --width x --height (one of them alone keeps the aspect
+    ratio), saved as ``<stem>_WxH.png``."""
+    pub, priv = _keys(args)
+    with Image.open(args.image) as img:
+        width, height = resize_target(img.size, args.width, args.height)
+    uid = call(args.url, pub, priv, RESIZE_ACTION, Image=_b64(args.image), Width=width, Height=height)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_{width}x{height}.png")
+    _notes(detail)
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
     details = call(args.url, pub, priv, "CancelTask", TaskUIDList=args.task_uid)["TaskDetailList"]
@@ -339,6 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--exclude", action="append", metavar="X,Y", help="not on the content (repeatable)")
     _mask_options(ex)
     ex.set_defaults(func=cmd_extract)
+    rs = sub.add_parser("resize", help="resize an image to exactly WIDTH x HEIGHT (ResizeImage: Lanczos, stretched"
+                        " when the aspect ratio differs)")
+    rs.add_argument("image")
+    size = f"{RESIZE_SIZE_RANGE.lo}..{RESIZE_SIZE_RANGE.hi}"
+    rs.add_argument("--width", type=int, help=f"pixels, {size} (alone: the height keeps the aspect ratio)")
+    rs.add_argument("--height", type=int, help=f"pixels, {size} (alone: the width keeps the aspect ratio)")
+    _polling(rs)
+    rs.set_defaults(func=cmd_resize)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")
     c.add_argument("task_uid", nargs="+")

@@ -28,11 +28,13 @@ from app.contract.limits import (
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     MASK_ACTIONS,
+    RESIZE_ACTION,
 )
 
 JOB_VERSION = 1
 GENERATE_TASK_NAME = "atelier.generate"
 MASK_TASK_NAME = "atelier.mask"
+RESIZE_TASK_NAME = "atelier.resize"
 
 
 class TaskStatus(StrEnum):
@@ -124,6 +126,16 @@ class MaskJobMessage(BaseJob):
     only_mask: bool = False
 
 
+class ResizeJobMessage(BaseJob):
+    """What a worker needs to run one ResizeImage task: the stored input and the size asked (both within
+    limits.RESIZE_SIZE_RANGE). Result 0: the input resized to exactly ``width`` x ``height`` by Lanczos
+    (stretched when the aspect ratio differs), RGBA when the input has alpha, else RGB."""
+
+    image: str                               # storage key of the input
+    width: int
+    height: int
+
+
 # --- the action table ---------------------------------------------------------------------------------------
 
 
@@ -152,6 +164,7 @@ class ActionSpec:
 
 GENERATE_TASK = JobTask(GENERATE_TASK_NAME, JobMessage)
 MASK_TASK = JobTask(MASK_TASK_NAME, MaskJobMessage)
+RESIZE_TASK = JobTask(RESIZE_TASK_NAME, ResizeJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -174,6 +187,7 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec("ListControlNets"),
     ActionSpec("CancelTask"),  # an extension of PICPIK's API
     *(ActionSpec(name, MASK_TASK) for name in MASK_ACTIONS),
+    ActionSpec(RESIZE_ACTION, RESIZE_TASK),
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

@@ -183,3 +183,12 @@ CLOTHES_MASK_URL_FIELD = "ClothesMaskUrl"
 def number(x: float) -> str:
     """A bound as written in a message: ``1`` rather than ``1.0``."""
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# --- ResizeImage (PICPIK-FACTS section 5) --------------------------------------------------------------------
+
+RESIZE_ACTION = "ResizeImage"
+RESIZE_SIZE_RANGE = Range(64, 4096)         # ResizeImage Width, Height
+#: The fields ResizeImage reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in the
+#: Notes). PICPIK's ``Upscaler`` is not read yet: every resize is Lanczos (docs/API.md "ResizeImage").
+RESIZE_FIELDS: tuple[str, ...] = ("Image", "Width", "Height")

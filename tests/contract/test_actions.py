@@ -12,12 +12,14 @@ from app.contract.jobs import (
     JOB_TASKS,
     JOB_VERSION,
     MASK_TASK_NAME,
+    RESIZE_TASK_NAME,
     ActionSpec,
     BaseJob,
     JobMessage,
     JobTask,
     MaskJobMessage,
     NoTaskAction,
+    ResizeJobMessage,
     SubModelRef,
     action_table,
     task_for,
@@ -28,12 +30,14 @@ from app.contract.limits import MASK_ACTIONS
 #: What each task-creating action is run by, written out: a change of the table must be a deliberate one. A new
 #: action adds its row here, and a sample of a new job message class to SAMPLE_JOBS (docs/architecture.md).
 EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
-                  **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS}}
+                  **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS},
+                  "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
                                       batch_size=1, mannequin_image="a" * 64),
                MaskJobMessage: MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e",
-                                              images=["a" * 64])}
+                                              images=["a" * 64]),
+               ResizeJobMessage: ResizeJobMessage(task_uid="u" * 21, image="a" * 64, width=4096, height=64)}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
 
 
@@ -52,7 +56,7 @@ def test_task_name_for_looks_up_the_table():
 
 
 @pytest.mark.parametrize("action, what", [(name, "creates no task") for name in GATEWAY_ONLY]
-                         + [("ResizeImage", "is not an action"), ("", "is not an action")])
+                         + [("CropImage", "is not an action"), ("", "is not an action")])
 def test_an_action_without_a_task_has_no_celery_task(action, what):
     """Not a default task (the old ``atelier.generate`` for anything not a mask action): a clear error."""
     with pytest.raises(NoTaskAction, match=f"'{action}' {what}: no Celery task runs it"):
@@ -77,13 +81,13 @@ def test_every_job_message_carries_its_version_and_task_and_travels_as_json():
 
 
 def test_a_table_that_contradicts_itself_is_refused():
-    resize = JobTask("atelier.resize", JobMessage)
+    crop = JobTask("atelier.crop", JobMessage)
     with pytest.raises(ValueError, match="listed twice"):
-        action_table(ActionSpec("ResizeImage", resize), ActionSpec("ResizeImage"))
-    crop = JobTask("atelier.resize", MaskJobMessage)
+        action_table(ActionSpec("CropImage", crop), ActionSpec("CropImage"))
+    rotate = JobTask("atelier.crop", MaskJobMessage)
     with pytest.raises(ValueError, match="several job message classes"):  # one entry point reads one message class
-        action_table(ActionSpec("ResizeImage", resize), ActionSpec("CropImage", crop))
-    table = action_table(ActionSpec("ResizeImage", resize), ActionSpec("CropImage", resize), ActionSpec("ListThings"))
+        action_table(ActionSpec("CropImage", crop), ActionSpec("RotateImage", rotate))
+    table = action_table(ActionSpec("CropImage", crop), ActionSpec("RotateImage", crop), ActionSpec("ListThings"))
     assert [s.creates_task for s in table.values()] == [True, True, False]
 
 

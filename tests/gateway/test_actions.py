@@ -52,12 +52,12 @@ def test_the_gateway_answers_exactly_the_actions_of_the_contract():
 
 def test_an_action_of_the_contract_without_a_handler_is_refused():
     """What the gateway's import does with ``ACTION_SPECS``: a new action without a handler stops it starting."""
-    specs = {**ACTION_SPECS, "ResizeImage": ActionSpec("ResizeImage", JobTask("atelier.resize", JobMessage))}
-    with pytest.raises(ValueError, match=r"disagree: no handler for ResizeImage$"):
+    specs = {**ACTION_SPECS, "CropImage": ActionSpec("CropImage", JobTask("atelier.crop", JobMessage))}
+    with pytest.raises(ValueError, match=r"disagree: no handler for CropImage$"):
         handler_table(specs, HANDLERS)
-    with pytest.raises(ValueError, match=r"disagree: a handler of no action: ResizeImage$"):
-        handler_table(ACTION_SPECS, {**HANDLERS, "ResizeImage": HANDLERS["ListModels"]})
-    assert handler_table(specs, {**HANDLERS, "ResizeImage": HANDLERS["ListModels"]})["ResizeImage"] is \
+    with pytest.raises(ValueError, match=r"disagree: a handler of no action: CropImage$"):
+        handler_table(ACTION_SPECS, {**HANDLERS, "CropImage": HANDLERS["ListModels"]})
+    assert handler_table(specs, {**HANDLERS, "CropImage": HANDLERS["ListModels"]})["CropImage"] is \
         HANDLERS["ListModels"]
 
 
@@ -70,7 +70,8 @@ def _mask_body(action: str) -> dict:
     return {"Action": action, **images, **points}
 
 
-BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS}}
+BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS},
+          "ResizeImage": lambda: {"Action": "ResizeImage", "Image": PHOTO, "Width": 128, "Height": 96}}
 
 
 @pytest.mark.parametrize("action", TASK_ACTIONS)
@@ -176,11 +177,11 @@ def test_every_task_creating_action_s_lost_job_is_sent_again_to_its_own_celery_t
 def test_a_new_action_s_lost_job_goes_to_its_own_task_not_to_generate(recovery, monkeypatch):
     """The bug of issue 21: recovery sent every action that was not a mask action to ``atelier.generate``."""
     svc, client = recovery
-    resize = ActionSpec("ResizeImage", JobTask("atelier.resize", JobMessage))
-    monkeypatch.setitem(ACTION_SPECS, "ResizeImage", resize)
-    uid, job = _lost(svc, "ResizeImage")
+    crop = ActionSpec("CropImage", JobTask("atelier.crop", JobMessage))
+    monkeypatch.setitem(ACTION_SPECS, "CropImage", crop)
+    uid, job = _lost(svc, "CropImage")
     assert recover_once(svc) == [(uid, "requeue")]
-    assert _queued(client, svc.settings.queue) == {uid: ("atelier.resize", job)}
+    assert _queued(client, svc.settings.queue) == {uid: ("atelier.crop", job)}
 
 
 @pytest.mark.parametrize("action", ["ListModels", "NoSuchAction"])
