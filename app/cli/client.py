@@ -255,15 +255,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def resize_target(size: tuple[int, int], width: int | None, height: int | None) -> tuple[int, int]:
-    """The ResizeImage size: both as given; one of them alone keeps the image's aspect ratio (the other side rounded
-    and kept within the action's range; the server checks both)."""
+    """The ResizeImage size: both as given (the server checks them); one of them alone keeps the image's aspect
+    ratio, the other side rounded, and refused here when it falls outside the action's range (rather than
+    distorting the image)."""
     if width is None and height is None:
         raise SystemExit("atelier resize: give --width, --height or both")
     w, h = size
     if height is None:
-        height = min(RESIZE_SIZE_RANGE.hi, max(RESIZE_SIZE_RANGE.lo, round(width * h / w)))
+        height, side = round(width * h / w), "height"
     elif width is None:
-        width = min(RESIZE_SIZE_RANGE.hi, max(RESIZE_SIZE_RANGE.lo, round(height * w / h)))
+        width, side = round(height * w / h), "width"
+    else:
+        return width, height
+    other = height if side == "height" else width
+    if not RESIZE_SIZE_RANGE.lo <= other <= RESIZE_SIZE_RANGE.hi:
+        raise SystemExit(f"atelier resize: keeping the aspect ratio of {w}x{h}, the {side} would be {other}, outside"
+                         f" {RESIZE_SIZE_RANGE.lo}..{RESIZE_SIZE_RANGE.hi}: give both --width and --height")
     return width, height
 
 

@@ -99,4 +99,5 @@ def test_the_cli_keeps_the_aspect_ratio_when_one_side_is_given():
     assert resize_target((640, 480), None, 240) == (320, 240)
     assert resize_target((640, 480), 100, 50) == (100, 50)           # both given: exactly those
     assert resize_target((4000, 100), 4096, None) == (4096, 102)
-    assert resize_target((100, 4000), 4096, None) == (4096, 4096)    # kept within the range; the server checks
+    with pytest.raises(SystemExit, match="the height would be 6144, outside 64..4096"):
+        resize_target((256, 384), 4096, None)                      # never a distorted image
