@@ -43,8 +43,7 @@ def run_resize_job(rt: WorkerRuntime, message: dict) -> None:
         t0 = time.monotonic()
         name = rt.storage.write_result(job.task_uid, 0, png_bytes(out, rt.settings.result_png_level))
         timings.store = time.monotonic() - t0
-        rt.store.set_progress(job.task_uid, 1, 1)
-        finish(rt, job.task_uid, watch, [name])  # a resize task keeps its Seed 0 (docs/API.md)
+        finish(rt, job.task_uid, watch, [name], steps=(1, 1))  # keeps its Seed 0 (docs/API.md); Step 1 of 1
         return 1, f"{source.width}x{source.height} -> {out.width}x{out.height} {out.mode} by Lanczos"
 
     run_task(rt, job.task_uid, label="resize", total_steps=1, budget_s=rt.settings.job_time_base_s, work=work,

@@ -259,7 +259,7 @@ def _family(lora: LoraFile) -> str | None:
     keys = _family_by_keys(lora.layers)
     said = _family_by_metadata(lora.metadata)
     if keys is None or (keys == "SD 1.x or 2.x" and said in FAMILY_FITS[keys]):
-        return said if said is not None else keys
+        return said  # the keys say nothing, or the metadata narrows them to SD 1.x or 2.x
     return keys
 
 
