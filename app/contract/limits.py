@@ -45,6 +45,10 @@ REFINE_FIELD = "Refine"                     # the request's extension object: Re
 REFINE_STRENGTH_RANGE = Range(0.0, 1.0)     # 0 = upscale only
 DEFAULT_REFINE_STRENGTH = 0.35
 SIZE_MULTIPLE = 8                           # a pass's size: multiples of the VAE factor
+#: A refine pass over more than REFINE_TILE_ABOVE times the native area runs in overlapping tiles of at most that
+#: area (memory and attention cost bounded at any size), blended over REFINE_TILE_OVERLAP pixels.
+REFINE_TILE_ABOVE = 6.25                    # sd15: tiles above 1280x1280; sdxl: above 2560x2560 (never, in range)
+REFINE_TILE_OVERLAP = 128
 
 JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "JustResize", "CropAndResize", "ResizeAndFill"
 RESIZE_MODES: tuple[str, ...] = (JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL)        # Mannequin.ResizeMode

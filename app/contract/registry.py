@@ -44,6 +44,7 @@ from app.contract.limits import (
     NATIVE_SIZES,
     PREPROCESSOR_KINDS,
     REFINE_STRENGTH_RANGE,
+    REFINE_TILE_ABOVE,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
     SIZE_MULTIPLE,
@@ -51,6 +52,7 @@ from app.contract.limits import (
     SOURCE_KINDS,
     STEP_RATIO_RANGE,
     STEPS_RANGE,
+    TWO_PASS_AREA,
     WEIGHT_FREE_ENGINES,
     ModelType,
 )
@@ -196,10 +198,12 @@ class NativeSize(BaseModel):
 
 
 class RefineOptions(BaseModel):
-    """``refine: {strength}``: how much the second pass of a large request redraws (0 = upscale only)."""
+    """``refine: {strength, tile_above}``: how much the second pass of a large request redraws (0 = upscale only),
+    and above how many times the native area it runs in tiles."""
 
     model_config = ConfigDict(extra="forbid")
     strength: float = Field(DEFAULT_REFINE_STRENGTH, ge=REFINE_STRENGTH_RANGE.lo, le=REFINE_STRENGTH_RANGE.hi)
+    tile_above: float = Field(REFINE_TILE_ABOVE, ge=TWO_PASS_AREA)
 
 
 #: ``safety.policy`` values: ``none`` runs no checker (the default), ``checker`` screens every image made.

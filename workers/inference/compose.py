@@ -255,6 +255,19 @@ def pad_to_multiple(comp: Composition, multiple: int) -> Composition:
     )
 
 
+def crop_composition(comp: Composition, box: tuple[int, int, int, int]) -> Composition:
+    """The part of ``comp`` in ``box`` (left, top, right, bottom; right and bottom exclusive), its masks with it:
+    a tile of a tiled refine pass (:mod:`workers.inference.passes`)."""
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= comp.width and 0 <= y0 < y1 <= comp.height):
+        raise ValueError(f"box {box} is not inside a {comp.width}x{comp.height} composition")
+    return Composition(
+        image=comp.image.crop(box),
+        keep=np.ascontiguousarray(comp.keep[y0:y1, x0:x1]),
+        figure=None if comp.figure is None else np.ascontiguousarray(comp.figure[y0:y1, x0:x1]),
+    )
+
+
 def inpaint_mask(comp: Composition) -> Image.Image:
     """The mask to give a diffusers inpainting pipeline: mode ``L``, 255 where the model redraws (not kept)."""
     return Image.fromarray((~comp.keep).astype(np.uint8) * np.uint8(255), mode="L")
@@ -414,6 +427,14 @@ def with_background(comp: Composition, background: Image.Image) -> Composition:
     fitted = np.asarray(fit_background(background, comp.width, comp.height))
     start = np.where(comp.keep[..., None], np.asarray(comp.image), fitted)
     return Composition(image=Image.fromarray(start, mode="RGB"), keep=comp.keep, figure=comp.figure)
+
+
+def held_exactly(comp: Composition, background: Image.Image) -> tuple[np.ndarray, Image.Image]:
+    """ReferStrength 1: the pixels a result keeps exactly (the clothes and the background, not the figure of a
+    cut-out) and the image they come from (``comp`` with ``background`` outside the clothes): the ``keep`` and
+    ``source`` of :func:`paste_back_pixels`."""
+    start = with_background(comp, background)
+    return redraw_strength(start, 1.0) == 0, start.image
 
 
 def redraw_strength(comp: Composition, refer_strength: float) -> np.ndarray:

@@ -51,6 +51,7 @@ from PIL import Image
 
 from workers.inference.compose import (
     Composition,
+    held_exactly,
     inpaint_mask,
     pad_to_multiple,
     paste_back_pixels,
@@ -265,8 +266,8 @@ def _canvas(pipe: DiffusionPipeline, comp: Composition, sampling: Sampling) -> _
             strength = None  # no latent pixel is held: the reference plays no part
     x0 = reference_latents(pipe, padded.image) if strength is not None else None
     mask = inpaint_mask(padded)
-    if start is not None and sampling.refer_strength == 1.0:  # the clothes and the background are kept
-        kept, source = redraw_strength(start, 1.0) == 0, start.image
+    if sampling.background is not None and sampling.refer_strength == 1.0:  # the clothes and the background are kept
+        kept, source = held_exactly(comp, sampling.background)
     else:
         kept, source = None, None
     return _Canvas(padded=padded, mask=mask, x0=x0, strength=strength, kept=kept, source=source)

@@ -24,10 +24,18 @@ from app.contract.jobs import JobMessage
 from app.contract.limits import SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry, Registry
 from app.contract.storage import AUTO_MASK_NAME
-from workers.inference.compose import Composition, fit_background, fit_geometry, paste_back_pixels, prepare
+from workers.inference.compose import (
+    Composition,
+    crop_composition,
+    fit_background,
+    fit_geometry,
+    held_exactly,
+    paste_back_pixels,
+    prepare,
+)
 from workers.inference.control import ControlUnits, control_pipeline, run_control_inpaint
 from workers.inference.inpaint import Sampling, run_inpaint
-from workers.inference.passes import Passes, plan_passes
+from workers.inference.passes import Box, Passes, plan_passes, tile_weights
 from workers.inference.preprocess import preprocess
 from workers.inference.safety import withheld_note
 from workers.lifecycle.errors import JobError
@@ -53,13 +61,14 @@ def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
     if entry is None:
         return plan_passes(job.width, job.height, (job.width, job.height), 0.0, 0)
     strength = job.refine_strength if job.refine_strength is not None else entry.refine.strength
-    return plan_passes(job.width, job.height, entry.native_size, strength, entry.defaults.steps)
+    return plan_passes(job.width, job.height, entry.native_size, strength, entry.defaults.steps,
+                       entry.refine.tile_above)
 
 
 def time_budget(settings, job: JobMessage, steps: int, passes: Passes) -> float:
     """Seconds a job may take: a base plus a share per megapixel, step and image of each pass
     (docs/deployment.md)."""
-    work = passes.draw[0] * passes.draw[1] * steps + passes.final[0] * passes.final[1] * passes.refine_steps
+    work = passes.draw[0] * passes.draw[1] * steps + passes.refine_area * passes.refine_steps
     return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * work / 1e6 * job.batch_size
 
 
@@ -70,6 +79,11 @@ class Pass:
     comp: Composition
     background: Image.Image | None
     control_maps: list[Image.Image] = field(default_factory=list)
+
+    def crop(self, box: Box) -> Pass:
+        """This pass's inputs in one tile of a tiled refine pass."""
+        return Pass(crop_composition(self.comp, box), self.background.crop(box) if self.background else None,
+                    [m.crop(box) for m in self.control_maps])
 
 
 @dataclass
@@ -99,7 +113,8 @@ def run_job(rt: WorkerRuntime, message: dict) -> None:
         count = _generate(rt, held, job, timings, watch)
         return count, f"{count} image(s) of {job.width}x{job.height}"
 
-    run_task(rt, job.task_uid, label=job.main_model, total_steps=(steps + passes.refine_steps) * job.batch_size,
+    total_steps = (steps + passes.refine_steps * passes.refine_calls) * job.batch_size
+    run_task(rt, job.task_uid, label=job.main_model, total_steps=total_steps,
              budget_s=time_budget(rt.settings, job, steps, passes), work=work,
              oom_message=f"out of GPU memory at {job.width}x{job.height} x{job.batch_size}:"
                          " lower BatchSize or Width/Height")
@@ -293,18 +308,27 @@ def _control_map(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMes
 
 class TwoPassProgress:
     """Both passes' steps as one count (``on_step(step, total)`` of the task): pass 1 reports its steps against its
-    own total plus the refine pass's expected one; the refine pass continues from pass 1's total."""
+    own total plus the refine pass's expected one; each call of the refine pass (one, or one per tile) continues
+    from pass 1's total and the calls before it."""
 
-    def __init__(self, on_step: Callable[[int, int], None], second_total: int):
-        self.on_step, self.second_total, self.first_total = on_step, second_total, 0
+    def __init__(self, on_step: Callable[[int, int], None], second_total: int, calls: int = 1):
+        self.on_step, self.second_total, self.calls, self.first_total = on_step, second_total, calls, 0
 
     def first(self, step: int, total: int) -> None:
         self.first_total = total
         self.on_step(step, total + self.second_total)
 
     def second(self, step: int, total: int) -> None:
-        self.second_total = total
-        self.on_step(self.first_total + step, self.first_total + total)
+        self.call(0)(step, total)
+
+    def call(self, index: int) -> Callable[[int, int], None]:
+        """The progress callback of the refine pass's call ``index`` (its tile)."""
+
+        def on_step(step: int, total: int) -> None:
+            self.second_total = total * self.calls
+            self.on_step(self.first_total + index * total + step, self.first_total + self.second_total)
+
+        return on_step
 
 
 def upscaled(images: list[np.ndarray], comp: Composition) -> list[np.ndarray]:
@@ -320,7 +344,7 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
     background reference then only keeps its exact pixels at ReferStrength 1: pass 1 already followed it)."""
     progress = ProgressWriter(rt.store, job.task_uid, rt.settings.progress_interval_s, watch)
     passes, steps = plan.passes, plan.entry.defaults.steps
-    two = TwoPassProgress(progress, passes.refine_steps * job.batch_size)
+    two = TwoPassProgress(progress, passes.refine_steps * passes.refine_calls * job.batch_size, passes.refine_calls)
     sampling = Sampling(seed=job.seed, batch_size=job.batch_size, steps=steps,
                         guidance_scale=plan.entry.defaults.guidance_scale,
                         on_step=two.first if passes.refines else progress, background=plan.draw.background,
@@ -336,10 +360,39 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
         if passes.refines:
             keep_reference = job.refer_strength == 1.0
             refine = replace(sampling, on_step=two.second, background=plan.final.background if keep_reference else None)
-            images = _denoise(pipe, nets, plan, job, plan.final, refine, starts=images, strength=passes.strength)
+            if passes.tiles:
+                images = _refine_tiles(pipe, nets, plan, job, refine, images, two)
+            else:
+                images = _denoise(pipe, nets, plan, job, plan.final, refine, starts=images, strength=passes.strength)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images
+
+
+def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampling, images: list[np.ndarray],
+                  progress: TwoPassProgress) -> list[np.ndarray]:
+    """The refine pass in the tiles of ``plan.passes`` (:func:`~workers.inference.passes.tile_grid`), in reading
+    order: each tile of every image of the batch is redrawn in one call from the image as the tiles before left it
+    (its control maps and held reference cropped with it; tile ``t`` seeded ``seed + t x BatchSize``, so no two
+    tiles draw the same noise) and blended in by :func:`~workers.inference.passes.tile_weights`; the clothes (and at
+    ReferStrength 1 the reference background) are pasted back exactly at the end, over the seam one call makes."""
+    passes, final = plan.passes, plan.final
+    images = [np.array(image) for image in images]
+    for t, box in enumerate(passes.tiles):
+        x0, y0, x1, y1 = box
+        at = final.crop(box)
+        tile = replace(sampling, seed=sampling.seed + t * job.batch_size, on_step=progress.call(t),
+                       background=at.background if sampling.background is not None else None)
+        crops = [image[y0:y1, x0:x1] for image in images]
+        refined = _denoise(pipe, nets, plan, job, at, tile, starts=[np.ascontiguousarray(c) for c in crops],
+                           strength=passes.strength)
+        weights = tile_weights(box, passes.final)[..., None]
+        for crop, new in zip(crops, refined):
+            crop[...] = np.rint(crop * (1.0 - weights) + new * weights).astype(np.uint8)
+    if sampling.background is None:
+        return [paste_back_pixels(image, final.comp, overwrite=True) for image in images]
+    keep, source = held_exactly(final.comp, sampling.background)  # ReferStrength 1, as one call keeps it
+    return [paste_back_pixels(image, final.comp, keep=keep, source=source, overwrite=True) for image in images]
 
 
 def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, **refine) -> list[np.ndarray]:

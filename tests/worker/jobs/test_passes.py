@@ -19,7 +19,7 @@ from support.api import example_inputs, stored
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model
 from workers.inference.compose import prepare
-from workers.inference.passes import plan_passes
+from workers.inference.passes import plan_passes, tile_grid, tile_weights
 from workers.jobs.generate import run_job
 from workers.runtime import WorkerRuntime
 
@@ -57,6 +57,45 @@ def test_what_the_notes_say_and_how_many_steps_the_refine_pass_takes():
     # a strength that leaves no step of the schedule (diffusers would refuse the call) upscales only
     few = plan_passes(512, 768, (256, 384), 0.35, 2)
     assert few.refine_steps == 0 and not few.refines and few.note() == "drawn at 256x384, upscaled to 512x768"
+
+
+@pytest.mark.parametrize("size, most, overlap", [
+    ((2048, 3072), (1280, 1280), 128), ((2560, 1000), (1280, 1280), 128), ((1281, 64), (1280, 1280), 128),
+    ((256, 384), (160, 240), 128), ((4096, 4096), (640, 640), 64), ((2047, 1501), (1000, 704), 128),
+])
+def test_tiles_cover_the_image_in_reading_order_each_bounded_and_overlapping(size, most, overlap):
+    tiles = tile_grid(*size, most, overlap)
+    overlap = min(overlap, most[0] // 2, most[1] // 2)
+    assert tiles == tuple(sorted(tiles, key=lambda b: (b[1], b[0])))
+    cover = np.zeros(size[::-1], bool)
+    for x0, y0, x1, y1 in tiles:
+        assert x1 - x0 <= most[0] and y1 - y0 <= most[1]
+        cover[y0:y1, x0:x1] = True
+    assert cover.all()
+    xs = sorted({(b[0], b[2]) for b in tiles})
+    ys = sorted({(b[1], b[3]) for b in tiles})
+    for spans in (xs, ys):
+        assert all(a1 - b0 >= overlap for (_, a1), (b0, _) in zip(spans, spans[1:]))
+
+
+def test_tile_weights_ramp_only_towards_the_image_s_interior():
+    size = (300, 200)
+    inner = tile_weights((100, 50, 228, 178), size, overlap=32)
+    assert inner.shape == (128, 128) and inner[64, 64] == 1.0 and inner[0, 64] < 0.05 and inner[64, -1] < 0.05
+    corner = tile_weights((0, 0, 128, 128), size, overlap=32)
+    assert corner[0, 0] == 1.0 and corner[0, 64] == 1.0 and corner[-1, 64] < 0.05 and corner[64, -1] < 0.05
+    whole = tile_weights((0, 0, 300, 200), size, overlap=32)
+    assert (whole == 1.0).all()
+    assert ((inner >= 0) & (inner <= 1)).all()
+
+
+def test_a_refine_pass_above_tile_above_times_the_native_area_runs_in_tiles():
+    big = plan_passes(2048, 3072, (512, 512), 0.35, 25)
+    assert len(big.tiles) == 6 and big.refine_calls == 6 and big.refine_area > 2048 * 3072
+    assert big.note() == "drawn at 416x624, refined at 2048x3072 in 6 tiles"
+    assert plan_passes(1024, 1536, (512, 512), 0.35, 25).tiles == ()           # within 6.25x: one call
+    assert plan_passes(1024, 1536, (512, 512), 0.35, 25, tile_above=4).refine_calls == 2
+    assert plan_passes(2048, 3072, (512, 512), 0.0, 25).refine_calls == 0        # upscale only: no call at all
 
 
 # ------------------------------------------------------------------------------------------- real jobs
@@ -150,3 +189,33 @@ def test_control_units_apply_in_both_passes_with_their_maps_at_each_pass_s_size(
     generate(rt, 128, 192, control_units=[unit])
     assert [(c["size"], c["strength"], c["control"]) for c in calls] == [
         ((64, 96), 1.0, [(64, 96)]), ((128, 192), 0.35, [(128, 192)])]
+
+
+def test_a_large_request_is_refined_in_tiles_with_their_control_maps_the_clothes_exact(rt, calls):
+    unit = ControlUnitRef(image="", preprocessor=None, resolution=512, control_model="cn", control_weight=1.0,
+                          starting_step=0.0, ending_step=1.0)
+    man, _ = example_inputs()
+    unit = unit.model_copy(update={"image": stored(rt, man)})
+    rec, images = generate(rt, 256, 384, batch=2, control_units=[unit])   # > 6.25 x 64x96: tiles of <= 160x240
+    tiles = plan_passes(256, 384, NATIVE, 0.35, STEPS).tiles
+    assert len(tiles) == 6
+    assert [(c["size"], c["strength"], c["images"], c["control"]) for c in calls] == [
+        ((64, 96), 1.0, 2, [(64, 96)])] + [((x1 - x0, y1 - y0), 0.35, 2, [(x1 - x0, y1 - y0)])
+                                           for x0, y0, x1, y1 in tiles]
+    assert "drawn at 64x96, refined at 256x384 in 6 tiles" in rec.notes
+    total = (STEPS + int(STEPS * 0.35) * 6) * 2
+    assert (rec.step, rec.total_steps) == (total, total)
+    calls.clear()
+    _, upscaled_only = generate(rt, 256, 384, batch=2, control_units=[unit], refine_strength=0.0)
+    for x0, y0, x1, y1 in tiles:  # every tile redrew its part of the picture
+        assert not np.array_equal(images[0][y0:y1, x0:x1], upscaled_only[0][y0:y1, x0:x1])
+
+
+def test_a_tiled_refine_keeps_a_reference_background_exactly_at_refer_strength_1(rt, calls):
+    man, mask = example_inputs()
+    background = Image.new("RGB", (256, 384), (10, 120, 200))
+    rec, images = generate(rt, 256, 384, background_image=stored(rt, background), refer_strength=1.0,
+                           background_resize_mode="JustResize")
+    assert len(calls) == 1 + 6 and "in 6 tiles" in rec.notes[0]
+    comp = prepare(man, mask, 256, 384, "ResizeAndFill", False)
+    assert (images[0][~comp.keep] == (10, 120, 200)).all()   # held exactly across the tiles and their overlaps
