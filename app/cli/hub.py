@@ -223,7 +223,7 @@ class Hub:
                             f"bytes {have}-")):
                         have, digest = 0, remote.hasher()  # the range was not honoured: from the start
                     with open(part, "ab" if have else "wb") as f:
-                        for chunk in r.iter_raw(CHUNK_BYTES):
+                        for chunk in r.iter_raw():  # as received: a break loses none of it
                             f.write(chunk)
                             if digest is not None:
                                 digest.update(chunk)
