@@ -36,13 +36,15 @@ resumption and verification: :mod:`app.cli.hub`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
 import fnmatch
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -63,6 +65,8 @@ RECOMMENDED_CONFIG = PROJECT_ROOT / "models_config" / "recommended.yaml"
 DEFAULT_DEST = Path("models")
 OUTPUT_NAME = "models.yaml"
 STATE_FILE = ".atelier-pull.json"
+#: Held (flock) by the pull writing into a --dest: a second one at the same time is refused.
+LOCK_FILE = ".atelier-pull.lock"
 CONFIG_SUFFIXES = (".json", ".txt", ".model", ".spm")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # in this order of preference
 WEIGHT_NAMES = ("diffusion_pytorch_model", "model", "pytorch_model")
@@ -382,6 +386,22 @@ def _free_space(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+@contextlib.contextmanager
+def _only_pull_into(dest: Path) -> Iterator[None]:
+    """Hold ``dest``'s lock file for the block; :class:`PullError` when another pull holds it (two pulls writing the
+    same ``.part`` files would corrupt each other's downloads)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with open(dest / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PullError(f"another atelier pull is writing into {dest}: wait until it ends") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _header(config: Path, dest: Path, output: Path, plans: list[RepoPlan]) -> str:
     """The comment heading a written config: where it comes from, how to serve it, which commit each folder holds."""
     lines = [f"Written by `atelier pull` from {config} on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: the same models,",
@@ -455,8 +475,9 @@ def _fetch(plans: list[RepoPlan], hub: Hub, config: Path, dest: Path, output: Pa
         raise PullError(f"{dest} has {decimal(free)} free; the pull needs {decimal(needed - held)}: free some space"
                         " or choose another --dest")
     transferred = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console) as bar:
+    with _only_pull_into(dest), Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                         TransferSpeedColumn(), TimeRemainingColumn(), console=console) as bar:
+        states = {folder: _state(dest / folder) for folder in states}  # what a pull that ended meanwhile recorded
         total = bar.add_task("all files", total=needed)
         for plan, stored, remote, target in todo:
             state = states[str(plan.folder)]

@@ -4,6 +4,7 @@ loaders), progress, resumption within a run and across runs, refused content, no
 when the hub cannot be reached; and models_config/recommended.yaml itself."""
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import re
@@ -275,6 +276,18 @@ def test_only_pulls_the_entries_named_and_what_their_default_control_needs(hub, 
     assert "translator" not in doc
     rc, err = run(capsys, "--config", config, "--dest", dest, "--only", "tiny-nothing")
     assert rc == 1 and "--only tiny-nothing: not in" in err and "tiny-cloth, tiny-cn" in err
+
+
+def test_a_second_pull_into_the_same_folder_at_the_same_time_is_refused(hub, config, tmp_path, capsys):
+    dest = tmp_path / "models"
+    dest.mkdir()
+    with open(dest / ".atelier-pull.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running pull holds it
+        rc, err = run(capsys, "--config", config, "--dest", dest, "--only", "tiny-cloth")
+    assert rc == 1 and err.strip().splitlines()[-1] == f"atelier pull: another atelier pull is writing into {dest}:" \
+        " wait until it ends"
+    assert hub.transfers == []
+    assert run(capsys, "--config", config, "--dest", dest, "--only", "tiny-cloth")[0] == 0  # released: it goes on
 
 
 def test_a_dry_run_lists_without_downloading_or_writing(hub, config, tmp_path, capsys):
