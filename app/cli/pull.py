@@ -478,17 +478,15 @@ def _fetch(plans: list[RepoPlan], hub: Hub, config: Path, dest: Path, output: Pa
     with _only_pull_into(dest), Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                          TransferSpeedColumn(), TimeRemainingColumn(), console=console) as bar:
         states = {folder: _state(dest / folder) for folder in states}  # what a pull that ended meanwhile recorded
-        total = bar.add_task("all files", total=needed)
+        total, finished = bar.add_task("all files", total=needed), 0  # finished: bytes of the files done
         for plan, stored, remote, target in todo:
             state = states[str(plan.folder)]
             if file_matches(target, remote):  # complete, but not vouched for (no state file, or touched since)
-                bar.update(total, advance=remote.size)
                 verified = f"already here, {remote.check_name} verified"
             else:
-                base = bar.tasks[total].completed
                 task = bar.add_task(escape(f"{plan.repo}/{stored}"), total=remote.size)
 
-                def progress(done: int, task: int = task, base: float = base) -> None:
+                def progress(done: int, task: int = task, base: int = finished) -> None:
                     bar.update(task, completed=done)
                     bar.update(total, completed=base + done)
 
@@ -497,6 +495,8 @@ def _fetch(plans: list[RepoPlan], hub: Hub, config: Path, dest: Path, output: Pa
                 transferred += hub.download(plan.listing, remote, target, progress)
                 bar.remove_task(task)
                 verified = f"{remote.check_name} verified" + (f", resumed at {decimal(at)}" if at else "")
+            finished += remote.size
+            bar.update(total, completed=finished)
             state["files"][stored] = _record(target, remote)
             state.update(repo=plan.repo, revision=plan.revision, commit=plan.listing.commit)
             _save_state(dest / plan.folder, state)

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import yaml
@@ -31,7 +32,7 @@ from app.cli.pull import (
     validate_pulled,
 )
 from app.contract.limits import ModelType
-from app.contract.registry import Registry
+from app.contract.registry import ModelSource, Registry
 from support.api import ROOT, free_port
 from workers.inference.preprocess import annotator_files
 from workers.models.loading import load_controlnet, load_main_pipeline
@@ -335,7 +336,6 @@ def test_a_pipeline_repo_gives_its_listed_components_never_its_safety_checker():
         "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin", "safety_checker/config.json",
         "safety_checker/model.safetensors", "feature_extractor/preprocessor_config.json", "image_encoder/config.json",
         "sd-v1-5-inpainting.ckpt", "README.md"))
-    from app.contract.registry import ModelSource
     chosen = select_files(listing, ModelSource(hub="o/r", variant="fp16"), lambda r: json.dumps(index).encode())
     assert {k: v.path for k, v in chosen.items()} == {
         "model_index.json": "model_index.json", "unet/config.json": "unet/config.json",
@@ -348,9 +348,12 @@ def test_a_pipeline_repo_gives_its_listed_components_never_its_safety_checker():
         select_files(listing, ModelSource(hub="o/r", files=("vae/*",)), lambda r: b"")
 
 
-def test_the_hub_client_reports_a_listing_that_is_not_one(hub, tmp_path):
-    with Hub(endpoint=hub.url + "/not-a-hub") as client_, pytest.raises(HubError, match="was not found"):
-        client_.listing("tiny/cloth-seg")
+def test_an_endpoint_that_is_not_a_hub_is_named_in_the_error():
+    with Hub(endpoint="http://mirror.invalid/") as portal:
+        portal.client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>Wi-Fi")))
+        with pytest.raises(HubError, match=r"^http://mirror.invalid did not answer hub repo a/b's file listing with"
+                                           r" sizes \(is HF_ENDPOINT a Hugging Face hub\?\)$"):
+            portal.listing("a/b")
 
 
 # --- models_config/recommended.yaml --------------------------------------------------------------------------------
