@@ -6,6 +6,7 @@
     atelier resize IMG --width W --height H -o DIR
     atelier models
     atelier cancel TASKUID [TASKUID ...]
+    atelier pull [--config F] [--dest DIR] [--only CODE ...]   (app/cli/pull.py: real models from the hub)
 
 Without --clothes-mask, the server's clothes segmenter finds the garment; the mask it made is saved beside
 the images (``<TaskUID>_clothes_mask.png``) so that it can be checked, corrected and sent back.
@@ -31,6 +32,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from app.cli.pull import add_parser as add_pull_parser
 from app.contract.jobs import ENDED_STATUSES, TaskStatus
 from app.contract.limits import (
     CLOTHES_MASK_URL_FIELD,
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")
     c.add_argument("task_uid", nargs="+")
     c.set_defaults(func=cmd_cancel)
+    add_pull_parser(sub)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

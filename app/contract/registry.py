@@ -95,11 +95,22 @@ KNOWN_SCHEDULERS: tuple[str, ...] = (
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 
+#: What ``atelier pull`` answers a served hub source that only it can read (models_config/README.md "Real models").
+PULL_HINT = ("run `atelier pull --config <this file>` and serve the models.yaml it writes (models_config/README.md"
+             " \"Real models: atelier pull\")")
+
+
 class ModelSource(BaseModel):
     """Where a model's weights come from: exactly one of ``demo``, ``path``, ``file``, ``hub``.
 
     Relative ``path``/``file``/``config`` values are resolved against the YAML file's folder by
     :class:`Registry` (see :meth:`resolved`).
+
+    A ``hub`` source may say which of the repo's files it means: ``filename`` (one file: the model is that file)
+    or ``files`` (glob patterns: the model is a folder of those files), and ``variant`` (diffusers' weights variant,
+    ``fp16``: ``x.fp16.safetensors`` is taken for ``x.safetensors``). A worker reads a ``hub`` source itself only
+    for a Main model or a VAE, and only without ``filename``/``files`` (:attr:`pull_only`); every hub source is
+    what ``atelier pull`` (:mod:`app.cli.pull`) downloads and turns into a ``path``/``file`` source.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -110,6 +121,12 @@ class ModelSource(BaseModel):
     config: Path | None = Field(None, description="with `file`: the local diffusers folder holding its configs")
     hub: str | None = Field(None, description="a Hugging Face hub repo id; downloaded when the deployment is online")
     revision: str | None = Field(None, description="with `hub`: branch, tag or commit")
+    filename: str | None = Field(None, description="with `hub`: the one file of the repo this model is (`atelier"
+                                 " pull` only)")
+    files: tuple[str, ...] | None = Field(None, min_length=1, description="with `hub`: glob patterns of the repo's"
+                                          " files this model's folder holds (`atelier pull` only)")
+    variant: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$", description="with `hub`: diffusers' weights"
+                                " variant (fp16: `x.fp16.safetensors` is taken for `x.safetensors`)")
 
     @field_validator("hub")
     @classmethod
@@ -120,6 +137,21 @@ class ModelSource(BaseModel):
                 raise ValueError(f"hub must be a repo id like 'owner/name', got {v!r}")
         return v
 
+    @field_validator("filename")
+    @classmethod
+    def _repo_path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v.startswith("/") or "\\" in v
+                              or any(part in ("", ".", "..") for part in v.split("/"))):
+            raise ValueError(f"filename must be a file's path inside the repo, like 'onnx/model.onnx', got {v!r}")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _patterns(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and any(not p.strip() or p.startswith("/") or ".." in p.split("/") for p in v):
+            raise ValueError(f"files must be glob patterns of paths inside the repo, like 'unet/*.json', got {list(v)}")
+        return v
+
     @model_validator(mode="after")
     def _one(self) -> ModelSource:
         given = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
@@ -128,13 +160,26 @@ class ModelSource(BaseModel):
             raise ValueError(f"source needs exactly one of: demo, path, file, hub (got {got})")
         if self.config is not None and self.file is None:
             raise ValueError("source.config is only allowed with source.file")
-        if self.revision is not None and self.hub is None:
-            raise ValueError("source.revision is only allowed with source.hub")
+        for name in ("revision", "filename", "files", "variant"):
+            if getattr(self, name) is not None and self.hub is None:
+                raise ValueError(f"source.{name} is only allowed with source.hub")
+        if self.filename is not None and self.files is not None:
+            raise ValueError("source.filename (one file) and source.files (a folder of files) exclude each other")
         return self
 
     @property
     def kind(self) -> SourceKind:
         return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def pull_only(self) -> bool:
+        """A hub source naming files of its repo (``filename``/``files``): only ``atelier pull`` reads it."""
+        return self.hub is not None and (self.filename is not None or self.files is not None)
+
+    def served_hint(self) -> str:
+        """``"; run atelier pull ..."`` for a hub source where a worker needs local files, else empty: the end of
+        the message that refuses such a source in a served models config."""
+        return f"; a hub source is for `atelier pull`: {PULL_HINT}" if self.hub is not None else ""
 
     def resolved(self, base_dir: Path) -> ModelSource:
         """This source with relative ``path``/``file``/``config`` made absolute against ``base_dir``."""
@@ -153,8 +198,11 @@ class ModelSource(BaseModel):
         text = f"{self.kind}={getattr(self, self.kind)}"
         if self.config is not None:
             text += f" (config={self.config})"
-        if self.revision is not None:
-            text += f" (revision={self.revision})"
+        for name in ("revision", "variant", "filename"):
+            if getattr(self, name) is not None:
+                text += f" ({name}={getattr(self, name)})"
+        if self.files is not None:
+            text += f" (files={','.join(self.files)})"
         return text
 
 
@@ -370,6 +418,10 @@ class ModelEntry(BaseModel):
 
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
+        if self.source is not None and self.source.pull_only:
+            named = "filename" if self.source.filename is not None else "files"
+            raise ValueError(f"source.{named} names files of hub repo {self.source.hub}, which only `atelier pull`"
+                             f" downloads: {PULL_HINT}")
         if self.model_type != ModelType.MAIN and self.speed != SpeedOptions():
             raise ValueError("`speed:` is for Main models only")
         if self.model_type != ModelType.MAIN and (self.native is not None or self.refine != RefineOptions()):
@@ -394,7 +446,8 @@ class ModelEntry(BaseModel):
                 raise ValueError(f"a PreProcessor needs `preprocessor:` ({', '.join(PREPROCESSOR_KINDS)})")
             if self.source is not None and (self.source.kind not in ("path", "demo")
                                             or self.source.demo not in (None, *DEMO_SOURCES[ModelType.PRE_PROCESSOR])):
-                raise ValueError("a PreProcessor's source is an annotator folder: `path:` or `demo: annotators`")
+                raise ValueError("a PreProcessor's source is an annotator folder: `path:` or `demo: annotators`"
+                                 + self.source.served_hint())
             return self
         if self.preprocessor is not None:
             raise ValueError("`preprocessor:` is for PreProcessor entries only")
@@ -417,7 +470,8 @@ class ModelEntry(BaseModel):
                 raise ValueError(f"demo models are family sd15, not {self.family}")
         else:
             if kind not in ("path", "file", "demo"):
-                raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}")
+                raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}"
+                                 + self.source.served_hint())
             if self.source.config is not None and self.model_type != ModelType.CONTROL_MODEL:
                 raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
             if self.defaults.scheduler is not None:
@@ -444,7 +498,7 @@ class ModelEntry(BaseModel):
         wanted = ("file", "demo") if self.engine in ("rembg", "rembg-cloth") else ("path", "demo")
         if kind not in wanted:
             what = "an .onnx `file:`" if "file" in wanted else "a model folder (`path:`)"
-            raise ValueError(f"`engine: {self.engine}` reads {what}, not {kind}")
+            raise ValueError(f"`engine: {self.engine}` reads {what}, not {kind}" + self.source.served_hint())
         if kind == "file" and self.source.file.suffix.lower() != ".onnx":
             raise ValueError(f"`engine: {self.engine}` reads an .onnx file, got {self.source.file.name!r}")
         return self
@@ -496,6 +550,9 @@ class VaeSources(BaseModel):
             if src is not None and src.file is not None and src.file.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"vaes.{family}.file must end in {' or '.join(CHECKPOINT_SUFFIXES)},"
                                  f" got {src.file.name!r}")
+            if src is not None and src.pull_only:
+                raise ValueError(f"vaes.{family}: a hub source naming files (filename, files) is for `atelier pull`:"
+                                 f" {PULL_HINT}")
         return self
 
 
@@ -649,7 +706,8 @@ class Registry:
             except ValidationError as e:
                 raise ValueError(f"{origin}: translator: {_errors(e)}") from None
             if translator.kind not in ("path", "demo") or translator.demo not in (None, *DEMO_SOURCES["translator"]):
-                raise ValueError(f"{origin}: translator: source must be `path: <folder>` or `demo: translator`")
+                raise ValueError(f"{origin}: translator: source must be `path: <folder>` or `demo: translator`"
+                                 + translator.served_hint())
         try:
             registry = cls(entries, base_dir, vaes)
         except ValueError as e:

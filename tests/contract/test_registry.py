@@ -221,6 +221,46 @@ def test_get_registry_rereads_the_file_when_it_changes(tmp_path):
 def test_sources_describe_themselves_for_logs():
     assert ModelSource(file=Path("/m.safetensors"), config=Path("/c")).describe() == "file=/m.safetensors (config=/c)"
     assert ModelSource(hub="a/b", revision="v1").describe() == "hub=a/b (revision=v1)"
+    assert ModelSource(hub="a/b", variant="fp16", files=("x/*.json", "y.bin")).describe() == \
+        "hub=a/b (variant=fp16) (files=x/*.json,y.bin)"
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ({"path": "x", "filename": "a.onnx"}, r"source.filename is only allowed with source.hub"),
+    ({"file": "x.safetensors", "variant": "fp16"}, r"source.variant is only allowed with source.hub"),
+    ({"demo": "inpaint", "files": ["*.json"]}, r"source.files is only allowed with source.hub"),
+    ({"hub": "a/b", "filename": "a.onnx", "files": ["*.json"]}, r"filename \(one file\) and source.files"),
+    ({"hub": "a/b", "filename": "../etc/passwd"}, r"filename must be a file's path inside the repo"),
+    ({"hub": "a/b", "filename": "/abs.onnx"}, r"filename must be a file's path inside the repo"),
+    ({"hub": "a/b", "files": []}, r"files: .*at least 1 item"),
+    ({"hub": "a/b", "files": ["ok.json", "../up/*"]}, r"files must be glob patterns of paths inside the repo"),
+    ({"hub": "a/b", "variant": "fp16/x"}, r"variant: String should match pattern"),
+])
+def test_bad_hub_file_selections_are_refused(source, message):
+    with pytest.raises(ValueError, match=r"models\[0\] \(ModelCode 'm'\): .*" + message):
+        registry_of(model(source=source))
+
+
+def test_a_served_config_takes_a_hub_source_where_a_worker_reads_the_hub_and_points_to_atelier_pull_elsewhere():
+    """Main models and VAEs load a diffusers hub repo themselves (with its revision and variant); a source naming
+    files of a repo, or a hub source of a kind that reads local files only, is for ``atelier pull``, and the message
+    refusing it says so."""
+    registry = registry_of(model(source={"hub": "a/b", "variant": "fp16", "revision": "v1"}),
+                           vaes={"sdxl": {"hub": "c/d", "variant": "fp16"}})
+    assert registry.get("m").source.variant == "fp16" and registry.vae_source("sdxl").variant == "fp16"
+    pull = r".*run `atelier pull --config <this file>` and serve the models.yaml it writes"
+    for fields in ({"source": {"hub": "a/b", "files": ["unet/*"]}},
+                   {"source": {"hub": "a/b", "filename": "m.safetensors"}},
+                   {"ModelType": "ControlModel", "source": {"hub": "a/b"}},
+                   {"ModelType": "PreProcessor", "preprocessor": "openpose", "source": {"hub": "a/b"}},
+                   {"ModelType": "BackgroundRemover", "engine": "rembg", "source": {"hub": "a/b"}},
+                   {"ModelType": "ClothesSegmenter", "engine": "segformer", "source": {"hub": "a/b"}}):
+        with pytest.raises(ValueError, match=r"models\[0\] \(ModelCode 'm'\): " + pull):
+            registry_of(model(**fields))
+    with pytest.raises(ValueError, match=r"vaes: .*vaes.sd15: a hub source naming files" + pull):
+        registry_of(model(), vaes={"sd15": {"hub": "a/b", "filename": "vae.safetensors"}})
+    with pytest.raises(ValueError, match=r"translator: source must be `path: <folder>`.*" + pull):
+        Registry.from_dict({"models": [model()], "translator": {"hub": "Helsinki-NLP/opus-mt-mul-en"}}, Path("/d"))
 
 
 def test_the_known_schedulers_exist_in_diffusers_and_work_from_an_sd_scheduler_config():

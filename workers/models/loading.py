@@ -351,7 +351,8 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
 
     By source kind: ``demo`` -> the tiny demo folder under ``demo_dir`` (built once); ``path`` -> a diffusers
     folder (``from_pretrained``); ``file`` -> ``from_single_file`` with the ``config`` folder; ``hub`` ->
-    ``from_pretrained(repo_id)``, the only kind with ``local_files_only=False``. The configured
+    ``from_pretrained(repo_id)`` (with the source's ``revision`` and ``variant``), the only kind with
+    ``local_files_only=False``. The configured
     ``defaults.scheduler`` is applied, the progress bar disabled. Raises :class:`ModelLoadError`.
 
     The entry's ``speed:`` options are not applied here: the worker chooses ``dtype`` from them
@@ -393,8 +394,8 @@ def load_main_pipeline(entry: ModelEntry, registry: Registry, device: str, dtype
             if found is not None and found != family:
                 raise ModelLoadError(code, f"registry says family {family} but hub repo {source.hub} holds a"
                                            f" {index.get('_class_name')} ({found}); fix `family`")
-            pipe = cls.from_pretrained(source.hub, revision=source.revision, dtype=dtype, local_files_only=False,
-                                       **no_checker)
+            pipe = cls.from_pretrained(source.hub, revision=source.revision, variant=source.variant, dtype=dtype,
+                                       local_files_only=False, **no_checker)
         _check_loaded(code, pipe, family)
         apply_scheduler(pipe, entry.defaults.scheduler)
         pipe = pipe.to(device)
@@ -506,8 +507,8 @@ def _load_vae_hub(code: str, source: ModelSource, dtype):
             last = e
             continue
         cls = _vae_class(code, cfg.get("_class_name"), f"hub repo {source.hub}")
-        return cls.from_pretrained(source.hub, subfolder=sub, revision=source.revision, dtype=dtype,
-                                   local_files_only=False)
+        return cls.from_pretrained(source.hub, subfolder=sub, revision=source.revision, variant=source.variant,
+                                   dtype=dtype, local_files_only=False)
     raise ModelLoadError(code, f"hub repo {source.hub} has no VAE config: {_short(last)}")
 
 

@@ -182,6 +182,25 @@ def test_a_single_file_without_config_never_downloads(single_file, tmp_path, mon
         load(entry({"file": str(single_file[0])}), tmp_path)
 
 
+def test_a_hub_source_is_loaded_with_its_revision_and_variant(tmp_path, monkeypatch):
+    """The one source kind a worker downloads itself (nothing is reached here: from_pretrained is a spy)."""
+    import diffusers
+
+    seen: dict = {}
+
+    def spy(cls, repo, **kwargs):
+        seen.update(kwargs, repo=repo)
+        raise RuntimeError("the spy stops here")
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "load_config",
+                        classmethod(lambda cls, repo, **kw: {"_class_name": "StableDiffusionInpaintPipeline"}))
+    monkeypatch.setattr(diffusers.StableDiffusionInpaintPipeline, "from_pretrained", classmethod(spy))
+    with pytest.raises(ModelLoadError, match=r"hub=o/r \(revision=v1\) \(variant=fp16\): RuntimeError: the spy"):
+        load(entry({"hub": "o/r", "revision": "v1", "variant": "fp16"}), tmp_path)
+    assert (seen["repo"], seen["revision"], seen["variant"], seen["local_files_only"]) == ("o/r", "v1", "fp16", False)
+    assert seen["safety_checker"] is None  # a hub checkpoint's own checker is not loaded either
+
+
 # --- errors ------------------------------------------------------------------------------------------------------
 
 
