@@ -161,13 +161,25 @@ class WorkerModels:
 
     def detectors(self, lease: Lease) -> Callable[[str, Path | None], Any]:
         """``detectors(kind, annotator_folder)`` for :func:`workers.inference.preprocess.preprocess`: each
-        controlnet-aux detector loaded once. Its files are checked first (``FileNotFoundError``)."""
+        controlnet-aux detector loaded once. Its files are checked first (``FileNotFoundError``); files that do not
+        load (corrupt, another layout) raise ``ValueError`` saying so, whatever the detector's own error was."""
 
         def get(kind: str, folder: Path | None) -> Any:
             key = detector_key(kind, folder, self.device)
             detector, _, device = key
-            return lease.get(("annotator", *key), lambda: self.loaders.detector(kind, folder, device),
-                             label=detector, kind="annotator",
+
+            def load() -> Any:
+                try:
+                    return self.loaders.detector(kind, folder, device)
+                except FileNotFoundError:
+                    raise
+                except Exception as e:
+                    if is_oom(e):
+                        raise
+                    where = f" in {folder}" if folder is not None else ""
+                    raise ValueError(f"the {kind} annotator{where} could not be loaded: {e}") from e
+
+            return lease.get(("annotator", *key), load, label=detector, kind="annotator",
                              place="device" if folder is not None else "host")
 
         return get

@@ -372,3 +372,21 @@ def test_an_estimate_function_is_called_on_a_miss_only():
     for _ in range(3):
         cache.get("m", lambda: Blob(MB), label="m", kind="pipeline", estimate=estimate)
     assert calls == [1] and cache.used_bytes() >= MB
+
+
+def test_annotator_files_that_do_not_load_raise_a_value_error_naming_them(tmp_path):
+    """A corrupt annotator (controlnet-aux raises whatever its unpickling meets, e.g. IndexError) must reach the
+    job as the pre-processor's model error (Error 240), not as an unexpected crash (Error 500)."""
+    def corrupt(kind, folder, device):
+        raise IndexError("list index out of range")
+
+    def missing(kind, folder, device):
+        raise FileNotFoundError(folder)
+
+    cache = ModelCache(device_bytes=MB, host_bytes=MB, device="cpu")
+    for loader, error, match in ((corrupt, ValueError, "the canny annotator could not be loaded: list index"),
+                                 (missing, FileNotFoundError, "")):
+        models = WorkerModels(cache, device="cpu", dtype=torch.float32, models_dir=tmp_path,
+                              loaders=Loaders(detector=loader))
+        with cache.lease() as lease, pytest.raises(error, match=match):
+            models.detectors(lease)("canny", None)
