@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 
 #: What of the CLIP vision encoder a variant reads: its projected ``image_embeds`` or its penultimate hidden states.
 EmbedsKind = Literal["image_embeds", "hidden_states"]
@@ -75,8 +76,6 @@ def _load(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """``{"image_proj": {...}, "ip_adapter": {...}}`` from either container."""
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
             flat = load_file(str(path), device="cpu")
         else:
             flat = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -45,6 +45,10 @@ import torch.nn.functional as F
 from workers.adapters.encoder import ReferenceEmbeds
 from workers.adapters.files import AdapterFile
 
+#: The task's Notes when a job with IP-Adapter units ran a compiled UNet's eager forward (``speed.compile``).
+COMPILE_OFF_NOTE = ("speed.compile: off for this job (IP-Adapter units run the UNet's eager forward; the compiled one"
+                    " serves the next job without units)")
+
 
 class AdapterFitError(ValueError):
     """An adapter that does not fit the job's UNet (another cross-attention width, other layers) or its reference

@@ -16,11 +16,13 @@ are drawn from (seed, tensor name), so the files are the same on every machine a
 from __future__ import annotations
 
 import json
+import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from workers.demo.model import ensure_demo_model
 from workers.demo.publish import ensure_folder, read_marker
@@ -100,10 +102,7 @@ def ensure_demo_ip_adapter(dest: Path, seed: int = 0, base_model: Path | None = 
     """Build, once, the folder ``dest`` holding :data:`ADAPTER_FILE`, a plain IP-Adapter fitting the UNet of
     ``base_model`` (a diffusers SD 1.x folder; default: the demo inpainting model of ``seed``, built in a scratch
     folder) and the demo encoder's ``image_embeds`` width. Returns the file's path."""
-    import tempfile
-
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
 
     dest = Path(dest)
     found = read_marker(dest, ADAPTER_MARKER)

@@ -4,8 +4,9 @@ task has on a worker (:func:`workers.lifecycle.task.run_task`: lease, watch, can
 1. **plan**: the Main model, the stored inputs composed to the output size (the clothes mask made by the
    ClothesSegmenter when the request sent none: :mod:`workers.masks.clothes`), the submodels, the prompts
    (translated when asked; the models' trigger words first), a control map per control unit;
-2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets), held in
-   the model cache for the whole job, denoising with progress written to the task record;
+2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets and IP-Adapter
+   units: :mod:`workers.adapters`), held in the model cache for the whole job, denoising with progress written to
+   the task record;
 3. **store**: the images the model's safety policy lets through (:func:`_screen`; all under ``safety: none``) as
    PNGs under the TaskUID, the task Finished.
 """
@@ -20,10 +21,19 @@ import numpy as np
 from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
-from app.contract.jobs import JobMessage
+from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.limits import SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry, Registry
 from app.contract.storage import AUTO_MASK_NAME
+from workers.adapters.encoder import ReferenceEmbeds, encode_reference
+from workers.adapters.ip_adapter import (
+    COMPILE_OFF_NOTE,
+    AdapterFitError,
+    AdapterRun,
+    AdapterUnit,
+    adapters_applied,
+    check_fits,
+)
 from workers.inference.compose import (
     Composition,
     crop_composition,
@@ -98,6 +108,10 @@ class Plan:
     prompt: str
     negative: str
     control_models: list[ModelEntry] = field(default_factory=list)
+    #: the ControlNet units (``control_models``' and ``Pass.control_maps``' order) and the IP-Adapter units, with
+    #: their models, in the request's order within each
+    control_units: list[ControlUnitRef] = field(default_factory=list)
+    adapter_units: list[tuple[ControlUnitRef, ModelEntry]] = field(default_factory=list)
 
 
 def run_job(rt: WorkerRuntime, message: dict) -> None:
@@ -174,7 +188,9 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     rt.store.add_note(job.task_uid, passes.note())
     comps = _compositions(rt, held, registry, job, [passes.draw, passes.final])
     raw_background = open_input(rt, job.background_image) if job.background_image else None
-    units = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
+    every = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
+    units = [(unit, model) for unit, model in every if model.adapter is None]  # ControlNets: a map per pass
+    adapters = [(unit, model) for unit, model in every if model.adapter is not None]
 
     def at(size: tuple[int, int]) -> Pass:
         comp = comps[size]
@@ -188,7 +204,8 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     specs = _submodel_specs(rt, registry, job)
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
-    return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units])
+    return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units],
+                [unit for unit, _ in units], adapters)
 
 
 def _compositions(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
@@ -352,25 +369,31 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
     with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
+        adapters = _adapter_units(rt, held, registry, plan, pipe)
         loaded = held.load_seconds
         t0 = time.monotonic()
-        images = _denoise(pipe, nets, plan, job, plan.draw, sampling)
-        if passes.two:
-            images = upscaled(images, plan.final.comp)
-        if passes.refines:
-            keep_reference = job.refer_strength == 1.0
-            refine = replace(sampling, on_step=two.second, background=plan.final.background if keep_reference else None)
-            if passes.tiles:
-                images = _refine_tiles(pipe, nets, plan, job, refine, images, two)
-            else:
-                images = _denoise(pipe, nets, plan, job, plan.final, refine, starts=images, strength=passes.strength)
+        with adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
+            if run.compile_off:
+                rt.store.add_note(job.task_uid, COMPILE_OFF_NOTE)
+            images = _denoise(pipe, nets, plan, job, plan.draw, sampling, run)
+            if passes.two:
+                images = upscaled(images, plan.final.comp)
+            if passes.refines:
+                keep_reference = job.refer_strength == 1.0
+                refine = replace(sampling, on_step=two.second,
+                                 background=plan.final.background if keep_reference else None)
+                if passes.tiles:
+                    images = _refine_tiles(pipe, nets, plan, job, refine, images, two, run)
+                else:
+                    images = _denoise(pipe, nets, plan, job, plan.final, refine, run, starts=images,
+                                      strength=passes.strength)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images
 
 
 def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampling, images: list[np.ndarray],
-                  progress: TwoPassProgress) -> list[np.ndarray]:
+                  progress: TwoPassProgress, run: AdapterRun) -> list[np.ndarray]:
     """The refine pass in the tiles of ``plan.passes`` (:func:`~workers.inference.passes.tile_grid`), in reading
     order: each tile of every image of the batch is redrawn in one call from the image as the tiles before left it
     (its control maps and held reference cropped with it; tile ``t`` seeded ``seed + t x BatchSize``, so no two
@@ -384,7 +407,7 @@ def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampl
         tile = replace(sampling, seed=sampling.seed + t * job.batch_size, on_step=progress.call(t),
                        background=at.background if sampling.background is not None else None)
         crops = [image[y0:y1, x0:x1] for image in images]
-        refined = _denoise(pipe, nets, plan, job, at, tile, starts=[np.ascontiguousarray(c) for c in crops],
+        refined = _denoise(pipe, nets, plan, job, at, tile, run, starts=[np.ascontiguousarray(c) for c in crops],
                            strength=passes.strength)
         weights = tile_weights(box, passes.final)[..., None]
         for crop, new in zip(crops, refined):
@@ -395,15 +418,54 @@ def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampl
     return [paste_back_pixels(image, final.comp, keep=keep, source=source, overwrite=True) for image in images]
 
 
-def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, **refine) -> list[np.ndarray]:
-    """One pass of the job's pipeline (with its ControlNets, if any) on ``at``; ``refine``: ``starts`` and
-    ``strength`` of a refine pass."""
+def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, run: AdapterRun,
+             **refine) -> list[np.ndarray]:
+    """One pass of the job's pipeline (with its ControlNets and IP-Adapter units, if any) on ``at``; ``refine``:
+    ``starts`` and ``strength`` of a refine pass."""
     if not nets:
-        return run_inpaint(pipe, at.comp, plan.prompt, plan.negative, sampling, **refine)
+        return run_inpaint(pipe, at.comp, plan.prompt, plan.negative, sampling, pipeline_kwargs=run.kwargs(pipe),
+                           **refine)
     cpipe = control_pipeline(pipe, nets)
     cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
-    units = job.control_units
+    units = plan.control_units
     return run_control_inpaint(cpipe, at.comp, plan.prompt, plan.negative, sampling, ControlUnits(
         control_images=at.control_maps, controlnet_conditioning_scale=[u.control_weight for u in units],
         control_guidance_start=[u.starting_step for u in units],
-        control_guidance_end=[u.ending_step for u in units]), **refine)
+        control_guidance_end=[u.ending_step for u in units]), pipeline_kwargs=run.kwargs(cpipe), **refine)
+
+
+# --- IP-Adapter units -------------------------------------------------------------------------------------
+
+
+def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, pipe) -> list[AdapterUnit]:
+    """The job's IP-Adapter units: each adapter and its encoder from the model cache (in the Main model's dtype),
+    its reference's embeddings (:func:`_reference_embeds`), its ControlWeight and step window. An adapter that does
+    not fit the Main model's UNet (another width, other layers: a file of another family) is the model error of the
+    unit's ControlModel."""
+    dtype = rt.models.dtype_of(plan.entry)
+    units = []
+    for ref, model in plan.adapter_units:
+        adapter = rt.models.ip_adapter(held, model, registry, dtype)
+        embeds = _reference_embeds(rt, held, registry, model, ref, adapter.embeds, dtype)
+        try:
+            check_fits(pipe.unet, adapter, embeds)
+        except AdapterFitError as e:
+            log.error("IP-Adapter %s on %s: %s", model.model_code, plan.entry.model_code, e)
+            raise JobError(ErrorCode.MODEL, f"Model [{model.model_code}] could not be applied: {e}") from e
+        units.append(AdapterUnit(adapter, embeds, ref.control_weight, ref.starting_step, ref.ending_step))
+    return units
+
+
+def _reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model: ModelEntry, ref: ControlUnitRef,
+                      kind: str, dtype) -> ReferenceEmbeds:
+    """What a unit's adapter reads of its reference: the unit's image (``ImageIndex``, stored by content hash)
+    through the adapter's encoder, from the worker's embeddings cache when a recent job had the same image and
+    encoder. (Another source of embeddings, a persona's or a face's, replaces this function's result.)"""
+    encoder = rt.models.image_encoder(held, model, registry, dtype)
+    key = (encoder.key, ref.image, kind)
+    embeds = rt.embeds.get(key) if rt.embeds is not None else None
+    if embeds is None:
+        embeds = encode_reference(encoder, open_input(rt, ref.image), kind)
+        if rt.embeds is not None:
+            rt.embeds.put(key, embeds)
+    return embeds

@@ -318,3 +318,20 @@ def test_fused_self_attention_stays_in_use_during_a_job(demo_dir, adapter, encod
         assert all(now[n] is p for n, p in self_attention.items())
         assert all(type(now[name]).__name__ == "AdapterAttention" for name, _ in layers.values())
         assert all(type(now[name].original).__name__ == "FusedAttnProcessor2_0" for name, _ in layers.values())
+
+
+def test_a_compiled_unet_runs_eagerly_for_the_job_and_gets_its_compiled_forward_back(demo_dir, adapter, encoder):
+    pipe = load_folder(demo_dir)
+    unet = pipe.unet
+    plain = draw(pipe)
+    compiled = unet._call_impl  # a stand-in for torch.compile's wrapper: what unet(...) calls when it is set
+    unet._compiled_call_impl = compiled
+    try:
+        with adapters_applied(pipe, [unit(adapter, encoder)], guidance_scale=5.0) as run:
+            assert run.compile_off and unet._compiled_call_impl is None
+        assert unet._compiled_call_impl is compiled
+        assert np.array_equal(draw(pipe), plain)
+        with adapters_applied(pipe, [], guidance_scale=5.0) as run:  # no units: nothing switched off
+            assert not run.compile_off and unet._compiled_call_impl is compiled
+    finally:
+        unet._compiled_call_impl = None
