@@ -329,7 +329,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
-        print(f"{m['ModelCode']:<22} {model_type:<27} {m.get('Name', '')}{words}")
+        print(f"{m['ModelCode']:<22} {model_type:<32} {m.get('Name', '')}{words}")
     return 0
 
 

@@ -335,3 +335,18 @@ def test_a_compiled_unet_runs_eagerly_for_the_job_and_gets_its_compiled_forward_
             assert not run.compile_off and unet._compiled_call_impl is compiled
     finally:
         unet._compiled_call_impl = None
+
+
+def test_deepcache_keeps_working_with_units_and_the_unet_is_restored(demo_dir, adapter, encoder):
+    from workers.patching.deepcache import disable_deep_cache, enable_deep_cache
+
+    pipe = load_folder(demo_dir)
+    enable_deep_cache(pipe.unet, interval=2, branch=0)
+    try:
+        before, plain = snapshot(pipe.unet), draw(pipe)
+        with_unit = draw(pipe, [unit(adapter, encoder)])
+        assert not np.array_equal(with_unit, plain)
+        assert np.array_equal(draw(pipe, [unit(adapter, encoder)]), with_unit)
+        assert same(before, snapshot(pipe.unet)) and np.array_equal(draw(pipe), plain)
+    finally:
+        disable_deep_cache(pipe.unet)
