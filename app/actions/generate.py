@@ -101,7 +101,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         translate_prompts=req.translate_prompts, seed=seed, width=req.width, height=req.height,
         batch_size=req.batch_size, use_main_model_vae=req.use_main_model_vae,
         resize_mode=req.resize_mode, invert_mask=req.invert_mask, refer_strength=req.refer_strength,
-        refine_strength=req.refine_strength,
+        refine_strength=req.refine_strength, face_refine=req.face_refine, face_strength=req.face_strength,
         background_resize_mode=req.background_resize_mode, control_units=control_units,
         clothes_segmenter=clothes.model_code if clothes else None,
         garment_classes=req.garment_classes if clothes else None,

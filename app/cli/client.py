@@ -42,6 +42,7 @@ from app.contract.limits import (
     DEFAULT_RESIZE_MODE,
     ENGINE_FIELD,
     ERODE_SIZE_RANGE,
+    FACE_REFINE_FIELD,
     HAIR_OPTIMIZATION_MODES,
     LIST_MODELS_FIELDS,
     REFINE_FIELD,
@@ -138,6 +139,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         params["TranslatePrompts"] = False
     if args.refine_strength is not None:
         params[REFINE_FIELD] = {"Strength": args.refine_strength}
+    if args.no_face_refine or args.face_strength is not None:
+        params[FACE_REFINE_FIELD] = {"Enabled": False} if args.no_face_refine else {"Strength": args.face_strength}
     uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
     detail = _wait(args, pub, priv, uid)
     out = Path(args.output)
@@ -353,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--refine-strength", type=float, metavar="S",
                    help="a size above the model's native one: how much the second pass redraws (0..1; 0 = upscale"
                         " only; default the model's)")
+    g.add_argument("--face-strength", type=float, metavar="S",
+                   help="redraw the faces found at this strength (FaceRefine.Strength, 0..1), even on a model that"
+                        " does not by default (its faces.refine)")
+    g.add_argument("--no-face-refine", action="store_true", help="leave the faces as drawn (FaceRefine.Enabled false)")
     g.add_argument("--seed", type=int, default=-1)
     g.add_argument("--resize-mode", default=DEFAULT_RESIZE_MODE, choices=RESIZE_MODES)
     g.add_argument("--invert-mask", action="store_true")

@@ -101,6 +101,8 @@ class JobMessage(BaseJob):
     background_image: str | None = None
     refer_strength: float = DEFAULT_REFER_STRENGTH
     refine_strength: float | None = None     # Refine.Strength; None: the main model's refine.strength
+    face_refine: bool | None = None          # FaceRefine.Enabled; None: the main model's faces.refine
+    face_strength: float | None = None       # FaceRefine.Strength; None: the main model's faces.strength
     background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)

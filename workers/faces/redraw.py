@@ -64,6 +64,11 @@ class FaceRedraw:
     def steps_per_face(self) -> int:
         return face_steps(self.steps, self.strength)
 
+    def megapixel_steps(self, count: int) -> float:
+        """What redrawing ``count`` faces costs, in megapixels x denoising steps (the unit of a job's time budget,
+        docs/deployment.md): each crop is drawn at the native area."""
+        return self.native[0] * self.native[1] / 1e6 * self.steps_per_face * count
+
 
 def redraw_face(pipe: DiffusionPipeline, image: np.ndarray, face: Face, redraw: FaceRedraw, *,
                 keep: np.ndarray | None = None, on_step: StepCallback | None = None,
@@ -105,3 +110,22 @@ def redraw_faces(pipe: DiffusionPipeline, image: np.ndarray, faces: Sequence[Fac
         step = None if on_step is None else (lambda step, total, i=i: on_step(i * total + step, len(faces) * total))
         count += redraw_face(pipe, out, face, redraw, keep=keep, on_step=step, stats=stats)
     return out, count
+
+
+# --- what the task's Notes say (docs/API.md "Faces", "RestoreFaces") ------------------------------------------
+
+
+def refined_note(refined: int, outside: int = 0, on_kept: int = 0, sizes: tuple[int, int] = (0, 0)) -> str:
+    """After a generation's faces were looked for: ``no face found to refine`` when the detector found none, else
+    ``refined N face(s)``, and what was left as drawn (``outside`` the model's face ``sizes``, or lying ``on_kept``
+    pixels only)."""
+    if refined == outside == on_kept == 0:
+        return "no face found to refine"
+    left = [f"{outside} face(s) outside {sizes[0]}..{sizes[1]} px"] if outside else []
+    left += [f"{on_kept} face(s) on kept pixels"] if on_kept else []
+    return f"refined {refined} face(s)" + (f"; left as drawn: {', '.join(left)}" if left else "")
+
+
+def no_step_note(what: str, strength: float, steps: int) -> str:
+    """A face strength that leaves no denoising step of the model's ``steps`` (``what``: the field that gave it)."""
+    return f"{what} {strength:g} leaves no denoising step of {steps}: no face redrawn"
