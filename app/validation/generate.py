@@ -161,6 +161,10 @@ def _parse_model(value: Any, name: str) -> SubModel:
     return SubModel(model_code=code, lora_weight=weight)
 
 
+#: A Model object of another action's field (RestoreFaces' ``MainModel``), read as GenerateFromMannequin reads one.
+parse_model = _parse_model
+
+
 def _parse_sub_models(value: Any) -> list[SubModel]:
     entries = check_list(value, "SubModelList", max_items=MAX_SUB_MODELS, default=[])
     return [_parse_model(entry, f"SubModelList[{i}]") for i, entry in enumerate(entries)]

@@ -33,6 +33,10 @@ from workers.faces.geometry import (
 from workers.inference.compose import Composition
 from workers.inference.inpaint import Sampling, StepCallback, run_inpaint
 
+#: RestoreFaces' prompt when the Main model's ``faces.prompt`` is empty (after the model's trigger words): the photo's
+#: own content is unknown, so the faces are described as what they are.
+RESTORE_PROMPT = "a detailed photo of a person's face, sharp focus"
+
 
 def face_steps(steps: int, strength: float) -> int:
     """The denoising steps one face's redraw runs: diffusers' img2img count, ``int(steps * strength)`` (0: the
@@ -129,3 +133,14 @@ def refined_note(refined: int, outside: int = 0, on_kept: int = 0, sizes: tuple[
 def no_step_note(what: str, strength: float, steps: int) -> str:
     """A face strength that leaves no denoising step of the model's ``steps`` (``what``: the field that gave it)."""
     return f"{what} {strength:g} leaves no denoising step of {steps}: no face redrawn"
+
+
+def restored_note(restored: int, smaller: int = 0, min_size: int = 0) -> str:
+    """After RestoreFaces looked for faces: ``restored N face(s)``, with the ``smaller`` ones than ``min_size`` left
+    as they are; or, when none was redrawn, that the image is unchanged."""
+    if restored:
+        return f"restored {restored} face(s)" + (f"; left as they are: {smaller} face(s) under {min_size} px"
+                                                 if smaller else "")
+    if smaller:
+        return f"no face of {min_size} px or more found ({smaller} smaller): the image is unchanged"
+    return "no face found: the image is unchanged"
