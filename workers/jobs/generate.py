@@ -382,9 +382,9 @@ def _refine_faces(rt: WorkerRuntime, held: Lease, pipe, plan: Plan, job: JobMess
     found = [sized(detector.detect(image, entry.faces.min_score), *sizes) for image in images]
     todo = sum(len(chosen) for chosen, _ in found)
     watch.extend(rt.settings.job_time_per_megapixel_step_s * redraw.megapixel_steps(todo))
-    comp = plan.final.comp
-    keep = redraw_strength(comp, 1.0) == 0 if plan.final.background is not None and job.refer_strength == 1.0 \
-        else comp.keep  # ReferStrength 1 holds the background exactly too
+    keep = plan.final.comp.keep
+    if plan.final.background is not None and job.refer_strength == 1.0:  # the background is held exactly too
+        keep = redraw_strength(plan.final.comp, 1.0) == 0
     drawn = progress.seen[1] if progress.seen else 0  # the passes' steps, reported as they ran
     out, refined, done = [], 0, 0
     for i, (image, (chosen, _)) in enumerate(zip(images, found, strict=True)):
