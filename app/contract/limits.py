@@ -196,3 +196,30 @@ RESIZE_SIZE_RANGE = Range(64, 4096)         # ResizeImage Width, Height
 #: The fields ResizeImage reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in the
 #: Notes). PICPIK's ``Upscaler`` is not read yet: every resize is Lanczos (docs/API.md "ResizeImage").
 RESIZE_FIELDS: tuple[str, ...] = ("Image", "Width", "Height")
+
+
+# --- Faces (docs/faces.md): the redraw after a generation (FaceRefine) and RestoreFaces (PICPIK-FACTS section 5) --
+
+#: GenerateFromMannequin's extension object: ``FaceRefine.Enabled`` (Bool; absent: true when FaceRefine is sent,
+#: else the Main model's ``faces.refine``) and ``FaceRefine.Strength`` (Float; absent: the model's
+#: ``faces.strength``).
+FACE_REFINE_FIELD = "FaceRefine"
+FACE_REFINE_FIELDS: tuple[str, ...] = ("Enabled", "Strength")
+FACE_STRENGTH_RANGE = Range(0.0, 1.0)       # FaceRefine.Strength, faces.strength: the img2img strength of a face
+DEFAULT_FACE_STRENGTH = 0.4
+#: The smallest face the detector looks for (MTCNN's ``min_face_size``), in pixels of the box's longer side: the
+#: least ``faces.min_size`` may be, and its default.
+FACE_DETECT_MIN_PX = 20
+FACE_SIZE_RANGE = Range(FACE_DETECT_MIN_PX, 4096)   # faces.min_size, faces.max_size (pixels, the longer side)
+#: ``faces.min_score``: the detector's confidence a face needs (below about 0.9 MTCNN also finds faces in busy
+#: textures).
+FACE_SCORE_RANGE = Range(0.5, 1.0)
+DEFAULT_FACE_MIN_SCORE = 0.9
+
+RESTORE_FACES_ACTION = "RestoreFaces"
+#: The fields RestoreFaces reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in
+#: the Notes): PICPIK's ``RawImage`` and ``RestoreStrength``, and ``MainModel`` (an extension: the Main model that
+#: redraws the faces; absent, the deployment's default).
+RESTORE_FACES_FIELDS: tuple[str, ...] = ("RawImage", "RestoreStrength", "MainModel")
+RESTORE_STRENGTH_RANGE = Range(0.0, 1.0)    # RestoreStrength (PICPIK: step 0.01); 0 leaves the image unchanged
+DEFAULT_RESTORE_STRENGTH = 0.5

@@ -27,6 +27,8 @@ from app.contract.limits import (
     CONTROL_WEIGHT_RANGE,
     DEFAULT_CONTROL_WEIGHT,
     DEFAULT_ENDING_STEP,
+    DEFAULT_FACE_MIN_SCORE,
+    DEFAULT_FACE_STRENGTH,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_LORA_WEIGHT,
     DEFAULT_POINTS,
@@ -36,6 +38,10 @@ from app.contract.limits import (
     DEFAULT_STEPS,
     DEMO_SOURCE_KINDS,
     DEMO_SOURCES,
+    FACE_DETECT_MIN_PX,
+    FACE_SCORE_RANGE,
+    FACE_SIZE_RANGE,
+    FACE_STRENGTH_RANGE,
     FAMILIES,
     GUIDANCE_SCALE_RANGE,
     LORA_WEIGHT_RANGE,
@@ -254,6 +260,36 @@ class RefineOptions(BaseModel):
     tile_above: float = Field(REFINE_TILE_ABOVE, ge=TWO_PASS_AREA)
 
 
+class FaceOptions(BaseModel):
+    """``faces:``: what a Main model does with the faces of its images (models_config/README.md "Faces";
+    docs/faces.md). After a generation, unless ``refine`` is false (or the request's ``FaceRefine.Enabled``), each
+    face the detector finds with at least ``min_score``, whose box's longer side is within ``min_size..max_size``
+    pixels, is redrawn at ``strength`` with the job's prompts plus ``prompt``. RestoreFaces redraws every face from
+    ``min_size`` with the model (``max_size`` and ``refine`` are the generation's), with ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    refine: bool = Field(True, description="redraw the faces of every generation (FaceRefine.Enabled overrides it)")
+    strength: float = Field(DEFAULT_FACE_STRENGTH, ge=FACE_STRENGTH_RANGE.lo, le=FACE_STRENGTH_RANGE.hi,
+                            description="how much a face is redrawn (img2img strength; FaceRefine.Strength"
+                            " overrides it)")
+    min_size: int = Field(FACE_DETECT_MIN_PX, ge=FACE_SIZE_RANGE.lo, le=FACE_SIZE_RANGE.hi,
+                          description="the smallest face redrawn, in pixels (its box's longer side); the detector"
+                          " finds none below 20")
+    max_size: int | None = Field(None, ge=FACE_SIZE_RANGE.lo, le=FACE_SIZE_RANGE.hi,
+                                 description="after a generation, the largest face redrawn; default half the native"
+                                 " size's shorter side (a larger face's crop would be redrawn smaller than it is)")
+    min_score: float = Field(DEFAULT_FACE_MIN_SCORE, ge=FACE_SCORE_RANGE.lo, le=FACE_SCORE_RANGE.hi,
+                             description="the detector's confidence a face needs")
+    prompt: str = Field("", description="added to the job's prompt when a face is redrawn (RestoreFaces: the"
+                        " prompt, after the model's trigger words)")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> FaceOptions:
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        return self
+
+
 #: ``safety.policy`` values: ``none`` runs no checker (the default), ``checker`` screens every image made.
 SAFETY_POLICIES: tuple[str, ...] = ("none", "checker")
 
@@ -408,6 +444,8 @@ class ModelEntry(BaseModel):
                                   " larger than its native size")
     safety: SafetyOptions = Field(default_factory=SafetyOptions, description="Main: `none` (default) or"
                                   " `{policy: checker, checker: <folder>}` (SafetyOptions)")
+    faces: FaceOptions = Field(default_factory=FaceOptions, description="Main: the faces of its images"
+                               " redrawn (FaceOptions)")
     # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
     engine: MaskEngine | None = Field(None, description="a mask engine's kind (limits.MASK_ENGINES)")
     rembg_model: RembgModel | None = Field(None, description="engine rembg: which of rembg's models the ONNX"
@@ -478,6 +516,12 @@ class ModelEntry(BaseModel):
                 raise ValueError("defaults.scheduler applies to Main models only")
         return self
 
+    @model_validator(mode="after")
+    def _faces_for_main(self) -> ModelEntry:
+        if self.model_type != ModelType.MAIN and self.faces != FaceOptions():
+            raise ValueError("`faces:` is for Main models only")
+        return self
+
     def _engine_fits(self) -> ModelEntry:
         kinds = MASK_ENGINES[self.model_type]
         if self.engine not in kinds:
@@ -507,6 +551,12 @@ class ModelEntry(BaseModel):
     def native_size(self) -> tuple[int, int]:
         """(width, height) this Main model draws at: its ``native:``, else its family's."""
         return (self.native.width, self.native.height) if self.native else NATIVE_SIZES[self.family]
+
+    @property
+    def face_sizes(self) -> tuple[int, int]:
+        """The faces a generation redraws, by their box's longer side in pixels: ``faces.min_size`` to
+        ``faces.max_size``, by default half the native size's shorter side."""
+        return self.faces.min_size, self.faces.max_size or max(self.faces.min_size, min(self.native_size) // 2)
 
     def to_engine(self) -> dict[str, Any]:
         """A ListModels ``MaskEngines`` entry (an extension): what a client may name as ``Engine``."""

@@ -24,6 +24,7 @@ from app.contract.jobs import JobMessage
 from app.contract.limits import SUBMODEL_TYPES, ModelType
 from app.contract.registry import ModelEntry, Registry
 from app.contract.storage import AUTO_MASK_NAME
+from workers.faces.redraw import FaceRedraw, no_step_note, redraw_faces, refined_note, sized
 from workers.inference.compose import (
     Composition,
     crop_composition,
@@ -32,6 +33,7 @@ from workers.inference.compose import (
     held_exactly,
     paste_back_pixels,
     prepare,
+    redraw_strength,
 )
 from workers.inference.control import ControlUnits, control_pipeline, run_control_inpaint
 from workers.inference.inpaint import Sampling, run_inpaint
@@ -98,6 +100,17 @@ class Plan:
     prompt: str
     negative: str
     control_models: list[ModelEntry] = field(default_factory=list)
+    #: the faces' redraw strength (:func:`face_strength`); None: the faces are not refined
+    face_strength: float | None = None
+
+
+def face_strength(entry: ModelEntry, job: JobMessage) -> float | None:
+    """The strength the job's faces are redrawn at after its passes (docs/faces.md): the request's
+    ``FaceRefine.Strength``, else the model's ``faces.strength``; None when they are not refined (``FaceRefine.Enabled``
+    false, or absent and the model's ``faces.refine`` false)."""
+    if not (job.face_refine if job.face_refine is not None else entry.faces.refine):
+        return None
+    return job.face_strength if job.face_strength is not None else entry.faces.strength
 
 
 def run_job(rt: WorkerRuntime, message: dict) -> None:
@@ -188,7 +201,8 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     specs = _submodel_specs(rt, registry, job)
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
-    return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units])
+    return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units],
+                face_strength=face_strength(entry, job))
 
 
 def _compositions(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
@@ -364,6 +378,8 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
                 images = _refine_tiles(pipe, nets, plan, job, refine, images, two)
             else:
                 images = _denoise(pipe, nets, plan, job, plan.final, refine, starts=images, strength=passes.strength)
+        if plan.face_strength is not None:
+            images = _refine_faces(rt, held, pipe, plan, job, images, progress, timings, watch)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images
@@ -393,6 +409,43 @@ def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampl
         return [paste_back_pixels(image, final.comp, overwrite=True) for image in images]
     keep, source = held_exactly(final.comp, sampling.background)  # ReferStrength 1, as one call keeps it
     return [paste_back_pixels(image, final.comp, keep=keep, source=source, overwrite=True) for image in images]
+
+
+def _refine_faces(rt: WorkerRuntime, held: Lease, pipe, plan: Plan, job: JobMessage, images: list[np.ndarray],
+                  progress: ProgressWriter, timings: Timings, watch: JobWatch) -> list[np.ndarray]:
+    """The faces of the drawn images redrawn (docs/faces.md): found by the detector, those of the model's face
+    sizes redrawn with the job's prompts plus ``faces.prompt`` at the face strength (image i from Seed + i), never a
+    kept pixel (the clothes; with ReferStrength 1 the held background too). TotalSteps grows by their steps and the
+    time budget by their work once they are found; the Notes say how many were refined."""
+    entry = plan.entry
+    redraw = FaceRedraw(prompt=", ".join(p for p in (plan.prompt, entry.faces.prompt) if p), negative=plan.negative,
+                        strength=plan.face_strength, steps=entry.defaults.steps,
+                        guidance_scale=entry.defaults.guidance_scale, native=entry.native_size, seed=job.seed)
+    if redraw.steps_per_face == 0:
+        rt.store.add_note(job.task_uid, no_step_note("FaceRefine.Strength", redraw.strength, redraw.steps))
+        return images
+    detector = rt.models.face_detector(held)
+    sizes = entry.face_sizes
+    found = [sized(detector.detect(image, entry.faces.min_score), *sizes) for image in images]
+    todo = sum(len(chosen) for chosen, _ in found)
+    watch.extend(rt.settings.job_time_per_megapixel_step_s * redraw.megapixel_steps(todo))
+    keep = plan.final.comp.keep
+    if plan.final.background is not None and job.refer_strength == 1.0:  # the background is held exactly too
+        keep = redraw_strength(plan.final.comp, 1.0) == 0
+    drawn = progress.seen[1] if progress.seen else 0  # the passes' steps, reported as they ran
+    out, refined, done = [], 0, 0
+    for i, (image, (chosen, _)) in enumerate(zip(images, found, strict=True)):
+        def on_step(step: int, total: int, done: int = done, count: int = len(chosen)) -> None:
+            per_face = total // count
+            progress(drawn + done * per_face + step, drawn + todo * per_face)
+
+        redrawn, count = redraw_faces(pipe, image, chosen, replace(redraw, seed=job.seed + i), keep=keep,
+                                      on_step=on_step, stats=timings.pipeline)
+        out.append(redrawn)
+        refined, done = refined + count, done + len(chosen)
+    outside = sum(len(left) for _, left in found)
+    rt.store.add_note(job.task_uid, refined_note(refined, outside, todo - refined, sizes))
+    return out
 
 
 def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, **refine) -> list[np.ndarray]:

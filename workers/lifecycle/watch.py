@@ -63,6 +63,11 @@ class JobWatch:
             return False
         return True
 
+    def extend(self, seconds: float) -> None:
+        """Grow the time budget by ``seconds``: work the job finds it has to do once it runs (the faces its detector
+        found to redraw)."""
+        self.budget_s += seconds
+
     def check(self) -> None:
         """Raise at a denoising step: JobLost, JobCanceled, or JobError(TIMEOUT) past the time budget."""
         if self.lost.is_set():

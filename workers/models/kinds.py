@@ -25,6 +25,8 @@ One method per kind says how it is keyed (what makes two requests share one load
 * ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
   file or folder and rembg model; on the device for transformers folders, host for ONNX files and
   the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
+* ``face_detector``: the face detector (MTCNN, its weights inside facenet-pytorch's wheel), by device; on the
+  device on CUDA, on the host on a CPU worker; :func:`~workers.faces.detect.load_face_detector`.
 
 A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
 """
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 
 from app.contract.registry import ModelEntry, ModelSource, Registry
+from workers.faces.detect import FaceDetector, load_face_detector
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
 from workers.inference.safety import SafetyCheckerError, checker_folders, load_safety_checker
@@ -66,6 +69,7 @@ class Loaders:
     translator: Callable[..., Any] = Translator.load
     mask: Callable[..., Any] = load_engine
     safety: Callable[..., Any] = load_safety_checker
+    face_detector: Callable[..., Any] = load_face_detector
 
 
 class WorkerModels:
@@ -260,3 +264,11 @@ class WorkerModels:
         return lease.get(("mask", entry.engine, str(path), stamp, entry.rembg_model), load, label=entry.model_code,
                          kind="mask", place="device" if on_device else "host", slot=("mask", entry.model_code),
                          estimate=st.st_size if st is not None and path.is_file() else None)
+
+    def face_detector(self, lease: Lease) -> FaceDetector:
+        """The face detector (:mod:`workers.faces.detect`), one per worker: on the device on CUDA, on the host (in
+        the RAM budget) on a CPU worker. Its weights come with its package, so it always loads."""
+        on_device = str(self.device).startswith("cuda")
+        return lease.get(("face_detector", str(self.device)), lambda: self.loaders.face_detector(self.device),
+                         label="face-detector", kind="face_detector", place="device" if on_device else "host",
+                         slot=("face_detector",))
