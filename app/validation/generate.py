@@ -22,6 +22,7 @@ from app.contract.limits import (
     DEFAULT_RESIZE_MODE,
     DEFAULT_SIZE,
     GARMENT_CLASSES_FIELD,
+    LANCZOS,
     LORA_WEIGHT_RANGE,
     MAX_CONTROL_UNITS,
     MAX_GARMENT_CLASSES,
@@ -29,12 +30,15 @@ from app.contract.limits import (
     REFER_STRENGTH_RANGE,
     REFINE_FIELD,
     REFINE_STRENGTH_RANGE,
+    REFINE_UPSCALER_FIELD,
     RESIZE_MODES,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
     SEED_RANGE,
     SIZE_RANGE,
     STEP_RATIO_RANGE,
+    UPSCALER_FIELD,
+    is_lanczos,
 )
 from app.errors import ApiError
 from app.validation.fields import (
@@ -127,6 +131,7 @@ class GenerateRequest:
     clothes_segmenter: str | None = None      # Mannequin.ClothesSegmenter (an extension)
     garment_classes: list[int] | None = None  # Mannequin.GarmentClasses (an extension)
     refine_strength: float | None = None      # Refine.Strength (an extension; None: the main model's)
+    refine_upscaler: str | None = None        # Refine.Upscaler: a ModelCode or LANCZOS (None: the main model's)
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -332,7 +337,8 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
        clothes segmenter makes the mask), InvertMask, and the extensions ClothesSegmenter and GarmentClasses
        (only without ClothesMaskIndex);
        then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
-    5. Refine (optional, an extension: ``Strength``), then CallbackUrl (optional, the webhook extension:
+    5. Refine (optional, an extension: ``Strength``, ``Upscaler``: a non-empty string, an Upscaler's ModelCode
+       or ``Lanczos``), then CallbackUrl (optional, the webhook extension:
        :func:`check_callback_url`);
     6. every image decoded, first to last (the expensive part comes last).
 
@@ -391,10 +397,13 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
                              "is for a request without Mannequin.ClothesMaskIndex (the mask is given)")
     control_units = _parse_control_units(body, lists, mannequin_index)
     refine = check_object(body.get(REFINE_FIELD), REFINE_FIELD, default=None)
-    refine_strength = None
+    refine_strength = refine_upscaler = None
     if refine is not None:
         refine_strength = check_float(refine.get("Strength"), f"{REFINE_FIELD}.Strength", lo=REFINE_STRENGTH_RANGE.lo,
                                       hi=REFINE_STRENGTH_RANGE.hi, default=None)
+        refine_upscaler = check_str(refine.get(UPSCALER_FIELD), REFINE_UPSCALER_FIELD, non_empty=True, default=None)
+        if refine_upscaler is not None and is_lanczos(refine_upscaler):
+            refine_upscaler = LANCZOS
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
 
@@ -427,4 +436,5 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         ignored_fields=[name for name in body if name not in known],
         callback_url=callback_url,
         refine_strength=refine_strength,
+        refine_upscaler=refine_upscaler,
     )
