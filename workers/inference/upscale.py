@@ -20,6 +20,7 @@ tile by tile, then Lanczos to the exact size asked. docs/API.md "Upscalers".
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +104,14 @@ def load_upscaler(file: Path, device: str, dtype: Any) -> SuperResolution:
 
 
 def tile_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
-    """The ``[start, end)`` spans of tiles of ``size`` covering ``0..length``, each overlapping the previous by
-    ``overlap`` (the last one ends at ``length``, so it may overlap more); one span when ``length <= size``."""
+    """The ``[start, end)`` spans of the tiles covering ``0..length``: as few as tiles of at most ``size`` overlapping
+    by at least ``overlap`` allow, all of one length (the shortest that does), spread evenly (so the last one does
+    not redo most of its neighbour's work); one span when ``length <= size``."""
     if length <= size:
         return [(0, length)]
-    stride = size - overlap
-    starts = list(range(0, length - size, stride)) + [length - size]
-    return [(s, s + size) for s in starts]
+    count = math.ceil((length - overlap) / (size - overlap))
+    tile = math.ceil((length + (count - 1) * overlap) / count)   # <= size; neighbours overlap by >= overlap
+    return [(s, s + tile) for s in ((i * (length - tile)) // (count - 1) for i in range(count))]
 
 
 def feather(span: tuple[int, int], length: int, overlap: int, scale: int) -> np.ndarray:
@@ -180,12 +182,18 @@ def upscale_tiled(image: np.ndarray, run: Run, scale: int, size: int, overlap: i
 # --- whole images ----------------------------------------------------------------------------------------
 
 
+def enlarges(size: tuple[int, int], target: tuple[int, int]) -> bool:
+    """Whether an upscaler runs at all taking ``size`` to ``target``: the target is wider or taller (whatever its
+    factor; a job need not load a model that would not run)."""
+    return target[0] > size[0] or target[1] > size[1]
+
+
 def plan_upscale(size: tuple[int, int], target: tuple[int, int], scale: int) -> list[tuple[int, int]]:
     """The sizes after each application of a model of factor ``scale`` taking ``size`` towards ``target``: it
     runs while the image is narrower or lower than the target (then Lanczos brings it to the exact size, down
     or up), at most :data:`MAX_APPLICATIONS` times; none when the target is not larger on either side."""
     (w, h), sizes = size, []
-    while (w < target[0] or h < target[1]) and len(sizes) < MAX_APPLICATIONS:
+    while enlarges((w, h), target) and len(sizes) < MAX_APPLICATIONS:
         w, h = w * scale, h * scale
         sizes.append((w, h))
     return sizes

@@ -18,7 +18,7 @@ from app.contract.codes import ErrorCode
 from app.contract.jobs import ResizeJobMessage
 from app.contract.limits import ModelType
 from app.contract.registry import TileOptions
-from workers.inference.upscale import UPSCALE_STEPS, resize_image, upscale_megapixels, upscale_note
+from workers.inference.upscale import UPSCALE_STEPS, enlarges, resize_image, upscale_megapixels, upscale_note
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.stored import open_input, png_bytes
 from workers.lifecycle.task import Timings, finish, run_task, version_ok
@@ -42,6 +42,7 @@ def run_resize_job(rt: WorkerRuntime, message: dict) -> None:
         model = entry = None
         if job.upscaler is not None:
             entry = rt.registry.require(job.upscaler, ModelType.UPSCALER)
+        if entry is not None and enlarges(source.size, (job.width, job.height)):  # else it would not run
             try:
                 model = rt.models.upscaler(held, entry, rt.registry)
             except ModelLoadError as e:

@@ -93,14 +93,21 @@ def test_what_is_not_an_upscaler_is_refused_saying_why(tmp_path):
                                                    (1000, 512, 32), (513, 512, 32)])
 def test_tiles_cover_the_image_and_their_weights_never_sum_to_zero(length, size, overlap):
     spans = tile_spans(length, size, overlap)
-    assert spans[0][0] == 0 and spans[-1][1] == length
-    assert all(b - a == min(size, length) for a, b in spans)
+    assert spans[0][0] == 0 and spans[-1][1] == length and len({b - a for a, b in spans}) == 1   # one tile size
+    n, tile = len(spans), spans[0][1]
+    assert tile <= size and (n == 1 or n * (tile - 1) - (n - 1) * overlap < length)   # no shorter tile would do
     assert all(b0 <= a1 - overlap for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))  # at least overlap
+    assert n == 1 or (n - 1) * size - (n - 2) * overlap < length    # nor one tile fewer, of the largest size
     for scale in (1, 4):
         total = np.zeros(length * scale)
         for span in spans:
             total[span[0] * scale: span[1] * scale] += feather(span, length, overlap, scale)
         assert total.min() > 0.05
+
+
+def test_tiles_are_spread_evenly_rather_than_the_last_one_redoing_its_neighbour():
+    assert tile_spans(512, 256, 32) == [(0, 192), (160, 352), (320, 512)]     # 3 tiles of 192, not of 256
+    assert tile_spans(1000, 512, 32) == [(0, 355), (322, 677), (645, 1000)]   # two of 512 would cover 992
 
 
 def test_a_shared_edge_gives_no_weight_to_the_outer_quarter_of_the_overlap():
@@ -144,7 +151,7 @@ def test_tiles_run_one_at_a_time_and_the_callback_sees_each():
     calls = []
     tiled = upscale_tiled(image, run, 2, 20, 8, on_tile=lambda: calls.append(1), dtype=np.float32)
     assert len(calls) == len(seen) == len(tile_spans(30, 20, 8)) * len(tile_spans(50, 20, 8)) == 8
-    assert max(s[1] for s in seen) == 20 and max(s[2] for s in seen) == 20
+    assert set(seen) == {(3, 19, 19)}      # 30: 2 tiles of 19 overlapping by 8; 50: 4 of 19 (by 8 or 9)
     seen.clear()
     assert np.abs(tiled - upscale_tiled(image, run, 2, 64, 0, dtype=np.float32)).max() < 1e-6
 

@@ -128,6 +128,8 @@ def test_an_upscaler_is_not_run_for_a_smaller_size(runtime):
             in rec.notes)
     _, got = _result(runtime, rec)
     assert np.array_equal(np.asarray(got), np.asarray(big.resize((150, 100), Image.Resampling.LANCZOS)))
+    rec = _upscale(runtime, stored(runtime, big), 300, 64, "corrupt-upscaler")   # not loaded: it would not run
+    assert rec.status == "Finished", rec.error_message
 
 
 @pytest.mark.parametrize("code, message", [
