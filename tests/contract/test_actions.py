@@ -34,10 +34,11 @@ EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
-                                      batch_size=1, mannequin_image="a" * 64),
+                                      batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
                MaskJobMessage: MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e",
                                               images=["a" * 64]),
-               ResizeJobMessage: ResizeJobMessage(task_uid="u" * 21, image="a" * 64, width=4096, height=64)}
+               ResizeJobMessage: ResizeJobMessage(task_uid="u" * 21, image="a" * 64, width=4096, height=64,
+                                                  upscaler="up")}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
 
 
