@@ -9,7 +9,14 @@ from typing import Any
 from app.actions.base import SignedCall
 from app.actions.submit import callback_url, store_input, submit
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
-from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SEED_RANGE, SUBMODEL_TYPES, ModelType
+from app.contract.limits import (
+    CLOTHES_MASK_URL_FIELD,
+    DEFAULT_RESOLUTION,
+    SEED_RANGE,
+    SUBMODEL_TYPES,
+    ModelType,
+    is_lanczos,
+)
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import new_task_uid
 from app.errors import ApiError
@@ -90,6 +97,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     for sub in req.sub_models:
         svc.registry.require(sub.model_code, *SUBMODEL_TYPES)
     controls = _control_units(req, main, svc)
+    if not is_lanczos(req.refine_upscaler):
+        svc.registry.require(req.refine_upscaler, ModelType.UPSCALER)
     seed = req.seed if req.seed != -1 else secrets.randbelow(int(SEED_RANGE.hi) + 1)  # 0 .. the highest Seed
     clothes = _clothes_segmenter(req, svc, notes)
 
@@ -107,7 +116,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         translate_prompts=req.translate_prompts, seed=seed, width=req.width, height=req.height,
         batch_size=req.batch_size, use_main_model_vae=req.use_main_model_vae,
         resize_mode=req.resize_mode, invert_mask=req.invert_mask, refer_strength=req.refer_strength,
-        refine_strength=req.refine_strength, face_refine=req.face_refine, face_strength=req.face_strength,
+        refine_strength=req.refine_strength, refine_upscaler=req.refine_upscaler, face_refine=req.face_refine,
+        face_strength=req.face_strength,
         background_resize_mode=req.background_resize_mode, control_units=control_units,
         clothes_segmenter=clothes.model_code if clothes else None,
         garment_classes=req.garment_classes if clothes else None,

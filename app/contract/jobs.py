@@ -105,6 +105,8 @@ class JobMessage(BaseJob):
     refine_strength: float | None = None     # Refine.Strength; None: the main model's refine.strength
     face_refine: bool | None = None          # FaceRefine.Enabled; None: the main model's faces.refine
     face_strength: float | None = None       # FaceRefine.Strength; None: the main model's faces.strength
+    refine_upscaler: str | None = None       # Refine.Upscaler: an Upscaler's ModelCode, or limits.LANCZOS; None: the
+                                             # main model's refine.upscaler (unset: Lanczos)
     background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -131,13 +133,15 @@ class MaskJobMessage(BaseJob):
 
 
 class ResizeJobMessage(BaseJob):
-    """What a worker needs to run one ResizeImage task: the stored input and the size asked (both within
-    limits.RESIZE_SIZE_RANGE). Result 0: the input resized to exactly ``width`` x ``height`` by Lanczos
-    (stretched when the aspect ratio differs), RGBA when the input has alpha, else RGB."""
+    """What a worker needs to run one ResizeImage task: the stored input, the size asked (both within
+    limits.RESIZE_SIZE_RANGE) and the upscaler. Result 0: the input at exactly ``width`` x ``height`` (stretched
+    when the aspect ratio differs), RGBA when the input has alpha, else RGB: by Lanczos, or enlarged by the
+    Upscaler ``upscaler`` then brought to the size by Lanczos."""
 
     image: str                               # storage key of the input
     width: int
     height: int
+    upscaler: str | None = None              # an Upscaler's ModelCode; None: Lanczos
 
 
 class RestoreFacesJobMessage(BaseJob):

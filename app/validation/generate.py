@@ -25,6 +25,7 @@ from app.contract.limits import (
     FACE_REFINE_FIELDS,
     FACE_STRENGTH_RANGE,
     GARMENT_CLASSES_FIELD,
+    LANCZOS,
     LORA_WEIGHT_RANGE,
     MAX_CONTROL_UNITS,
     MAX_GARMENT_CLASSES,
@@ -32,12 +33,15 @@ from app.contract.limits import (
     REFER_STRENGTH_RANGE,
     REFINE_FIELD,
     REFINE_STRENGTH_RANGE,
+    REFINE_UPSCALER_FIELD,
     RESIZE_MODES,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
     SEED_RANGE,
     SIZE_RANGE,
     STEP_RATIO_RANGE,
+    UPSCALER_FIELD,
+    is_lanczos,
 )
 from app.errors import ApiError
 from app.validation.fields import (
@@ -133,6 +137,7 @@ class GenerateRequest:
     refine_strength: float | None = None      # Refine.Strength (an extension; None: the main model's)
     face_refine: bool | None = None           # FaceRefine.Enabled (an extension; None: the main model's faces.refine)
     face_strength: float | None = None        # FaceRefine.Strength (None: the main model's faces.strength)
+    refine_upscaler: str | None = None        # Refine.Upscaler: a ModelCode or LANCZOS (None: the main model's)
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -356,8 +361,9 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
        clothes segmenter makes the mask), InvertMask, and the extensions ClothesSegmenter and GarmentClasses
        (only without ClothesMaskIndex);
        then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
-    5. Refine (optional, an extension: ``Strength``), FaceRefine (optional, an extension: ``Enabled``,
-       ``Strength``), then CallbackUrl (optional, the webhook extension: :func:`check_callback_url`);
+    5. Refine (optional, an extension: ``Strength``, ``Upscaler``: a non-empty string, an Upscaler's ModelCode
+       or ``Lanczos``), FaceRefine (optional, an extension: ``Enabled``, ``Strength``), then CallbackUrl (optional,
+       the webhook extension: :func:`check_callback_url`);
     6. every image decoded, first to last (the expensive part comes last).
 
     Indexes point into ImageAndMaskList, or, in the other style, into ImageList (``Mannequin.ImageIndex``,
@@ -415,10 +421,13 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
                              "is for a request without Mannequin.ClothesMaskIndex (the mask is given)")
     control_units = _parse_control_units(body, lists, mannequin_index)
     refine = check_object(body.get(REFINE_FIELD), REFINE_FIELD, default=None)
-    refine_strength = None
+    refine_strength = refine_upscaler = None
     if refine is not None:
         refine_strength = check_float(refine.get("Strength"), f"{REFINE_FIELD}.Strength", lo=REFINE_STRENGTH_RANGE.lo,
                                       hi=REFINE_STRENGTH_RANGE.hi, default=None)
+        refine_upscaler = check_str(refine.get(UPSCALER_FIELD), REFINE_UPSCALER_FIELD, non_empty=True, default=None)
+        if refine_upscaler is not None and is_lanczos(refine_upscaler):
+            refine_upscaler = LANCZOS
     face_refine, face_strength = _parse_face_refine(body.get(FACE_REFINE_FIELD))
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
@@ -454,4 +463,5 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         refine_strength=refine_strength,
         face_refine=face_refine,
         face_strength=face_strength,
+        refine_upscaler=refine_upscaler,
     )

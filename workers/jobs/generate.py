@@ -21,8 +21,8 @@ from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
 from app.contract.jobs import JobMessage
-from app.contract.limits import SUBMODEL_TYPES, ModelType
-from app.contract.registry import ModelEntry, Registry
+from app.contract.limits import REFINE_UPSCALER_FIELD, SUBMODEL_TYPES, ModelType, is_lanczos
+from app.contract.registry import ModelEntry, Registry, TileOptions
 from app.contract.storage import AUTO_MASK_NAME
 from workers.faces.redraw import FaceRedraw, no_step_note, redraw_faces, refined_note, sized
 from workers.inference.compose import (
@@ -40,6 +40,7 @@ from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.passes import Box, Passes, plan_passes, tile_weights
 from workers.inference.preprocess import preprocess
 from workers.inference.safety import withheld_note
+from workers.inference.upscale import UPSCALE_STEPS, SuperResolution, enlarge, upscale_megapixels, upscale_note
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
 from workers.lifecycle.stored import open_input, png_bytes
@@ -67,10 +68,13 @@ def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
                        entry.refine.tile_above)
 
 
-def time_budget(settings, job: JobMessage, steps: int, passes: Passes) -> float:
-    """Seconds a job may take: a base plus a share per megapixel, step and image of each pass
-    (docs/deployment.md)."""
+def time_budget(settings, job: JobMessage, steps: int, passes: Passes, upscale_by: int | None = None) -> float:
+    """Seconds a job may take: a base plus a share per megapixel, step and image of each pass (of each tile of a tiled
+    refine pass), and with an Upscaler of factor ``upscale_by`` between the passes,
+    :data:`~workers.inference.upscale.UPSCALE_STEPS` steps' worth per megapixel it writes (docs/deployment.md)."""
     work = passes.draw[0] * passes.draw[1] * steps + passes.refine_area * passes.refine_steps
+    if upscale_by is not None and passes.two:
+        work += UPSCALE_STEPS * upscale_megapixels(passes.draw, passes.final, upscale_by) * 1e6
     return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * work / 1e6 * job.batch_size
 
 
@@ -100,6 +104,7 @@ class Plan:
     prompt: str
     negative: str
     control_models: list[ModelEntry] = field(default_factory=list)
+    upscaler: ModelEntry | None = None      # what enlarges pass 1's images (two passes only); None: Lanczos
     #: the faces' redraw strength (:func:`face_strength`); None: the faces are not refined
     face_strength: float | None = None
 
@@ -202,7 +207,21 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
     return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units],
-                face_strength=face_strength(entry, job))
+                upscaler=_upscaler(rt, registry, entry, job, passes), face_strength=face_strength(entry, job))
+
+
+def _upscaler(rt: WorkerRuntime, registry: Registry, entry: ModelEntry, job: JobMessage,
+              passes: Passes) -> ModelEntry | None:
+    """The Upscaler between the passes: the request's ``Refine.Upscaler``, else the Main model's
+    ``refine.upscaler``; None for Lanczos. A request's one that a one-pass job does not use is named in the Notes."""
+    code = job.refine_upscaler if job.refine_upscaler is not None else entry.refine.upscaler
+    if is_lanczos(code):
+        return None
+    if not passes.two:
+        if job.refine_upscaler is not None:
+            rt.store.add_note(job.task_uid, f"{REFINE_UPSCALER_FIELD}: {code} not used (drawn in one pass)")
+        return None
+    return registry.require(code, ModelType.UPSCALER)
 
 
 def _compositions(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
@@ -345,11 +364,18 @@ class TwoPassProgress:
         return on_step
 
 
-def upscaled(images: list[np.ndarray], comp: Composition) -> list[np.ndarray]:
-    """Pass 1's images brought to ``comp``'s size (Lanczos), the clothes pasted back exactly."""
-    size = (comp.width, comp.height)
-    return [paste_back_pixels(np.array(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)), comp,
-                              overwrite=True) for image in images]
+def upscaled(images: list[np.ndarray], comp: Composition, model: SuperResolution | None = None,
+             tile: TileOptions | None = None,
+             on_tile: Callable[[], None] | None = None) -> tuple[list[np.ndarray], int]:
+    """Pass 1's images brought to ``comp``'s size (Lanczos; or the Upscaler ``model`` on its ``tile``, then Lanczos:
+    :func:`~workers.inference.upscale.enlarge`), the clothes pasted back exactly; and how many times the model ran
+    on each."""
+    tile = tile or TileOptions()
+    out, applied = [], 0
+    for image in images:
+        big, applied = enlarge(image, comp.width, comp.height, model, tile.size, tile.overlap, on_tile)
+        out.append(paste_back_pixels(big, comp, overwrite=True))
+    return out, applied
 
 
 def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: JobMessage,
@@ -366,11 +392,18 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
     with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
+        model = rt.models.upscaler(held, plan.upscaler, registry) if plan.upscaler is not None else None
+        if model is not None:
+            watch.set_budget(time_budget(rt.settings, job, steps, passes, upscale_by=model.scale))
         loaded = held.load_seconds
         t0 = time.monotonic()
         images = _denoise(pipe, nets, plan, job, plan.draw, sampling)
         if passes.two:
-            images = upscaled(images, plan.final.comp)
+            images, applied = upscaled(images, plan.final.comp, model, plan.upscaler and plan.upscaler.tiling,
+                                       watch.check)
+            if applied:
+                rt.store.add_note(job.task_uid, upscale_note(plan.upscaler.model_code, model.scale, applied,
+                                                             *passes.final))
         if passes.refines:
             keep_reference = job.refer_strength == 1.0
             refine = replace(sampling, on_step=two.second, background=plan.final.background if keep_reference else None)

@@ -38,6 +38,11 @@ class JobWatch:
         self.canceled = threading.Event()
         self.lost = threading.Event()
 
+    def set_budget(self, budget_s: float) -> None:
+        """The job's time budget once its work is known (a resize learns its upscaler's factor when it loads the
+        model), counted from the job's start as the first one was."""
+        self.budget_s = budget_s
+
     def __enter__(self) -> JobWatch:
         RENEWAL.add(self)
         return self

@@ -27,6 +27,9 @@ One method per kind says how it is keyed (what makes two requests share one load
   the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
 * ``face_detector``: the face detector (MTCNN, its weights inside facenet-pytorch's wheel), by device; on the
   device on CUDA, on the host on a CPU worker; :func:`~workers.faces.detect.load_face_detector`.
+* ``upscaler``: an Upscaler (a super-resolution file), by resolved file, its mtime and size, and dtype (this
+  worker's, where the architecture supports it); device; :func:`~workers.inference.upscale.load_upscaler`
+  (spandrel detects the architecture).
 
 A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
 """
@@ -41,11 +44,12 @@ from typing import Any
 
 import torch
 
-from app.contract.registry import ModelEntry, ModelSource, Registry
+from app.contract.registry import UPSCALER_SUFFIXES, ModelEntry, ModelSource, Registry
 from workers.faces.detect import FaceDetector, load_face_detector
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
 from workers.inference.safety import SafetyCheckerError, checker_folders, load_safety_checker
+from workers.inference.upscale import SuperResolution, UpscalerFileError, load_upscaler
 from workers.masks.engines import EngineError, load_engine
 from workers.models import loading
 from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
@@ -70,6 +74,7 @@ class Loaders:
     mask: Callable[..., Any] = load_engine
     safety: Callable[..., Any] = load_safety_checker
     face_detector: Callable[..., Any] = load_face_detector
+    upscaler: Callable[..., Any] = load_upscaler
 
 
 class WorkerModels:
@@ -272,3 +277,23 @@ class WorkerModels:
         return lease.get(("face_detector", str(self.device)), lambda: self.loaders.face_detector(self.device),
                          label="face-detector", kind="face_detector", place="device" if on_device else "host",
                          slot=("face_detector",))
+    def upscaler(self, lease: Lease, entry: ModelEntry, registry: Registry) -> SuperResolution:
+        """The Upscaler ``entry`` on the device, in this worker's dtype where its architecture supports it
+        (:func:`~workers.inference.upscale.load_upscaler`). A file replaced on disk is read again. Raises
+        :class:`ModelLoadError` for a missing file, one spandrel does not recognise, or a model that is not
+        super-resolution of RGB images."""
+        path = local_path(entry, registry, self.models_dir)
+        if path is None:  # hub: the repo's one weights file, in the local Hugging Face cache
+            path = loading.hub_weights_file(entry.model_code, entry.source, UPSCALER_SUFFIXES)
+
+        def load() -> SuperResolution:
+            try:
+                return self.loaders.upscaler(path, self.device, self.dtype)
+            except UpscalerFileError as e:
+                raise ModelLoadError(entry.model_code, str(e)) from e
+
+        st = path.stat() if path.is_file() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+        return lease.get(("upscaler", str(path), stamp, str(self.dtype)), load, label=entry.model_code,
+                         kind="upscaler", slot=("upscaler", entry.model_code),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(file=path), self.dtype))
