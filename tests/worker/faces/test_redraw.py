@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from diffusers import StableDiffusionInpaintPipeline
 
 from support.faces import pixels
+from support.spies import spy_pipeline_calls
 from workers.faces.detect import Face, load_face_detector
 from workers.faces.geometry import blend_margin, crop_box, face_box, redraw_size
 from workers.faces.redraw import FaceRedraw, face_steps, redraw_face, redraw_faces, sized
@@ -29,17 +29,8 @@ def photo_faces() -> tuple[np.ndarray, list[Face]]:
 
 @pytest.fixture()
 def calls(monkeypatch) -> list[dict]:
-    """The pipeline calls of the test: their size, strength and start image's size."""
-    seen = []
-    original = StableDiffusionInpaintPipeline.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append({"size": (kwargs["width"], kwargs["height"]), "strength": kwargs["strength"],
-                     "start": kwargs["image"].size})
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionInpaintPipeline, "__call__", spy)
-    return seen
+    """Every real pipeline call of the test (support.spies)."""
+    return spy_pipeline_calls(monkeypatch)
 
 
 def _redraw(strength: float = 0.5, seed: int = 3) -> FaceRedraw:

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
 from app.contract.jobs import JobMessage
 from app.contract.settings import Settings
 from support.api import stored
 from support.faces import photo
+from support.spies import spy_pipeline_calls
 from workers.demo.model import ensure_demo_model
 from workers.faces.detect import Face, load_face_detector
 from workers.faces.geometry import blend_margin, crop_box, face_box, redraw_size
@@ -67,16 +67,8 @@ def runtime(tmp_path: Path, redis_url: str, folder: Path, detector, **faces) -> 
 
 @pytest.fixture()
 def calls(monkeypatch) -> list[dict]:
-    seen = []
-    original = StableDiffusionInpaintPipeline.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append({"size": (kwargs["width"], kwargs["height"]), "strength": kwargs["strength"],
-                     "prompt": kwargs["prompt"]})
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionInpaintPipeline, "__call__", spy)
-    return seen
+    """Every real pipeline call of the test (support.spies)."""
+    return spy_pipeline_calls(monkeypatch)
 
 
 def _inputs() -> tuple[Image.Image, Image.Image]:

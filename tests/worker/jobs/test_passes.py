@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline
 from PIL import Image
 
 from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.settings import Settings
 from support.api import example_inputs, stored, write_random_safetensors
+from support.spies import spy_pipeline_calls
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model
 from workers.demo.upscaler import write_demo_upscaler
@@ -130,21 +130,8 @@ def rt(tmp_path, redis_url, folders) -> WorkerRuntime:
 
 @pytest.fixture()
 def calls(monkeypatch) -> list[dict]:
-    """Every real pipeline call of the test: its size, strength, image count and control maps' sizes."""
-    seen = []
-    for cls in (StableDiffusionInpaintPipeline, StableDiffusionControlNetInpaintPipeline):
-        original = cls.__call__
-
-        def spy(self, *args, _original=original, **kwargs):
-            control = kwargs.get("control_image")
-            seen.append({"size": (kwargs["width"], kwargs["height"]), "strength": kwargs["strength"],
-                         "images": kwargs["num_images_per_prompt"],
-                         "control": None if control is None else
-                         [c.size for c in (control if isinstance(control, list) else [control])]})
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "__call__", spy)
-    return seen
+    """Every real pipeline call of the test (support.spies)."""
+    return spy_pipeline_calls(monkeypatch)
 
 
 def generate(rt: WorkerRuntime, width: int, height: int, batch: int = 1, main_model: str = "main", **job):

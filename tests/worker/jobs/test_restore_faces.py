@@ -9,13 +9,13 @@ import io
 import numpy as np
 import pytest
 import yaml
-from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
 from app.contract.jobs import RestoreFacesJobMessage
 from app.contract.settings import Settings
 from support.api import stored
 from support.faces import FACES, photo
+from support.spies import spy_pipeline_calls
 from workers.demo.model import ensure_demo_model
 from workers.faces.detect import load_face_detector
 from workers.faces.geometry import blend_margin, crop_box, face_box, redraw_size
@@ -47,16 +47,8 @@ def rt(tmp_path_factory, redis_url) -> WorkerRuntime:
 
 @pytest.fixture()
 def calls(monkeypatch) -> list[dict]:
-    seen = []
-    original = StableDiffusionInpaintPipeline.__call__
-
-    def spy(self, *args, **kwargs):
-        seen.append({"size": (kwargs["width"], kwargs["height"]), "strength": kwargs["strength"],
-                     "prompt": kwargs["prompt"]})
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(StableDiffusionInpaintPipeline, "__call__", spy)
-    return seen
+    """Every real pipeline call of the test (support.spies)."""
+    return spy_pipeline_calls(monkeypatch)
 
 
 def restore(rt: WorkerRuntime, image: Image.Image, strength: float = 0.5, model: str = "main", seed: int = 11):
