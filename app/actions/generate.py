@@ -10,7 +10,14 @@ from app.actions.base import SignedCall
 from app.actions.submit import callback_url, store_input, submit
 from app.contract.codes import RetCode, family_message
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
-from app.contract.limits import CLOTHES_MASK_URL_FIELD, DEFAULT_RESOLUTION, SEED_RANGE, SUBMODEL_TYPES, ModelType
+from app.contract.limits import (
+    CLOTHES_MASK_URL_FIELD,
+    DEFAULT_RESOLUTION,
+    SEED_RANGE,
+    SUBMODEL_TYPES,
+    ModelType,
+    is_lanczos,
+)
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import new_task_uid
 from app.errors import ApiError
@@ -80,6 +87,18 @@ def _clothes_segmenter(req: GenerateRequest, svc: Services, notes: list[str]) ->
     return entry
 
 
+def main_model(code: str | None, svc: Services, notes: list[str]) -> ModelEntry:
+    """The Main model a request names (240 when it names none of the deployment's), or without one the deployment's
+    default, named in the task's ``notes`` (230 when the deployment has none)."""
+    if code is not None:
+        return svc.registry.require(code, ModelType.MAIN)
+    main = svc.registry.default_main()
+    if main is None:
+        raise ApiError.param("MainModel", "is required (this deployment has no default main model)")
+    notes.append(f"MainModel: not given; the deployment's default {main.model_code} was used")
+    return main
+
+
 def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
@@ -87,18 +106,14 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
                          known_images=svc.storage.has_input)
     callback = callback_url(req.callback_url, call, svc)
     notes = []
-    if req.main_model is None:
-        main = svc.registry.default_main()
-        if main is None:
-            raise ApiError.param("MainModel", "is required (this deployment has no default main model)")
-        notes.append(f"MainModel: not given; the deployment's default {main.model_code} was used")
-    else:
-        main = svc.registry.require(req.main_model, ModelType.MAIN)
+    main = main_model(req.main_model, svc, notes)
     if req.ignored_fields:
         notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
     for sub in req.sub_models:
         svc.registry.require(sub.model_code, *SUBMODEL_TYPES)
     controls = _control_units(req, main, svc)
+    if not is_lanczos(req.refine_upscaler):
+        svc.registry.require(req.refine_upscaler, ModelType.UPSCALER)
     seed = req.seed if req.seed != -1 else secrets.randbelow(int(SEED_RANGE.hi) + 1)  # 0 .. the highest Seed
     clothes = _clothes_segmenter(req, svc, notes)
 
@@ -116,7 +131,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         translate_prompts=req.translate_prompts, seed=seed, width=req.width, height=req.height,
         batch_size=req.batch_size, use_main_model_vae=req.use_main_model_vae,
         resize_mode=req.resize_mode, invert_mask=req.invert_mask, refer_strength=req.refer_strength,
-        refine_strength=req.refine_strength,
+        refine_strength=req.refine_strength, refine_upscaler=req.refine_upscaler, face_refine=req.face_refine,
+        face_strength=req.face_strength,
         background_resize_mode=req.background_resize_mode, control_units=control_units,
         clothes_segmenter=clothes.model_code if clothes else None,
         garment_classes=req.garment_classes if clothes else None,

@@ -3,7 +3,8 @@
     atelier generate --mannequin M.png [--clothes-mask K.png] [--background B.png] --prompt "..." -o DIR
     atelier remove-background IMG [IMG ...] [--box X1,Y1,X2,Y2] [--only-mask] -o DIR
     atelier extract IMG --point X,Y [--point X,Y ...] [--exclude X,Y ...] [--only-mask] -o DIR
-    atelier resize IMG --width W --height H -o DIR
+    atelier resize IMG --width W --height H [--upscaler CODE] -o DIR
+    atelier restore-faces IMG [--strength S] [--model CODE] -o DIR
     atelier models
     atelier cancel TASKUID [TASKUID ...]
     atelier pull [--config F] [--dest DIR] [--only CODE ...]   (app/cli/pull.py: real models from the hub)
@@ -42,16 +43,24 @@ from app.contract.limits import (
     DEFAULT_HAIR_OPTIMIZATION,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
+    DEFAULT_RESTORE_STRENGTH,
     ENGINE_FIELD,
     ERODE_SIZE_RANGE,
+    FACE_REFINE_FIELD,
     HAIR_OPTIMIZATION_MODES,
     IP_ADAPTER,
+    LANCZOS,
     LIST_MODELS_FIELDS,
     REFINE_FIELD,
     RESIZE_ACTION,
     RESIZE_MODES,
     RESIZE_SIZE_RANGE,
+    RESTORE_FACES_ACTION,
+    RESTORE_STRENGTH_RANGE,
+    UPSCALER_FIELD,
+    UPSCALERS_FIELD,
     ModelType,
+    number,
 )
 from app.keys import KeyStore, dev_keys_path
 from app.signature import sign
@@ -158,8 +167,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         units.append(_face_unit(args, pub, priv, len(images) - 1))
     if args.no_translate:
         params["TranslatePrompts"] = False
-    if args.refine_strength is not None:
-        params[REFINE_FIELD] = {"Strength": args.refine_strength}
+    refine = {"Strength": args.refine_strength, UPSCALER_FIELD: args.refine_upscaler}
+    if any(v is not None for v in refine.values()):
+        params[REFINE_FIELD] = {k: v for k, v in refine.items() if v is not None}
+    if args.no_face_refine or args.face_strength is not None:
+        params[FACE_REFINE_FIELD] = {"Enabled": False} if args.no_face_refine else {"Strength": args.face_strength}
     uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
     detail = _wait(args, pub, priv, uid)
     out = Path(args.output)
@@ -297,14 +309,32 @@ def resize_target(size: tuple[int, int], width: int | None, height: int | None) 
 
 
 def cmd_resize(args: argparse.Namespace) -> int:
-    """ResizeImage: the image stretched by Lanczos to exactly --width x --height (one of them alone keeps the aspect
-    ratio), saved as ``<stem>_WxH.png``."""
+    """ResizeImage: the image stretched to exactly --width x --height (one of them alone keeps the aspect ratio) by
+    Lanczos, or enlarged by the --upscaler model first, saved as ``<stem>_WxH.png``."""
     pub, priv = _keys(args)
     with Image.open(args.image) as img:
         width, height = resize_target(img.size, args.width, args.height)
-    uid = call(args.url, pub, priv, RESIZE_ACTION, Image=_b64(args.image), Width=width, Height=height)["TaskUID"]
+    extra = {UPSCALER_FIELD: args.upscaler} if args.upscaler else {}
+    uid = call(args.url, pub, priv, RESIZE_ACTION, Image=_b64(args.image), Width=width, Height=height,
+               **extra)["TaskUID"]
     detail = _wait(args, pub, priv, uid)
     _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_{width}x{height}.png")
+    _notes(detail)
+    return 0
+
+
+def cmd_restore_faces(args: argparse.Namespace) -> int:
+    """RestoreFaces: each face of the photo redrawn by a Main model at --strength (the server's default model without
+    --model), saved as ``<stem>_restored.png``; the Notes say how many faces were."""
+    pub, priv = _keys(args)
+    params: dict[str, Any] = {"RawImage": _b64(args.image)}
+    if args.strength is not None:
+        params["RestoreStrength"] = args.strength
+    if args.model:
+        params["MainModel"] = {"ModelCode": args.model}
+    uid = call(args.url, pub, priv, RESTORE_FACES_ACTION, **params)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_restored.png")
     _notes(detail)
     return 0
 
@@ -327,6 +357,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows += [(m, ModelType.CONTROL_MODEL + (f" ({m['Adapter']}, {m.get('Family')})" if m.get("Adapter") else ""))
              for m in control["ControlModels"]]
     rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
+    rows += [(m, m["ModelType"]) for m in models.get(UPSCALERS_FIELD, [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
         print(f"{m['ModelCode']:<22} {model_type:<32} {m.get('Name', '')}{words}")
@@ -376,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--refine-strength", type=float, metavar="S",
                    help="a size above the model's native one: how much the second pass redraws (0..1; 0 = upscale"
                         " only; default the model's)")
+    g.add_argument("--face-strength", type=float, metavar="S",
+                   help="redraw the faces found at this strength (FaceRefine.Strength, 0..1), even on a model that"
+                        " does not by default (its faces.refine)")
+    g.add_argument("--no-face-refine", action="store_true", help="leave the faces as drawn (FaceRefine.Enabled false)")
+    g.add_argument("--refine-upscaler", metavar="CODE", help="a size above the model's native one: the Upscaler"
+                   f" that enlarges the first pass (`atelier models`; {LANCZOS}: none; default the model's)")
     g.add_argument("--seed", type=int, default=-1)
     g.add_argument("--resize-mode", default=DEFAULT_RESIZE_MODE, choices=RESIZE_MODES)
     g.add_argument("--invert-mask", action="store_true")
@@ -405,14 +442,24 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--exclude", action="append", metavar="X,Y", help="not on the content (repeatable)")
     _mask_options(ex)
     ex.set_defaults(func=cmd_extract)
-    rs = sub.add_parser("resize", help="resize an image to exactly WIDTH x HEIGHT (ResizeImage: Lanczos, stretched"
-                        " when the aspect ratio differs)")
+    rs = sub.add_parser("resize", help="resize an image to exactly WIDTH x HEIGHT (ResizeImage: Lanczos, or an"
+                        " Upscaler then Lanczos; stretched when the aspect ratio differs)")
     rs.add_argument("image")
     size = f"{RESIZE_SIZE_RANGE.lo}..{RESIZE_SIZE_RANGE.hi}"
     rs.add_argument("--width", type=int, help=f"pixels, {size} (alone: the height keeps the aspect ratio)")
     rs.add_argument("--height", type=int, help=f"pixels, {size} (alone: the width keeps the aspect ratio)")
+    rs.add_argument("--upscaler", metavar="CODE", help="an Upscaler from `atelier models` (a super-resolution model)"
+                    " enlarges the image before Lanczos gives the exact size; default Lanczos alone")
     _polling(rs)
     rs.set_defaults(func=cmd_resize)
+    rf = sub.add_parser("restore-faces", help="redraw the faces of a photo (RestoreFaces): nothing else changes")
+    rf.add_argument("image")
+    strengths = f"{number(RESTORE_STRENGTH_RANGE.lo)}..{number(RESTORE_STRENGTH_RANGE.hi)}"
+    rf.add_argument("--strength", type=float, metavar="S", help=f"RestoreStrength, {strengths} (default"
+                    f" {DEFAULT_RESTORE_STRENGTH}): how much each face is redrawn")
+    rf.add_argument("--model", metavar="CODE", help="the Main model that redraws them (default: the server's)")
+    _polling(rf)
+    rf.set_defaults(func=cmd_restore_faces)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")
     c.add_argument("task_uid", nargs="+")

@@ -29,12 +29,14 @@ from app.contract.limits import (
     DEFAULT_RESIZE_MODE,
     MASK_ACTIONS,
     RESIZE_ACTION,
+    RESTORE_FACES_ACTION,
 )
 
 JOB_VERSION = 1
 GENERATE_TASK_NAME = "atelier.generate"
 MASK_TASK_NAME = "atelier.mask"
 RESIZE_TASK_NAME = "atelier.resize"
+RESTORE_FACES_TASK_NAME = "atelier.restore_faces"
 
 
 class TaskStatus(StrEnum):
@@ -101,6 +103,10 @@ class JobMessage(BaseJob):
     background_image: str | None = None
     refer_strength: float = DEFAULT_REFER_STRENGTH
     refine_strength: float | None = None     # Refine.Strength; None: the main model's refine.strength
+    face_refine: bool | None = None          # FaceRefine.Enabled; None: the main model's faces.refine
+    face_strength: float | None = None       # FaceRefine.Strength; None: the main model's faces.strength
+    refine_upscaler: str | None = None       # Refine.Upscaler: an Upscaler's ModelCode, or limits.LANCZOS; None: the
+                                             # main model's refine.upscaler (unset: Lanczos)
     background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnitRef] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -127,13 +133,26 @@ class MaskJobMessage(BaseJob):
 
 
 class ResizeJobMessage(BaseJob):
-    """What a worker needs to run one ResizeImage task: the stored input and the size asked (both within
-    limits.RESIZE_SIZE_RANGE). Result 0: the input resized to exactly ``width`` x ``height`` by Lanczos
-    (stretched when the aspect ratio differs), RGBA when the input has alpha, else RGB."""
+    """What a worker needs to run one ResizeImage task: the stored input, the size asked (both within
+    limits.RESIZE_SIZE_RANGE) and the upscaler. Result 0: the input at exactly ``width`` x ``height`` (stretched
+    when the aspect ratio differs), RGBA when the input has alpha, else RGB: by Lanczos, or enlarged by the
+    Upscaler ``upscaler`` then brought to the size by Lanczos."""
 
     image: str                               # storage key of the input
     width: int
     height: int
+    upscaler: str | None = None              # an Upscaler's ModelCode; None: Lanczos
+
+
+class RestoreFacesJobMessage(BaseJob):
+    """What a worker needs to run one RestoreFaces task: the stored input, the Main model that redraws its faces, the
+    strength (limits.RESTORE_STRENGTH_RANGE) and the seed (drawn by the gateway). Result 0: the input with each face
+    redrawn (docs/faces.md), of its size, RGBA when it has alpha (kept exactly), else RGB; unchanged without a face."""
+
+    image: str                               # storage key of the input
+    main_model: str                          # a Main model's ModelCode (the request's, else the default one)
+    strength: float
+    seed: int
 
 
 # --- the action table ---------------------------------------------------------------------------------------
@@ -165,6 +184,7 @@ class ActionSpec:
 GENERATE_TASK = JobTask(GENERATE_TASK_NAME, JobMessage)
 MASK_TASK = JobTask(MASK_TASK_NAME, MaskJobMessage)
 RESIZE_TASK = JobTask(RESIZE_TASK_NAME, ResizeJobMessage)
+RESTORE_FACES_TASK = JobTask(RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -188,6 +208,7 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec("CancelTask"),  # an extension of PICPIK's API
     *(ActionSpec(name, MASK_TASK) for name in MASK_ACTIONS),
     ActionSpec(RESIZE_ACTION, RESIZE_TASK),
+    ActionSpec(RESTORE_FACES_ACTION, RESTORE_FACES_TASK),
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

@@ -41,7 +41,7 @@ DEFAULT_REFER_STRENGTH = 0.5
 #: is drawn at the native area (the request's aspect ratio), upscaled and redrawn at the refine strength.
 NATIVE_SIZES: dict[str, tuple[int, int]] = {"sd15": (512, 512), "sdxl": (1024, 1024)}
 TWO_PASS_AREA = 1.2
-REFINE_FIELD = "Refine"                     # the request's extension object: Refine.Strength
+REFINE_FIELD = "Refine"                     # the request's extension object: Refine.Strength, Refine.Upscaler
 REFINE_STRENGTH_RANGE = Range(0.0, 1.0)     # 0 = upscale only
 DEFAULT_REFINE_STRENGTH = 0.35
 SIZE_MULTIPLE = 8                           # a pass's size: multiples of the VAE factor
@@ -100,6 +100,7 @@ class ModelType(StrEnum):
     BACKGROUND_REMOVER = "BackgroundRemover"
     POINT_SEGMENTER = "PointSegmenter"
     CLOTHES_SEGMENTER = "ClothesSegmenter"
+    UPSCALER = "Upscaler"
 
 
 MODEL_TYPES: tuple[ModelType, ...] = tuple(ModelType)
@@ -146,6 +147,7 @@ DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     ModelType.BACKGROUND_REMOVER: ("u2net-onnx",),
     ModelType.POINT_SEGMENTER: ("sam",),
     ModelType.CLOTHES_SEGMENTER: ("segformer", "cloth-onnx"),
+    ModelType.UPSCALER: ("upscaler",),
     "translator": ("translator",),
     "image_encoder": ("clip-vision",),
 }
@@ -200,10 +202,61 @@ def number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
+# --- upscaling (ResizeImage's Upscaler, GenerateFromMannequin's Refine.Upscaler; docs/API.md "Upscalers") ------
+
+#: What enlarges an image: Pillow's Lanczos filter (no model), the default, or an ``Upscaler`` entry of models_config
+#: (a super-resolution file) named by its ModelCode. A request names Lanczos by leaving the field out (or null), or
+#: by this word (any case), which no ModelCode may be.
+LANCZOS = "Lanczos"
+UPSCALER_FIELD = "Upscaler"                 # ResizeImage.Upscaler
+REFINE_UPSCALER_FIELD = f"{REFINE_FIELD}.{UPSCALER_FIELD}"   # GenerateFromMannequin's Refine.Upscaler
+#: An Upscaler runs on tiles of ``size`` x ``size`` input pixels that overlap by ``overlap`` (``tile:`` in
+#: models_config): the device holds one tile's activations whatever the image's size.
+DEFAULT_UPSCALE_TILE = 512
+DEFAULT_UPSCALE_OVERLAP = 32
+UPSCALE_TILE_RANGE = Range(32, 4096)
+#: ListModels' extension list of the Upscalers (``{ModelCode, Name, ModelType}``), what a request may name.
+UPSCALERS_FIELD = "Upscalers"
+
+
+def is_lanczos(name: str | None) -> bool:
+    """Whether an upscaler name (a request's ``Upscaler``, a ``refine.upscaler``) means Lanczos: absent or the
+    word :data:`LANCZOS` in any case."""
+    return name is None or name.lower() == LANCZOS.lower()
+
+
 # --- ResizeImage (PICPIK-FACTS section 5) --------------------------------------------------------------------
 
 RESIZE_ACTION = "ResizeImage"
 RESIZE_SIZE_RANGE = Range(64, 4096)         # ResizeImage Width, Height
 #: The fields ResizeImage reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in the
-#: Notes). PICPIK's ``Upscaler`` is not read yet: every resize is Lanczos (docs/API.md "ResizeImage").
-RESIZE_FIELDS: tuple[str, ...] = ("Image", "Width", "Height")
+#: Notes): ``Upscaler`` (PICPIK names it, Atelier reads a ModelCode there) chooses the upscaler, Lanczos by default
+#: (docs/API.md "ResizeImage").
+RESIZE_FIELDS: tuple[str, ...] = ("Image", "Width", "Height", UPSCALER_FIELD)
+
+
+# --- Faces (docs/faces.md): the redraw after a generation (FaceRefine) and RestoreFaces (PICPIK-FACTS section 5) --
+
+#: GenerateFromMannequin's extension object: ``FaceRefine.Enabled`` (Bool; absent: true when FaceRefine is sent,
+#: else the Main model's ``faces.refine``) and ``FaceRefine.Strength`` (Float; absent: the model's
+#: ``faces.strength``).
+FACE_REFINE_FIELD = "FaceRefine"
+FACE_REFINE_FIELDS: tuple[str, ...] = ("Enabled", "Strength")
+FACE_STRENGTH_RANGE = Range(0.0, 1.0)       # FaceRefine.Strength, faces.strength: the img2img strength of a face
+DEFAULT_FACE_STRENGTH = 0.4
+#: The smallest face the detector looks for (MTCNN's ``min_face_size``), in pixels of the box's longer side: the
+#: least ``faces.min_size`` may be, and its default.
+FACE_DETECT_MIN_PX = 20
+FACE_SIZE_RANGE = Range(FACE_DETECT_MIN_PX, 4096)   # faces.min_size, faces.max_size (pixels, the longer side)
+#: ``faces.min_score``: the detector's confidence a face needs (below about 0.9 MTCNN also finds faces in busy
+#: textures).
+FACE_SCORE_RANGE = Range(0.5, 1.0)
+DEFAULT_FACE_MIN_SCORE = 0.9
+
+RESTORE_FACES_ACTION = "RestoreFaces"
+#: The fields RestoreFaces reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in
+#: the Notes): PICPIK's ``RawImage`` and ``RestoreStrength``, and ``MainModel`` (an extension: the Main model that
+#: redraws the faces; absent, the deployment's default).
+RESTORE_FACES_FIELDS: tuple[str, ...] = ("RawImage", "RestoreStrength", "MainModel")
+RESTORE_STRENGTH_RANGE = Range(0.0, 1.0)    # RestoreStrength (PICPIK: step 0.01); 0 leaves the image unchanged
+DEFAULT_RESTORE_STRENGTH = 0.5

@@ -29,6 +29,8 @@ from app.contract.limits import (
     CONTROL_WEIGHT_RANGE,
     DEFAULT_CONTROL_WEIGHT,
     DEFAULT_ENDING_STEP,
+    DEFAULT_FACE_MIN_SCORE,
+    DEFAULT_FACE_STRENGTH,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_LORA_WEIGHT,
     DEFAULT_POINTS,
@@ -36,8 +38,14 @@ from app.contract.limits import (
     DEFAULT_RESOLUTION,
     DEFAULT_STARTING_STEP,
     DEFAULT_STEPS,
+    DEFAULT_UPSCALE_OVERLAP,
+    DEFAULT_UPSCALE_TILE,
     DEMO_SOURCE_KINDS,
     DEMO_SOURCES,
+    FACE_DETECT_MIN_PX,
+    FACE_SCORE_RANGE,
+    FACE_SIZE_RANGE,
+    FACE_STRENGTH_RANGE,
     FAMILIES,
     GUIDANCE_SCALE_RANGE,
     IP_ADAPTER,
@@ -56,8 +64,10 @@ from app.contract.limits import (
     STEP_RATIO_RANGE,
     STEPS_RANGE,
     TWO_PASS_AREA,
+    UPSCALE_TILE_RANGE,
     WEIGHT_FREE_ENGINES,
     ModelType,
+    is_lanczos,
 )
 
 log = logging.getLogger("atelier.registry")
@@ -97,6 +107,9 @@ KNOWN_SCHEDULERS: tuple[str, ...] = (
 
 #: File suffixes a single-file Main checkpoint (or an external VAE file) may have.
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+#: File suffixes an Upscaler's weights file may have (what spandrel reads: safetensors, or a pickled state dict
+#: that it unpickles restricted to tensors and plain containers).
+UPSCALER_SUFFIXES = (".pth", ".safetensors", ".pt", ".ckpt")
 
 
 #: What ``atelier pull`` answers a served hub source that only it can read (models_config/README.md "Real models").
@@ -250,12 +263,66 @@ class NativeSize(BaseModel):
 
 
 class RefineOptions(BaseModel):
-    """``refine: {strength, tile_above}``: how much the second pass of a large request redraws (0 = upscale only),
-    and above how many times the native area it runs in tiles."""
+    """``refine: {strength, upscaler, tile_above}``: how much the second pass of a large request redraws (0 = upscale
+    only), what enlarges pass 1's images before it (an Upscaler's ModelCode of the same file, or Lanczos: the default,
+    no ``upscaler`` or ``upscaler: Lanczos``), and above how many times the native area it runs in tiles."""
 
     model_config = ConfigDict(extra="forbid")
     strength: float = Field(DEFAULT_REFINE_STRENGTH, ge=REFINE_STRENGTH_RANGE.lo, le=REFINE_STRENGTH_RANGE.hi)
+    upscaler: str | None = Field(None, min_length=1, description="an Upscaler's ModelCode; unset or Lanczos:"
+                                 " Pillow's Lanczos filter")
     tile_above: float = Field(REFINE_TILE_ABOVE, ge=TWO_PASS_AREA)
+
+    @field_validator("upscaler")
+    @classmethod
+    def _lanczos_is_none(cls, v: str | None) -> str | None:
+        return None if is_lanczos(v) else v
+
+
+class FaceOptions(BaseModel):
+    """``faces:``: what a Main model does with the faces of its images (models_config/README.md "Faces";
+    docs/faces.md). After a generation, unless ``refine`` is false (or the request's ``FaceRefine.Enabled``), each
+    face the detector finds with at least ``min_score``, whose box's longer side is within ``min_size..max_size``
+    pixels, is redrawn at ``strength`` with the job's prompts plus ``prompt``. RestoreFaces redraws every face from
+    ``min_size`` with the model (``max_size`` and ``refine`` are the generation's), with ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    refine: bool = Field(True, description="redraw the faces of every generation (FaceRefine.Enabled overrides it)")
+    strength: float = Field(DEFAULT_FACE_STRENGTH, ge=FACE_STRENGTH_RANGE.lo, le=FACE_STRENGTH_RANGE.hi,
+                            description="how much a face is redrawn (img2img strength; FaceRefine.Strength"
+                            " overrides it)")
+    min_size: int = Field(FACE_DETECT_MIN_PX, ge=FACE_SIZE_RANGE.lo, le=FACE_SIZE_RANGE.hi,
+                          description="the smallest face redrawn, in pixels (its box's longer side); the detector"
+                          " finds none below 20")
+    max_size: int | None = Field(None, ge=FACE_SIZE_RANGE.lo, le=FACE_SIZE_RANGE.hi,
+                                 description="after a generation, the largest face redrawn; default half the native"
+                                 " size's shorter side (a larger face's crop would be redrawn smaller than it is)")
+    min_score: float = Field(DEFAULT_FACE_MIN_SCORE, ge=FACE_SCORE_RANGE.lo, le=FACE_SCORE_RANGE.hi,
+                             description="the detector's confidence a face needs")
+    prompt: str = Field("", description="added to the job's prompt when a face is redrawn (RestoreFaces: the"
+                        " prompt, after the model's trigger words)")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> FaceOptions:
+        if self.max_size is not None and self.max_size < self.min_size:
+            raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        return self
+
+
+class TileOptions(BaseModel):
+    """An Upscaler's ``tile: {size, overlap}``: it runs on tiles of ``size`` x ``size`` input pixels overlapping by
+    ``overlap`` (workers/inference/upscale.py: the outer quarter of an overlap is dropped, the middle half
+    cross-faded), so that the device holds one tile's activations whatever the image's size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    size: int = Field(DEFAULT_UPSCALE_TILE, ge=UPSCALE_TILE_RANGE.lo, le=UPSCALE_TILE_RANGE.hi)
+    overlap: int = Field(DEFAULT_UPSCALE_OVERLAP, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> TileOptions:
+        if 2 * self.overlap >= self.size:
+            raise ValueError(f"tile.overlap {self.overlap} must be less than half of tile.size {self.size}")
+        return self
 
 
 #: ``safety.policy`` values: ``none`` runs no checker (the default), ``checker`` screens every image made.
@@ -405,13 +472,18 @@ class ModelEntry(BaseModel):
     speed: SpeedOptions = Field(default_factory=SpeedOptions, description="Main: GPU fast paths (README"
                                 " \"Speed (GPU fast paths)\")")
     points: int = Field(DEFAULT_POINTS, ge=0, description="Main: what each image made costs; a mask engine: what"
-                        " each input image costs (TaskDetail.ConsumeApiPoint)")
+                        " each input image costs; an Upscaler: what a ResizeImage with it costs"
+                        " (TaskDetail.ConsumeApiPoint)")
     native: NativeSize | None = Field(None, description="Main: the size it draws at; default its family's"
                                       " (limits.NATIVE_SIZES)")
     refine: RefineOptions = Field(default_factory=RefineOptions, description="Main: the second pass of a request"
                                   " larger than its native size")
     safety: SafetyOptions = Field(default_factory=SafetyOptions, description="Main: `none` (default) or"
                                   " `{policy: checker, checker: <folder>}` (SafetyOptions)")
+    faces: FaceOptions = Field(default_factory=FaceOptions, description="Main: the faces of its images"
+                               " redrawn (FaceOptions)")
+    tile: TileOptions | None = Field(None, description="Upscaler: the tiles it runs on (default"
+                                     " DEFAULT_UPSCALE_TILE, DEFAULT_UPSCALE_OVERLAP)")
     # mask engines (BackgroundRemover, PointSegmenter, ClothesSegmenter; models_config/README.md "Mask engines")
     engine: MaskEngine | None = Field(None, description="a mask engine's kind (limits.MASK_ENGINES)")
     rembg_model: RembgModel | None = Field(None, description="engine rembg: which of rembg's models the ONNX"
@@ -425,12 +497,22 @@ class ModelEntry(BaseModel):
     image_encoder: ModelSource | None = Field(None, description="adapter ip-adapter: its CLIP vision encoder's folder"
                                               " (`path:`, CLIPVisionModelWithProjection) or `demo: clip-vision`")
 
+    @field_validator("model_code")
+    @classmethod
+    def _not_lanczos(cls, v: str) -> str:
+        if is_lanczos(v):
+            raise ValueError(f"{v!r} is the name of the Lanczos filter (no model) in requests; choose another"
+                             " ModelCode")
+        return v
+
     @model_validator(mode="after")
     def _source_fits_type(self) -> ModelEntry:
         if self.source is not None and self.source.pull_only:
             named = "filename" if self.source.filename is not None else "files"
             raise ValueError(f"source.{named} names files of hub repo {self.source.hub}, which only `atelier pull`"
                              f" downloads: {PULL_HINT}")
+        if self.tile is not None and self.model_type != ModelType.UPSCALER:
+            raise ValueError("`tile:` is for Upscaler entries only")
         if self.model_type != ModelType.MAIN and self.speed != SpeedOptions():
             raise ValueError("`speed:` is for Main models only")
         if self.model_type != ModelType.MAIN and (self.native is not None or self.refine != RefineOptions()):
@@ -466,7 +548,7 @@ class ModelEntry(BaseModel):
             for field, value, default in (("default_control", self.default_control, []),
                                           ("default_main", self.default_main, False),
                                           ("points", self.points, DEFAULT_POINTS)):
-                if value != default:
+                if value != default and not (field == "points" and self.model_type == ModelType.UPSCALER):
                     raise ValueError(f"`{field}:` is for Main models only")
         if self.adapter is not None or self.image_encoder is not None:
             return self._adapter_fits()
@@ -483,6 +565,17 @@ class ModelEntry(BaseModel):
                                  f" got {self.source.file.name!r}")
             if kind == "demo" and self.family != "sd15":
                 raise ValueError(f"demo models are family sd15, not {self.family}")
+        elif self.model_type == ModelType.UPSCALER:
+            if kind not in ("file", "hub", "demo"):
+                raise ValueError(f"an Upscaler's source is a weights `file:`, a `hub:` repo holding one, or"
+                                 f" `demo: upscaler`, not {kind}")
+            if kind == "file" and self.source.file.suffix.lower() not in UPSCALER_SUFFIXES:
+                raise ValueError(f"an Upscaler's source.file must end in {', '.join(UPSCALER_SUFFIXES)},"
+                                 f" got {self.source.file.name!r}")
+            if self.source.config is not None:
+                raise ValueError("source.config is for single-file Main checkpoints, not Upscaler")
+            if self.defaults != ModelDefaults():
+                raise ValueError("`defaults:` are not for Upscaler entries")
         else:
             if kind not in ("path", "file", "demo"):
                 raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}"
@@ -522,6 +615,12 @@ class ModelEntry(BaseModel):
                              f" got {self.source.file.name!r}")
         return self
 
+    @model_validator(mode="after")
+    def _faces_for_main(self) -> ModelEntry:
+        if self.model_type != ModelType.MAIN and self.faces != FaceOptions():
+            raise ValueError("`faces:` is for Main models only")
+        return self
+
     def _engine_fits(self) -> ModelEntry:
         kinds = MASK_ENGINES[self.model_type]
         if self.engine not in kinds:
@@ -548,9 +647,20 @@ class ModelEntry(BaseModel):
         return self
 
     @property
+    def tiling(self) -> TileOptions:
+        """An Upscaler's tiles: its ``tile:``, else the defaults."""
+        return self.tile or TileOptions()
+
+    @property
     def native_size(self) -> tuple[int, int]:
         """(width, height) this Main model draws at: its ``native:``, else its family's."""
         return (self.native.width, self.native.height) if self.native else NATIVE_SIZES[self.family]
+
+    @property
+    def face_sizes(self) -> tuple[int, int]:
+        """The faces a generation redraws, by their box's longer side in pixels: ``faces.min_size`` to
+        ``faces.max_size``, by default half the native size's shorter side."""
+        return self.faces.min_size, self.faces.max_size or max(self.faces.min_size, min(self.native_size) // 2)
 
     def to_engine(self) -> dict[str, Any]:
         """A ListModels ``MaskEngines`` entry (an extension): what a client may name as ``Engine``."""
@@ -566,6 +676,11 @@ class ModelEntry(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The ``Model`` object plus ``ModelType`` (ListModels' ``Models``, an extension)."""
         return {**self.to_model(), "ModelType": str(self.model_type)}
+
+    def to_upscaler(self) -> dict[str, Any]:
+        """A ListModels ``Upscalers`` entry (an extension): what a request may name as ``Upscaler`` or
+        ``Refine.Upscaler``."""
+        return {"ModelCode": self.model_code, "Name": self.name, "ModelType": str(self.model_type)}
 
     def to_control(self) -> dict[str, Any]:
         """A ListControlNets entry: ``{ModelCode, Name, InferenceParams}``; an adapter's adds (an extension) its
@@ -664,6 +779,11 @@ class Registry:
                     if ref is not None and ref.adapter is not None:
                         raise ValueError(f"ModelCode {e.model_code!r}: default_control[{i}]: {code!r} is an"
                                          f" {ref.adapter}, which needs a request's reference image")
+            upscaler = e.refine.upscaler
+            ref = self._by_code.get(upscaler) if upscaler is not None else None
+            if upscaler is not None and (ref is None or ref.model_type != ModelType.UPSCALER):
+                raise ValueError(f"ModelCode {e.model_code!r}: refine.upscaler: {upscaler!r} is not an Upscaler of"
+                                 " this file")
         if isinstance(vaes, VaeSources):
             vaes = {f: s for f in FAMILIES if (s := getattr(vaes, f)) is not None}
         self.vaes: dict[str, ModelSource] = {f: s.resolved(self.base_dir) for f, s in (vaes or {}).items()}

@@ -21,7 +21,11 @@ from app.contract.limits import (
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SIZE,
+    FACE_REFINE_FIELD,
+    FACE_REFINE_FIELDS,
+    FACE_STRENGTH_RANGE,
     GARMENT_CLASSES_FIELD,
+    LANCZOS,
     LORA_WEIGHT_RANGE,
     MAX_CONTROL_UNITS,
     MAX_GARMENT_CLASSES,
@@ -29,12 +33,15 @@ from app.contract.limits import (
     REFER_STRENGTH_RANGE,
     REFINE_FIELD,
     REFINE_STRENGTH_RANGE,
+    REFINE_UPSCALER_FIELD,
     RESIZE_MODES,
     RESOLUTION_RANGE,
     RESOLUTION_STEP,
     SEED_RANGE,
     SIZE_RANGE,
     STEP_RATIO_RANGE,
+    UPSCALER_FIELD,
+    is_lanczos,
 )
 from app.errors import ApiError
 from app.validation.fields import (
@@ -66,6 +73,7 @@ GENERATE_FIELDS: tuple[str, ...] = (
     "MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed", "Width",
     "Height", "BatchSize", "UseMainModelVAE", "Image2Image", "Mannequin", "ImageAndMaskList", "ImageList",
     "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS, CALLBACK_URL_FIELD, REFINE_FIELD,
+    FACE_REFINE_FIELD,
 )
 
 
@@ -127,6 +135,9 @@ class GenerateRequest:
     clothes_segmenter: str | None = None      # Mannequin.ClothesSegmenter (an extension)
     garment_classes: list[int] | None = None  # Mannequin.GarmentClasses (an extension)
     refine_strength: float | None = None      # Refine.Strength (an extension; None: the main model's)
+    face_refine: bool | None = None           # FaceRefine.Enabled (an extension; None: the main model's faces.refine)
+    face_strength: float | None = None        # FaceRefine.Strength (None: the main model's faces.strength)
+    refine_upscaler: str | None = None        # Refine.Upscaler: a ModelCode or LANCZOS (None: the main model's)
 
     @property
     def mannequin(self) -> DecodedImage:
@@ -153,6 +164,10 @@ def _parse_model(value: Any, name: str) -> SubModel:
     weight = check_float(params.get("LoraWeight"), f"{name}.InferenceParams.LoraWeight",
                          lo=LORA_WEIGHT_RANGE.lo, hi=LORA_WEIGHT_RANGE.hi, default=None)
     return SubModel(model_code=code, lora_weight=weight)
+
+
+#: A Model object of another action's field (RestoreFaces' ``MainModel``), read as GenerateFromMannequin reads one.
+parse_model = _parse_model
 
 
 def _parse_sub_models(value: Any) -> list[SubModel]:
@@ -253,6 +268,20 @@ def _parse_image_lists(body: dict[str, Any], max_images: int) -> _ImageLists:
     return _ImageLists(images, masks, "ImageList")
 
 
+def _parse_face_refine(value: Any) -> tuple[bool | None, float | None]:
+    """``FaceRefine`` (an extension, optional; docs/faces.md): (``Enabled``, ``Strength``). Absent: (None, None),
+    the main model's ``faces:`` decides; sent, ``Enabled`` defaults to true (sending FaceRefine asks for it) and
+    ``Strength`` (0..1) to the model's."""
+    face = check_object(value, FACE_REFINE_FIELD, default=None)
+    if face is None:
+        return None, None
+    enabled_field, strength_field = (f"{FACE_REFINE_FIELD}.{name}" for name in FACE_REFINE_FIELDS)
+    enabled = check_bool(face.get(FACE_REFINE_FIELDS[0]), enabled_field, default=True)
+    strength = check_float(face.get(FACE_REFINE_FIELDS[1]), strength_field, lo=FACE_STRENGTH_RANGE.lo,
+                           hi=FACE_STRENGTH_RANGE.hi, default=None)
+    return enabled, strength
+
+
 def callback_url_problem(url: str) -> str | None:
     """What makes ``url`` unusable as a webhook destination by its text alone (a rule completing "... not
     available: "), or None. Where it points is checked by :func:`private_address`."""
@@ -332,8 +361,9 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
        clothes segmenter makes the mask), InvertMask, and the extensions ClothesSegmenter and GarmentClasses
        (only without ClothesMaskIndex);
        then the control units (``ControlNetList``, or its alias ``ControlNet``; optional), unit by unit;
-    5. Refine (optional, an extension: ``Strength``), then CallbackUrl (optional, the webhook extension:
-       :func:`check_callback_url`);
+    5. Refine (optional, an extension: ``Strength``, ``Upscaler``: a non-empty string, an Upscaler's ModelCode
+       or ``Lanczos``), FaceRefine (optional, an extension: ``Enabled``, ``Strength``), then CallbackUrl (optional,
+       the webhook extension: :func:`check_callback_url`);
     6. every image decoded, first to last (the expensive part comes last).
 
     Indexes point into ImageAndMaskList, or, in the other style, into ImageList (``Mannequin.ImageIndex``,
@@ -391,10 +421,14 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
                              "is for a request without Mannequin.ClothesMaskIndex (the mask is given)")
     control_units = _parse_control_units(body, lists, mannequin_index)
     refine = check_object(body.get(REFINE_FIELD), REFINE_FIELD, default=None)
-    refine_strength = None
+    refine_strength = refine_upscaler = None
     if refine is not None:
         refine_strength = check_float(refine.get("Strength"), f"{REFINE_FIELD}.Strength", lo=REFINE_STRENGTH_RANGE.lo,
                                       hi=REFINE_STRENGTH_RANGE.hi, default=None)
+        refine_upscaler = check_str(refine.get(UPSCALER_FIELD), REFINE_UPSCALER_FIELD, non_empty=True, default=None)
+        if refine_upscaler is not None and is_lanczos(refine_upscaler):
+            refine_upscaler = LANCZOS
+    face_refine, face_strength = _parse_face_refine(body.get(FACE_REFINE_FIELD))
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
 
@@ -427,4 +461,7 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         ignored_fields=[name for name in body if name not in known],
         callback_url=callback_url,
         refine_strength=refine_strength,
+        face_refine=face_refine,
+        face_strength=face_strength,
+        refine_upscaler=refine_upscaler,
     )

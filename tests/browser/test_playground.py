@@ -6,6 +6,7 @@ had no failed request, and asked for nothing outside the gateway's origin (tests
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import re
 import numpy as np
 import orjson
 import pytest
+from PIL import Image
 
 from app.signature import sign as server_sign
 from support.api import KEYS, PUB
@@ -335,6 +337,61 @@ def test_uploaded_and_automatic_masks(ui):
     mask = mask_of(fetch_image(cards.nth(1).evaluate("i => i.src"))[0])
     assert mask.sum() > 0.8 * DRESS.sum()
     assert np.array_equal(made[mask], MANNEQUIN_RGB[mask])
+
+
+def generate_with_uploaded_mask(ui) -> str:
+    """Generate at the photo's size with the example's clothes mask; the first result's URL."""
+    ui.load_mannequin(MANNEQUIN)
+    ui.mask_mode("upload")
+    ui.by("mask-input").set_input_files(str(EXAMPLES / "clothes_mask.png"))
+    expect(ui.by("mask-undo")).to_be_enabled()
+    ui.by("resize-mode").select_option("JustResize")
+    ui.generate()
+    return ui.wait_result()
+
+
+def test_upscale_a_result_twice_its_size(ui):
+    src = generate_with_uploaded_mask(ui)
+    result, stored_bytes = fetch_image(src)
+    expect(ui.by("upscaler-row")).to_be_visible()          # the deployment lists an upscaler: Lanczos first
+    assert ui.by("upscaler").input_value() == ""
+    ui.by("upscale").first.click()
+    cards = ui.by("result-card")
+    expect(cards).to_have_count(2)
+    ui.snap("upscaled")
+    (body,) = ui.record.sent("ResizeImage")
+    assert (body["Width"], body["Height"]) == (512, 768) and "Upscaler" not in body
+    assert base64.b64decode(body["Image"]) == stored_bytes, "the result is sent as stored"
+    upscaled, _ = fetch_image(ui.by("result-image").first.evaluate("i => i.src"))
+    assert upscaled.size == (512, 768)
+    expected = result.convert("RGB").resize((512, 768), Image.Resampling.LANCZOS)
+    assert np.array_equal(rgb(upscaled), rgb(expected))
+    expect(ui.by("result-caption").first).to_contain_text("Lanczos")
+    # the new card compares with the result it came from, and offers the follow-ups again
+    assert ui.page.locator(".compare .before").first.evaluate("i => i.src") == src
+    expect(ui.by("upscale")).to_have_count(2)
+    # the same result with the deployment's upscaler model
+    ui.by("upscaler").select_option("demo-upscaler")
+    ui.by("upscale").nth(1).click()
+    expect(ui.by("result-card")).to_have_count(3)
+    assert ui.record.sent("ResizeImage")[1]["Upscaler"] == "demo-upscaler"
+    expect(ui.by("result-caption").first).to_contain_text("upscaled by demo-upscaler (x4) to 512x768")
+    assert fetch_image(ui.by("result-image").first.evaluate("i => i.src"))[0].size == (512, 768)
+
+
+def test_restore_faces_on_a_result(ui):
+    src = generate_with_uploaded_mask(ui)
+    result, stored_bytes = fetch_image(src)
+    ui.by("restore-faces").first.click()
+    expect(ui.by("result-card")).to_have_count(2)
+    (body,) = ui.record.sent("RestoreFaces")
+    assert base64.b64decode(body["RawImage"]) == stored_bytes and set(body) >= {"RawImage"}
+    # the demo model draws noise, in which no face is found: the image comes back unchanged, and the card says so
+    expect(ui.by("result-caption").first).to_contain_text("no face found")
+    restored, _ = fetch_image(ui.by("result-image").first.evaluate("i => i.src"))
+    assert np.array_equal(rgb(restored), rgb(result))
+    uid = ui.by("task").first.get_attribute("data-uid")
+    wait_until(lambda: ui.task_status(uid) == "Finished", what="the RestoreFaces task listed as Finished")
 
 
 def test_phone_screen_has_every_control_and_no_horizontal_scroll(phone):

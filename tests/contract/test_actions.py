@@ -13,6 +13,7 @@ from app.contract.jobs import (
     JOB_VERSION,
     MASK_TASK_NAME,
     RESIZE_TASK_NAME,
+    RESTORE_FACES_TASK_NAME,
     ActionSpec,
     BaseJob,
     JobMessage,
@@ -20,6 +21,7 @@ from app.contract.jobs import (
     MaskJobMessage,
     NoTaskAction,
     ResizeJobMessage,
+    RestoreFacesJobMessage,
     SubModelRef,
     action_table,
     task_for,
@@ -31,13 +33,17 @@ from app.contract.limits import MASK_ACTIONS
 #: action adds its row here, and a sample of a new job message class to SAMPLE_JOBS (docs/architecture.md).
 EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS},
-                  "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage)}
+                  "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage),
+                  "RestoreFaces": (RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
-                                      batch_size=1, mannequin_image="a" * 64),
+                                      batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
                MaskJobMessage: MaskJobMessage(task_uid="u" * 21, action="RemoveBackground", engine="e",
                                               images=["a" * 64]),
-               ResizeJobMessage: ResizeJobMessage(task_uid="u" * 21, image="a" * 64, width=4096, height=64)}
+               ResizeJobMessage: ResizeJobMessage(task_uid="u" * 21, image="a" * 64, width=4096, height=64,
+                                                  upscaler="up"),
+               RestoreFacesJobMessage: RestoreFacesJobMessage(task_uid="u" * 21, image="a" * 64, main_model="m",
+                                                              strength=0.5, seed=7)}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
 
 

@@ -31,7 +31,7 @@ TESTS = ROOT / "tests"
 #: Heavy libraries that a function may import lazily (and only these): importing them at module level
 #: would make a light module (or the gateway) pay for them, or load them where they are not needed.
 LAZY_ALLOWED = frozenset({"torch", "diffusers", "transformers", "controlnet_aux", "huggingface_hub", "onnxruntime",
-                          "rembg", "pymatting"})
+                          "rembg", "pymatting", "spandrel"})
 
 #: The one production module outside workers/demo/ that may name the demo package.
 DEMO_PACKAGE = "workers.demo"

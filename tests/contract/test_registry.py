@@ -490,7 +490,8 @@ def test_images_per_call_follows_the_formula(size, options, expected):
 
 def test_model_types_are_an_enum_equal_to_their_wire_strings():
     assert [str(t) for t in ModelType] == ["Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel",
-                                           "PreProcessor", "BackgroundRemover", "PointSegmenter", "ClothesSegmenter"]
+                                           "PreProcessor", "BackgroundRemover", "PointSegmenter", "ClothesSegmenter",
+                                           "Upscaler"]
     assert MODEL_TYPES == tuple(ModelType) and ModelType.MAIN == "Main" and ModelType("LoRA") is ModelType.LORA
     groups = (SUBMODEL_TYPES, CONTROL_TYPES, MASK_ENGINE_TYPES, GENERATION_TYPES, tuple(LIST_MODELS_FIELDS),
               tuple(MASK_ACTION_ENGINE_TYPE.values()),
@@ -615,3 +616,50 @@ def test_a_controlnet_cannot_be_a_demo_ip_adapter_nor_a_default_control():
         registry_of(model("c", ModelType="ControlModel", source={"demo": "ip-adapter"}))
     with pytest.raises(ValueError, match="needs a request's reference image"):
         registry_of(model("main", default_control=[{"ControlModel": "ip"}]), ip())
+
+
+# --- Upscalers ---------------------------------------------------------------------------------------------------
+
+def upscaler(code: str = "up", **fields) -> dict:
+    return {"ModelCode": code, "Name": code, "ModelType": "Upscaler", "source": {"file": f"{code}.pth"}, **fields}
+
+
+def test_upscaler_entries_take_a_weights_file_the_hub_or_the_demo_and_tiles():
+    reg = registry_of(upscaler("esrgan"), upscaler("st", source={"file": "/w/4x-UltraSharp.safetensors"},
+                                                   tile={"size": 256, "overlap": 16}, points=3),
+                      upscaler("hub", source={"hub": "owner/repo"}), upscaler("demo", source={"demo": "upscaler"}),
+                      model("main", refine={"strength": 0.3, "upscaler": "esrgan"}),
+                      model("plain", refine={"upscaler": "LANCZOS"}))
+    assert reg.get("esrgan").source.file == Path("/deploy/esrgan.pth") and reg.get("esrgan").points == 1
+    assert (reg.get("esrgan").tiling.size, reg.get("esrgan").tiling.overlap) == (512, 32)   # the defaults
+    assert (reg.get("st").tiling.size, reg.get("st").tiling.overlap, reg.get("st").points) == (256, 16, 3)
+    assert reg.get("main").refine.upscaler == "esrgan"
+    assert reg.get("plain").refine.upscaler is None     # Lanczos, in any case, is no model
+    assert [e.model_code for e in reg.entries_of(ModelType.UPSCALER)] == ["esrgan", "st", "hub", "demo"]
+    assert reg.get("st").to_upscaler() == {"ModelCode": "st", "Name": "st", "ModelType": "Upscaler"}
+    with pytest.raises(UnknownModel):
+        reg.require("main", ModelType.UPSCALER)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    (upscaler(source={"file": "x.bin"}), r"an Upscaler's source.file must end in .pth, .safetensors, .pt, .ckpt"),
+    (upscaler(source={"path": "folder"}), r"an Upscaler's source is a weights `file:`, a `hub:` repo holding one"),
+    (upscaler(source={"demo": "inpaint"}), r"demo: inpaint is not a Upscaler model"),
+    (upscaler(tile={"size": 64, "overlap": 32}), r"tile: tile.overlap 32 must be less than half of tile.size 64"),
+    (upscaler(tile={"size": 16}), r"tile.size: Input should be greater than or equal to 32"),
+    (upscaler(tile={"size": 256, "overlap": -1}), r"tile.overlap: Input should be greater than or equal to 0"),
+    (upscaler(defaults={"steps": 5}), r"`defaults:` are not for Upscaler entries"),
+    (upscaler("Lanczos"), r"'Lanczos' is the name of the Lanczos filter \(no model\) in requests"),
+    (model("m", tile={"size": 256, "overlap": 16}), r"`tile:` is for Upscaler entries only"),
+    (model("m", refine={"upscaler": ""}), r"refine.upscaler: String should have at least 1 character"),
+])
+def test_bad_upscaler_entries_are_refused_naming_the_field(entry, message):
+    with pytest.raises(ValueError, match=r"^models.yaml: models\[0\] \(ModelCode '\w+'\): .*" + message):
+        registry_of(entry)
+
+
+def test_a_main_models_refine_upscaler_must_be_an_upscaler_of_the_file():
+    with pytest.raises(ValueError, match=r"ModelCode 'm': refine.upscaler: 'l' is not an Upscaler of this file"):
+        registry_of(model("m", refine={"upscaler": "l"}), model("l", ModelType="LoRA", source={"file": "l.pth"}))
+    with pytest.raises(ValueError, match=r"refine.upscaler: 'nope' is not an Upscaler of this file"):
+        registry_of(model("m", refine={"upscaler": "nope"}))

@@ -128,6 +128,29 @@ def test_main_model_as_submodel_is_240(api):
     assert out["RetCode"] == 240
 
 
+@pytest.mark.parametrize("code", ["no-such-upscaler", "demo-inpaint", "demo-lora"])
+def test_a_refine_upscaler_unknown_or_of_another_type_is_240(api, atelier_env, code):
+    r = redis_lib.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
+    before = r.llen(api.queue)
+    out = api(signed(generate_body(Refine={"Upscaler": code})))
+    assert (out["RetCode"], out["Message"]) == (240, f"Model [{code}] not exists"), out
+    assert r.llen(api.queue) == before
+
+
+def test_a_refine_upscaler_that_is_not_a_string_is_230_naming_it(api):
+    out = api(signed(generate_body(Refine={"Strength": 0.2, "Upscaler": 5})))
+    assert (out["RetCode"], out["Message"]) == (230, "Params [Refine.Upscaler] not available: must be a string")
+
+
+@pytest.mark.parametrize("value, sent", [("demo-upscaler", "demo-upscaler"), ("lanczos", "Lanczos"), (None, None)])
+def test_a_refine_upscaler_goes_with_the_job(api, value, sent):
+    out = api(signed(generate_body(Refine={"Upscaler": value})))
+    assert out["RetCode"] == 0, out
+    raw = redis_lib.Redis.from_url(get_services().settings.redis_url).lindex(api.queue, 0)
+    job = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0][0]
+    assert job["task_uid"] == out["TaskUID"] and job["refine_upscaler"] == sent
+
+
 def test_generate_queues_small_versioned_message(api, atelier_env):
     r = redis_lib.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
     out = api(signed(generate_body()))

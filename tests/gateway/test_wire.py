@@ -40,7 +40,7 @@ def full_body() -> dict:
         UseMainModelVAE=True,
         Image2Image={"ImageIndex": 0, "ReferStrength": 0.3},
         Mannequin={"ImageIndex": 0, "ClothesMaskIndex": 1, "ResizeMode": "CropAndResize", "InvertMask": True},
-        Refine={"Strength": 0.5},
+        Refine={"Strength": 0.5, "Upscaler": "up-x4"},
     )
 
 
@@ -107,6 +107,13 @@ def test_every_field_given_is_normalized():
     assert r.background_index == 0 and r.refer_strength == 0.3
     assert r.mannequin is r.images[0] and r.clothes_mask is r.images[1] and r.background is r.images[0]
     assert r.images[1].mode == "L"
+    assert (r.refine_strength, r.refine_upscaler) == (0.5, "up-x4")
+
+
+def test_refine_upscaler_absent_or_null_is_the_models_and_lanczos_in_any_case_is_lanczos():
+    assert parse(body()).refine_upscaler is None and parse(body(Refine={"Upscaler": None})).refine_upscaler is None
+    for word in ("Lanczos", "lanczos", "LANCZOS"):
+        assert parse(body(Refine={"Upscaler": word})).refine_upscaler == "Lanczos"
 
 
 def test_explicit_null_means_default():
@@ -269,6 +276,9 @@ WRONG_TYPES = [
     ("Image2Image.ReferStrength", True, "must be a number"),
     ("Refine.Strength", "0.3", "must be a number"),
     ("Refine", 0.3, "must be an object"),
+    ("Refine.Upscaler", 5, "must be a string"),
+    ("Refine.Upscaler", "", "must be a non-empty string"),
+    ("Refine.Upscaler", ["up-x4"], "must be a string"),
     ("SubModelList[0].InferenceParams.LoraWeight", "1", "must be a number"),
     ("TranslatePrompts", "true", "must be a boolean (true or false)"),
     ("TranslatePrompts", 1, "must be a boolean (true or false)"),

@@ -4,11 +4,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import socket
 import uuid
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from support.signer import picpik_signature
@@ -65,14 +67,42 @@ TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
     ModelType: ClothesSegmenter
     engine: rembg-cloth
     source: {file: corrupt.onnx}
+  - ModelCode: corrupt-upscaler
+    Name: A safetensors file of random tensors, in no upscaler's layout
+    ModelType: Upscaler
+    source: {file: not-an-upscaler.safetensors}
+  - ModelCode: priced-upscaler
+    Name: The demo upscaler at 3 points a resize
+    ModelType: Upscaler
+    source: {demo: upscaler}
+    tile: {size: 40, overlap: 16}
+    points: 3
 """
 
 
 def write_corrupt_engines(base: Path) -> None:
-    """The files of the corrupt mask engines of TEST_MODELS_YAML, next to the models file."""
+    """The files of the corrupt mask engines and upscaler of TEST_MODELS_YAML, next to the models file."""
     (base / "corrupt.onnx").write_bytes(b"\x08\x07not a protobuf at all" * 16)
     (base / "corrupt-sam").mkdir(exist_ok=True)
     (base / "corrupt-sam" / "config.json").write_text('{"model_type": "sam", "vision_config": 7}')
+    write_random_safetensors(base / "not-an-upscaler.safetensors")
+
+
+def write_random_safetensors(path: Path, seed: int = 0) -> Path:
+    """A valid safetensors file of a few random float32 tensors under made-up names (no model's layout), written
+    byte by byte (8-byte header length, JSON header, data) so that this module needs no torch."""
+    rng = np.random.default_rng(seed)
+    tensors = {"encoder.weight": rng.standard_normal((16, 8)), "encoder.bias": rng.standard_normal(16),
+               "head.weight": rng.standard_normal((4, 16))}
+    header, data, offset = {}, b"", 0
+    for name, value in tensors.items():
+        raw = value.astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(value.shape), "data_offsets": [offset, offset + len(raw)]}
+        data, offset = data + raw, offset + len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.demo.publish import ensure_folder
 from workers.demo.submodels import DEMO_SUBMODELS, ensure_demo_submodels
 from workers.demo.translator import ensure_demo_translator
+from workers.demo.upscaler import ensure_demo_upscaler
 
 #: annotators of the demo deployment; MiDaS (depth) is left out: its weights are ~250 MB even in fp16
 DEMO_ANNOTATORS = ("openpose", "lineart")
@@ -46,6 +47,8 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
         return ensure_demo_sam(demo_dir / "demo-sam")
     if kind == "segformer":
         return ensure_demo_segformer(demo_dir / "demo-segformer")
+    if kind == "upscaler":  # the weights file inside the folder
+        return ensure_demo_upscaler(demo_dir / "demo-upscaler")
     raise ValueError(f"unknown demo source {kind!r}")
 
 

@@ -22,8 +22,8 @@ from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
 from app.contract.jobs import ControlUnitRef, JobMessage
-from app.contract.limits import SUBMODEL_TYPES, ModelType
-from app.contract.registry import ModelEntry, Registry
+from app.contract.limits import REFINE_UPSCALER_FIELD, SUBMODEL_TYPES, ModelType, is_lanczos
+from app.contract.registry import ModelEntry, Registry, TileOptions
 from app.contract.storage import AUTO_MASK_NAME
 from workers.adapters.encoder import ReferenceEmbeds, encode_reference
 from workers.adapters.ip_adapter import (
@@ -34,6 +34,7 @@ from workers.adapters.ip_adapter import (
     adapters_applied,
     check_fits,
 )
+from workers.faces.redraw import FaceRedraw, no_step_note, redraw_faces, refined_note, sized
 from workers.inference.compose import (
     Composition,
     crop_composition,
@@ -42,12 +43,14 @@ from workers.inference.compose import (
     held_exactly,
     paste_back_pixels,
     prepare,
+    redraw_strength,
 )
 from workers.inference.control import ControlUnits, control_pipeline, run_control_inpaint
 from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.passes import Box, Passes, plan_passes, tile_weights
 from workers.inference.preprocess import preprocess
 from workers.inference.safety import withheld_note
+from workers.inference.upscale import UPSCALE_STEPS, SuperResolution, enlarge, upscale_megapixels, upscale_note
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
 from workers.lifecycle.stored import open_input, png_bytes
@@ -75,10 +78,13 @@ def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
                        entry.refine.tile_above)
 
 
-def time_budget(settings, job: JobMessage, steps: int, passes: Passes) -> float:
-    """Seconds a job may take: a base plus a share per megapixel, step and image of each pass
-    (docs/deployment.md)."""
+def time_budget(settings, job: JobMessage, steps: int, passes: Passes, upscale_by: int | None = None) -> float:
+    """Seconds a job may take: a base plus a share per megapixel, step and image of each pass (of each tile of a tiled
+    refine pass), and with an Upscaler of factor ``upscale_by`` between the passes,
+    :data:`~workers.inference.upscale.UPSCALE_STEPS` steps' worth per megapixel it writes (docs/deployment.md)."""
     work = passes.draw[0] * passes.draw[1] * steps + passes.refine_area * passes.refine_steps
+    if upscale_by is not None and passes.two:
+        work += UPSCALE_STEPS * upscale_megapixels(passes.draw, passes.final, upscale_by) * 1e6
     return settings.job_time_base_s + settings.job_time_per_megapixel_step_s * work / 1e6 * job.batch_size
 
 
@@ -112,6 +118,18 @@ class Plan:
     #: their models, in the request's order within each
     control_units: list[ControlUnitRef] = field(default_factory=list)
     adapter_units: list[tuple[ControlUnitRef, ModelEntry]] = field(default_factory=list)
+    upscaler: ModelEntry | None = None      # what enlarges pass 1's images (two passes only); None: Lanczos
+    #: the faces' redraw strength (:func:`face_strength`); None: the faces are not refined
+    face_strength: float | None = None
+
+
+def face_strength(entry: ModelEntry, job: JobMessage) -> float | None:
+    """The strength the job's faces are redrawn at after its passes (docs/faces.md): the request's
+    ``FaceRefine.Strength``, else the model's ``faces.strength``; None when they are not refined (``FaceRefine.Enabled``
+    false, or absent and the model's ``faces.refine`` false)."""
+    if not (job.face_refine if job.face_refine is not None else entry.faces.refine):
+        return None
+    return job.face_strength if job.face_strength is not None else entry.faces.strength
 
 
 def run_job(rt: WorkerRuntime, message: dict) -> None:
@@ -205,7 +223,22 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
     return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units],
-                [unit for unit, _ in units], adapters)
+                [unit for unit, _ in units], adapters,
+                upscaler=_upscaler(rt, registry, entry, job, passes), face_strength=face_strength(entry, job))
+
+
+def _upscaler(rt: WorkerRuntime, registry: Registry, entry: ModelEntry, job: JobMessage,
+              passes: Passes) -> ModelEntry | None:
+    """The Upscaler between the passes: the request's ``Refine.Upscaler``, else the Main model's
+    ``refine.upscaler``; None for Lanczos. A request's one that a one-pass job does not use is named in the Notes."""
+    code = job.refine_upscaler if job.refine_upscaler is not None else entry.refine.upscaler
+    if is_lanczos(code):
+        return None
+    if not passes.two:
+        if job.refine_upscaler is not None:
+            rt.store.add_note(job.task_uid, f"{REFINE_UPSCALER_FIELD}: {code} not used (drawn in one pass)")
+        return None
+    return registry.require(code, ModelType.UPSCALER)
 
 
 def _compositions(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
@@ -348,11 +381,18 @@ class TwoPassProgress:
         return on_step
 
 
-def upscaled(images: list[np.ndarray], comp: Composition) -> list[np.ndarray]:
-    """Pass 1's images brought to ``comp``'s size (Lanczos), the clothes pasted back exactly."""
-    size = (comp.width, comp.height)
-    return [paste_back_pixels(np.array(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)), comp,
-                              overwrite=True) for image in images]
+def upscaled(images: list[np.ndarray], comp: Composition, model: SuperResolution | None = None,
+             tile: TileOptions | None = None,
+             on_tile: Callable[[], None] | None = None) -> tuple[list[np.ndarray], int]:
+    """Pass 1's images brought to ``comp``'s size (Lanczos; or the Upscaler ``model`` on its ``tile``, then Lanczos:
+    :func:`~workers.inference.upscale.enlarge`), the clothes pasted back exactly; and how many times the model ran
+    on each."""
+    tile = tile or TileOptions()
+    out, applied = [], 0
+    for image in images:
+        big, applied = enlarge(image, comp.width, comp.height, model, tile.size, tile.overlap, on_tile)
+        out.append(paste_back_pixels(big, comp, overwrite=True))
+    return out, applied
 
 
 def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: JobMessage,
@@ -370,6 +410,9 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
             apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
         adapters = _adapter_units(rt, held, registry, plan, pipe)
+        model = rt.models.upscaler(held, plan.upscaler, registry) if plan.upscaler is not None else None
+        if model is not None:
+            watch.set_budget(time_budget(rt.settings, job, steps, passes, upscale_by=model.scale))
         loaded = held.load_seconds
         t0 = time.monotonic()
         with adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
@@ -377,7 +420,11 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
                 rt.store.add_note(job.task_uid, COMPILE_OFF_NOTE)
             images = _denoise(pipe, nets, plan, job, plan.draw, sampling, run)
             if passes.two:
-                images = upscaled(images, plan.final.comp)
+                images, applied = upscaled(images, plan.final.comp, model, plan.upscaler and plan.upscaler.tiling,
+                                           watch.check)
+                if applied:
+                    rt.store.add_note(job.task_uid, upscale_note(plan.upscaler.model_code, model.scale, applied,
+                                                                 *passes.final))
             if passes.refines:
                 keep_reference = job.refer_strength == 1.0
                 refine = replace(sampling, on_step=two.second,
@@ -387,6 +434,8 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
                 else:
                     images = _denoise(pipe, nets, plan, job, plan.final, refine, run, starts=images,
                                       strength=passes.strength)
+            if plan.face_strength is not None:  # the faces too see the job's IP-Adapter units
+                images = _refine_faces(rt, held, pipe, plan, job, images, progress, timings, watch, run)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images
@@ -416,6 +465,45 @@ def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampl
         return [paste_back_pixels(image, final.comp, overwrite=True) for image in images]
     keep, source = held_exactly(final.comp, sampling.background)  # ReferStrength 1, as one call keeps it
     return [paste_back_pixels(image, final.comp, keep=keep, source=source, overwrite=True) for image in images]
+
+
+def _refine_faces(rt: WorkerRuntime, held: Lease, pipe, plan: Plan, job: JobMessage, images: list[np.ndarray],
+                  progress: ProgressWriter, timings: Timings, watch: JobWatch,
+                  run: AdapterRun | None = None) -> list[np.ndarray]:
+    """The faces of the drawn images redrawn (docs/faces.md): found by the detector, those of the model's face
+    sizes redrawn with the job's prompts plus ``faces.prompt`` at the face strength (image i from Seed + i), never a
+    kept pixel (the clothes; with ReferStrength 1 the held background too). TotalSteps grows by their steps and the
+    time budget by their work once they are found; the Notes say how many were refined."""
+    entry = plan.entry
+    redraw = FaceRedraw(prompt=", ".join(p for p in (plan.prompt, entry.faces.prompt) if p), negative=plan.negative,
+                        strength=plan.face_strength, steps=entry.defaults.steps,
+                        guidance_scale=entry.defaults.guidance_scale, native=entry.native_size, seed=job.seed)
+    if redraw.steps_per_face == 0:
+        rt.store.add_note(job.task_uid, no_step_note("FaceRefine.Strength", redraw.strength, redraw.steps))
+        return images
+    detector = rt.models.face_detector(held)
+    sizes = entry.face_sizes
+    found = [sized(detector.detect(image, entry.faces.min_score), *sizes) for image in images]
+    todo = sum(len(chosen) for chosen, _ in found)
+    watch.extend(rt.settings.job_time_per_megapixel_step_s * redraw.megapixel_steps(todo))
+    keep = plan.final.comp.keep
+    if plan.final.background is not None and job.refer_strength == 1.0:  # the background is held exactly too
+        keep = redraw_strength(plan.final.comp, 1.0) == 0
+    drawn = progress.seen[1] if progress.seen else 0  # the passes' steps, reported as they ran
+    out, refined, done = [], 0, 0
+    for i, (image, (chosen, _)) in enumerate(zip(images, found, strict=True)):
+        def on_step(step: int, total: int, done: int = done, count: int = len(chosen)) -> None:
+            per_face = total // count
+            progress(drawn + done * per_face + step, drawn + todo * per_face)
+
+        redrawn, count = redraw_faces(pipe, image, chosen, replace(redraw, seed=job.seed + i), keep=keep,
+                                      on_step=on_step, stats=timings.pipeline,
+                                      pipeline_kwargs=run.kwargs(pipe) if run is not None else None)
+        out.append(redrawn)
+        refined, done = refined + count, done + len(chosen)
+    outside = sum(len(left) for _, left in found)
+    rt.store.add_note(job.task_uid, refined_note(refined, outside, todo - refined, sizes))
+    return out
 
 
 def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, run: AdapterRun,

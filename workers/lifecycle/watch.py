@@ -38,6 +38,11 @@ class JobWatch:
         self.canceled = threading.Event()
         self.lost = threading.Event()
 
+    def set_budget(self, budget_s: float) -> None:
+        """The job's time budget once its work is known (a resize learns its upscaler's factor when it loads the
+        model), counted from the job's start as the first one was."""
+        self.budget_s = budget_s
+
     def __enter__(self) -> JobWatch:
         RENEWAL.add(self)
         return self
@@ -62,6 +67,11 @@ class JobWatch:
             self.lost.set()
             return False
         return True
+
+    def extend(self, seconds: float) -> None:
+        """Grow the time budget by ``seconds``: work the job finds it has to do once it runs (the faces its detector
+        found to redraw)."""
+        self.budget_s += seconds
 
     def check(self) -> None:
         """Raise at a denoising step: JobLost, JobCanceled, or JobError(TIMEOUT) past the time budget."""

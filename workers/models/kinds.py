@@ -31,6 +31,11 @@ One method per kind says how it is keyed (what makes two requests share one load
 * ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
   file or folder and rembg model; on the device for transformers folders, host for ONNX files and
   the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
+* ``face_detector``: the face detector (MTCNN, its weights inside facenet-pytorch's wheel), by device; on the
+  device on CUDA, on the host on a CPU worker; :func:`~workers.faces.detect.load_face_detector`.
+* ``upscaler``: an Upscaler (a super-resolution file), by resolved file, its mtime and size, and dtype (this
+  worker's, where the architecture supports it); device; :func:`~workers.inference.upscale.load_upscaler`
+  (spandrel detects the architecture).
 
 A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
 """
@@ -45,13 +50,15 @@ from typing import Any
 
 import torch
 
-from app.contract.registry import ModelEntry, ModelSource, Registry
+from app.contract.registry import UPSCALER_SUFFIXES, ModelEntry, ModelSource, Registry
 from workers.adapters.encoder import load_image_encoder
 from workers.adapters.files import AdapterFileError, read_adapter_file
 from workers.adapters.ip_adapter import AdapterFitError, build_adapter
+from workers.faces.detect import FaceDetector, load_face_detector
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
 from workers.inference.safety import SafetyCheckerError, checker_folders, load_safety_checker
+from workers.inference.upscale import SuperResolution, UpscalerFileError, load_upscaler
 from workers.masks.engines import EngineError, load_engine
 from workers.models import loading
 from workers.models.cache import Lease, ModelCache, ModelLoadError, is_oom
@@ -77,6 +84,8 @@ class Loaders:
     safety: Callable[..., Any] = load_safety_checker
     ip_adapter: Callable[..., Any] = lambda path, device, dtype: build_adapter(read_adapter_file(path), device, dtype)
     image_encoder: Callable[..., Any] = load_image_encoder
+    face_detector: Callable[..., Any] = load_face_detector
+    upscaler: Callable[..., Any] = load_upscaler
 
 
 class WorkerModels:
@@ -308,3 +317,31 @@ class WorkerModels:
         return lease.get(("mask", entry.engine, str(path), stamp, entry.rembg_model), load, label=entry.model_code,
                          kind="mask", place="device" if on_device else "host", slot=("mask", entry.model_code),
                          estimate=st.st_size if st is not None and path.is_file() else None)
+
+    def face_detector(self, lease: Lease) -> FaceDetector:
+        """The face detector (:mod:`workers.faces.detect`), one per worker: on the device on CUDA, on the host (in
+        the RAM budget) on a CPU worker. Its weights come with its package, so it always loads."""
+        on_device = str(self.device).startswith("cuda")
+        return lease.get(("face_detector", str(self.device)), lambda: self.loaders.face_detector(self.device),
+                         label="face-detector", kind="face_detector", place="device" if on_device else "host",
+                         slot=("face_detector",))
+    def upscaler(self, lease: Lease, entry: ModelEntry, registry: Registry) -> SuperResolution:
+        """The Upscaler ``entry`` on the device, in this worker's dtype where its architecture supports it
+        (:func:`~workers.inference.upscale.load_upscaler`). A file replaced on disk is read again. Raises
+        :class:`ModelLoadError` for a missing file, one spandrel does not recognise, or a model that is not
+        super-resolution of RGB images."""
+        path = local_path(entry, registry, self.models_dir)
+        if path is None:  # hub: the repo's one weights file, in the local Hugging Face cache
+            path = loading.hub_weights_file(entry.model_code, entry.source, UPSCALER_SUFFIXES)
+
+        def load() -> SuperResolution:
+            try:
+                return self.loaders.upscaler(path, self.device, self.dtype)
+            except UpscalerFileError as e:
+                raise ModelLoadError(entry.model_code, str(e)) from e
+
+        st = path.stat() if path.is_file() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+        return lease.get(("upscaler", str(path), stamp, str(self.dtype)), load, label=entry.model_code,
+                         kind="upscaler", slot=("upscaler", entry.model_code),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(file=path), self.dtype))

@@ -550,3 +550,26 @@ def load_controlnet(
     else:
         raise FileNotFoundError(f"ControlNet source {source} does not exist")
     return model.to(device).eval()
+
+
+# --- single weights files from the hub (Upscalers) ----------------------------------------------------
+
+
+def hub_weights_file(code: str, source: ModelSource, suffixes: tuple[str, ...]) -> Path:
+    """The one weights file (ending in one of ``suffixes``) at the root of the ``hub:`` repo of ``source``, fetched
+    into the local Hugging Face cache (``HF_HUB_OFFLINE=1``: the cache only). Raises :class:`ModelLoadError` when
+    the repo cannot be reached, or holds no such file or several (then name one with a ``file:`` source)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"*{s}" for s in suffixes]
+    try:
+        folder = Path(snapshot_download(source.hub, revision=source.revision, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, revision: all one answer
+        raise ModelLoadError(code, f"hub repo {source.hub}: {_short(e)}") from e
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise ModelLoadError(code, f"hub repo {source.hub} holds {len(files)} weights files at its root ({found});"
+                                   " an Upscaler's `hub:` source needs exactly one: download the one you want and"
+                                   " give it as `file:`")
+    return files[0]

@@ -21,7 +21,8 @@ const editor = new MaskEditor(
     cursor: document.querySelector(".brush-cursor") },
   { onChange: maskChanged, onPoints: pointsChanged },
 );
-const gallery = new Gallery($("gallery"), $("gallery-empty"), { onReuseSeed: (seed) => form.setSeed(seed) });
+const gallery = new Gallery($("gallery"), $("gallery-empty"),
+  { onReuseSeed: (seed) => form.setSeed(seed), onFollowUp: followUp });
 const tasks = new TaskList($("tasks"), $("tasks-empty"), api, () => keys?.publicKey, {
   onShow: (detail) => gallery.addTask(detail),
 });
@@ -77,6 +78,7 @@ async function connect() {
     const [models, controls] = await Promise.all([api.call("ListModels"), api.call("ListControlNets")]);
     form.setModels(models, controls);
     setMaskEngines(models.MaskEngines || []);
+    setUpscalers(models.Upscalers || []);
     tasks.refresh();
     return true;
   } catch (err) {
@@ -386,6 +388,69 @@ $("cancel").addEventListener("click", async () => {
     errors.showError(err, "general");
   }
 });
+
+// --- follow-ups of a result: Upscale ×2 (ResizeImage), Restore faces (RestoreFaces) --------------------------
+
+/** ResizeImage's largest side. */
+const MAX_RESIZE_SIDE = 4096;
+
+/** The deployment's upscaler models (ListModels' Upscalers) in the select beside the results; Lanczos first. */
+function setUpscalers(upscalers) {
+  const select = $("upscaler");
+  select.replaceChildren(select.options[0], ...upscalers.map((m) => {
+    const o = document.createElement("option");
+    o.value = m.ModelCode;
+    o.textContent = m.Name && m.Name !== m.ModelCode ? `${m.Name} (${m.ModelCode})` : m.ModelCode;
+    return o;
+  }));
+  $("upscaler-row").hidden = !upscalers.length;
+}
+
+/** An image of this origin (a result link) as base64, its bytes as stored. */
+async function urlToBase64(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`the image could not be read again (HTTP ${response.status}); has it expired?`);
+  return fileToBase64(await response.blob());
+}
+
+/** What a result's follow-up button sends: twice its size (at most 4096 a side, the aspect ratio kept) with the
+ *  chosen upscaler, or its faces restored. */
+function followUpRequest(kind, image, b64) {
+  if (kind === "faces") return { action: "RestoreFaces", params: { RawImage: b64 }, label: "Restore faces" };
+  const scale = Math.min(2, MAX_RESIZE_SIDE / Math.max(image.width, image.height));
+  if (scale <= 1) throw new Error(`This image is already ${MAX_RESIZE_SIDE} pixels on a side, ResizeImage's largest.`);
+  const [w, h] = [Math.round(image.width * scale), Math.round(image.height * scale)];
+  const params = { Image: b64, Width: w, Height: h };
+  if ($("upscaler").value) params.Upscaler = $("upscaler").value;
+  return { action: "ResizeImage", params, label: `Upscale to ${w}×${h}` };
+}
+
+/** Run a result's follow-up; its images join the gallery, compared with the result they came from and captioned
+ *  with the task's Notes (which upscaler ran, how many faces were redrawn). */
+async function followUp(kind, image, button) {
+  errors.clear("results");
+  const text = button.textContent;
+  button.disabled = true;
+  button.textContent = "Working…";
+  try {
+    const { action, params, label } = followUpRequest(kind, image, await urlToBase64(image.url));
+    const { TaskUID } = await api.call(action, params);
+    tasks.add(TaskUID, action, label);
+    const detail = await tasks.waitFor(TaskUID);
+    if (detail.Status !== "Finished") {
+      throw new Error(detail.Status === "Error"
+        ? `${detail.ErrorMessage} (ErrorCode ${detail.ErrorCode})` : `the task was ${detail.Status}`);
+    }
+    const notes = (detail.Notes || []).filter((n) => !n.startsWith("ignored fields"));
+    gallery.addTask(detail, { url: image.url, resizeMode: "JustResize" }, notes.join("; ") || null);
+  } catch (err) {
+    // beside the results, not next to the generation form's fields (a follow-up's Width is not the form's)
+    errors.show("results", err.retCode > 0 ? `${err.message} (RetCode ${err.retCode})` : err.message);
+  } finally {
+    button.disabled = false;
+    button.textContent = text;
+  }
+}
 
 // --- start -------------------------------------------------------------------------------------------------
 

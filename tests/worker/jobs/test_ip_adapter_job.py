@@ -20,8 +20,10 @@ from support.api import example_inputs, stored
 from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model
+from workers.faces.detect import Face
 from workers.inference.passes import plan_passes
 from workers.jobs.generate import run_job
+from workers.models.kinds import Loaders
 from workers.runtime import WorkerRuntime
 
 STEPS = 4
@@ -46,10 +48,11 @@ def folders(tmp_path_factory) -> dict[str, Path]:
             "wide": wide}
 
 
-def runtime(tmp_path: Path, redis_url: str, folders: dict[str, Path], name: str) -> WorkerRuntime:
+def runtime(tmp_path: Path, redis_url: str, folders: dict[str, Path], name: str, detector=None) -> WorkerRuntime:
     encoder = {"path": str(folders["clip"])}
+    faces = {"faces": {"refine": True}} if detector is not None else {}
     models = [{"ModelCode": "main", "Name": "main", "ModelType": "Main", "source": {"path": str(folders["main"])},
-               "defaults": {"steps": STEPS}, "native": {"width": NATIVE[0], "height": NATIVE[1]}},
+               "defaults": {"steps": STEPS}, "native": {"width": NATIVE[0], "height": NATIVE[1]}, **faces},
               {"ModelCode": "cn", "Name": "cn", "ModelType": "ControlModel", "source": {"path": str(folders["cn"])}},
               {"ModelCode": "ip", "Name": "ip", "ModelType": "ControlModel", "adapter": "ip-adapter",
                "source": {"file": str(folders["ip"])}, "image_encoder": encoder},
@@ -59,7 +62,9 @@ def runtime(tmp_path: Path, redis_url: str, folders: dict[str, Path], name: str)
     config.write_text(yaml.safe_dump({"models": models}))
     settings = Settings(data_dir=tmp_path / "data", models_config=config, redis_url=redis_url, device="cpu",
                         progress_interval_s=0)
-    return WorkerRuntime.build(settings)
+    if detector is None:
+        return WorkerRuntime.build(settings)
+    return WorkerRuntime.build(settings, loaders=Loaders(face_detector=lambda device: detector))
 
 
 @pytest.fixture()
@@ -160,3 +165,20 @@ def test_an_adapter_that_does_not_fit_the_main_model_fails_the_task_naming_it(rt
     assert rec.error_message.startswith("Model [wide] could not be applied") and "768" in rec.error_message
     _, plain = generate(rt)  # and the pipeline is untouched
     assert plain
+
+
+class OneFace:
+    """A stand-in face detector (the demo model draws noise, where no detector finds a face): one face, always."""
+
+    def detect(self, image, min_score: float = 0.9) -> list[Face]:
+        return [Face(box=(16.0, 10.0, 40.0, 34.0), score=0.99, landmarks=((28.0, 20.0),) * 5)]  # 24 px: redrawn
+
+
+def test_the_faces_redrawn_after_the_passes_see_the_units_too(tmp_path, redis_url, folders, calls):
+    rt = runtime(tmp_path, redis_url, folders, "faces", detector=OneFace())
+    rec, [with_ref] = generate(rt, control_units=[ip_unit(rt, 1)])
+    assert [c["ip"] for c in calls] == [1, 1] and "refined 1 face(s)" in rec.notes, rec.notes  # the pass, the face
+    _, [again] = generate(rt, control_units=[ip_unit(rt, 1)])
+    _, [plain] = generate(rt)
+    assert np.array_equal(again, with_ref) and not np.array_equal(plain, with_ref)
+    assert [c["ip"] for c in calls[4:]] == [0, 0]

@@ -10,16 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline
 from PIL import Image
 
 from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.settings import Settings
-from support.api import example_inputs, stored
+from support.api import example_inputs, stored, write_random_safetensors
+from support.spies import spy_pipeline_calls
 from workers.demo.control import ensure_demo_controlnet
 from workers.demo.model import ensure_demo_model
+from workers.demo.upscaler import write_demo_upscaler
 from workers.inference.compose import prepare
 from workers.inference.passes import plan_passes, tile_grid, tile_weights
+from workers.inference.upscale import SuperResolution
 from workers.jobs.generate import run_job
 from workers.runtime import WorkerRuntime
 
@@ -104,14 +106,21 @@ def test_a_refine_pass_above_tile_above_times_the_native_area_runs_in_tiles():
 def folders(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
     main = ensure_demo_model(d / "main")
-    return {"main": main, "cn": ensure_demo_controlnet(d / "cn", seed=0, base_model=main)}
+    return {"main": main, "cn": ensure_demo_controlnet(d / "cn", seed=0, base_model=main),
+            "up": write_demo_upscaler(d / "4x.safetensors", detail=1.0),
+            "bad-up": write_random_safetensors(d / "random.safetensors")}
 
 
 @pytest.fixture()
 def rt(tmp_path, redis_url, folders) -> WorkerRuntime:
     models = [{"ModelCode": "main", "Name": "main", "ModelType": "Main", "source": {"path": str(folders["main"])},
                "defaults": {"steps": STEPS}, "native": {"width": NATIVE[0], "height": NATIVE[1]}},
-              {"ModelCode": "cn", "Name": "cn", "ModelType": "ControlModel", "source": {"path": str(folders["cn"])}}]
+              {"ModelCode": "cn", "Name": "cn", "ModelType": "ControlModel", "source": {"path": str(folders["cn"])}},
+              {"ModelCode": "main-up", "Name": "main-up", "ModelType": "Main", "source": {"path": str(folders["main"])},
+               "defaults": {"steps": STEPS}, "native": {"width": NATIVE[0], "height": NATIVE[1]},
+               "refine": {"upscaler": "up"}}]
+    models += [{"ModelCode": code, "Name": code, "ModelType": "Upscaler", "source": {"file": str(folders[code])},
+                "tile": {"size": 40, "overlap": 16}} for code in ("up", "bad-up")]
     config = tmp_path / "models.yaml"
     config.write_text(yaml.safe_dump({"models": models}))
     settings = Settings(data_dir=tmp_path / "data", models_config=config, redis_url=redis_url, device="cpu",
@@ -121,27 +130,14 @@ def rt(tmp_path, redis_url, folders) -> WorkerRuntime:
 
 @pytest.fixture()
 def calls(monkeypatch) -> list[dict]:
-    """Every real pipeline call of the test: its size, strength, image count and control maps' sizes."""
-    seen = []
-    for cls in (StableDiffusionInpaintPipeline, StableDiffusionControlNetInpaintPipeline):
-        original = cls.__call__
-
-        def spy(self, *args, _original=original, **kwargs):
-            control = kwargs.get("control_image")
-            seen.append({"size": (kwargs["width"], kwargs["height"]), "strength": kwargs["strength"],
-                         "images": kwargs["num_images_per_prompt"],
-                         "control": None if control is None else
-                         [c.size for c in (control if isinstance(control, list) else [control])]})
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, "__call__", spy)
-    return seen
+    """Every real pipeline call of the test (support.spies)."""
+    return spy_pipeline_calls(monkeypatch)
 
 
-def generate(rt: WorkerRuntime, width: int, height: int, batch: int = 1, **job):
+def generate(rt: WorkerRuntime, width: int, height: int, batch: int = 1, main_model: str = "main", **job):
     man, mask = example_inputs()
     uid, _ = rt.store.create("pk-passes", None, "GenerateFromMannequin", 7, 0)
-    run_job(rt, JobMessage(task_uid=uid, main_model="main", seed=7, width=width, height=height, batch_size=batch,
+    run_job(rt, JobMessage(task_uid=uid, main_model=main_model, seed=7, width=width, height=height, batch_size=batch,
                            mannequin_image=stored(rt, man), clothes_mask=stored(rt, mask), **job).to_wire())
     rec = rt.store.get(uid)
     assert rec.status == "Finished", (rec.error_code, rec.error_message)
@@ -219,3 +215,57 @@ def test_a_tiled_refine_keeps_a_reference_background_exactly_at_refer_strength_1
     assert len(calls) == 1 + 6 and "in 6 tiles" in rec.notes[0]
     comp = prepare(man, mask, 256, 384, "ResizeAndFill", False)
     assert (images[0][~comp.keep] == (10, 120, 200)).all()   # held exactly across the tiles and their overlaps
+
+# ------------------------------------------------------------------------------------------- an Upscaler between
+
+@pytest.fixture()
+def tiles(monkeypatch) -> list[tuple[int, ...]]:
+    """The shape of every tile an Upscaler runs on."""
+    seen = []
+    original = SuperResolution.run
+
+    def spy(self, tile):
+        seen.append(tile.shape)
+        return original(self, tile)
+
+    monkeypatch.setattr(SuperResolution, "run", spy)
+    return seen
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_refine_upscaler_enlarges_pass_1_and_the_clothes_stay_exact(rt, calls, tiles, batch):
+    rec, images = generate(rt, 128, 192, batch=batch, refine_upscaler="up")   # generate() checks the clothes
+    assert [c["size"] for c in calls] == [(64, 96), (128, 192)]
+    assert "drawn at 64x96, refined at 128x192" in rec.notes and "upscaled by up (x4) to 128x192" in rec.notes
+    # 64x96 -> 256x384 once, on tiles of at most 40 overlapping by 16 or more: 4 rows of 36 x 2 columns of 40
+    assert len(tiles) == 4 * 2 * batch and set(tiles) == {(3, 36, 40)}
+    _, lanczos = generate(rt, 128, 192, batch=batch)
+    assert not np.array_equal(images[0], lanczos[0])                  # the upscaler made a difference
+
+
+def test_the_models_refine_upscaler_and_lanczos_over_it(rt, calls, tiles):
+    rec, _ = generate(rt, 128, 192, main_model="main-up", refine_strength=0.0)   # upscale only: one pipeline call
+    assert [c["size"] for c in calls] == [(64, 96)] and tiles
+    assert "drawn at 64x96, upscaled to 128x192" in rec.notes and "upscaled by up (x4) to 128x192" in rec.notes
+    tiles.clear()
+    rec, _ = generate(rt, 128, 192, main_model="main-up", refine_upscaler="Lanczos")
+    assert not tiles and not any(n.startswith("upscaled by") for n in rec.notes)
+
+
+def test_one_pass_uses_no_upscaler_and_says_so_when_one_was_asked(rt, tiles):
+    rec, _ = generate(rt, 64, 96, refine_upscaler="up")
+    assert not tiles and "Refine.Upscaler: up not used (drawn in one pass)" in rec.notes
+    rec, _ = generate(rt, 64, 96, main_model="main-up")
+    assert not any("Upscaler" in n or n.startswith("upscaled") for n in rec.notes)
+
+
+@pytest.mark.parametrize("code, message", [("bad-up", "Model [bad-up] could not be loaded"),
+                                           ("cn", "Model [cn] not exists")])
+def test_a_refine_upscaler_that_cannot_be_used_ends_in_error_240(rt, code, message):
+    man, mask = example_inputs()
+    uid, _ = rt.store.create("pk-passes", None, "GenerateFromMannequin", 7, 0)
+    run_job(rt, JobMessage(task_uid=uid, main_model="main", seed=7, width=128, height=192, batch_size=1,
+                           mannequin_image=stored(rt, man), clothes_mask=stored(rt, mask),
+                           refine_upscaler=code).to_wire())
+    rec = rt.store.get(uid)
+    assert (rec.status, rec.error_code, rec.error_message) == ("Error", 240, message) and rec.images == []

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -18,6 +19,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from app.contract.registry import ModelEntry, ModelSource, Registry
+from support.api import write_random_safetensors
+from workers.demo.upscaler import write_demo_upscaler
 from workers.models.cache import ModelCache, ModelLoadError
 from workers.models.kinds import Loaders, WorkerModels
 
@@ -390,3 +393,71 @@ def test_annotator_files_that_do_not_load_raise_a_value_error_naming_them(tmp_pa
                               loaders=Loaders(detector=loader))
         with cache.lease() as lease, pytest.raises(error, match=match):
             models.detectors(lease)("canny", None)
+# --- Upscalers (WorkerModels.upscaler, the real loader) ---------------------------------------------------------
+
+def _upscalers(tmp_path: Path) -> tuple[WorkerModels, Registry]:
+    write_demo_upscaler(tmp_path / "4x.safetensors")
+    write_random_safetensors(tmp_path / "random.safetensors")
+    registry = Registry.from_dict({"models": [
+        {"ModelCode": code, "Name": code, "ModelType": "Upscaler", "source": {"file": file}}
+        for code, file in (("up", "4x.safetensors"), ("same-file", "4x.safetensors"), ("random", "random.safetensors"),
+                           ("missing", "missing.pth"))]}, tmp_path)
+    models = WorkerModels(ModelCache(device_bytes=10 * MB, host_bytes=10 * MB, device="cpu"), device="cpu",
+                          dtype=torch.float32, models_dir=tmp_path / "demo")
+    return models, registry
+
+
+def test_an_upscaler_is_cached_once_per_file_on_the_device(tmp_path):
+    models, registry = _upscalers(tmp_path)
+    with models.cache.lease() as lease:
+        first = models.upscaler(lease, registry.get("up"), registry)
+        assert models.upscaler(lease, registry.get("same-file"), registry) is first   # one copy per file
+    assert first.scale == 4 and models.cache.stats.loads == 1 and models.cache.stats.hits == 1
+    size = 4 * sum(v.numel() for v in first.descriptor.model.state_dict().values())   # measured, float32
+    assert models.cache.cached("device") == [("up", size)] and models.cache.cached("host") == []
+    write_demo_upscaler(tmp_path / "4x.safetensors", scale=2, seed=5)     # replaced on disk: read again
+    with models.cache.lease() as lease:
+        again = models.upscaler(lease, registry.get("up"), registry)
+    assert again is not first and again.scale == 2 and models.cache.stats.loads == 2
+
+
+def test_a_file_that_is_no_upscaler_is_a_model_load_error_naming_the_model(tmp_path):
+    models, registry = _upscalers(tmp_path)
+    for code, why in (("random", "spandrel recognises no super-resolution architecture"),
+                      ("missing", "does not exist")):
+        with models.cache.lease() as lease, pytest.raises(ModelLoadError) as info:
+            models.upscaler(lease, registry.get(code), registry)
+        assert info.value.model_code == code and why in info.value.reason
+    assert models.cache.cached() == []
+
+
+def test_an_upscaler_from_the_hub_is_the_repos_one_weights_file(tmp_path, monkeypatch):
+    models, _ = _upscalers(tmp_path)
+    registry = Registry.from_dict({"models": [{"ModelCode": "hub", "Name": "hub", "ModelType": "Upscaler",
+                                               "source": {"hub": "owner/repo"}}]}, tmp_path)
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    asked = []
+
+    def fake_download(repo_id, revision=None, allow_patterns=None, **kwargs):
+        asked.append((repo_id, tuple(allow_patterns)))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    with models.cache.lease() as lease, pytest.raises(ModelLoadError, match="holds 0 weights files at its root"):
+        models.upscaler(lease, registry.get("hub"), registry)
+    write_demo_upscaler(snapshot / "4x.pth")          # Real-ESRGAN's release layout: a pickled {"params": ...}
+    with models.cache.lease() as lease:
+        assert models.upscaler(lease, registry.get("hub"), registry).scale == 4
+    assert asked[0] == ("owner/repo", ("*.pth", "*.safetensors", "*.pt", "*.ckpt"))
+    write_demo_upscaler(snapshot / "2x.safetensors", scale=2)
+    with models.cache.lease() as lease, pytest.raises(ModelLoadError, match=r"holds 2 weights files .*2x.safetensors"
+                                                                            r", 4x.pth"):
+        models.upscaler(lease, registry.get("hub"), registry)
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with models.cache.lease() as lease, pytest.raises(ModelLoadError, match="hub repo owner/repo: OSError"):
+        models.upscaler(lease, registry.get("hub"), registry)
