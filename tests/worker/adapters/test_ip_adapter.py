@@ -350,3 +350,30 @@ def test_deepcache_keeps_working_with_units_and_the_unet_is_restored(demo_dir, a
         assert same(before, snapshot(pipe.unet)) and np.array_equal(draw(pipe), plain)
     finally:
         disable_deep_cache(pipe.unet)
+
+
+def test_a_really_compiled_unet_is_not_recompiled_by_a_job_with_units(demo_dir, adapter, encoder):
+    """Backend aot_eager (dynamo's capture and guards, no code generation), as tests/worker/models/test_speed.py:
+    the job with units runs eagerly, and the jobs without units after it run the same compiled graph (a recompile
+    raises) and draw what it drew before."""
+    from torch._dynamo.utils import counters
+
+    from app.contract.registry import SpeedOptions
+    from workers.models.speed import apply_speed
+
+    pipe = load_folder(demo_dir)
+    torch._dynamo.reset()
+    try:
+        apply_speed(pipe, SpeedOptions(compile=True), "cpu", compile_backend="aot_eager")
+        graphs = counters["stats"]["unique_graphs"]
+        base = draw(pipe)
+        assert counters["stats"]["unique_graphs"] > graphs  # the UNet really ran compiled
+        graphs = counters["stats"]["unique_graphs"]
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            with_unit = draw(pipe, [unit(adapter, encoder)])
+            after = draw(pipe)
+        assert counters["stats"]["unique_graphs"] == graphs  # no new graph: the unit's job ran eagerly
+    finally:
+        torch._dynamo.reset()
+    assert not np.array_equal(with_unit, base)
+    np.testing.assert_array_equal(after, base)
