@@ -377,3 +377,22 @@ def test_a_really_compiled_unet_is_not_recompiled_by_a_job_with_units(demo_dir, 
         torch._dynamo.reset()
     assert not np.array_equal(with_unit, base)
     np.testing.assert_array_equal(after, base)
+
+
+def test_an_sdxl_adapter_acts_on_an_sdxl_inpainting_pipeline(tmp_path, encoder):
+    """SDXL's pipeline (text-time conditioning, two text encoders) with a plain adapter of its layout: the
+    reference changes the image, weight 0 is exactly none, and the UNet comes back bit for bit."""
+    from safetensors.torch import save_file
+
+    from support.tiny import build_sdxl
+    from workers.demo.adapters import demo_ip_adapter_state
+
+    pipe = load_folder(build_sdxl(tmp_path / "sdxl"), family="sdxl")
+    save_file(demo_ip_adapter_state(pipe.unet, embed_dim=encoder.width["image_embeds"]),
+              str(tmp_path / "ip-adapter_sdxl.safetensors"))
+    xl = build_adapter(read_adapter_file(tmp_path / "ip-adapter_sdxl.safetensors"), "cpu", torch.float32)
+    assert xl.cross_attention_dim == pipe.unet.config.cross_attention_dim == 64
+    before, plain = snapshot(pipe.unet), draw(pipe)
+    assert not np.array_equal(draw(pipe, [unit(xl, encoder)]), plain)
+    assert np.array_equal(draw(pipe, [unit(xl, encoder, weight=0.0)]), plain)
+    assert same(before, snapshot(pipe.unet))

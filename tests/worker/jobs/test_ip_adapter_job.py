@@ -182,3 +182,19 @@ def test_the_faces_redrawn_after_the_passes_see_the_units_too(tmp_path, redis_ur
     _, [plain] = generate(rt)
     assert np.array_equal(again, with_ref) and not np.array_equal(plain, with_ref)
     assert [c["ip"] for c in calls[4:]] == [0, 0]
+
+
+def test_a_compiled_unet_runs_eagerly_for_a_job_with_units_and_the_notes_say_so(rt):
+    from workers.adapters.ip_adapter import COMPILE_OFF_NOTE
+
+    plain_rec, _ = generate(rt)
+    unet = next(e.obj for e in rt.models.cache._entries.values() if e.kind == "pipeline").unet
+    unet._compiled_call_impl = compiled = unet._call_impl  # a stand-in for torch.compile's wrapper
+    try:
+        rec, _ = generate(rt, control_units=[ip_unit(rt, 1)])
+        assert COMPILE_OFF_NOTE in rec.notes and COMPILE_OFF_NOTE not in plain_rec.notes
+        assert unet._compiled_call_impl is compiled
+        rec, _ = generate(rt)
+        assert COMPILE_OFF_NOTE not in rec.notes
+    finally:
+        unet._compiled_call_impl = None
