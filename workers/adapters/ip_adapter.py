@@ -59,7 +59,8 @@ class AdapterFitError(ValueError):
 class LoadedAdapter:
     """One IP-Adapter file as modules on the device, shared by every job that names it (read-only): ``projection``
     (diffusers' image projection module of the variant), ``layers`` (``n -> (to_k_ip, to_v_ip)`` Linear modules,
-    ``n`` numbering ``unet.attn_processors``) and what the file says of itself (``file``, its tensors dropped)."""
+    ``n`` numbering ``unet.attn_processors``) and what the file says of itself (its variant, what it reads of the
+    encoder and at which width, the UNet cross-attention width it was made for: :class:`AdapterFile`'s fields)."""
 
     projection: torch.nn.Module
     layers: dict[int, tuple[torch.nn.Linear, torch.nn.Linear]]
