@@ -396,3 +396,27 @@ def test_an_sdxl_adapter_acts_on_an_sdxl_inpainting_pipeline(tmp_path, encoder):
     assert not np.array_equal(draw(pipe, [unit(xl, encoder)]), plain)
     assert np.array_equal(draw(pipe, [unit(xl, encoder, weight=0.0)]), plain)
     assert same(before, snapshot(pipe.unet))
+
+
+def test_a_batch_in_one_call_gives_each_image_the_reference(base, adapter, encoder):
+    comp = garment(64, 64)
+    sampling = Sampling(seed=5, batch_size=2, steps=STEPS, guidance_scale=5.0, output="np")
+    with adapters_applied(base, [unit(adapter, encoder)], guidance_scale=5.0) as run:
+        first, second = run_inpaint(base, comp, PROMPT, NEGATIVE, sampling, pipeline_kwargs=run.kwargs(base))
+    alone = draw(base, [unit(adapter, encoder)], seed=6)  # image 1 of the batch is seed + 1's image
+    assert not np.array_equal(first, second)
+    assert np.abs(second.astype(int) - alone.astype(int)).max() <= 2  # a batch rounds, docs/API.md "Seeds"
+
+
+def test_without_classifier_free_guidance_the_positive_embeddings_alone_are_given(base, adapter, encoder):
+    comp = garment(64, 64)
+    sampling = Sampling(seed=5, steps=STEPS, guidance_scale=1.0, output="np")
+
+    def run_with(units):
+        with adapters_applied(base, units, guidance_scale=1.0) as run:
+            embeds = run.kwargs(base).get("ip_adapter_image_embeds", [])
+            return [e.shape[0] for e in embeds], run_inpaint(base, comp, PROMPT, NEGATIVE, sampling,
+                                                             pipeline_kwargs=run.kwargs(base))[0]
+
+    (rows, with_unit), (_, plain) = run_with([unit(adapter, encoder)]), run_with([])
+    assert rows == [1] and not np.array_equal(with_unit, plain)
