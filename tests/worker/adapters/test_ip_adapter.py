@@ -420,3 +420,23 @@ def test_without_classifier_free_guidance_the_positive_embeddings_alone_are_give
 
     (rows, with_unit), (_, plain) = run_with([unit(adapter, encoder)]), run_with([])
     assert rows == [1] and not np.array_equal(with_unit, plain)
+
+
+def test_a_hand_written_full_face_file_reads_every_encoder_token_and_acts(base, encoder, tmp_path):
+    """ip-adapter-full-face_sd15's layout: image_proj.proj.0 (Linear embed -> embed), proj.2 (Linear embed -> width),
+    proj.3 (LayerNorm of the width), over each of the encoder's hidden-state tokens."""
+    from safetensors.torch import save_file
+
+    g, embed, width = torch.Generator().manual_seed(11), encoder.width["hidden_states"], 32
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    flat = {"image_proj.proj.0.weight": r(embed, embed), "image_proj.proj.0.bias": r(embed),
+            "image_proj.proj.2.weight": r(width, embed), "image_proj.proj.2.bias": r(width),
+            "image_proj.proj.3.weight": torch.ones(width), "image_proj.proj.3.bias": torch.zeros(width)}
+    for n in (1, 3, 5, 7):
+        flat[f"ip_adapter.{n}.to_k_ip.weight"] = r(64, width)
+        flat[f"ip_adapter.{n}.to_v_ip.weight"] = r(64, width)
+    save_file(flat, str(tmp_path / "ip-adapter-full-face_sd15.safetensors"))
+    data = read_adapter_file(tmp_path / "ip-adapter-full-face_sd15.safetensors")
+    assert (data.variant, data.embeds, data.embed_dim) == ("full", "hidden_states", embed)
+    adapter = build_adapter(data, "cpu", torch.float32)
+    assert not np.array_equal(draw(base, [unit(adapter, encoder)]), draw(base))
