@@ -18,6 +18,7 @@ from app.contract.registry import Registry, get_registry
 from app.contract.settings import Settings
 from app.contract.storage import Storage, open_storage
 from app.contract.taskstore import TaskStore
+from workers.adapters.encoder import ReferenceEmbeds, embeds_cache
 from workers.inference.compose import Composition
 from workers.inference.preprocess import MapCache
 from workers.logs import quiet_libraries
@@ -58,6 +59,8 @@ class WorkerRuntime:
     cache: ModelCache
     models: WorkerModels
     maps: MapCache = field(default_factory=MapCache)
+    #: IP-Adapter reference embeddings by (encoder, image content hash, kind) (:func:`embeds_cache`); None = none kept
+    embeds: Lru[tuple, ReferenceEmbeds] | None = field(default_factory=embeds_cache)
     #: the compositions of recent jobs by their inputs and geometry (:func:`composition_cache`); None = none kept
     compositions: Lru[CompositionKey, Composition] | None = None
     #: who holds a task's lease: this process, on this host

@@ -8,6 +8,7 @@ from typing import Any
 
 from app.actions.base import SignedCall
 from app.actions.submit import callback_url, store_input, submit
+from app.contract.codes import RetCode, family_message
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
 from app.contract.limits import (
     CLOTHES_MASK_URL_FIELD,
@@ -37,7 +38,10 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
     refs = []
     for i, u in enumerate(units):
         pre = svc.registry.require(u.preprocessor, ModelType.PRE_PROCESSOR) if u.preprocessor is not None else None
-        cm = svc.registry.require(u.control_model, ModelType.CONTROL_MODEL).defaults
+        model = svc.registry.require(u.control_model, ModelType.CONTROL_MODEL)
+        if model.adapter is not None:
+            _check_adapter_unit(f"{req.control_units_field}[{i}]", u, model, main)
+        cm = model.defaults
         start = cm.starting_step if u.starting_step is None else u.starting_step
         end = cm.ending_step if u.ending_step is None else u.ending_step
         if start > end:
@@ -51,6 +55,17 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
             control_weight=cm.control_weight if u.control_weight is None else u.control_weight,
             starting_step=start, ending_step=end)))
     return refs
+
+
+def _check_adapter_unit(name: str, unit: ControlUnit, model: ModelEntry, main: ModelEntry) -> None:
+    """A unit naming an adapter (an IP-Adapter): its image is the reference itself, so a PreProcessor is 230; an
+    adapter of another family than the main model's is 240 (docs/API.md "IP-Adapter units")."""
+    if unit.preprocessor is not None:
+        raise ApiError.param(f"{name}.PreProcessor", f"must be left out: {model.model_code} is an {model.adapter},"
+                                                     " whose ImageIndex is the reference image itself")
+    if model.family != main.family:
+        raise ApiError(RetCode.UNKNOWN_MODEL, family_message(model.model_code, model.family, main.model_code,
+                                                             main.family))
 
 
 def _clothes_segmenter(req: GenerateRequest, svc: Services, notes: list[str]) -> ModelEntry | None:

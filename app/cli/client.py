@@ -48,6 +48,7 @@ from app.contract.limits import (
     ERODE_SIZE_RANGE,
     FACE_REFINE_FIELD,
     HAIR_OPTIMIZATION_MODES,
+    IP_ADAPTER,
     LANCZOS,
     LIST_MODELS_FIELDS,
     REFINE_FIELD,
@@ -118,6 +119,21 @@ def _control_unit(text: str) -> dict[str, Any]:
     return unit
 
 
+def _face_unit(args: argparse.Namespace, pub: str, priv: str, index: int) -> dict[str, Any]:
+    """``--face IMG``: an IP-Adapter unit reading the image at ``index``, with ``--face-model`` (else the deployment's
+    first IP-Adapter ControlModel of ListControlNets) and ``--face-weight`` as its ControlWeight."""
+    code = args.face_model
+    if code is None:
+        models = call(args.url, pub, priv, "ListControlNets")["ControlModels"]
+        code = next((m["ModelCode"] for m in models if m.get("Adapter") == IP_ADAPTER), None)
+        if code is None:
+            raise ClientError("--face: this deployment has no IP-Adapter ControlModel (`atelier models` lists them)")
+    model: dict[str, Any] = {"ModelCode": code}
+    if args.face_weight is not None:
+        model["InferenceParams"] = {"ControlWeight": args.face_weight}
+    return {"ImageIndex": index, "ControlModel": model}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
     images = [_b64(args.mannequin)]
@@ -145,6 +161,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
     if args.control is not None:
         params["ControlNetList"] = [_control_unit(c) for c in args.control if c]
+    if args.face:
+        images.append(_b64(args.face))
+        units = params.setdefault("ControlNetList", [])
+        units.append(_face_unit(args, pub, priv, len(images) - 1))
     if args.no_translate:
         params["TranslatePrompts"] = False
     refine = {"Strength": args.refine_strength, UPSCALER_FIELD: args.refine_upscaler}
@@ -334,12 +354,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     control = call(args.url, pub, priv, "ListControlNets")
     rows = [(m, model_type) for model_type, field in LIST_MODELS_FIELDS.items() for m in models.get(field, [])]
     rows += [(m, ModelType.PRE_PROCESSOR) for m in control["PreProcessors"]]
-    rows += [(m, ModelType.CONTROL_MODEL) for m in control["ControlModels"]]
+    rows += [(m, ModelType.CONTROL_MODEL + (f" ({m['Adapter']}, {m.get('Family')})" if m.get("Adapter") else ""))
+             for m in control["ControlModels"]]
     rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
     rows += [(m, m["ModelType"]) for m in models.get(UPSCALERS_FIELD, [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
-        print(f"{m['ModelCode']:<22} {model_type:<27} {m.get('Name', '')}{words}")
+        print(f"{m['ModelCode']:<22} {model_type:<32} {m.get('Name', '')}{words}")
     return 0
 
 
@@ -400,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--control", action="append", metavar="PRE,MODEL[:WEIGHT]",
                    help="a ControlNet unit, e.g. canny,demo-controlnet:0.8 (repeatable); "
                         "--control '' switches a model's default control off")
+    g.add_argument("--face", metavar="IMG", help="a face (or person) reference: adds an IP-Adapter unit reading IMG"
+                   " to ControlNetList (the model's default control is then off unless --control names it)")
+    g.add_argument("--face-model", metavar="CODE", help="with --face: the IP-Adapter ControlModel (default: the"
+                   " deployment's first, `atelier models`)")
+    g.add_argument("--face-weight", type=float, metavar="W", help="with --face: its ControlWeight, the adapter's"
+                   " scale (0..2; default the model's)")
     g.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
     _polling(g)
     g.set_defaults(func=cmd_generate)

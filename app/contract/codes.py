@@ -69,6 +69,12 @@ def model_message(code: str) -> str:
     return f"Model [{code}] not exists"
 
 
+def family_message(code: str, family: str, main_code: str, main_family: str) -> str:
+    """240 (answer): a control unit's model made for another family than the main model's (an sd15 IP-Adapter
+    on an sdxl model): it does not exist for that model."""
+    return f"{model_message(code)} for {main_family} model {main_code}: it is an {family} model"
+
+
 def worker_lost_message(deaths: int) -> str:
     """ErrorCode 502: a task whose run killed its workers, ended by the recovery or by the next worker."""
     return f"the worker running this task died {deaths} times; not tried again (a job that kills its worker?)"

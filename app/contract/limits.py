@@ -142,15 +142,26 @@ DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     ModelType.LORA: ("lora-kohya", "lora-peft"),
     ModelType.EMBEDDING: ("embedding",),
     ModelType.HYPERNETWORK: ("hypernetwork",),
-    ModelType.CONTROL_MODEL: ("controlnet",),
+    ModelType.CONTROL_MODEL: ("controlnet", "ip-adapter"),
     ModelType.PRE_PROCESSOR: ("annotators",),
     ModelType.BACKGROUND_REMOVER: ("u2net-onnx",),
     ModelType.POINT_SEGMENTER: ("sam",),
     ModelType.CLOTHES_SEGMENTER: ("segformer", "cloth-onnx"),
     ModelType.UPSCALER: ("upscaler",),
     "translator": ("translator",),
+    "image_encoder": ("clip-vision",),
 }
 DEMO_SOURCE_KINDS: tuple[str, ...] = tuple(kind for kinds in DEMO_SOURCES.values() for kind in kinds)
+
+
+#: ``adapter:`` of a ControlModel entry (models_config/README.md "IP-Adapters"): a ControlModel that is not a
+#: ControlNet. ``ip-adapter``: an IP-Adapter file (plain, plus, plus-face, full-face; SD 1.5 or SDXL) with its CLIP
+#: vision encoder (``image_encoder:``); a unit naming one reads its reference image at ``ImageIndex``, takes no
+#: PreProcessor, and its ControlWeight is the adapter's scale (docs/API.md "IP-Adapter units").
+IP_ADAPTER = "ip-adapter"
+ADAPTER_KINDS: tuple[str, ...] = (IP_ADAPTER,)
+#: The files an IP-Adapter ``source: {file: ...}`` may be (the published layouts: safetensors, or a torch pickle).
+ADAPTER_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin")
 
 
 # --- mask actions (RemoveBackground, RemoveBackgroundsInBatch, ExtractContents: PICPIK-FACTS section 9) ----

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.contract.codes import model_message
 from app.contract.limits import (
+    ADAPTER_KINDS,
+    ADAPTER_SUFFIXES,
     BATCH_SIZE_RANGE,
     CONTROL_WEIGHT_RANGE,
     DEFAULT_CONTROL_WEIGHT,
@@ -46,6 +48,7 @@ from app.contract.limits import (
     FACE_STRENGTH_RANGE,
     FAMILIES,
     GUIDANCE_SCALE_RANGE,
+    IP_ADAPTER,
     LORA_WEIGHT_RANGE,
     MASK_ENGINE_TYPES,
     MASK_ENGINES,
@@ -79,6 +82,7 @@ REMBG_MODELS: tuple[str, ...] = ("u2net", "u2netp", "u2net_human_seg", "isnet-ge
                                  "birefnet-general", "birefnet-general-lite", "birefnet-portrait", "birefnet-massive",
                                  "birefnet-hrsod", "birefnet-dis", "birefnet-cod", "bria-rmbg")
 RembgModel = Literal[REMBG_MODELS]
+AdapterKind = Literal[ADAPTER_KINDS]
 
 #: diffusers scheduler classes a Main model's ``defaults.scheduler`` may name: the ones Stable Diffusion
 #: (1.x/2.x and XL) pipelines declare compatible (``KarrasDiffusionSchedulers``) that need no extra
@@ -487,6 +491,11 @@ class ModelEntry(BaseModel):
     garment_classes: list[int] | None = Field(None, description="ClothesSegmenter: the class ids that count as"
                                               " garment (default: the engine's usual clothes classes)")
     default_engine: bool = Field(False, description="a mask engine: its type's default (one at most per type)")
+    # IP-Adapters (ControlModel entries with `adapter:`; models_config/README.md "IP-Adapters")
+    adapter: AdapterKind | None = Field(None, description="ControlModel: not a ControlNet but an adapter of this kind"
+                                        " (limits.ADAPTER_KINDS)")
+    image_encoder: ModelSource | None = Field(None, description="adapter ip-adapter: its CLIP vision encoder's folder"
+                                              " (`path:`, CLIPVisionModelWithProjection) or `demo: clip-vision`")
 
     @field_validator("model_code")
     @classmethod
@@ -510,6 +519,8 @@ class ModelEntry(BaseModel):
             raise ValueError("`native:` and `refine:` are for Main models only")
         if self.model_type != ModelType.MAIN and self.safety != SafetyOptions():
             raise ValueError("`safety:` is for Main models only")
+        if (self.adapter is not None or self.image_encoder is not None) and self.model_type != ModelType.CONTROL_MODEL:
+            raise ValueError("`adapter:` and `image_encoder:` are for ControlModel entries only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
         for name in ("engine", "rembg_model", "garment_classes"):
             if getattr(self, name) is not None and not is_engine:
@@ -539,11 +550,15 @@ class ModelEntry(BaseModel):
                                           ("points", self.points, DEFAULT_POINTS)):
                 if value != default and not (field == "points" and self.model_type == ModelType.UPSCALER):
                     raise ValueError(f"`{field}:` is for Main models only")
+        if self.adapter is not None or self.image_encoder is not None:
+            return self._adapter_fits()
         if self.source is None:
             raise ValueError(f"a {self.model_type} model needs a source")
         kind = self.source.kind
-        if kind == "demo" and self.source.demo not in DEMO_SOURCES.get(self.model_type, ()):
-            raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model")
+        if kind == "demo" and (self.source.demo not in DEMO_SOURCES.get(self.model_type, ())
+                               or self.source.demo == IP_ADAPTER):
+            raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model"
+                             + (" without `adapter: ip-adapter`" if self.source.demo == IP_ADAPTER else ""))
         if self.model_type == ModelType.MAIN:
             if kind == "file" and self.source.file.suffix.lower() not in CHECKPOINT_SUFFIXES:
                 raise ValueError(f"a Main model's source.file must end in {' or '.join(CHECKPOINT_SUFFIXES)},"
@@ -569,6 +584,35 @@ class ModelEntry(BaseModel):
                 raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
             if self.defaults.scheduler is not None:
                 raise ValueError("defaults.scheduler applies to Main models only")
+        return self
+
+    def _adapter_fits(self) -> ModelEntry:
+        """An adapter entry (``adapter: ip-adapter``): a ControlModel whose source is the adapter file (``.safetensors``
+        or ``.bin``, or ``demo: ip-adapter``) with ``image_encoder:`` (a folder, or ``demo: clip-vision``)."""
+        if self.model_type != ModelType.CONTROL_MODEL:
+            raise ValueError("`adapter:` and `image_encoder:` are for ControlModel entries only")
+        if self.adapter is None:
+            raise ValueError("`image_encoder:` is for adapter entries only (`adapter: ip-adapter`)")
+        if self.image_encoder is None:
+            raise ValueError(f"`adapter: {self.adapter}` needs `image_encoder: {{path: <CLIP vision folder>}}`")
+        enc = self.image_encoder
+        if enc.kind not in ("path", "demo") or enc.demo not in (None, *DEMO_SOURCES["image_encoder"]):
+            raise ValueError("`image_encoder:` is a CLIP vision folder: `path:` or `demo: clip-vision`"
+                             + enc.served_hint())
+        if self.source is None:
+            raise ValueError(f"`adapter: {self.adapter}` needs a source: the adapter's file")
+        kind = self.source.kind
+        if kind == "demo":
+            if self.source.demo != IP_ADAPTER:
+                raise ValueError(f"demo: {self.source.demo} is not an IP-Adapter (demo: {IP_ADAPTER})")
+            if self.family != "sd15":
+                raise ValueError(f"demo models are family sd15, not {self.family}")
+        elif kind != "file" or self.source.config is not None:
+            raise ValueError(f"an IP-Adapter's source is its file (`file:` ending in {' or '.join(ADAPTER_SUFFIXES)})"
+                             + self.source.served_hint())
+        elif self.source.file.suffix.lower() not in ADAPTER_SUFFIXES:
+            raise ValueError(f"an IP-Adapter's source.file must end in {' or '.join(ADAPTER_SUFFIXES)},"
+                             f" got {self.source.file.name!r}")
         return self
 
     @model_validator(mode="after")
@@ -639,8 +683,12 @@ class ModelEntry(BaseModel):
         return {"ModelCode": self.model_code, "Name": self.name, "ModelType": str(self.model_type)}
 
     def to_control(self) -> dict[str, Any]:
-        """A ListControlNets entry: ``{ModelCode, Name, InferenceParams}``."""
-        return {"ModelCode": self.model_code, "Name": self.name, "InferenceParams": self.inference_params()}
+        """A ListControlNets entry: ``{ModelCode, Name, InferenceParams}``; an adapter's adds (an extension) its
+        ``Adapter`` kind and ``Family``, so that a client can tell an IP-Adapter from a ControlNet."""
+        entry = {"ModelCode": self.model_code, "Name": self.name, "InferenceParams": self.inference_params()}
+        if self.adapter is not None:
+            entry.update(Adapter=self.adapter, Family=self.family)
+        return entry
 
     def inference_params(self) -> dict[str, Any]:
         """The default InferenceParams the reference's table assigns to this model type."""
@@ -709,7 +757,8 @@ class Registry:
                 raise ValueError(f"models[{index}] (ModelCode {e.model_code!r}): duplicate ModelCode,"
                                  f" already used by models[{first}]")
             source = e.source.resolved(self.base_dir) if e.source is not None else None
-            self._by_code[e.model_code] = e.model_copy(update={"source": source,
+            encoder = e.image_encoder.resolved(self.base_dir) if e.image_encoder is not None else None
+            self._by_code[e.model_code] = e.model_copy(update={"source": source, "image_encoder": encoder,
                                                                "safety": e.safety.resolved(self.base_dir)})
         marked = [e.model_code for e in self._by_code.values() if e.default_main]
         if len(marked) > 1:
@@ -727,6 +776,9 @@ class Registry:
                     if code is not None and (ref is None or ref.model_type != kind):
                         raise ValueError(f"ModelCode {e.model_code!r}: default_control[{i}]: {code!r} is not"
                                          f" a {kind} of this file")
+                    if ref is not None and ref.adapter is not None:
+                        raise ValueError(f"ModelCode {e.model_code!r}: default_control[{i}]: {code!r} is an"
+                                         f" {ref.adapter}, which needs a request's reference image")
             upscaler = e.refine.upscaler
             ref = self._by_code.get(upscaler) if upscaler is not None else None
             if upscaler is not None and (ref is None or ref.model_type != ModelType.UPSCALER):

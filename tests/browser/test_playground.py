@@ -421,6 +421,12 @@ def test_phone_screen_has_every_control_and_no_horizontal_scroll(phone):
         assert phone.page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"], mode
 
 
+def test_the_control_rows_offer_the_controlnets_not_the_ip_adapters(ui):
+    ui.by("control-mode").select_option("custom")
+    codes = ui.by("control-model").first.locator("option").evaluate_all("options => options.map(o => o.value)")
+    assert "demo-controlnet" in codes and not {"demo-ip-adapter", "ip-adapter-xl"} & set(codes)
+
+
 def test_keyboard_reaches_generate(ui):
     assert ui.page.evaluate("document.scrollingElement.scrollWidth") <= 1280
     ui.page.evaluate("document.activeElement && document.activeElement.blur()")

@@ -494,7 +494,8 @@ def test_model_types_are_an_enum_equal_to_their_wire_strings():
                                            "Upscaler"]
     assert MODEL_TYPES == tuple(ModelType) and ModelType.MAIN == "Main" and ModelType("LoRA") is ModelType.LORA
     groups = (SUBMODEL_TYPES, CONTROL_TYPES, MASK_ENGINE_TYPES, GENERATION_TYPES, tuple(LIST_MODELS_FIELDS),
-              tuple(MASK_ACTION_ENGINE_TYPE.values()), tuple(k for k in DEMO_SOURCES if k != "translator"))
+              tuple(MASK_ACTION_ENGINE_TYPE.values()),
+              tuple(k for k in DEMO_SOURCES if k not in ("translator", "image_encoder")))
     assert all(isinstance(t, ModelType) for group in groups for t in group)
     assert GENERATION_TYPES == (ModelType.MAIN, *SUBMODEL_TYPES)
     e = ModelEntry.model_validate(model("x", ModelType="LoRA", source={"file": "x.safetensors"}))
@@ -570,6 +571,51 @@ def test_the_safety_policy_defaults_to_none_and_its_checker_folder_is_resolved_a
 def test_bad_safety_policies_are_refused_naming_the_field(fields, message):
     with pytest.raises(ValueError, match=r"^models.yaml: models\[0\] \(ModelCode 'bad'\): .*" + message):
         registry_of(model("bad", **fields))
+
+
+# --- IP-Adapters (adapter: ip-adapter) -------------------------------------------------------------------------
+
+def ip(code: str = "ip", **fields) -> dict:
+    return model(code, **{"ModelType": "ControlModel", "adapter": "ip-adapter",
+                          "source": {"file": "ip/ip-adapter_sd15.bin"}, "image_encoder": {"path": "ip/image_encoder"},
+                          **fields})
+
+
+def test_an_ip_adapter_entry_resolves_its_file_and_encoder_and_lists_itself_as_one():
+    reg = registry_of(model("main"), ip(), ip("ipx", family="sdxl",
+                                              source={"file": "/abs/ip-adapter_sdxl.safetensors"}))
+    e = reg.get("ip")
+    assert e.source.file == Path("/deploy/ip/ip-adapter_sd15.bin")
+    assert e.image_encoder.path == Path("/deploy/ip/image_encoder")
+    assert e.to_control() == {"ModelCode": "ip", "Name": "ip", "Adapter": "ip-adapter", "Family": "sd15",
+                              "InferenceParams": {"ControlWeight": 1.0, "StartingStep": 0.0, "EndingStep": 1.0}}
+    assert reg.get("ipx").to_control()["Family"] == "sdxl"
+    demo = registry_of(ip(source={"demo": "ip-adapter"}, image_encoder={"demo": "clip-vision"})).get("ip")
+    assert demo.source.demo == "ip-adapter" and demo.image_encoder.demo == "clip-vision"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"image_encoder": None}, "needs `image_encoder:"),
+    ({"source": {"file": "ip.pt"}}, "must end in .safetensors or .bin"),
+    ({"source": {"path": "ip-folder"}}, "source is its file"),
+    ({"source": {"demo": "controlnet"}}, "is not an IP-Adapter"),
+    ({"image_encoder": {"file": "enc.safetensors"}}, "CLIP vision folder"),
+    ({"image_encoder": {"demo": "inpaint"}}, "CLIP vision folder"),
+    ({"ModelType": "LoRA"}, "for ControlModel entries only"),
+    ({"adapter": "t2i"}, "adapter"),
+])
+def test_an_ip_adapter_entry_is_refused_when_it_lacks_or_misnames_its_files(fields, message):
+    entry = {k: v for k, v in ip(**{k: v for k, v in fields.items() if v is not None}).items()
+             if not (k in fields and fields[k] is None)}
+    with pytest.raises(ValueError, match=message):
+        registry_of(entry)
+
+
+def test_a_controlnet_cannot_be_a_demo_ip_adapter_nor_a_default_control():
+    with pytest.raises(ValueError, match="without `adapter: ip-adapter`"):
+        registry_of(model("c", ModelType="ControlModel", source={"demo": "ip-adapter"}))
+    with pytest.raises(ValueError, match="needs a request's reference image"):
+        registry_of(model("main", default_control=[{"ControlModel": "ip"}]), ip())
 
 
 # --- Upscalers ---------------------------------------------------------------------------------------------------

@@ -42,8 +42,9 @@ def test_list_control_nets(api):
     assert pre["demo-openpose"]["InferenceParams"] == {"Resolution": 512}
     assert cms["demo-controlnet"]["InferenceParams"] == {"ControlWeight": 1.0, "StartingStep": 0.0,
                                                          "EndingStep": 1.0}
-    for entry in [*r["PreProcessors"], *r["ControlModels"]]:  # PICPIK's shape, nothing else
-        assert set(entry) == {"ModelCode", "Name", "InferenceParams"}, entry
+    for entry in [*r["PreProcessors"], *r["ControlModels"]]:  # PICPIK's shape; an adapter says it is one
+        extra = {"Adapter", "Family"} if entry["ModelCode"] in ("demo-ip-adapter", "ip-adapter-xl") else set()
+        assert set(entry) == {"ModelCode", "Name", "InferenceParams"} | extra, entry
 
 
 def test_unknown_control_models_are_240(api):

@@ -55,6 +55,13 @@ TEST_MODELS_YAML = (ROOT / "models_config" / "models.yaml").read_text() + """
     ModelType: PointSegmenter
     engine: sam
     source: {path: corrupt-sam}
+  - ModelCode: ip-adapter-xl
+    Name: An SDXL IP-Adapter (its files are not there; the gateway refuses it on an sd15 model)
+    ModelType: ControlModel
+    adapter: ip-adapter
+    family: sdxl
+    source: {file: ip-adapter_sdxl.safetensors}
+    image_encoder: {path: sdxl-image-encoder}
   - ModelCode: corrupt-cloth
     Name: A clothes segmenter whose ONNX file is not one
     ModelType: ClothesSegmenter

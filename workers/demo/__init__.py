@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.control import ensure_demo_controlnet, write_demo_annotators
 from workers.demo.masks import ensure_demo_cloth_seg, ensure_demo_sam, ensure_demo_segformer, ensure_demo_u2net
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
@@ -32,6 +33,10 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
         return ensure_demo_submodels(demo_dir / "demo-submodels")[kind]
     if kind == "controlnet":
         return ensure_demo_controlnet(demo_dir / "demo-controlnet", base_model=demo_path("inpaint", demo_dir))
+    if kind == "ip-adapter":  # the .safetensors file inside the folder
+        return ensure_demo_ip_adapter(demo_dir / "demo-ip-adapter", base_model=demo_path("inpaint", demo_dir))
+    if kind == "clip-vision":
+        return ensure_demo_clip_vision(demo_dir / "demo-clip-vision")
     if kind == "annotators":
         return ensure_demo_annotators(demo_dir / "demo-annotators")
     if kind == "u2net-onnx":  # the .onnx file inside the folder

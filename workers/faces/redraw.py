@@ -76,11 +76,12 @@ class FaceRedraw:
 
 def redraw_face(pipe: DiffusionPipeline, image: np.ndarray, face: Face, redraw: FaceRedraw, *,
                 keep: np.ndarray | None = None, on_step: StepCallback | None = None,
-                stats: dict[str, float] | None = None) -> bool:
+                stats: dict[str, float] | None = None, pipeline_kwargs: dict | None = None) -> bool:
     """Redraw ``face`` of ``image`` (uint8, height x width x 3, written in place) as ``redraw`` says; ``keep`` (a bool
     array of the image's shape) marks pixels that must keep their values (a generation's clothes). Returns whether
     a pixel could change: False when the strength leaves no denoising step or the face lies on kept pixels only
-    (nothing is run then). ``on_step`` and ``stats``: :class:`~workers.inference.inpaint.Sampling`'s."""
+    (nothing is run then). ``on_step`` and ``stats``: :class:`~workers.inference.inpaint.Sampling`'s;
+    ``pipeline_kwargs``: more arguments of the pipeline call (a job's IP-Adapter units)."""
     if redraw.steps_per_face == 0:
         return False
     height, width = image.shape[:2]
@@ -96,7 +97,7 @@ def redraw_face(pipe: DiffusionPipeline, image: np.ndarray, face: Face, redraw: 
     sampling = Sampling(seed=redraw.seed, steps=redraw.steps, guidance_scale=redraw.guidance_scale, on_step=on_step,
                         stats=stats, output="np")
     drawn = run_inpaint(pipe, comp, redraw.prompt, redraw.negative, sampling, starts=[start],
-                        strength=redraw.strength)[0]
+                        strength=redraw.strength, pipeline_kwargs=pipeline_kwargs)[0]
     back = np.asarray(Image.fromarray(drawn, "RGB").resize(source.size, Image.Resampling.LANCZOS))
     paste_crop(image, back, crop, alpha)
     return True
@@ -104,7 +105,7 @@ def redraw_face(pipe: DiffusionPipeline, image: np.ndarray, face: Face, redraw: 
 
 def redraw_faces(pipe: DiffusionPipeline, image: np.ndarray, faces: Sequence[Face], redraw: FaceRedraw, *,
                  keep: np.ndarray | None = None, on_step: Callable[[int, int], None] | None = None,
-                 stats: dict[str, float] | None = None) -> tuple[np.ndarray, int]:
+                 stats: dict[str, float] | None = None, pipeline_kwargs: dict | None = None) -> tuple[np.ndarray, int]:
     """``image`` (uint8, height x width x 3; not changed) with each of ``faces`` redrawn in turn
     (:func:`redraw_face`), and how many were. ``on_step(step, total)`` counts the denoising steps of all of them as
     one run (``total``: ``len(faces)`` x the steps of one face's pipeline call, :attr:`FaceRedraw.steps_per_face`
@@ -112,7 +113,8 @@ def redraw_faces(pipe: DiffusionPipeline, image: np.ndarray, faces: Sequence[Fac
     out, count = image.copy(), 0
     for i, face in enumerate(faces):
         step = None if on_step is None else (lambda step, total, i=i: on_step(i * total + step, len(faces) * total))
-        count += redraw_face(pipe, out, face, redraw, keep=keep, on_step=step, stats=stats)
+        count += redraw_face(pipe, out, face, redraw, keep=keep, on_step=step, stats=stats,
+                             pipeline_kwargs=pipeline_kwargs)
     return out, count
 
 

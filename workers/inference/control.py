@@ -284,9 +284,11 @@ def run_control_inpaint(
     *,
     starts: Sequence[Image.Image | np.ndarray] | None = None,
     strength: float = 1.0,
+    pipeline_kwargs: dict | None = None,
 ) -> list[Image.Image] | list[np.ndarray]:
     """Redraw everything but the clothes of ``comp`` under ControlNet guidance; return ``sampling.batch_size``
-    RGB images of ``comp``'s size.
+    RGB images of ``comp``'s size. ``pipeline_kwargs``: more arguments of every pipeline call (the IP-Adapter
+    units' embeddings: :class:`workers.adapters.ip_adapter.AdapterRun`).
 
     ``pipe`` comes from :func:`control_pipeline`; ``control`` gives its units' maps and settings
     (:class:`ControlUnits`). Everything else is :func:`workers.inference.inpaint.run_inpaint`, which this calls
@@ -296,4 +298,5 @@ def run_control_inpaint(
     from ``starts`` at ``strength``.
     """
     return run_inpaint(pipe, comp, prompt, negative_prompt, sampling,
-                       pipeline_kwargs=_control_kwargs(pipe, comp, control), starts=starts, strength=strength)
+                       pipeline_kwargs={**_control_kwargs(pipe, comp, control), **(pipeline_kwargs or {})},
+                       starts=starts, strength=strength)

@@ -4,8 +4,9 @@ task has on a worker (:func:`workers.lifecycle.task.run_task`: lease, watch, can
 1. **plan**: the Main model, the stored inputs composed to the output size (the clothes mask made by the
    ClothesSegmenter when the request sent none: :mod:`workers.masks.clothes`), the submodels, the prompts
    (translated when asked; the models' trigger words first), a control map per control unit;
-2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets), held in
-   the model cache for the whole job, denoising with progress written to the task record;
+2. **run**: the warm pipeline (with the deployment's VAE, the job's submodels, its ControlNets and IP-Adapter
+   units: :mod:`workers.adapters`), held in the model cache for the whole job, denoising with progress written to
+   the task record;
 3. **store**: the images the model's safety policy lets through (:func:`_screen`; all under ``safety: none``) as
    PNGs under the TaskUID, the task Finished.
 """
@@ -20,10 +21,19 @@ import numpy as np
 from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
-from app.contract.jobs import JobMessage
+from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.limits import REFINE_UPSCALER_FIELD, SUBMODEL_TYPES, ModelType, is_lanczos
 from app.contract.registry import ModelEntry, Registry, TileOptions
 from app.contract.storage import AUTO_MASK_NAME
+from workers.adapters.encoder import ReferenceEmbeds, encode_reference
+from workers.adapters.ip_adapter import (
+    COMPILE_OFF_NOTE,
+    AdapterFitError,
+    AdapterRun,
+    AdapterUnit,
+    adapters_applied,
+    check_fits,
+)
 from workers.faces.redraw import FaceRedraw, no_step_note, redraw_faces, refined_note, sized
 from workers.inference.compose import (
     Composition,
@@ -104,6 +114,10 @@ class Plan:
     prompt: str
     negative: str
     control_models: list[ModelEntry] = field(default_factory=list)
+    #: the ControlNet units (``control_models``' and ``Pass.control_maps``' order) and the IP-Adapter units, with
+    #: their models, in the request's order within each
+    control_units: list[ControlUnitRef] = field(default_factory=list)
+    adapter_units: list[tuple[ControlUnitRef, ModelEntry]] = field(default_factory=list)
     upscaler: ModelEntry | None = None      # what enlarges pass 1's images (two passes only); None: Lanczos
     #: the faces' redraw strength (:func:`face_strength`); None: the faces are not refined
     face_strength: float | None = None
@@ -192,7 +206,9 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     rt.store.add_note(job.task_uid, passes.note())
     comps = _compositions(rt, held, registry, job, [passes.draw, passes.final])
     raw_background = open_input(rt, job.background_image) if job.background_image else None
-    units = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
+    every = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
+    units = [(unit, model) for unit, model in every if model.adapter is None]  # ControlNets: a map per pass
+    adapters = [(unit, model) for unit, model in every if model.adapter is not None]
 
     def at(size: tuple[int, int]) -> Pass:
         comp = comps[size]
@@ -207,6 +223,7 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     trigger_words = [*entry.trigger_words, *(w for spec in specs for w in spec.trigger_words)]
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
     return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units],
+                [unit for unit, _ in units], adapters,
                 upscaler=_upscaler(rt, registry, entry, job, passes), face_strength=face_strength(entry, job))
 
 
@@ -392,34 +409,40 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
     with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
+        adapters = _adapter_units(rt, held, registry, plan, pipe)
         model = rt.models.upscaler(held, plan.upscaler, registry) if plan.upscaler is not None else None
         if model is not None:
             watch.set_budget(time_budget(rt.settings, job, steps, passes, upscale_by=model.scale))
         loaded = held.load_seconds
         t0 = time.monotonic()
-        images = _denoise(pipe, nets, plan, job, plan.draw, sampling)
-        if passes.two:
-            images, applied = upscaled(images, plan.final.comp, model, plan.upscaler and plan.upscaler.tiling,
-                                       watch.check)
-            if applied:
-                rt.store.add_note(job.task_uid, upscale_note(plan.upscaler.model_code, model.scale, applied,
-                                                             *passes.final))
-        if passes.refines:
-            keep_reference = job.refer_strength == 1.0
-            refine = replace(sampling, on_step=two.second, background=plan.final.background if keep_reference else None)
-            if passes.tiles:
-                images = _refine_tiles(pipe, nets, plan, job, refine, images, two)
-            else:
-                images = _denoise(pipe, nets, plan, job, plan.final, refine, starts=images, strength=passes.strength)
-        if plan.face_strength is not None:
-            images = _refine_faces(rt, held, pipe, plan, job, images, progress, timings, watch)
+        with adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
+            if run.compile_off:
+                rt.store.add_note(job.task_uid, COMPILE_OFF_NOTE)
+            images = _denoise(pipe, nets, plan, job, plan.draw, sampling, run)
+            if passes.two:
+                images, applied = upscaled(images, plan.final.comp, model, plan.upscaler and plan.upscaler.tiling,
+                                           watch.check)
+                if applied:
+                    rt.store.add_note(job.task_uid, upscale_note(plan.upscaler.model_code, model.scale, applied,
+                                                                 *passes.final))
+            if passes.refines:
+                keep_reference = job.refer_strength == 1.0
+                refine = replace(sampling, on_step=two.second,
+                                 background=plan.final.background if keep_reference else None)
+                if passes.tiles:
+                    images = _refine_tiles(pipe, nets, plan, job, refine, images, two, run)
+                else:
+                    images = _denoise(pipe, nets, plan, job, plan.final, refine, run, starts=images,
+                                      strength=passes.strength)
+            if plan.face_strength is not None:  # the faces too see the job's IP-Adapter units
+                images = _refine_faces(rt, held, pipe, plan, job, images, progress, timings, watch, run)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)
     timings.steps = progress.seen
     return images
 
 
 def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampling, images: list[np.ndarray],
-                  progress: TwoPassProgress) -> list[np.ndarray]:
+                  progress: TwoPassProgress, run: AdapterRun) -> list[np.ndarray]:
     """The refine pass in the tiles of ``plan.passes`` (:func:`~workers.inference.passes.tile_grid`), in reading
     order: each tile of every image of the batch is redrawn in one call from the image as the tiles before left it
     (its control maps and held reference cropped with it; tile ``t`` seeded ``seed + t x BatchSize``, so no two
@@ -433,7 +456,7 @@ def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampl
         tile = replace(sampling, seed=sampling.seed + t * job.batch_size, on_step=progress.call(t),
                        background=at.background if sampling.background is not None else None)
         crops = [image[y0:y1, x0:x1] for image in images]
-        refined = _denoise(pipe, nets, plan, job, at, tile, starts=[np.ascontiguousarray(c) for c in crops],
+        refined = _denoise(pipe, nets, plan, job, at, tile, run, starts=[np.ascontiguousarray(c) for c in crops],
                            strength=passes.strength)
         weights = tile_weights(box, passes.final)[..., None]
         for crop, new in zip(crops, refined):
@@ -445,7 +468,8 @@ def _refine_tiles(pipe, nets: list, plan: Plan, job: JobMessage, sampling: Sampl
 
 
 def _refine_faces(rt: WorkerRuntime, held: Lease, pipe, plan: Plan, job: JobMessage, images: list[np.ndarray],
-                  progress: ProgressWriter, timings: Timings, watch: JobWatch) -> list[np.ndarray]:
+                  progress: ProgressWriter, timings: Timings, watch: JobWatch,
+                  run: AdapterRun | None = None) -> list[np.ndarray]:
     """The faces of the drawn images redrawn (docs/faces.md): found by the detector, those of the model's face
     sizes redrawn with the job's prompts plus ``faces.prompt`` at the face strength (image i from Seed + i), never a
     kept pixel (the clothes; with ReferStrength 1 the held background too). TotalSteps grows by their steps and the
@@ -473,7 +497,8 @@ def _refine_faces(rt: WorkerRuntime, held: Lease, pipe, plan: Plan, job: JobMess
             progress(drawn + done * per_face + step, drawn + todo * per_face)
 
         redrawn, count = redraw_faces(pipe, image, chosen, replace(redraw, seed=job.seed + i), keep=keep,
-                                      on_step=on_step, stats=timings.pipeline)
+                                      on_step=on_step, stats=timings.pipeline,
+                                      pipeline_kwargs=run.kwargs(pipe) if run is not None else None)
         out.append(redrawn)
         refined, done = refined + count, done + len(chosen)
     outside = sum(len(left) for _, left in found)
@@ -481,15 +506,54 @@ def _refine_faces(rt: WorkerRuntime, held: Lease, pipe, plan: Plan, job: JobMess
     return out
 
 
-def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, **refine) -> list[np.ndarray]:
-    """One pass of the job's pipeline (with its ControlNets, if any) on ``at``; ``refine``: ``starts`` and
-    ``strength`` of a refine pass."""
+def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: Sampling, run: AdapterRun,
+             **refine) -> list[np.ndarray]:
+    """One pass of the job's pipeline (with its ControlNets and IP-Adapter units, if any) on ``at``; ``refine``:
+    ``starts`` and ``strength`` of a refine pass."""
     if not nets:
-        return run_inpaint(pipe, at.comp, plan.prompt, plan.negative, sampling, **refine)
+        return run_inpaint(pipe, at.comp, plan.prompt, plan.negative, sampling, pipeline_kwargs=run.kwargs(pipe),
+                           **refine)
     cpipe = control_pipeline(pipe, nets)
     cpipe.vae = pipe.vae  # the VAE of this job (the cached control pipeline may hold another)
-    units = job.control_units
+    units = plan.control_units
     return run_control_inpaint(cpipe, at.comp, plan.prompt, plan.negative, sampling, ControlUnits(
         control_images=at.control_maps, controlnet_conditioning_scale=[u.control_weight for u in units],
         control_guidance_start=[u.starting_step for u in units],
-        control_guidance_end=[u.ending_step for u in units]), **refine)
+        control_guidance_end=[u.ending_step for u in units]), pipeline_kwargs=run.kwargs(cpipe), **refine)
+
+
+# --- IP-Adapter units -------------------------------------------------------------------------------------
+
+
+def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, pipe) -> list[AdapterUnit]:
+    """The job's IP-Adapter units: each adapter and its encoder from the model cache (in the Main model's dtype),
+    its reference's embeddings (:func:`_reference_embeds`), its ControlWeight and step window. An adapter that does
+    not fit the Main model's UNet (another width, other layers: a file of another family) is the model error of the
+    unit's ControlModel."""
+    dtype = rt.models.dtype_of(plan.entry)
+    units = []
+    for ref, model in plan.adapter_units:
+        adapter = rt.models.ip_adapter(held, model, registry, dtype)
+        embeds = _reference_embeds(rt, held, registry, model, ref, adapter.embeds, dtype)
+        try:
+            check_fits(pipe.unet, adapter, embeds)
+        except AdapterFitError as e:
+            log.error("IP-Adapter %s on %s: %s", model.model_code, plan.entry.model_code, e)
+            raise JobError(ErrorCode.MODEL, f"Model [{model.model_code}] could not be applied: {e}") from e
+        units.append(AdapterUnit(adapter, embeds, ref.control_weight, ref.starting_step, ref.ending_step))
+    return units
+
+
+def _reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model: ModelEntry, ref: ControlUnitRef,
+                      kind: str, dtype) -> ReferenceEmbeds:
+    """What a unit's adapter reads of its reference: the unit's image (``ImageIndex``, stored by content hash)
+    through the adapter's encoder, from the worker's embeddings cache when a recent job had the same image and
+    encoder. (Another source of embeddings, a persona's or a face's, replaces this function's result.)"""
+    encoder = rt.models.image_encoder(held, model, registry, dtype)
+    key = (encoder.key, ref.image, kind)
+    embeds = rt.embeds.get(key) if rt.embeds is not None else None
+    if embeds is None:
+        embeds = encode_reference(encoder, open_input(rt, ref.image), kind)
+        if rt.embeds is not None:
+            rt.embeds.put(key, embeds)
+    return embeds

@@ -22,6 +22,12 @@ One method per kind says how it is keyed (what makes two requests share one load
 * ``translator``: by resolved folder; host; :meth:`~workers.translate.translator.Translator.load`.
 * ``safety``: a Main model's safety checker (``safety: {policy: checker}``), by resolved folder and dtype; device;
   :func:`~workers.inference.safety.load_safety_checker`.
+* ``ip-adapter``: an IP-Adapter ControlModel's file made into modules
+  (:class:`~workers.adapters.ip_adapter.LoadedAdapter`), by resolved file, its mtime and size, and dtype (that of
+  the Main model it runs with); device; :func:`~workers.adapters.files.read_adapter_file` then
+  :func:`~workers.adapters.ip_adapter.build_adapter`.
+* ``image-encoder``: an IP-Adapter's CLIP vision encoder (``image_encoder:``), by resolved folder and dtype;
+  device; :func:`~workers.adapters.encoder.load_image_encoder`. Adapters naming one folder share it.
 * ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
   file or folder and rembg model; on the device for transformers folders, host for ONNX files and
   the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
@@ -45,6 +51,9 @@ from typing import Any
 import torch
 
 from app.contract.registry import UPSCALER_SUFFIXES, ModelEntry, ModelSource, Registry
+from workers.adapters.encoder import load_image_encoder
+from workers.adapters.files import AdapterFileError, read_adapter_file
+from workers.adapters.ip_adapter import AdapterFitError, build_adapter
 from workers.faces.detect import FaceDetector, load_face_detector
 from workers.inference.control import drop_control_pipelines
 from workers.inference.preprocess import detector_key, load_detector
@@ -73,6 +82,8 @@ class Loaders:
     translator: Callable[..., Any] = Translator.load
     mask: Callable[..., Any] = load_engine
     safety: Callable[..., Any] = load_safety_checker
+    ip_adapter: Callable[..., Any] = lambda path, device, dtype: build_adapter(read_adapter_file(path), device, dtype)
+    image_encoder: Callable[..., Any] = load_image_encoder
     face_detector: Callable[..., Any] = load_face_detector
     upscaler: Callable[..., Any] = load_upscaler
 
@@ -167,6 +178,43 @@ class WorkerModels:
                          kind="controlnet", estimate=lambda: self._estimate(entry, registry, dtype),
                          slot=("controlnet", entry.model_code, str(dtype)),
                          on_evict=drop_control_pipelines)
+
+    def ip_adapter(self, lease: Lease, entry: ModelEntry, registry: Registry, dtype: Any = None) -> Any:
+        """The IP-Adapter ControlModel ``entry`` as modules on the device, in ``dtype`` (that of the Main model it
+        runs with; None = this worker's). A file replaced on disk is read again. Raises :class:`ModelLoadError`
+        (saying what is wrong with the file)."""
+        path = local_path(entry, registry, self.models_dir)
+        dtype = self.dtype if dtype is None else dtype
+
+        def load() -> Any:
+            try:
+                return self.loaders.ip_adapter(path, self.device, dtype)
+            except (OSError, AdapterFileError, AdapterFitError) as e:
+                raise ModelLoadError(entry.model_code, f"IP-Adapter file {path}: {e}") from e
+
+        st = path.stat() if path.exists() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+        return lease.get(("ip-adapter", str(path), stamp, str(dtype)), load, label=entry.model_code, kind="ip-adapter",
+                         slot=("ip-adapter", entry.model_code, str(dtype)),
+                         estimate=st.st_size if st is not None and path.suffix == ".safetensors" else None)
+
+    def image_encoder(self, lease: Lease, entry: ModelEntry, registry: Registry, dtype: Any = None) -> Any:
+        """The CLIP vision encoder of the IP-Adapter ``entry`` (its ``image_encoder:``), on the device in ``dtype``.
+        Raises :class:`ModelLoadError` (labelled ``<ModelCode>``)."""
+        folder = local_path(entry.image_encoder, registry, self.models_dir)
+        dtype = self.dtype if dtype is None else dtype
+
+        def load() -> Any:
+            try:
+                return self.loaders.image_encoder(folder, self.device, dtype)
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                raise ModelLoadError(entry.model_code, f"image encoder {folder}: {e}") from e
+
+        return lease.get(("image-encoder", str(folder), str(dtype)), load, label=f"{entry.model_code}:encoder",
+                         kind="image-encoder", slot=("image-encoder", str(folder), str(dtype)),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(path=folder), dtype) or None)
 
     def detectors(self, lease: Lease) -> Callable[[str, Path | None], Any]:
         """``detectors(kind, annotator_folder)`` for :func:`workers.inference.preprocess.preprocess`: each

@@ -75,7 +75,9 @@ export class GenerationForm {
   setModels(listModels, listControlNets) {
     for (const k of Object.keys(this.models)) this.models[k] = listModels[k] || [];
     this.controls.PreProcessors = listControlNets.PreProcessors || [];
-    this.controls.ControlModels = listControlNets.ControlModels || [];
+    // ControlNets only: an IP-Adapter ("Adapter" in ListControlNets) reads a reference image, which these rows
+    // (a control map from the mannequin photo) have no place for
+    this.controls.ControlModels = (listControlNets.ControlModels || []).filter((m) => !m.Adapter);
 
     const main = this.el["main-model"];
     const chosen = main.value;
