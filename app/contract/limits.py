@@ -260,3 +260,19 @@ RESTORE_FACES_ACTION = "RestoreFaces"
 RESTORE_FACES_FIELDS: tuple[str, ...] = ("RawImage", "RestoreStrength", "MainModel")
 RESTORE_STRENGTH_RANGE = Range(0.0, 1.0)    # RestoreStrength (PICPIK: step 0.01); 0 leaves the image unchanged
 DEFAULT_RESTORE_STRENGTH = 0.5
+
+
+# --- Personas (docs/API.md "Personas"): a key's saved reference images, named by a PersonaCode ----------------------
+
+CREATE_PERSONA_ACTION, LIST_PERSONAS_ACTION, DELETE_PERSONA_ACTION = "CreatePersona", "ListPersonas", "DeletePersona"
+PERSONA_ACTIONS: tuple[str, ...] = (CREATE_PERSONA_ACTION, LIST_PERSONAS_ACTION, DELETE_PERSONA_ACTION)
+#: The field naming a persona: CreatePersona's answer, DeletePersona's body, an IP-Adapter unit instead of ImageIndex.
+PERSONA_CODE_FIELD = "PersonaCode"
+PERSONA_NAME_FIELD = "Name"
+PERSONA_IMAGES_FIELD = "ImageList"
+PERSONA_NAME_CHARS = Range(1, 64)           # Name: characters (stripped of surrounding spaces)
+#: A PersonaCode: ``p`` and 21 lower-case base-32 characters (105 random bits, as a TaskUID).
+PERSONA_CODE_PATTERN = r"^p[0-9a-v]{21}$"
+#: The defaults of ATELIER_MAX_PERSONAS_PER_KEY and ATELIER_MAX_PERSONA_IMAGES.
+DEFAULT_MAX_PERSONAS_PER_KEY = 20
+DEFAULT_MAX_PERSONA_IMAGES = 8

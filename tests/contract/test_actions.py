@@ -44,7 +44,8 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                                                   upscaler="up"),
                RestoreFacesJobMessage: RestoreFacesJobMessage(task_uid="u" * 21, image="a" * 64, main_model="m",
                                                               strength=0.5, seed=7)}
-GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
+GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
+                "CreatePersona", "ListPersonas", "DeletePersona")
 
 
 def test_the_table_names_every_action_and_what_runs_each():
