@@ -32,20 +32,31 @@ def require_persona(svc: Services, owner: str, code: str) -> PersonaRecord:
     return rec
 
 
+def persona_limits(svc: Services, public_key: str) -> tuple[int, int]:
+    """The key's (personas, images per persona): its key file entry's MaxPersonas / MaxPersonaImages, else the
+    deployment's ATELIER_MAX_PERSONAS_PER_KEY / ATELIER_MAX_PERSONA_IMAGES."""
+    pair, s = svc.keys.pair(public_key), svc.settings
+    personas = pair.max_personas if pair is not None and pair.max_personas is not None else s.max_personas_per_key
+    images = (pair.max_persona_images if pair is not None and pair.max_persona_images is not None
+              else s.max_persona_images)
+    return personas, images
+
+
 def create_persona(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
-    req = parse_create_persona(call.body, max_images=s.max_persona_images, max_pixels=s.max_image_pixels)
-    if svc.personas.count(call.public_key) >= s.max_personas_per_key:
-        raise _too_many(s.max_personas_per_key)
+    max_personas, max_images = persona_limits(svc, call.public_key)
+    req = parse_create_persona(call.body, max_images=max_images, max_pixels=s.max_image_pixels)
+    if svc.personas.count(call.public_key) >= max_personas:
+        raise _too_many(max_personas)
     code = new_persona_code()
     try:
         for img in req.images:
             svc.storage.put_persona_image(code, img.sha256, img.data)
-        rec = svc.personas.create(call.public_key, req.name, [img.sha256 for img in req.images],
-                                  s.max_personas_per_key, code=code)
+        rec = svc.personas.create(call.public_key, req.name, [img.sha256 for img in req.images], max_personas,
+                                  code=code)
     except TooManyPersonas:  # another CreatePersona of this key took the last place meanwhile
         svc.storage.delete_persona(code)
-        raise _too_many(s.max_personas_per_key) from None
+        raise _too_many(max_personas) from None
     except OSError as e:
         log.error("storage unavailable: %s", e)
         raise ApiError(RetCode.UNAVAILABLE) from None

@@ -10,12 +10,14 @@ import time
 import orjson
 import pytest
 import redis
+import yaml
 from PIL import Image
 
 from app.contract.settings import get_settings
 from app.contract.storage import PERSONAS, open_storage
 from app.contract.taskstore import task_key
-from support.api import PUB, example_inputs, generate_body, png_b64, signed
+from app.keys import KeyFileError, KeyStore
+from support.api import KEYS, PUB, example_inputs, generate_body, png_b64, signed
 
 
 def face(i: int = 0) -> str:
@@ -152,3 +154,35 @@ def test_personas_survive_the_retention_sweep_and_go_with_delete_persona(clean, 
     assert api(signed({"Action": "DeletePersona", "PersonaCode": code}))["RetCode"] == 0
     assert not any(storage.persona_has(code, sha) for sha in shas)
     assert storage.read_persona_embeds(code, "embeds-" + "0" * 32 + ".safetensors") is None
+
+
+@pytest.fixture()
+def key_limits(monkeypatch, tmp_path):
+    """alice's entry of the key file sets MaxPersonas 1 and MaxPersonaImages 2; bob's nothing (the settings' 20/8)."""
+    entries = [{"PublicKey": PUB["pk-alice"], "PrivateKey": KEYS["pk-alice"], "MaxPersonas": 1, "MaxPersonaImages": 2},
+               {"PublicKey": PUB["pk-bob"], "PrivateKey": KEYS["pk-bob"]}]
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": entries}))
+    monkeypatch.setenv("ATELIER_KEYS_FILE", str(path))
+
+
+def test_the_key_file_overrides_the_persona_limits_per_key(clean, key_limits, api):
+    out = create(api, images=[face(0), face(1), face(2)])
+    assert out["RetCode"] == 230 and out["Message"].startswith(
+        "Params [ImageList] not available: must have between 1 and 2 elements"), out
+    assert create(api, images=[face(0), face(1)])["RetCode"] == 0
+    out = create(api, "second")
+    assert out["RetCode"] == 230 and "this key keeps 1 personas" in out["Message"], out
+    assert create(api, images=[face(i) for i in range(3)], key="pk-bob")["RetCode"] == 0
+    assert create(api, "second", key="pk-bob")["RetCode"] == 0
+
+
+@pytest.mark.parametrize("entry", [{"MaxPersonas": -1}, {"MaxPersonas": "5"}, {"MaxPersonaImages": 0},
+                                   {"MaxPersonaImages": True}])
+def test_a_bad_persona_limit_in_the_key_file_is_refused(tmp_path, entry):
+    path = tmp_path / "keys.yaml"
+    path.write_text(yaml.safe_dump({"keys": [{"PublicKey": "shop", "PrivateKey": "secret", **entry}]}))
+    with pytest.raises(KeyFileError) as e:
+        KeyStore.from_file(path)
+    field = next(iter(entry))
+    assert f"keys[0] (PublicKey shop): {field} must be a whole number" in str(e.value)
