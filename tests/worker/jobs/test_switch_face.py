@@ -13,7 +13,7 @@ import yaml
 from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
-from app.contract.jobs import SwitchFaceJobMessage
+from app.contract.jobs import RestoreFacesJobMessage, SwitchFaceJobMessage
 from app.contract.limits import SWITCH_FACE_STRENGTH
 from app.contract.settings import Settings
 from support.api import stored
@@ -23,6 +23,7 @@ from workers.demo.model import ensure_demo_model
 from workers.faces.detect import load_face_detector
 from workers.faces.geometry import blend_margin, face_box
 from workers.faces.redraw import SWITCH_PROMPT, face_steps
+from workers.jobs.restore_faces import run_restore_faces_job
 from workers.jobs.switch_face import run_switch_face_job
 from workers.runtime import WorkerRuntime
 
@@ -140,3 +141,18 @@ def test_an_rgba_photo_keeps_its_alpha_exactly(rt):
 def test_a_model_that_is_no_ip_adapter_is_a_model_error(rt):
     rec, _ = switch(rt, photo("two_people.jpg"), photo("biden.jpg"), adapter="lora")
     assert (rec.status, rec.error_code, rec.error_message) == ("Error", 240, "Model [lora] not exists")
+
+
+def test_the_pipeline_draws_as_before_after_a_switch(rt):
+    """The adapter's unit is gone after the job: a RestoreFaces on the same worker draws the same image before and
+    after a SwitchFace (the attention processors and the UNet's image projection restored)."""
+    def restore() -> bytes:
+        uid, _ = rt.store.create("pk-switch", None, "RestoreFaces", 3, 0)
+        run_restore_faces_job(rt, RestoreFacesJobMessage(task_uid=uid, image=stored(rt, photo("biden.jpg")),
+                                                         main_model="main", strength=0.5, seed=3).to_wire())
+        assert rt.store.get(uid).status == "Finished"
+        return rt.storage.read_result(uid, "0.png")
+
+    before = restore()
+    assert switch(rt, photo("two_people.jpg"), photo("biden.jpg"))[0].status == "Finished"
+    assert restore() == before
