@@ -27,7 +27,14 @@ from celery import Task
 from celery.concurrency import get_implementation
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
-from app.contract.jobs import GENERATE_TASK, JOB_TASK_NAMES, MASK_TASK, RESIZE_TASK, RESTORE_FACES_TASK
+from app.contract.jobs import (
+    GENERATE_TASK,
+    JOB_TASK_NAMES,
+    MASK_TASK,
+    RESIZE_TASK,
+    RESTORE_FACES_TASK,
+    SWITCH_FACE_TASK,
+)
 from app.contract.redis_conn import broker_url, connect
 from app.contract.settings import get_settings
 from workers.celery_app import celery
@@ -35,6 +42,7 @@ from workers.jobs.generate import run_job
 from workers.jobs.masks import run_mask_job
 from workers.jobs.resize import run_resize_job
 from workers.jobs.restore_faces import run_restore_faces_job
+from workers.jobs.switch_face import run_switch_face_job
 from workers.metrics import Heartbeat, serve_metrics
 from workers.runtime import WorkerRuntime, this_worker_id
 
@@ -44,6 +52,7 @@ RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
     MASK_TASK.name: run_mask_job,
     RESIZE_TASK.name: run_resize_job,
     RESTORE_FACES_TASK.name: run_restore_faces_job,
+    SWITCH_FACE_TASK.name: run_switch_face_job,
 }
 if set(RUNNERS) != set(JOB_TASK_NAMES):  # the contract's action table names the tasks the gateway sends
     raise RuntimeError(f"workers/tasks.py RUNNERS and the Celery tasks of app/contract/jobs.py ACTION_SPECS disagree:"

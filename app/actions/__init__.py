@@ -17,6 +17,7 @@ from app.actions.models import list_control_nets, list_models
 from app.actions.personas import create_persona, delete_persona, list_personas
 from app.actions.resize import resize_image
 from app.actions.restore_faces import restore_faces
+from app.actions.switch_face import switch_face
 from app.actions.tasks import list_running_tasks, list_tasks_details
 from app.contract.jobs import ACTION_SPECS, ActionSpec
 from app.contract.limits import (
@@ -25,6 +26,7 @@ from app.contract.limits import (
     LIST_PERSONAS_ACTION,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
+    SWITCH_FACE_ACTION,
 )
 
 #: The handler of each action of ``ACTION_SPECS`` (the same names, no other).
@@ -43,6 +45,7 @@ HANDLERS: dict[str, Handler] = {
     CREATE_PERSONA_ACTION: create_persona,
     LIST_PERSONAS_ACTION: list_personas,
     DELETE_PERSONA_ACTION: delete_persona,
+    SWITCH_FACE_ACTION: switch_face,
 }
 
 

@@ -6,6 +6,7 @@
     atelier resize IMG --width W --height H [--upscaler CODE] -o DIR
     atelier restore-faces IMG [--strength S] [--model CODE] -o DIR
     atelier persona create NAME IMG [IMG ...] | persona list | persona delete CODE
+    atelier switch-face IMG --new-face IMG2 [--index N] [--model CODE] [--adapter CODE] -o DIR
     atelier models
     atelier cancel TASKUID [TASKUID ...]
     atelier pull [--config F] [--dest DIR] [--only CODE ...]   (app/cli/pull.py: real models from the hub)
@@ -43,6 +44,7 @@ from app.contract.limits import (
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_RAW_FACE_INDEX,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_RESTORE_STRENGTH,
@@ -56,12 +58,14 @@ from app.contract.limits import (
     LIST_MODELS_FIELDS,
     LIST_PERSONAS_ACTION,
     PERSONA_CODE_FIELD,
+    RAW_FACE_INDEX_RANGE,
     REFINE_FIELD,
     RESIZE_ACTION,
     RESIZE_MODES,
     RESIZE_SIZE_RANGE,
     RESTORE_FACES_ACTION,
     RESTORE_STRENGTH_RANGE,
+    SWITCH_FACE_ACTION,
     UPSCALER_FIELD,
     UPSCALERS_FIELD,
     ModelType,
@@ -378,6 +382,24 @@ def _persona_parser(sub) -> None:
     p.set_defaults(func=cmd_persona)
 
 
+def cmd_switch_face(args: argparse.Namespace) -> int:
+    """SwitchFace: face number --index of the photo (reading order: left to right, then top to bottom) redrawn with
+    the identity of --new-face through an IP-Adapter (--adapter, else the server's first of the model's family) by a
+    Main model (--model, else the server's), saved as ``<stem>_switched.png``."""
+    pub, priv = _keys(args)
+    params: dict[str, Any] = {"RawImage": _b64(args.image), "NewFaceImage": _b64(args.new_face)}
+    if args.index is not None:
+        params["RawFaceIndex"] = args.index
+    if args.model:
+        params["MainModel"] = {"ModelCode": args.model}
+    if args.adapter:
+        params["Adapter"] = {"ModelCode": args.adapter}
+    uid = call(args.url, pub, priv, SWITCH_FACE_ACTION, **params)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_switched.png")
+    _notes(detail)
+    return 0
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
     details = call(args.url, pub, priv, "CancelTask", TaskUIDList=args.task_uid)["TaskDetailList"]
@@ -501,6 +523,19 @@ def main(argv: list[str] | None = None) -> int:
     rf.add_argument("--model", metavar="CODE", help="the Main model that redraws them (default: the server's)")
     _polling(rf)
     rf.set_defaults(func=cmd_restore_faces)
+    sw = sub.add_parser("switch-face", help="give one face of a photo another person's identity (SwitchFace): nothing"
+                        " farther than the blend margin from that face changes")
+    sw.add_argument("image")
+    sw.add_argument("--new-face", required=True, metavar="IMG", help="a photo of the new face (the IP-Adapter's"
+                    " reference)")
+    sw.add_argument("--index", type=int, metavar="N", help=f"RawFaceIndex, {RAW_FACE_INDEX_RANGE.lo}.."
+                    f"{RAW_FACE_INDEX_RANGE.hi} (default {DEFAULT_RAW_FACE_INDEX}): which face, counted left to right,"
+                    " then top to bottom")
+    sw.add_argument("--model", metavar="CODE", help="the Main model that redraws it (default: the server's)")
+    sw.add_argument("--adapter", metavar="CODE", help="the IP-Adapter from `atelier models` that carries the new"
+                    " face (default: the server's first of the model's family)")
+    _polling(sw)
+    sw.set_defaults(func=cmd_switch_face)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     _persona_parser(sub)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")

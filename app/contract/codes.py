@@ -81,6 +81,17 @@ def persona_message(code: str) -> str:
     return f"Persona [{code}] not exists"
 
 
+def not_adapter_message(code: str, kind: str) -> str:
+    """240 (answer): a ModelCode given where an adapter of ``kind`` (an ``ip-adapter``) is needed that names another
+    ControlModel (a ControlNet)."""
+    return f"{model_message(code)}: it is not an {kind}"
+
+
+def face_index_message(field: str, index: int, found: int) -> str:
+    """ErrorCode 230: a face index (SwitchFace's ``RawFaceIndex``) past the faces the detector found."""
+    return f"{field} {index}: the image has {found} face(s)"
+
+
 def worker_lost_message(deaths: int) -> str:
     """ErrorCode 502: a task whose run killed its workers, ended by the recovery or by the next worker."""
     return f"the worker running this task died {deaths} times; not tried again (a job that kills its worker?)"

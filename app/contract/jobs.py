@@ -31,6 +31,7 @@ from app.contract.limits import (
     PERSONA_ACTIONS,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
+    SWITCH_FACE_ACTION,
 )
 
 JOB_VERSION = 1
@@ -38,6 +39,7 @@ GENERATE_TASK_NAME = "atelier.generate"
 MASK_TASK_NAME = "atelier.mask"
 RESIZE_TASK_NAME = "atelier.resize"
 RESTORE_FACES_TASK_NAME = "atelier.restore_faces"
+SWITCH_FACE_TASK_NAME = "atelier.switch_face"
 
 
 class TaskStatus(StrEnum):
@@ -157,6 +159,20 @@ class RestoreFacesJobMessage(BaseJob):
     seed: int
 
 
+
+class SwitchFaceJobMessage(BaseJob):
+    """What a worker needs to run one SwitchFace task: the stored photo, which of its faces (1-based, reading order:
+    limits.RAW_FACE_INDEX_RANGE), the stored new face, the Main model that redraws it, the IP-Adapter ControlModel
+    that carries the new identity and the seed (drawn by the gateway). Result 0: the photo with that face redrawn
+    (docs/faces.md "SwitchFace"), of its size, RGBA when it has alpha (kept exactly), else RGB."""
+
+    image: str                               # storage key of RawImage
+    face_index: int                          # RawFaceIndex, 1-based
+    new_face: str                            # storage key of NewFaceImage (the adapter's reference)
+    main_model: str                          # a Main model's ModelCode (the request's, else the default one)
+    adapter: str                             # an IP-Adapter ControlModel's ModelCode of the Main model's family
+    seed: int
+
 # --- the action table ---------------------------------------------------------------------------------------
 
 
@@ -187,6 +203,7 @@ GENERATE_TASK = JobTask(GENERATE_TASK_NAME, JobMessage)
 MASK_TASK = JobTask(MASK_TASK_NAME, MaskJobMessage)
 RESIZE_TASK = JobTask(RESIZE_TASK_NAME, ResizeJobMessage)
 RESTORE_FACES_TASK = JobTask(RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)
+SWITCH_FACE_TASK = JobTask(SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -212,6 +229,7 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec(RESIZE_ACTION, RESIZE_TASK),
     ActionSpec(RESTORE_FACES_ACTION, RESTORE_FACES_TASK),
     *(ActionSpec(name) for name in PERSONA_ACTIONS),  # extensions: answered by the gateway alone
+    ActionSpec(SWITCH_FACE_ACTION, SWITCH_FACE_TASK),  # PICPIK's, with the extensions MainModel and Adapter
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

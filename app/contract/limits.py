@@ -261,6 +261,20 @@ RESTORE_FACES_FIELDS: tuple[str, ...] = ("RawImage", "RestoreStrength", "MainMod
 RESTORE_STRENGTH_RANGE = Range(0.0, 1.0)    # RestoreStrength (PICPIK: step 0.01); 0 leaves the image unchanged
 DEFAULT_RESTORE_STRENGTH = 0.5
 
+SWITCH_FACE_ACTION = "SwitchFace"
+#: The fields SwitchFace reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in the
+#: Notes): PICPIK's ``RawImage``, ``RawFaceIndex`` and ``NewFaceImage``, and two extensions: ``MainModel`` (the Main
+#: model that redraws the face; absent, the deployment's default) and ``Adapter`` (the IP-Adapter ControlModel that
+#: carries the new identity; absent, the deployment's first IP-Adapter of the Main model's family).
+SWITCH_FACE_FIELDS: tuple[str, ...] = ("RawImage", "RawFaceIndex", "NewFaceImage", "MainModel", "Adapter")
+#: RawFaceIndex: which face of RawImage, 1-based, counted in reading order (left to right by the faces' left edges,
+#: then top to bottom: :func:`workers.faces.detect.reading_order`).
+RAW_FACE_INDEX_RANGE = Range(1, 100)
+DEFAULT_RAW_FACE_INDEX = 1
+#: The img2img strength the chosen face is redrawn at (fixed: enough of the schedule for another identity's
+#: features, little enough to keep the pose, light and expression of the photo).
+SWITCH_FACE_STRENGTH = 0.7
+
 
 # --- Personas (docs/API.md "Personas"): a key's saved reference images, named by a PersonaCode ----------------------
 

@@ -14,6 +14,7 @@ from app.contract.jobs import (
     MASK_TASK_NAME,
     RESIZE_TASK_NAME,
     RESTORE_FACES_TASK_NAME,
+    SWITCH_FACE_TASK_NAME,
     ActionSpec,
     BaseJob,
     JobMessage,
@@ -23,6 +24,7 @@ from app.contract.jobs import (
     ResizeJobMessage,
     RestoreFacesJobMessage,
     SubModelRef,
+    SwitchFaceJobMessage,
     action_table,
     task_for,
     task_name_for,
@@ -34,7 +36,8 @@ from app.contract.limits import MASK_ACTIONS
 EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS},
                   "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage),
-                  "RestoreFaces": (RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)}
+                  "RestoreFaces": (RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage),
+                  "SwitchFace": (SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
                                       batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
@@ -43,7 +46,9 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                ResizeJobMessage: ResizeJobMessage(task_uid="u" * 21, image="a" * 64, width=4096, height=64,
                                                   upscaler="up"),
                RestoreFacesJobMessage: RestoreFacesJobMessage(task_uid="u" * 21, image="a" * 64, main_model="m",
-                                                              strength=0.5, seed=7)}
+                                                              strength=0.5, seed=7),
+               SwitchFaceJobMessage: SwitchFaceJobMessage(task_uid="u" * 21, image="a" * 64, face_index=2,
+                                                          new_face="b" * 64, main_model="m", adapter="ip", seed=7)}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
                 "CreatePersona", "ListPersonas", "DeletePersona")
 

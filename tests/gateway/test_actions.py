@@ -72,7 +72,8 @@ def _mask_body(action: str) -> dict:
 
 BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS},
           "ResizeImage": lambda: {"Action": "ResizeImage", "Image": PHOTO, "Width": 128, "Height": 96},
-          "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO}}
+          "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO},
+          "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO}}
 
 
 @pytest.mark.parametrize("action", TASK_ACTIONS)

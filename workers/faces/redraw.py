@@ -37,6 +37,9 @@ from workers.inference.inpaint import Sampling, StepCallback, run_inpaint
 #: own content is unknown, so the faces are described as what they are.
 RESTORE_PROMPT = "a detailed photo of a person's face, sharp focus"
 
+#: SwitchFace's prompt (after the model's trigger words, before its ``faces.prompt``): the new identity comes from the
+#: IP-Adapter's reference, so the words only say what is drawn.
+SWITCH_PROMPT = "a photo of a person's face"
 
 def face_steps(steps: int, strength: float) -> int:
     """The denoising steps one face's redraw runs: diffusers' img2img count, ``int(steps * strength)`` (0: the

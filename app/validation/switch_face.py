@@ -1,0 +1,66 @@
+"""SwitchFace's body (PICPIK-FACTS section 5), validated into a :class:`SwitchFaceRequest`; fields, the range and the
+default are written once in :mod:`app.contract.limits` (``SWITCH_FACE_FIELDS``, ``RAW_FACE_INDEX_RANGE``,
+``DEFAULT_RAW_FACE_INDEX``).
+
+The order of the checks (the same bad body always gets the same message):
+
+1. ``RawImage`` (required): a non-empty string;
+2. ``RawFaceIndex`` (optional): an Int within ``RAW_FACE_INDEX_RANGE`` (1..100), default 1;
+3. ``NewFaceImage`` (required): a non-empty string;
+4. ``MainModel`` and ``Adapter`` (extensions, optional): Model objects as GenerateFromMannequin's (whether they name
+   a Main model and an IP-Adapter of its family is the action's check, 240);
+5. ``CallbackUrl`` (the webhook extension, :func:`app.validation.generate.check_callback_url`);
+6. the images decoded (:func:`app.validation.images.decode_image`): ``RawImage``, then ``NewFaceImage``.
+
+(``PersonaCode``, an identity saved by CreatePersona, is not read here yet: the personas' work adds it as the
+alternative to ``NewFaceImage``, exactly one of the two.)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.contract.limits import COMMON_FIELDS, DEFAULT_RAW_FACE_INDEX, RAW_FACE_INDEX_RANGE, SWITCH_FACE_FIELDS
+from app.validation.fields import check_int, check_str
+from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, parse_model
+from app.validation.images import DecodedImage, decode_image
+
+RAW_IMAGE_FIELD, FACE_INDEX_FIELD, NEW_FACE_FIELD, MAIN_MODEL_FIELD, ADAPTER_FIELD = SWITCH_FACE_FIELDS
+
+
+@dataclass(frozen=True)
+class SwitchFaceRequest:
+    """A SwitchFace body, validated: the photo, which of its faces (1-based), the new face, and the Main model's and
+    the adapter's codes (None: the deployment's default ones)."""
+
+    image: DecodedImage
+    new_face: DecodedImage
+    face_index: int = DEFAULT_RAW_FACE_INDEX
+    main_model: str | None = None
+    adapter: str | None = None
+    callback_url: str | None = None
+    ignored_fields: list[str] = field(default_factory=list)
+
+
+def _model_code(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return parse_model(value, name).model_code if value is not None else None
+
+
+def parse_switch_face(body: dict[str, Any], *, max_pixels: int, allow_private_callbacks: bool = False,
+                      known_images: Callable[[str], bool] | None = None) -> SwitchFaceRequest:
+    """Validate a SwitchFace body; ApiError 230 for the first problem (module doc)."""
+    raw = check_str(body.get(RAW_IMAGE_FIELD), RAW_IMAGE_FIELD, non_empty=True)
+    index = check_int(body.get(FACE_INDEX_FIELD), FACE_INDEX_FIELD, lo=int(RAW_FACE_INDEX_RANGE.lo),
+                      hi=int(RAW_FACE_INDEX_RANGE.hi), default=DEFAULT_RAW_FACE_INDEX)
+    new = check_str(body.get(NEW_FACE_FIELD), NEW_FACE_FIELD, non_empty=True)
+    main_model, adapter = _model_code(body, MAIN_MODEL_FIELD), _model_code(body, ADAPTER_FIELD)
+    callback = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
+                                  allow_private=allow_private_callbacks)
+    image = decode_image(raw, RAW_IMAGE_FIELD, max_pixels, known_images)
+    new_face = decode_image(new, NEW_FACE_FIELD, max_pixels, known_images)
+    known = (*COMMON_FIELDS, *SWITCH_FACE_FIELDS, CALLBACK_URL_FIELD)
+    return SwitchFaceRequest(image=image, new_face=new_face, face_index=index, main_model=main_model,
+                             adapter=adapter, callback_url=callback,
+                             ignored_fields=[n for n in body if n not in known])
