@@ -22,12 +22,13 @@ import redis
 P = "atelier:"
 _B32 = "0123456789abcdefghijklmnopqrstuv"
 
-# KEYS[1] persona:{code}, KEYS[2] personas:{owner}; ARGV: code, owner, name, images JSON, created_at, max.
+# KEYS[1] persona:{code}, KEYS[2] personas:{owner}; ARGV: code, owner, name, images JSON, created_at, max, order
+# (the creation time to the microsecond: ListPersonas' order, also within one second).
 # Returns 1 when created, 0 when the owner already has ``max`` personas.
 _CREATE = """
 if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'name', ARGV[3], 'images', ARGV[4], 'created_at', ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[7], ARGV[1])
 return 1
 """
 
@@ -74,9 +75,10 @@ class PersonaStore:
         """Record a persona whose images are stored; :class:`TooManyPersonas` when ``owner`` keeps ``max_personas``
         already (checked and added in one atomic step)."""
         code = code or new_persona_code()
-        created = int(time.time() if now is None else now)
+        at = time.time() if now is None else now
+        created = int(at)
         ok = self._create(keys=[persona_key(code), owner_key(owner)],
-                          args=[code, owner, name, orjson.dumps(images), created, max_personas])
+                          args=[code, owner, name, orjson.dumps(images), created, max_personas, repr(at)])
         if not ok:
             raise TooManyPersonas(owner)
         return PersonaRecord(code, owner, name, list(images), created)
