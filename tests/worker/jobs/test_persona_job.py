@@ -23,6 +23,7 @@ from workers.adapters.encoder import encode_reference, load_image_encoder
 from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.model import ensure_demo_model
 from workers.jobs.generate import run_job
+from workers.lifecycle.errors import JobError
 from workers.personas import embeds_name, mean_embeds, persona_embeds, persona_images
 from workers.runtime import WorkerRuntime
 
@@ -129,18 +130,24 @@ def test_several_images_are_averaged_and_encoded_once(tmp_path, redis_url, folde
     assert not np.array_equal(first, generate(rt, unit(image=stored(rt, reference(1)))))
 
 
-def test_persona_embeds_is_the_mean_of_the_images_embeddings(rt, folders):
+@pytest.mark.parametrize("kind", ["image_embeds", "hidden_states"])   # plain adapters; plus / face ones
+def test_persona_embeds_is_the_mean_of_the_images_embeddings(rt, folders, kind):
     encoder = load_image_encoder(folders["clip"], "cpu", torch.float32)
     code = make_persona(rt, reference(3), reference(4), reference(5))
     personas = PersonaStore(rt.store.r)
-    got = persona_embeds(rt.storage, personas, encoder, code, "image_embeds")
-    singles = [encode_reference(encoder, img, "image_embeds") for img in persona_images(rt.storage, personas, code)]
+    got = persona_embeds(rt.storage, personas, encoder, code, kind)
+    singles = [encode_reference(encoder, img, kind) for img in persona_images(rt.storage, personas, code)]
     want = mean_embeds(singles)
+    assert got.kind == kind and got.positive.shape == singles[0].positive.shape
     assert torch.equal(got.positive, want.positive) and torch.equal(got.negative, want.negative)
     assert torch.allclose(got.positive, sum(s.positive for s in singles) / 3, atol=1e-6)
-    assert rt.storage.read_persona_embeds(code, embeds_name(encoder, "image_embeds")) is not None
-    assert persona_embeds(rt.storage, personas, encoder, code, "image_embeds", owner="pk-persona").positive.equal(
-        got.positive)
+    assert not torch.allclose(got.positive, singles[0].positive)
+    assert rt.storage.read_persona_embeds(code, embeds_name(encoder, kind)) is not None
+    again = persona_embeds(rt.storage, personas, encoder, code, kind, owner="pk-persona")   # from storage
+    assert torch.equal(again.positive, got.positive) and torch.equal(again.negative, got.negative)
+    with pytest.raises(JobError) as e:   # another owner's: as if it did not exist
+        persona_embeds(rt.storage, personas, encoder, code, kind, owner="pk-other")
+    assert e.value.code == 240 and e.value.message == f"Persona [{code}] not exists"
 
 
 def test_a_deleted_persona_is_error_240_even_with_its_embeddings_cached(rt, encoder_calls):
