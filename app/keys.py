@@ -6,6 +6,8 @@ ATELIER_KEYS_FILE::
         PrivateKey: "123456"
         WebhookSecret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw   # optional: signs this key's webhooks
         CallbackUrl: https://shop.example/hooks/atelier      # optional: the default CallbackUrl of its tasks
+        MaxPersonas: 50                                      # optional: ATELIER_MAX_PERSONAS_PER_KEY for this key
+        MaxPersonaImages: 12                                 # optional: ATELIER_MAX_PERSONA_IMAGES for this key
 
 Without that file a development key pair is created once under the data dir (``dev-keys.yaml``)
 and printed by ``make run``.
@@ -15,7 +17,8 @@ entry and the fix), which the gateway and ``make run`` do before serving: not YA
 with a ``keys:`` list, an entry that is not a mapping, a PublicKey or PrivateKey that is missing,
 empty or not a string (YAML reads ``PrivateKey: 123456`` as a number), a duplicate PublicKey; a
 WebhookSecret that is not ``whsec_`` and the base64 of 24 to 64 bytes (Standard Webhooks), a CallbackUrl that
-is not an http(s) URL or that has no WebhookSecret beside it (docs/API.md "Webhooks").
+is not an http(s) URL or that has no WebhookSecret beside it (docs/API.md "Webhooks"); a MaxPersonas that is not
+a whole number >= 0 or a MaxPersonaImages that is not one >= 1 (docs/API.md "Personas").
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ WEBHOOK_SECRET_FIELD = "WebhookSecret"
 WEBHOOK_SECRET_PREFIX = "whsec_"
 WEBHOOK_SECRET_BYTES = (24, 64)  # the Standard Webhooks specification's range for a secret
 _MAKE_SECRET = ("python3 -c \"import base64, os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"")
+#: The per-key persona limits a key entry may set (absent: the deployment's setting), each with its least value.
+PERSONA_LIMIT_FIELDS = {"MaxPersonas": 0, "MaxPersonaImages": 1}
 _EXAMPLE = '`keys:` then entries like `- PublicKey: my-shop` / `  PrivateKey: "a-long-random-secret"`'
 
 
@@ -50,6 +55,8 @@ class KeyPair:
     private_key: str
     webhook_secret: str | None = None  # whsec_...: signs the webhooks of this key's tasks
     callback_url: str | None = None    # the CallbackUrl of this key's tasks that do not name one
+    max_personas: int | None = None    # MaxPersonas: this key's ATELIER_MAX_PERSONAS_PER_KEY; None: the setting's
+    max_persona_images: int | None = None  # MaxPersonaImages: this key's ATELIER_MAX_PERSONA_IMAGES
 
 
 def new_webhook_secret() -> str:
@@ -125,11 +132,12 @@ def parse_keys(doc: Any, tree: yaml.Node | None, origin: object) -> list[KeyPair
             raise KeyFileError(f"{origin}: {label}: duplicate PublicKey, keys[{first_index[public]}] has it too; "
                                f"give every entry its own PublicKey")
         first_index[public] = i
-        problem = _webhook_problem(entry, node)
+        problem = _webhook_problem(entry, node) or _persona_limits_problem(entry)
         if problem:
             raise KeyFileError(f"{origin}: {label}: {problem}")
         pairs.append(KeyPair(public, entry["PrivateKey"], webhook_secret=entry.get(WEBHOOK_SECRET_FIELD),
-                             callback_url=entry.get(CALLBACK_URL_FIELD)))
+                             callback_url=entry.get(CALLBACK_URL_FIELD), max_personas=entry.get("MaxPersonas"),
+                             max_persona_images=entry.get("MaxPersonaImages")))
     return pairs
 
 
@@ -153,6 +161,15 @@ def _webhook_problem(entry: dict, node: yaml.Node | None) -> str | None:
         if secret is None:
             return (f"{CALLBACK_URL_FIELD} needs a {WEBHOOK_SECRET_FIELD} to sign the deliveries with; add one: "
                     f"{WEBHOOK_SECRET_FIELD}: whsec_..., made with: {_MAKE_SECRET}")
+    return None
+
+
+def _persona_limits_problem(entry: dict) -> str | None:
+    """What is wrong with the entry's optional MaxPersonas / MaxPersonaImages, or None."""
+    for field, least in PERSONA_LIMIT_FIELDS.items():
+        value = entry.get(field)
+        if field in entry and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            return f"{field} must be a whole number >= {least} (got {value!r}); write e.g. {field}: {least + 10}"
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+from app.contract.personas import PersonaStore
 from app.contract.queue import make_celery
 from app.contract.redis_conn import get_redis
 from app.contract.registry import Registry, get_registry
@@ -31,6 +32,10 @@ class Services:
     @cached_property
     def tasks(self) -> TaskStore:
         return TaskStore(get_redis(), self.settings.result_retention_s)
+
+    @cached_property
+    def personas(self) -> PersonaStore:
+        return PersonaStore(get_redis())
 
     @cached_property
     def storage(self) -> Storage:

@@ -14,12 +14,20 @@ from app.actions.cancel import cancel_task
 from app.actions.generate import generate_from_mannequin
 from app.actions.masks import mask_action
 from app.actions.models import list_control_nets, list_models
+from app.actions.personas import create_persona, delete_persona, list_personas
 from app.actions.resize import resize_image
 from app.actions.restore_faces import restore_faces
 from app.actions.switch_face import switch_face
 from app.actions.tasks import list_running_tasks, list_tasks_details
 from app.contract.jobs import ACTION_SPECS, ActionSpec
-from app.contract.limits import RESIZE_ACTION, RESTORE_FACES_ACTION, SWITCH_FACE_ACTION
+from app.contract.limits import (
+    CREATE_PERSONA_ACTION,
+    DELETE_PERSONA_ACTION,
+    LIST_PERSONAS_ACTION,
+    RESIZE_ACTION,
+    RESTORE_FACES_ACTION,
+    SWITCH_FACE_ACTION,
+)
 
 #: The handler of each action of ``ACTION_SPECS`` (the same names, no other).
 HANDLERS: dict[str, Handler] = {
@@ -34,6 +42,9 @@ HANDLERS: dict[str, Handler] = {
     "ExtractContents": mask_action,
     RESIZE_ACTION: resize_image,
     RESTORE_FACES_ACTION: restore_faces,
+    CREATE_PERSONA_ACTION: create_persona,
+    LIST_PERSONAS_ACTION: list_personas,
+    DELETE_PERSONA_ACTION: delete_persona,
     SWITCH_FACE_ACTION: switch_face,
 }
 

@@ -7,12 +7,14 @@ import secrets
 from typing import Any
 
 from app.actions.base import SignedCall
+from app.actions.personas import require_persona
 from app.actions.submit import callback_url, store_input, submit
 from app.contract.codes import RetCode, family_message
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
 from app.contract.limits import (
     CLOTHES_MASK_URL_FIELD,
     DEFAULT_RESOLUTION,
+    PERSONA_CODE_FIELD,
     SEED_RANGE,
     SUBMODEL_TYPES,
     ModelType,
@@ -27,9 +29,11 @@ from app.validation.generate import ControlUnit, GenerateRequest, parse_generate
 log = logging.getLogger("atelier.gateway")
 
 
-def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> list[tuple[int, dict[str, Any]]]:
-    """The request's units (absent: the main model's default_control), each model checked (240) and
-    every InferenceParam resolved against the model's configured defaults: (image index, ControlUnitRef fields)."""
+def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services,
+                   owner: str = "") -> list[tuple[int | None, dict[str, Any]]]:
+    """The request's units (absent: the main model's default_control), each model checked (240), a persona unit's
+    PersonaCode checked against ``owner``'s personas (:func:`check_persona_unit`), and every InferenceParam resolved
+    against the model's configured defaults: (image index, None for a persona unit; ControlUnitRef fields)."""
     if req.control_units is None:
         units = [ControlUnit(req.mannequin_index, u.preprocessor, None, u.control_model, None, None, None)
                  for u in main.default_control]
@@ -41,6 +45,8 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
         model = svc.registry.require(u.control_model, ModelType.CONTROL_MODEL)
         if model.adapter is not None:
             _check_adapter_unit(f"{req.control_units_field}[{i}]", u, model, main)
+        if u.persona is not None:
+            check_persona_unit(svc, owner, f"{req.control_units_field}[{i}]", u.persona, model)
         cm = model.defaults
         start = cm.starting_step if u.starting_step is None else u.starting_step
         end = cm.ending_step if u.ending_step is None else u.ending_step
@@ -53,8 +59,17 @@ def _control_units(req: GenerateRequest, main: ModelEntry, svc: Services) -> lis
                         else pre.defaults.resolution if pre else DEFAULT_RESOLUTION),
             control_model=u.control_model,
             control_weight=cm.control_weight if u.control_weight is None else u.control_weight,
-            starting_step=start, ending_step=end)))
+            starting_step=start, ending_step=end, persona=u.persona)))
     return refs
+
+
+def check_persona_unit(svc: Services, owner: str, name: str, code: str, model: ModelEntry) -> None:
+    """A unit giving ``PersonaCode``: only an adapter reads references (a ControlNet unit: 230 naming the field);
+    the persona must be ``owner``'s (240 as if it did not exist otherwise: :func:`require_persona`)."""
+    if model.adapter is None:
+        raise ApiError.param(f"{name}.{PERSONA_CODE_FIELD}", f"is read by an IP-Adapter unit only: {model.model_code}"
+                                                             " is a ControlNet, whose ImageIndex is its control image")
+    require_persona(svc, owner, code)
 
 
 def _check_adapter_unit(name: str, unit: ControlUnit, model: ModelEntry, main: ModelEntry) -> None:
@@ -111,7 +126,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
     for sub in req.sub_models:
         svc.registry.require(sub.model_code, *SUBMODEL_TYPES)
-    controls = _control_units(req, main, svc)
+    controls = _control_units(req, main, svc, call.public_key)
     if not is_lanczos(req.refine_upscaler):
         svc.registry.require(req.refine_upscaler, ModelType.UPSCALER)
     seed = req.seed if req.seed != -1 else secrets.randbelow(int(SEED_RANGE.hi) + 1)  # 0 .. the highest Seed
@@ -123,7 +138,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     job_images = {"mannequin_image": stored(req.mannequin_index),
                   "clothes_mask": stored(req.clothes_mask_index) if req.clothes_mask_index is not None else None,
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
-    control_units = [ControlUnitRef(image=stored(index), **fields) for index, fields in controls]
+    control_units = [ControlUnitRef(image=stored(index) if index is not None else None, **fields)
+                     for index, fields in controls]
     job = JobMessage(
         task_uid=new_task_uid(), main_model=main.model_code,
         sub_models=[SubModelRef(model_code=m.model_code, lora_weight=m.lora_weight) for m in req.sub_models],

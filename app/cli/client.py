@@ -5,6 +5,7 @@
     atelier extract IMG --point X,Y [--point X,Y ...] [--exclude X,Y ...] [--only-mask] -o DIR
     atelier resize IMG --width W --height H [--upscaler CODE] -o DIR
     atelier restore-faces IMG [--strength S] [--model CODE] -o DIR
+    atelier persona create NAME IMG [IMG ...] | persona list | persona delete CODE
     atelier switch-face IMG --new-face IMG2 [--index N] [--model CODE] [--adapter CODE] -o DIR
     atelier models
     atelier cancel TASKUID [TASKUID ...]
@@ -38,6 +39,7 @@ from app.cli.pull import add_parser as add_pull_parser
 from app.contract.jobs import ENDED_STATUSES, TaskStatus
 from app.contract.limits import (
     CLOTHES_MASK_URL_FIELD,
+    CREATE_PERSONA_ACTION,
     DEFAULT_BACKGROUND_THRESHOLD,
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
@@ -46,6 +48,7 @@ from app.contract.limits import (
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_RESTORE_STRENGTH,
+    DELETE_PERSONA_ACTION,
     ENGINE_FIELD,
     ERODE_SIZE_RANGE,
     FACE_REFINE_FIELD,
@@ -53,6 +56,8 @@ from app.contract.limits import (
     IP_ADAPTER,
     LANCZOS,
     LIST_MODELS_FIELDS,
+    LIST_PERSONAS_ACTION,
+    PERSONA_CODE_FIELD,
     RAW_FACE_INDEX_RANGE,
     REFINE_FIELD,
     RESIZE_ACTION,
@@ -123,9 +128,11 @@ def _control_unit(text: str) -> dict[str, Any]:
     return unit
 
 
-def _face_unit(args: argparse.Namespace, pub: str, priv: str, index: int) -> dict[str, Any]:
-    """``--face IMG``: an IP-Adapter unit reading the image at ``index``, with ``--face-model`` (else the deployment's
-    first IP-Adapter ControlModel of ListControlNets) and ``--face-weight`` as its ControlWeight."""
+def _face_unit(args: argparse.Namespace, pub: str, priv: str, index: int | None,
+               persona: str | None = None) -> dict[str, Any]:
+    """``--face IMG``: an IP-Adapter unit reading the image at ``index`` (``--persona CODE``: reading the persona
+    ``persona`` instead), with ``--face-model`` (else the deployment's first IP-Adapter ControlModel of
+    ListControlNets) and ``--face-weight`` as its ControlWeight."""
     code = args.face_model
     if code is None:
         models = call(args.url, pub, priv, "ListControlNets")["ControlModels"]
@@ -135,7 +142,8 @@ def _face_unit(args: argparse.Namespace, pub: str, priv: str, index: int) -> dic
     model: dict[str, Any] = {"ModelCode": code}
     if args.face_weight is not None:
         model["InferenceParams"] = {"ControlWeight": args.face_weight}
-    return {"ImageIndex": index, "ControlModel": model}
+    reference = {PERSONA_CODE_FIELD: persona} if persona is not None else {"ImageIndex": index}
+    return {**reference, "ControlModel": model}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -169,6 +177,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         images.append(_b64(args.face))
         units = params.setdefault("ControlNetList", [])
         units.append(_face_unit(args, pub, priv, len(images) - 1))
+    if args.persona:
+        params.setdefault("ControlNetList", []).append(_face_unit(args, pub, priv, None, args.persona))
     if args.no_translate:
         params["TranslatePrompts"] = False
     refine = {"Strength": args.refine_strength, UPSCALER_FIELD: args.refine_upscaler}
@@ -343,6 +353,34 @@ def cmd_restore_faces(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_persona(args: argparse.Namespace) -> int:
+    """``persona create NAME IMG...`` (prints the PersonaCode), ``persona list``, ``persona delete CODE``."""
+    pub, priv = _keys(args)
+    if args.persona_command == "create":
+        out = call(args.url, pub, priv, CREATE_PERSONA_ACTION, Name=args.name,
+                   ImageList=[_b64(path) for path in args.images])
+        print(out[PERSONA_CODE_FIELD])
+    elif args.persona_command == "list":
+        for p in call(args.url, pub, priv, LIST_PERSONAS_ACTION)["PersonaList"]:
+            created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(p["CreatedAt"]))
+            print(f"{p[PERSONA_CODE_FIELD]}  {p['ImageCount']:>2} image(s)  {created} UTC  {p['Name']}")
+    else:
+        call(args.url, pub, priv, DELETE_PERSONA_ACTION, PersonaCode=args.code)
+        print(f"{args.code} deleted")
+    return 0
+
+
+def _persona_parser(sub) -> None:
+    p = sub.add_parser("persona", help="your saved face references (CreatePersona, ListPersonas, DeletePersona)")
+    ps = p.add_subparsers(dest="persona_command", required=True)
+    c = ps.add_parser("create", help="save images of one person; prints the PersonaCode for generate --persona")
+    c.add_argument("name", help="a name for you to recognise it (1..64 characters)")
+    c.add_argument("images", nargs="+", metavar="IMG", help="the person's images (their embeddings are averaged)")
+    ps.add_parser("list", help="your personas: code, images, creation time, name")
+    d = ps.add_parser("delete", help="delete a persona: its images and cached embeddings")
+    d.add_argument("code")
+    p.set_defaults(func=cmd_persona)
+
 
 def cmd_switch_face(args: argparse.Namespace) -> int:
     """SwitchFace: face number --index of the photo (reading order: left to right, then top to bottom) redrawn with
@@ -446,10 +484,12 @@ def main(argv: list[str] | None = None) -> int:
                         "--control '' switches a model's default control off")
     g.add_argument("--face", metavar="IMG", help="a face (or person) reference: adds an IP-Adapter unit reading IMG"
                    " to ControlNetList (the model's default control is then off unless --control names it)")
-    g.add_argument("--face-model", metavar="CODE", help="with --face: the IP-Adapter ControlModel (default: the"
-                   " deployment's first, `atelier models`)")
-    g.add_argument("--face-weight", type=float, metavar="W", help="with --face: its ControlWeight, the adapter's"
-                   " scale (0..2; default the model's)")
+    g.add_argument("--persona", metavar="CODE", help="a saved persona (`atelier persona list`) as the face reference:"
+                   " adds an IP-Adapter unit reading its images, like --face")
+    g.add_argument("--face-model", metavar="CODE", help="with --face/--persona: the IP-Adapter ControlModel (default:"
+                   " the deployment's first, `atelier models`)")
+    g.add_argument("--face-weight", type=float, metavar="W", help="with --face/--persona: its ControlWeight,"
+                   " the adapter's scale (0..2; default the model's)")
     g.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
     _polling(g)
     g.set_defaults(func=cmd_generate)
@@ -497,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     _polling(sw)
     sw.set_defaults(func=cmd_switch_face)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
+    _persona_parser(sub)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")
     c.add_argument("task_uid", nargs="+")
     c.set_defaults(func=cmd_cancel)

@@ -75,6 +75,12 @@ def family_message(code: str, family: str, main_code: str, main_family: str) -> 
     return f"{model_message(code)} for {main_family} model {main_code}: it is an {family} model"
 
 
+def persona_message(code: str) -> str:
+    """240 (answer) and ErrorCode 240 (task): a PersonaCode that is unknown, deleted, or another key's (the same
+    words in every case: a key cannot learn whether another key's persona exists)."""
+    return f"Persona [{code}] not exists"
+
+
 def not_adapter_message(code: str, kind: str) -> str:
     """240 (answer): a ModelCode given where an adapter of ``kind`` (an ``ip-adapter``) is needed that names another
     ControlModel (a ControlNet)."""

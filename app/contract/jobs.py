@@ -28,6 +28,7 @@ from app.contract.limits import (
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     MASK_ACTIONS,
+    PERSONA_ACTIONS,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
     SWITCH_FACE_ACTION,
@@ -62,13 +63,14 @@ class SubModelRef(BaseModel):
 class ControlUnitRef(BaseModel):
     """One control unit, every value resolved (request, else the model's configured default)."""
 
-    image: str                      # storage key of the image the pre-processor reads
+    image: str | None               # storage key of the image the pre-processor reads; None: a persona unit
     preprocessor: str | None        # PreProcessor ModelCode; None = the image is the control map
     resolution: int
     control_model: str              # ControlModel ModelCode
     control_weight: float
     starting_step: float
     ending_step: float
+    persona: str | None = None      # an IP-Adapter unit's PersonaCode (its references: the persona's images)
 
 
 class BaseJob(BaseModel):
@@ -226,6 +228,7 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     *(ActionSpec(name, MASK_TASK) for name in MASK_ACTIONS),
     ActionSpec(RESIZE_ACTION, RESIZE_TASK),
     ActionSpec(RESTORE_FACES_ACTION, RESTORE_FACES_TASK),
+    *(ActionSpec(name) for name in PERSONA_ACTIONS),  # extensions: answered by the gateway alone
     ActionSpec(SWITCH_FACE_ACTION, SWITCH_FACE_TASK),  # PICPIK's, with the extensions MainModel and Adapter
 )
 

@@ -274,3 +274,19 @@ DEFAULT_RAW_FACE_INDEX = 1
 #: The img2img strength the chosen face is redrawn at (fixed: enough of the schedule for another identity's
 #: features, little enough to keep the pose, light and expression of the photo).
 SWITCH_FACE_STRENGTH = 0.7
+
+
+# --- Personas (docs/API.md "Personas"): a key's saved reference images, named by a PersonaCode ----------------------
+
+CREATE_PERSONA_ACTION, LIST_PERSONAS_ACTION, DELETE_PERSONA_ACTION = "CreatePersona", "ListPersonas", "DeletePersona"
+PERSONA_ACTIONS: tuple[str, ...] = (CREATE_PERSONA_ACTION, LIST_PERSONAS_ACTION, DELETE_PERSONA_ACTION)
+#: The field naming a persona: CreatePersona's answer, DeletePersona's body, an IP-Adapter unit instead of ImageIndex.
+PERSONA_CODE_FIELD = "PersonaCode"
+PERSONA_NAME_FIELD = "Name"
+PERSONA_IMAGES_FIELD = "ImageList"
+PERSONA_NAME_CHARS = Range(1, 64)           # Name: characters (stripped of surrounding spaces)
+#: A PersonaCode: ``p`` and 21 lower-case base-32 characters (105 random bits, as a TaskUID).
+PERSONA_CODE_PATTERN = r"^p[0-9a-v]{21}$"
+#: The defaults of ATELIER_MAX_PERSONAS_PER_KEY and ATELIER_MAX_PERSONA_IMAGES.
+DEFAULT_MAX_PERSONAS_PER_KEY = 20
+DEFAULT_MAX_PERSONA_IMAGES = 8

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.contract.limits import DEFAULT_MAX_PERSONA_IMAGES, DEFAULT_MAX_PERSONAS_PER_KEY
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,10 @@ class Settings(BaseSettings):
     max_images: int = Field(8, description="images in ImageAndMaskList, or in ImageList and MaskList together")
     max_prompt_chars: int = Field(2000, description="all positive (or negative) prompts together")
     max_active_tasks_per_key: int = Field(32, description="Queuing+Running tasks per key; more -> 153")
+    max_personas_per_key: int = Field(DEFAULT_MAX_PERSONAS_PER_KEY, ge=0, description="personas a key may keep"
+                                      " (CreatePersona beyond it -> 230 naming Name); 0 = personas off")
+    max_persona_images: int = Field(DEFAULT_MAX_PERSONA_IMAGES, ge=1, description="images of one persona"
+                                    " (CreatePersona's ImageList; more -> 230 naming ImageList)")
 
     # --- results -------------------------------------------------------------------------------
     result_retention_s: int = Field(24 * 3600, description="results, inputs and task records kept this long")

@@ -2,6 +2,8 @@
 :func:`open_storage`):
 
 - inputs (namespace ``inputs``): each uploaded image once, by its content hash; a re-upload starts its age again;
+- personas (namespace ``personas``, grouped by PersonaCode): a persona's images and cached embeddings, kept until
+  DeletePersona (the sweep never visits them);
 - results (namespace ``results``, grouped by TaskUID): ``{i}.png`` written by the worker, and the clothes mask a
   worker made itself (:data:`AUTO_MASK_NAME`); written atomically, so a re-run of the same task after a worker
   crash replaces the earlier run's files instead of adding to them. A task's results expire and go together.
@@ -17,6 +19,7 @@ import re
 import time
 from typing import BinaryIO
 
+from app.contract.limits import PERSONA_CODE_PATTERN
 from app.contract.settings import Settings
 from app.contract.storage_base import Namespace, ObjectStore
 from app.contract.storage_local import LocalStore
@@ -29,8 +32,14 @@ INPUTS = Namespace("inputs", names=re.compile(r"^[0-9a-f]{64}$"))
 #: A task's results, grouped by its TaskUID: ``0.png`` .. ``99.png`` and :data:`AUTO_MASK_NAME`.
 RESULTS = Namespace("results", names=re.compile(r"^(\d{1,2}|clothes-mask)\.png$"), groups=re.compile(r"^[0-9a-v]{21}$"))
 
+#: A persona's objects, grouped by its PersonaCode: its images (``<content hash>``, as uploaded) and the cached
+#: embeddings of each adapter encoder (``embeds-<32 hex>.safetensors``). Never swept: a persona lives until
+#: DeletePersona (docs/API.md "Personas").
+PERSONAS = Namespace("personas", names=re.compile(r"^([0-9a-f]{64}|embeds-[0-9a-f]{32}\.safetensors)$"),
+                     groups=re.compile(PERSONA_CODE_PATTERN), swept=False)
+
 #: Every kind of stored object (the sweep visits those with ``swept``).
-NAMESPACES: tuple[Namespace, ...] = (INPUTS, RESULTS)
+NAMESPACES: tuple[Namespace, ...] = (INPUTS, RESULTS, PERSONAS)
 
 
 class Storage:
@@ -78,6 +87,33 @@ class Storage:
     def delete_results(self, uid: str) -> int:
         """Remove every result of a task; how many there were."""
         return self.objects.delete_group(RESULTS, RESULTS.check_group(uid))
+
+    # --- personas (never swept) --------------------------------------------------------------------------------
+
+    def put_persona_image(self, code: str, sha: str, data: bytes) -> str:
+        """Store one image of persona ``code`` under its content hash; its name."""
+        self.objects.put(PERSONAS.key(sha, code), data)
+        return sha
+
+    def open_persona_image(self, code: str, sha: str) -> BinaryIO:
+        """One image of a persona as a seekable binary stream; FileNotFoundError if missing."""
+        return self.objects.open(PERSONAS.key(sha, code))
+
+    def persona_has(self, code: str, name: str) -> bool:
+        """Whether object ``name`` (an image's content hash, or an embeddings file) of persona ``code`` is stored."""
+        return self.objects.exists(PERSONAS.key(name, code))
+
+    def write_persona_embeds(self, code: str, name: str, data: bytes) -> None:
+        """Store a persona's cached embeddings (``name``: ``embeds-<32 hex>.safetensors``)."""
+        self.objects.put(PERSONAS.key(name, code), data)
+
+    def read_persona_embeds(self, code: str, name: str) -> bytes | None:
+        """A persona's cached embeddings, or None when none were stored for that name."""
+        return self.objects.get(PERSONAS.key(name, code))
+
+    def delete_persona(self, code: str) -> int:
+        """Remove every object of a persona (its images and cached embeddings); how many there were."""
+        return self.objects.delete_group(PERSONAS, PERSONAS.check_group(code))
 
     # --- retention -------------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from app.contract.limits import (
     MAX_CONTROL_UNITS,
     MAX_GARMENT_CLASSES,
     MAX_SUB_MODELS,
+    PERSONA_CODE_FIELD,
     REFER_STRENGTH_RANGE,
     REFINE_FIELD,
     REFINE_STRENGTH_RANGE,
@@ -56,6 +57,7 @@ from app.validation.fields import (
     check_str_list,
 )
 from app.validation.images import DecodedImage, decode_image
+from app.validation.personas import check_persona_code
 
 #: The webhook extension's field: where to POST the task's TaskDetail when it ends (docs/API.md "Webhooks"); the
 #: key file's entries take a default of the same name (app/keys.py).
@@ -91,13 +93,14 @@ class ControlUnit:
     (None = the image is already a control map) and steers through which ControlModel. InferenceParams
     left out are None: the worker takes the model's configured defaults."""
 
-    image_index: int
+    image_index: int | None            # None: a persona unit
     preprocessor: str | None
     resolution: int | None
     control_model: str
     control_weight: float | None
     starting_step: float | None
     ending_step: float | None
+    persona: str | None = None         # PersonaCode instead of ImageIndex (an IP-Adapter unit's references)
 
 
 @dataclass(frozen=True)
@@ -194,8 +197,14 @@ def _parse_control_units(body: dict[str, Any], images: _ImageLists,
     for i, entry in enumerate(entries):
         name = f"{field_name}[{i}]"
         unit = check_object(entry, name)
-        index = unit.get("ImageIndex")
-        index = mannequin_index if index is None else images.image_index(index, f"{name}.ImageIndex")
+        index, persona = unit.get("ImageIndex"), unit.get(PERSONA_CODE_FIELD)
+        if persona is not None:
+            if index is not None:
+                raise ApiError.param(f"{name}.{PERSONA_CODE_FIELD}", "cannot be combined with ImageIndex: a unit's"
+                                     " reference is an image of the request or a persona, not both")
+            persona = check_persona_code(persona, f"{name}.{PERSONA_CODE_FIELD}")
+        else:
+            index = mannequin_index if index is None else images.image_index(index, f"{name}.ImageIndex")
         pre = check_object(unit.get("PreProcessor"), f"{name}.PreProcessor", default=None)
         pre_code, resolution = None, None
         if pre is not None:
@@ -218,7 +227,7 @@ def _parse_control_units(body: dict[str, Any], images: _ImageLists,
                           lo=STEP_RATIO_RANGE.lo, hi=STEP_RATIO_RANGE.hi, default=None)
         if start is not None and end is not None and start > end:
             raise ApiError.param(f"{pname}.StartingStep", "must not be greater than EndingStep")
-        units.append(ControlUnit(index, pre_code, resolution, cm_code, weight, start, end))
+        units.append(ControlUnit(index, pre_code, resolution, cm_code, weight, start, end, persona))
     return units
 
 

@@ -404,7 +404,7 @@ def test_phone_screen_has_every_control_and_no_horizontal_scroll(phone):
     phone.by("submodel-add").click()
     phone.snap("phone")
     for testid in ("dropzone", "mask-canvas", "mode-paint", "brush-size", "mask-undo", "background-input",
-                   "refer-strength", "main-model", "submodel-select", "submodel-weight", "control-model",
+                   "refer-strength", "main-model", "submodel-select", "submodel-weight", "control-model", "face-source",
                    "positive-prompts", "translate", "size-preset", "width", "height", "seed", "batch-size",
                    "generate", "cancel", "progress", "results", "tasks-panel"):
         el = phone.by(testid).first

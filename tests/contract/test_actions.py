@@ -49,7 +49,8 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                                                               strength=0.5, seed=7),
                SwitchFaceJobMessage: SwitchFaceJobMessage(task_uid="u" * 21, image="a" * 64, face_index=2,
                                                           new_face="b" * 64, main_model="m", adapter="ip", seed=7)}
-GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask")
+GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
+                "CreatePersona", "ListPersonas", "DeletePersona")
 
 
 def test_the_table_names_every_action_and_what_runs_each():

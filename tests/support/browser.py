@@ -253,6 +253,8 @@ class Playground:
             mouse.up()
 
     def click_image(self, x: int, y: int) -> None:
+        # the whole photo in view first: a mouse click outside the viewport reaches nothing
+        self.by("mask-canvas").evaluate("c => c.scrollIntoView({block: 'center'})")
         self.page.mouse.click(*self.image_to_page(x, y))
 
     def generate(self) -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 from app.contract.codes import ErrorCode, withheld_message
 from app.contract.jobs import ControlUnitRef, JobMessage
 from app.contract.limits import REFINE_UPSCALER_FIELD, SUBMODEL_TYPES, ModelType, is_lanczos
+from app.contract.personas import PersonaStore
 from app.contract.registry import ModelEntry, Registry, TileOptions
 from app.contract.storage import AUTO_MASK_NAME
 from workers.adapters.encoder import ReferenceEmbeds, encode_reference
@@ -60,6 +61,7 @@ from workers.masks.clothes import NoGarmentFound, clothes_mask
 from workers.masks.engines import EngineError
 from workers.models.cache import Lease, ModelLoadError
 from workers.models.sources import local_path
+from workers.personas import persona_embeds
 from workers.runtime import WorkerRuntime
 from workers.submodels.apply import apply_submodels
 from workers.submodels.spec import SubmodelError, SubModelSpec, WithImage, build_prompt
@@ -548,8 +550,11 @@ def _reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model:
                       kind: str, dtype) -> ReferenceEmbeds:
     """What a unit's adapter reads of its reference: the unit's image (``ImageIndex``, stored by content hash)
     through the adapter's encoder, from the worker's embeddings cache when a recent job had the same image and
-    encoder. (Another source of embeddings, a persona's or a face's, replaces this function's result.)"""
+    encoder. A persona unit (``PersonaCode``) reads the persona's images instead: :func:`persona_embeds`, the mean
+    of their embeddings, computed once and stored beside them. (A face's embeddings replace this function's result.)"""
     encoder = rt.models.image_encoder(held, model, registry, dtype)
+    if ref.persona is not None:
+        return persona_embeds(rt.storage, PersonaStore(rt.store.r), encoder, ref.persona, kind, rt.embeds)
     key = (encoder.key, ref.image, kind)
     embeds = rt.embeds.get(key) if rt.embeds is not None else None
     if embeds is None:

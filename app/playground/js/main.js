@@ -4,6 +4,7 @@
 import { createClient, localUrl } from "./api.js";
 import { byTestId } from "./dom.js";
 import { ErrorSlots } from "./errors.js";
+import { FaceReference } from "./face.js";
 import { GenerationForm } from "./form.js";
 import { Gallery } from "./gallery.js";
 import { forgetKeys, loadKeys, saveKeys } from "./keys.js";
@@ -16,6 +17,7 @@ let keys = loadKeys();
 const api = createClient(() => keys);
 const errors = new ErrorSlots();
 const form = new GenerationForm(document, errors);
+const face = new FaceReference(document, api, errors);
 const editor = new MaskEditor(
   { stage: $("stage"), photo: $("mannequin-preview"), canvas: $("mask-canvas"), pointsLayer: $("points-layer"),
     cursor: document.querySelector(".brush-cursor") },
@@ -77,6 +79,7 @@ async function connect() {
   try {
     const [models, controls] = await Promise.all([api.call("ListModels"), api.call("ListControlNets")]);
     form.setModels(models, controls);
+    face.setModels(controls);
     setMaskEngines(models.MaskEngines || []);
     setUpscalers(models.Upscalers || []);
     tasks.refresh();
@@ -334,10 +337,22 @@ async function generate() {
     images.push(background.b64);
     params.Image2Image = { ImageIndex: images.length - 1, ReferStrength: form.referStrength };
   }
+  let faceUnit;
+  try {
+    faceUnit = face.unit(images);
+  } catch (err) {
+    return errors.show("face", err.message);
+  }
   // where an error about each image goes
   errors.route("ImageAndMaskList[0]", "mannequin");
   errors.route("ImageAndMaskList[1]", mode === "auto" ? "background" : "mask");
   errors.route("ImageAndMaskList[2]", "background");
+  for (let i = 0; i < 4; i++) errors.routes.delete(`ControlNetList[${i}]`); // a previous face unit's place
+  if (faceUnit) { // the last unit; its errors (and its image's) go to the face reference
+    params.ControlNetList = [...(params.ControlNetList || []), faceUnit];
+    errors.route(`ControlNetList[${params.ControlNetList.length - 1}]`, "face");
+    if (faceUnit.ImageIndex !== undefined) errors.route(`ImageAndMaskList[${faceUnit.ImageIndex}]`, "face");
+  }
 
   const button = $("generate");
   button.disabled = true;
@@ -347,7 +362,7 @@ async function generate() {
     uid = (await api.call("GenerateFromMannequin", params)).TaskUID;
   } catch (err) {
     $("progress-text").textContent = "Not sent.";
-    errors.showError(err, "general", (code) => form.slotForModel(code)
+    errors.showError(err, /^Persona \[/.test(err.message) ? "face" : "general", (code) => form.slotForModel(code)
       || ($("clothes-segmenter").value === code && mode === "auto" ? "mask" : null));
     return;
   } finally {
