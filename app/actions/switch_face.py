@@ -11,6 +11,7 @@ from typing import Any
 
 from app.actions.base import SignedCall
 from app.actions.generate import main_model
+from app.actions.personas import require_persona
 from app.actions.submit import callback_url, store_input, submit
 from app.contract.codes import RetCode, family_message, not_adapter_message
 from app.contract.jobs import SwitchFaceJobMessage
@@ -54,12 +55,14 @@ def switch_face(call: SignedCall, svc: Services) -> dict[str, Any]:
     notes: list[str] = []
     main = main_model(req.main_model, svc, notes)
     adapter = face_adapter(req.adapter, main, svc, notes)
+    if req.persona is not None:
+        require_persona(svc, call.public_key, req.persona)
     if req.ignored_fields:
         notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
     seed = secrets.randbelow(int(SEED_RANGE.hi) + 1)
     job = SwitchFaceJobMessage(task_uid=new_task_uid(), image=store_input(svc, req.image), face_index=req.face_index,
-                               new_face=store_input(svc, req.new_face), main_model=main.model_code,
-                               adapter=adapter.model_code, seed=seed)
+                               new_face=store_input(svc, req.new_face) if req.new_face is not None else None,
+                               persona=req.persona, main_model=main.model_code, adapter=adapter.model_code, seed=seed)
     uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback)
     if uid == job.task_uid:
         log.info("task %s queued for %s (SwitchFace of face %d with %s and %s)", uid, call.public_key,

@@ -384,10 +384,14 @@ def _persona_parser(sub) -> None:
 
 def cmd_switch_face(args: argparse.Namespace) -> int:
     """SwitchFace: face number --index of the photo (reading order: left to right, then top to bottom) redrawn with
-    the identity of --new-face through an IP-Adapter (--adapter, else the server's first of the model's family) by a
-    Main model (--model, else the server's), saved as ``<stem>_switched.png``."""
+    the identity of --new-face (or of the persona --persona) through an IP-Adapter (--adapter, else the server's first
+    of the model's family) by a Main model (--model, else the server's), saved as ``<stem>_switched.png``."""
     pub, priv = _keys(args)
-    params: dict[str, Any] = {"RawImage": _b64(args.image), "NewFaceImage": _b64(args.new_face)}
+    params: dict[str, Any] = {"RawImage": _b64(args.image)}
+    if args.persona:
+        params[PERSONA_CODE_FIELD] = args.persona
+    else:
+        params["NewFaceImage"] = _b64(args.new_face)
     if args.index is not None:
         params["RawFaceIndex"] = args.index
     if args.model:
@@ -526,8 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     sw = sub.add_parser("switch-face", help="give one face of a photo another person's identity (SwitchFace): nothing"
                         " farther than the blend margin from that face changes")
     sw.add_argument("image")
-    sw.add_argument("--new-face", required=True, metavar="IMG", help="a photo of the new face (the IP-Adapter's"
-                    " reference)")
+    new_face = sw.add_mutually_exclusive_group(required=True)
+    new_face.add_argument("--new-face", metavar="IMG", help="a photo of the new face (the IP-Adapter's reference)")
+    new_face.add_argument("--persona", metavar="CODE", help="the new face as one of your personas (PersonaCode:"
+                          " `atelier persona list`)")
     sw.add_argument("--index", type=int, metavar="N", help=f"RawFaceIndex, {RAW_FACE_INDEX_RANGE.lo}.."
                     f"{RAW_FACE_INDEX_RANGE.hi} (default {DEFAULT_RAW_FACE_INDEX}): which face, counted left to right,"
                     " then top to bottom")

@@ -168,10 +168,11 @@ class SwitchFaceJobMessage(BaseJob):
 
     image: str                               # storage key of RawImage
     face_index: int                          # RawFaceIndex, 1-based
-    new_face: str                            # storage key of NewFaceImage (the adapter's reference)
+    new_face: str | None                     # storage key of NewFaceImage (the adapter's reference); None: ``persona``
     main_model: str                          # a Main model's ModelCode (the request's, else the default one)
     adapter: str                             # an IP-Adapter ControlModel's ModelCode of the Main model's family
     seed: int
+    persona: str | None = None               # PersonaCode: the new identity as the key's persona (its images)
 
 # --- the action table ---------------------------------------------------------------------------------------
 

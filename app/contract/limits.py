@@ -263,10 +263,12 @@ DEFAULT_RESTORE_STRENGTH = 0.5
 
 SWITCH_FACE_ACTION = "SwitchFace"
 #: The fields SwitchFace reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in the
-#: Notes): PICPIK's ``RawImage``, ``RawFaceIndex`` and ``NewFaceImage``, and two extensions: ``MainModel`` (the Main
-#: model that redraws the face; absent, the deployment's default) and ``Adapter`` (the IP-Adapter ControlModel that
-#: carries the new identity; absent, the deployment's first IP-Adapter of the Main model's family).
-SWITCH_FACE_FIELDS: tuple[str, ...] = ("RawImage", "RawFaceIndex", "NewFaceImage", "MainModel", "Adapter")
+#: Notes): PICPIK's ``RawImage``, ``RawFaceIndex`` and ``NewFaceImage``, and three extensions: ``MainModel`` (the Main
+#: model that redraws the face; absent, the deployment's default), ``Adapter`` (the IP-Adapter ControlModel that
+#: carries the new identity; absent, the deployment's first IP-Adapter of the Main model's family) and
+#: ``PersonaCode`` (the new identity as one of the key's personas, instead of NewFaceImage: exactly one of the two).
+SWITCH_FACE_FIELDS: tuple[str, ...] = ("RawImage", "RawFaceIndex", "NewFaceImage", "MainModel", "Adapter",
+                                       "PersonaCode")
 #: RawFaceIndex: which face of RawImage, 1-based, counted in reading order (left to right by the faces' left edges,
 #: then top to bottom: :func:`workers.faces.detect.reading_order`).
 RAW_FACE_INDEX_RANGE = Range(1, 100)

@@ -157,3 +157,26 @@ def test_the_models_named_are_the_ones_sent(api, atelier_env):
     assert (job.main_model, job.adapter, job.face_index) == ("demo-sd15", "demo-ip-adapter", 1)
     detail = api(signed({"Action": "ListTasksDetails", "TaskUIDList": [out["TaskUID"]]}))["TaskDetailList"][0]
     assert detail["Notes"] == []
+
+
+def test_a_persona_instead_of_the_new_face_image():
+    req = parse_switch_face({"Action": "SwitchFace", "RawImage": IMG, "PersonaCode": "p-x"}, max_pixels=10_000)
+    assert (req.persona, req.new_face) == ("p-x", None)
+    assert rejected(body(PersonaCode="p-x"), "PersonaCode").startswith("cannot be combined with NewFaceImage")
+    assert rejected({"Action": "SwitchFace", "RawImage": IMG}, "NewFaceImage") == "is required"
+    assert rejected(body(NewFaceImage=None, PersonaCode=""), "PersonaCode") == "must be a non-empty string"
+
+
+def test_a_persona_is_the_keys_own_or_240_and_its_code_is_sent(api, atelier_env):
+    made = api(signed({"Action": "CreatePersona", "Name": "Mira", "ImageList": [FACE]}))
+    assert made["RetCode"] == 0, made
+    code = made["PersonaCode"]
+    try:
+        others = api(signed({"Action": "SwitchFace", "RawImage": IMG, "PersonaCode": code}, "pk-bob"))
+        assert (others["RetCode"], others["Message"]) == (240, f"Persona [{code}] not exists")
+        out = api(signed({"Action": "SwitchFace", "RawImage": IMG, "PersonaCode": code}))
+        assert out["RetCode"] == 0, out
+        job = _job(_queued(api, atelier_env, out["TaskUID"])[0])
+        assert (job.persona, job.new_face) == (code, None)
+    finally:
+        assert api(signed({"Action": "DeletePersona", "PersonaCode": code}))["RetCode"] == 0

@@ -56,7 +56,8 @@ def _face_unit(rt: WorkerRuntime, held: Lease, entry: ModelEntry, model: ModelEn
     adapter = rt.models.ip_adapter(held, model, rt.registry, dtype)
     weight = model.defaults.control_weight
     ref = ControlUnitRef(image=job.new_face, preprocessor=None, resolution=DEFAULT_RESOLUTION,
-                         control_model=model.model_code, control_weight=weight, starting_step=0.0, ending_step=1.0)
+                         control_model=model.model_code, control_weight=weight, starting_step=0.0, ending_step=1.0,
+                         persona=job.persona)
     embeds = _reference_embeds(rt, held, rt.registry, model, ref, adapter.embeds, dtype)
     try:
         check_fits(pipe.unet, adapter, embeds)

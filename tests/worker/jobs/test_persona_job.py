@@ -4,7 +4,6 @@ their embeddings, computed once (the encoder runs once per image, then never aga
 a fresh one, which reads the stored embeddings); a deleted persona is Error 240 even with its embeddings cached."""
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from PIL import Image
 from transformers import CLIPVisionModelWithProjection
 
 from app.contract.jobs import ControlUnitRef, JobMessage
-from app.contract.personas import PersonaStore, new_persona_code
+from app.contract.personas import PersonaStore
 from app.contract.settings import Settings
 from support.api import example_inputs, stored
+from support.personas import make_persona
 from workers.adapters.encoder import encode_reference, load_image_encoder
 from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.model import ensure_demo_model
@@ -69,24 +69,6 @@ def encoder_calls(monkeypatch) -> list[int]:
 
 def reference(seed: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-
-
-def png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def make_persona(rt: WorkerRuntime, *images: Image.Image, owner: str = "pk-persona") -> str:
-    """A persona stored as CreatePersona stores one: each image's bytes under its content hash, then the record."""
-    shas = []
-    personas = PersonaStore(rt.store.r)
-    code = new_persona_code()
-    for img in images:
-        data = png(img)
-        shas.append(rt.storage.put_persona_image(code, hashlib.sha256(data).hexdigest(), data))
-    personas.create(owner, "test", shas, 1000, code=code)
-    return code
 
 
 def unit(**kw) -> ControlUnitRef:

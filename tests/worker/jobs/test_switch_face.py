@@ -15,9 +15,11 @@ from PIL import Image
 
 from app.contract.jobs import RestoreFacesJobMessage, SwitchFaceJobMessage
 from app.contract.limits import SWITCH_FACE_STRENGTH
+from app.contract.personas import PersonaStore
 from app.contract.settings import Settings
 from support.api import stored
 from support.faces import FACES, photo
+from support.personas import make_persona
 from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.model import ensure_demo_model
 from workers.faces.detect import load_face_detector
@@ -64,11 +66,12 @@ def calls(monkeypatch) -> list[dict]:
     return seen
 
 
-def switch(rt: WorkerRuntime, image: Image.Image, new_face: Image.Image, index: int = 1, seed: int = 11,
-           adapter: str = "ip"):
+def switch(rt: WorkerRuntime, image: Image.Image, new_face: Image.Image | None, index: int = 1, seed: int = 11,
+           adapter: str = "ip", persona: str | None = None):
     uid, _ = rt.store.create("pk-switch", None, "SwitchFace", seed, 0)
     run_switch_face_job(rt, SwitchFaceJobMessage(task_uid=uid, image=stored(rt, image), face_index=index,
-                                                 new_face=stored(rt, new_face), main_model="main", adapter=adapter,
+                                                 new_face=stored(rt, new_face) if new_face is not None else None,
+                                                 persona=persona, main_model="main", adapter=adapter,
                                                  seed=seed).to_wire())
     rec = rt.store.get(uid)
     if rec.status != "Finished":
@@ -156,3 +159,15 @@ def test_the_pipeline_draws_as_before_after_a_switch(rt):
     before = restore()
     assert switch(rt, photo("two_people.jpg"), photo("biden.jpg"))[0].status == "Finished"
     assert restore() == before
+
+
+def test_a_persona_of_the_new_face_switches_exactly_as_the_image_does(rt):
+    source, face = photo("two_people.jpg"), photo("biden.jpg")
+    code = make_persona(rt, face, owner="pk-switch")
+    rec, by_persona = switch(rt, source, None, index=2, persona=code)
+    assert rec.status == "Finished", rec.error_message
+    _, by_image = switch(rt, source, face, index=2)
+    assert np.array_equal(np.asarray(by_persona), np.asarray(by_image))
+    PersonaStore(rt.store.r).delete("pk-switch", code)   # deleted while queued: Error 240, as a generation's unit
+    rec, _ = switch(rt, source, None, index=2, persona=code)
+    assert (rec.status, rec.error_code, rec.error_message) == ("Error", 240, f"Persona [{code}] not exists")
