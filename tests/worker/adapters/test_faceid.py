@@ -285,3 +285,54 @@ def test_a_faceid_plus_unit_changes_the_image_the_same_face_gives_the_same(base,
     assert np.array_equal(draw(base, [unit("biden.jpg")]), one)
     assert not np.array_equal(draw(base, [unit("astronaut.jpg")]), one)
     assert np.array_equal(draw(base, [unit("biden.jpg", weight=0.0)]), plain)
+
+
+# --- per job, then gone; SDXL --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_faceid_job_s_lora_part_and_units_leave_the_unet_bit_for_bit(demo_dir, plus, encoder, detector,
+                                                                      face_model, fuse):
+    """The job's order (workers/jobs/generate.py): the LoRA part patched in, then the units applied; both undone,
+    on a fused (speed.fuse_qkv) UNet too, where the LoRA reaches the fused projections."""
+    from workers.patching.attention import set_attention
+
+    pipe = load_folder(demo_dir)
+    set_attention(pipe.unet, sdpa=True, fuse=fuse)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    processors = {name: id(p) for name, p in pipe.unet.attn_processors.items()}
+    plain = draw(pipe)
+    face = photo("biden.jpg")
+    unit = AdapterUnit(plus, face_embeds(face, detector.detect(face), face_model, "face_id_plus", encoder), 1.0)
+    with patched(pipe, [("faceid", faceid_lora(plus.lora, pipe.unet, plus.name), 1.0)]):
+        assert any(not torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+        with_lora_only = draw(pipe)
+        both = draw(pipe, [unit])
+    assert not np.array_equal(with_lora_only, plain) and not np.array_equal(both, with_lora_only)
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert {name: id(p) for name, p in pipe.unet.attn_processors.items()} == processors
+    assert np.array_equal(draw(pipe), plain)
+
+
+def test_an_sdxl_faceid_file_acts_on_an_sdxl_inpainting_pipeline(tmp_path, detector, face_model):
+    """A faceid file of the SDXL layout (ip-adapter-faceid_sdxl: the same keys, the UNet's 2048-wide cross-attention
+    here the tiny SDXL's 64) on SDXL's pipeline: the face changes the image, its LoRA part comes and goes."""
+    from safetensors.torch import save_file
+
+    from support.tiny import build_sdxl
+    from workers.demo.faceid import demo_faceid_state
+
+    pipe = load_folder(build_sdxl(tmp_path / "sdxl"), family="sdxl")
+    save_file(demo_faceid_state(pipe.unet, plus=False), str(tmp_path / "ip-adapter-faceid_sdxl.safetensors"))
+    data = read_adapter_file(tmp_path / "ip-adapter-faceid_sdxl.safetensors")
+    assert (data.variant, data.cross_attention_dim) == ("faceid", pipe.unet.config.cross_attention_dim)
+    xl = build_adapter(data, "cpu", torch.float32)
+    face = photo("astronaut.jpg")
+    unit = AdapterUnit(xl, face_embeds(face, detector.detect(face), face_model, "face_id"), 1.0)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    plain = draw(pipe)
+    with patched(pipe, [("faceid-xl", faceid_lora(xl.lora, pipe.unet, xl.name), 1.0)]):
+        one = draw(pipe, [unit])
+    assert not np.array_equal(one, plain)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+    assert np.array_equal(draw(pipe), plain)
