@@ -360,7 +360,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows += [(m, m["ModelType"]) for m in models.get(UPSCALERS_FIELD, [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
-        print(f"{m['ModelCode']:<22} {model_type:<32} {m.get('Name', '')}{words}")
+        print(f"{m['ModelCode']:<22} {model_type:<40} {m.get('Name', '')}{words}")
     return 0
 
 
@@ -423,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--control '' switches a model's default control off")
     g.add_argument("--face", metavar="IMG", help="a face (or person) reference: adds an IP-Adapter unit reading IMG"
                    " to ControlNetList (the model's default control is then off unless --control names it)")
-    g.add_argument("--face-model", metavar="CODE", help="with --face: the IP-Adapter ControlModel (default: the"
-                   " deployment's first, `atelier models`)")
+    g.add_argument("--face-model", metavar="CODE", help="with --face: the IP-Adapter ControlModel, or a FaceID"
+                   " one (ip-adapter-faceid: reads the photo's largest face) (default: the deployment's first"
+                   " ip-adapter, `atelier models`)")
     g.add_argument("--face-weight", type=float, metavar="W", help="with --face: its ControlWeight, the adapter's"
                    " scale (0..2; default the model's)")
     g.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
