@@ -170,6 +170,9 @@ FACE_MODEL_SUFFIXES: tuple[str, ...] = (".onnx",)
 #: The Error message of a FaceID unit whose reference shows no face, after the unit's field
 #: (``ControlNetList[1].ImageIndex: no face found in the reference image``).
 NO_FACE_MESSAGE = "no face found in the reference image"
+#: The request field of the control units (PICPIK's; the alias ``ControlNet`` is read too: app/validation), which a
+#: worker's message about a unit names (``ControlNetList[1].ImageIndex``).
+CONTROL_UNITS_FIELD = "ControlNetList"
 #: The files an IP-Adapter ``source: {file: ...}`` may be (the published layouts: safetensors, or a torch pickle).
 ADAPTER_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin")
 

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import onnx
 import torch
 from PIL import Image
 
@@ -88,8 +90,6 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def align_face(image: Image.Image | np.ndarray, landmarks, size: int = ARCFACE_SIZE) -> np.ndarray:
     """The ``size`` x ``size`` RGB crop (uint8 array) of the face with these five ``(x, y)`` landmarks, warped by
     the similarity transform that carries them onto :data:`ARCFACE_TEMPLATE` (scaled to ``size``)."""
-    import cv2
-
     rgb = np.ascontiguousarray(np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image))
     matrix = similarity(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
     return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
@@ -129,7 +129,6 @@ def load_face_model(path: Path, device: str = "cpu") -> FaceModel:
     """The ArcFace ONNX file at ``path`` in onnxruntime (CUDA's provider on a CUDA worker when onnxruntime has it,
     else the CPU's). :class:`FaceModelError` for a model whose input is not ``[N, 3, 112, 112]`` or whose output is
     not 512 wide."""
-    import onnx
     import onnxruntime as ort
 
     path = Path(path)

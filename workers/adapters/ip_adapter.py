@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.adapters.encoder import ReferenceEmbeds
+from workers.adapters.faceid import FaceIDPlusProjection, is_v2
 from workers.adapters.files import AdapterFile
 
 #: The task's Notes when a job with IP-Adapter units ran a compiled UNet's eager forward (``speed.compile``).
@@ -96,8 +97,6 @@ def build_adapter(data: AdapterFile, device: str | torch.device, dtype: torch.dt
         raise AdapterFitError(f"its image projection ({data.variant}) does not load: {e}") from e
     clip_dim = None
     if data.variant == "faceid-plus":
-        from workers.adapters.faceid import FaceIDPlusProjection, is_v2
-
         clip_dim = data.image_proj["perceiver_resampler.proj_in.weight"].shape[1]
         projection = FaceIDPlusProjection(projection, data.embed_dim, clip_dim, shortcut=is_v2(data.name))
     projection.to(device=device, dtype=dtype).eval().requires_grad_(False)

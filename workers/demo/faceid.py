@@ -22,7 +22,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 
 from workers.demo.adapters import ADAPTER_GAIN, ENCODER_HIDDEN, _values
@@ -124,9 +126,6 @@ def ensure_demo_faceid(dest: Path, seed: int = 0, base_model: Path | None = None
 
 def arcface_model(seed: int = 0):
     """The ArcFace-shaped ONNX model (module doc)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     rng = np.random.RandomState(seed)
     w1 = rng.uniform(-1, 1, (3 * 8 * 8, 256)).astype(np.float32) * (3.0 / 192) ** 0.5
     w2 = rng.uniform(-1, 1, (256, ID_DIM)).astype(np.float32) * (3.0 / 256) ** 0.5
@@ -149,8 +148,6 @@ def arcface_model(seed: int = 0):
 
 def ensure_demo_arcface(dest: Path, seed: int = 0) -> Path:
     """Build, once, the folder ``dest`` holding :data:`ARCFACE_FILE`; returns the file's path."""
-    import onnx
-
     def write(folder: Path, work: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         onnx.save_model(arcface_model(seed), str(folder / ARCFACE_FILE))

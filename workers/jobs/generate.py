@@ -23,7 +23,14 @@ from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
 from app.contract.jobs import ControlUnitRef, JobMessage
-from app.contract.limits import NO_FACE_MESSAGE, REFINE_UPSCALER_FIELD, SUBMODEL_TYPES, ModelType, is_lanczos
+from app.contract.limits import (
+    CONTROL_UNITS_FIELD,
+    NO_FACE_MESSAGE,
+    REFINE_UPSCALER_FIELD,
+    SUBMODEL_TYPES,
+    ModelType,
+    is_lanczos,
+)
 from app.contract.registry import ModelEntry, Registry, TileOptions
 from app.contract.storage import AUTO_MASK_NAME
 from workers.adapters.encoder import ReferenceEmbeds, encode_reference
@@ -575,8 +582,6 @@ def _face_reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, m
     the CLIP encoder's states of the face crop); from the embeddings cache by the image's content hash. A reference
     without a face ends the task in Error 230 naming the unit's ``ImageIndex`` (``at``: the unit's place in
     ControlNetList)."""
-    from app.validation.generate import CONTROL_UNITS_FIELD
-
     face_model = rt.models.face_model(held, model, registry)
     encoder = None
     if adapter.embeds == "face_id_plus":
@@ -603,9 +608,12 @@ def _face_reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, m
 def _faceid_loras(pipe, plan: Plan, units: list[AdapterUnit]):
     """The LoRA parts of the job's FaceID units patched into the UNet's weights for the job and put back bit for
     bit afterwards (:func:`workers.submodels.lora.patched`, at weight 1 as diffusers loads them), over the job's
-    own LoRAs. A unit at weight 0 or with an empty step window brings none (it computes exactly the image
-    without it). A LoRA part that does not fit the UNet is the unit's model error (``SubmodelError``)."""
-    loras = [(model.model_code, faceid_lora(unit.adapter.lora, pipe.unet, unit.adapter.name), 1.0)
-             for (_, model), unit in zip(plan.adapter_units, units)
-             if unit.adapter.lora and unit.weight != 0 and unit.end > unit.start]
-    return patched(pipe, loras) if loras else nullcontext()
+    own LoRAs, once per adapter however many units name it (diffusers loads it once per file). A unit at weight 0
+    or with an empty step window brings none (it computes exactly the image without it). A LoRA part that does not
+    fit the UNet is the unit's model error (``SubmodelError``)."""
+    loras = {}
+    for (_, model), unit in zip(plan.adapter_units, units):
+        if unit.adapter.lora and unit.weight != 0 and unit.end > unit.start and id(unit.adapter) not in loras:
+            loras[id(unit.adapter)] = (model.model_code, faceid_lora(unit.adapter.lora, pipe.unet, unit.adapter.name),
+                                       1.0)
+    return patched(pipe, list(loras.values())) if loras else nullcontext()

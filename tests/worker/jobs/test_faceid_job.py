@@ -107,3 +107,20 @@ def test_a_reference_without_a_face_is_error_230_naming_the_unit_s_image_index(r
 def test_an_ip_adapter_entry_naming_a_faceid_file_is_a_model_error(rt):
     rec, _ = generate(rt, ok=False, control_units=[face_unit(rt, photo("biden.jpg"), model="as-ip")])
     assert rec.status == "Error" and rec.error_code == 240 and "[as-ip]" in rec.error_message
+
+
+def test_two_units_of_one_faceid_adapter_patch_its_lora_part_once(rt, monkeypatch):
+    import workers.jobs.generate as generate_module
+
+    seen = []
+    original = generate_module.patched
+
+    def spy(pipe, loras):
+        seen.append([code for code, _, _ in loras])
+        return original(pipe, loras)
+
+    monkeypatch.setattr(generate_module, "patched", spy)
+    generate(rt, control_units=[face_unit(rt, photo("biden.jpg")), face_unit(rt, photo("astronaut.jpg"))])
+    assert seen == [["faceid"]]
+    generate(rt, control_units=[face_unit(rt, photo("biden.jpg"), starting_step=0.5, ending_step=0.5)])
+    assert seen == [["faceid"]]  # an empty window: no LoRA part either
