@@ -425,7 +425,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows += [(m, m["ModelType"]) for m in models.get(UPSCALERS_FIELD, [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
-        print(f"{m['ModelCode']:<22} {model_type:<32} {m.get('Name', '')}{words}")
+        print(f"{m['ModelCode']:<22} {model_type:<40} {m.get('Name', '')}{words}")
     return 0
 
 
@@ -490,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
                    " to ControlNetList (the model's default control is then off unless --control names it)")
     g.add_argument("--persona", metavar="CODE", help="a saved persona (`atelier persona list`) as the face reference:"
                    " adds an IP-Adapter unit reading its images, like --face")
-    g.add_argument("--face-model", metavar="CODE", help="with --face/--persona: the IP-Adapter ControlModel (default:"
-                   " the deployment's first, `atelier models`)")
+    g.add_argument("--face-model", metavar="CODE", help="with --face/--persona: the IP-Adapter ControlModel, or a"
+                   " FaceID one (ip-adapter-faceid: reads the photo's largest face) (default: the deployment's first"
+                   " ip-adapter, `atelier models`)")
     g.add_argument("--face-weight", type=float, metavar="W", help="with --face/--persona: its ControlWeight,"
                    " the adapter's scale (0..2; default the model's)")
     g.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")

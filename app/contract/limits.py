@@ -142,7 +142,7 @@ DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     ModelType.LORA: ("lora-kohya", "lora-peft"),
     ModelType.EMBEDDING: ("embedding",),
     ModelType.HYPERNETWORK: ("hypernetwork",),
-    ModelType.CONTROL_MODEL: ("controlnet", "ip-adapter"),
+    ModelType.CONTROL_MODEL: ("controlnet", "ip-adapter", "ip-adapter-faceid"),
     ModelType.PRE_PROCESSOR: ("annotators",),
     ModelType.BACKGROUND_REMOVER: ("u2net-onnx",),
     ModelType.POINT_SEGMENTER: ("sam",),
@@ -150,6 +150,7 @@ DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     ModelType.UPSCALER: ("upscaler",),
     "translator": ("translator",),
     "image_encoder": ("clip-vision",),
+    "face_model": ("arcface",),
 }
 DEMO_SOURCE_KINDS: tuple[str, ...] = tuple(kind for kinds in DEMO_SOURCES.values() for kind in kinds)
 
@@ -159,7 +160,19 @@ DEMO_SOURCE_KINDS: tuple[str, ...] = tuple(kind for kinds in DEMO_SOURCES.values
 #: vision encoder (``image_encoder:``); a unit naming one reads its reference image at ``ImageIndex``, takes no
 #: PreProcessor, and its ControlWeight is the adapter's scale (docs/API.md "IP-Adapter units").
 IP_ADAPTER = "ip-adapter"
-ADAPTER_KINDS: tuple[str, ...] = (IP_ADAPTER,)
+#: ``ip-adapter-faceid``: a FaceID IP-Adapter file (h94/IP-Adapter-FaceID: faceid, faceid-plus, faceid-plusv2; SD 1.5
+#: or SDXL) with the face-recognition ONNX model it reads faces through (``face_model:``) and, for the plus files,
+#: the CLIP vision encoder (``image_encoder:``); its unit's reference must show a face (docs/API.md "FaceID units").
+IP_ADAPTER_FACEID = "ip-adapter-faceid"
+ADAPTER_KINDS: tuple[str, ...] = (IP_ADAPTER, IP_ADAPTER_FACEID)
+#: The file a FaceID adapter's ``face_model: {file: ...}`` may be (an ArcFace ONNX model).
+FACE_MODEL_SUFFIXES: tuple[str, ...] = (".onnx",)
+#: The Error message of a FaceID unit whose reference shows no face, after the unit's field
+#: (``ControlNetList[1].ImageIndex: no face found in the reference image``).
+NO_FACE_MESSAGE = "no face found in the reference image"
+#: The request field of the control units (PICPIK's; the alias ``ControlNet`` is read too: app/validation), which a
+#: worker's message about a unit names (``ControlNetList[1].ImageIndex``).
+CONTROL_UNITS_FIELD = "ControlNetList"
 #: The files an IP-Adapter ``source: {file: ...}`` may be (the published layouts: safetensors, or a torch pickle).
 ADAPTER_SUFFIXES: tuple[str, ...] = (".safetensors", ".bin")
 

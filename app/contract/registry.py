@@ -43,12 +43,14 @@ from app.contract.limits import (
     DEMO_SOURCE_KINDS,
     DEMO_SOURCES,
     FACE_DETECT_MIN_PX,
+    FACE_MODEL_SUFFIXES,
     FACE_SCORE_RANGE,
     FACE_SIZE_RANGE,
     FACE_STRENGTH_RANGE,
     FAMILIES,
     GUIDANCE_SCALE_RANGE,
     IP_ADAPTER,
+    IP_ADAPTER_FACEID,
     LORA_WEIGHT_RANGE,
     MASK_ENGINE_TYPES,
     MASK_ENGINES,
@@ -496,6 +498,8 @@ class ModelEntry(BaseModel):
                                         " (limits.ADAPTER_KINDS)")
     image_encoder: ModelSource | None = Field(None, description="adapter ip-adapter: its CLIP vision encoder's folder"
                                               " (`path:`, CLIPVisionModelWithProjection) or `demo: clip-vision`")
+    face_model: ModelSource | None = Field(None, description="adapter ip-adapter-faceid: the face-recognition ONNX"
+                                           " model (`file:` an ArcFace .onnx) or `demo: arcface`")
 
     @field_validator("model_code")
     @classmethod
@@ -521,6 +525,8 @@ class ModelEntry(BaseModel):
             raise ValueError("`safety:` is for Main models only")
         if (self.adapter is not None or self.image_encoder is not None) and self.model_type != ModelType.CONTROL_MODEL:
             raise ValueError("`adapter:` and `image_encoder:` are for ControlModel entries only")
+        if self.face_model is not None and self.adapter != IP_ADAPTER_FACEID:
+            raise ValueError(f"`face_model:` is for `adapter: {IP_ADAPTER_FACEID}` entries only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
         for name in ("engine", "rembg_model", "garment_classes"):
             if getattr(self, name) is not None and not is_engine:
@@ -550,13 +556,15 @@ class ModelEntry(BaseModel):
                                           ("points", self.points, DEFAULT_POINTS)):
                 if value != default and not (field == "points" and self.model_type == ModelType.UPSCALER):
                     raise ValueError(f"`{field}:` is for Main models only")
+        if self.adapter == IP_ADAPTER_FACEID:
+            return self._faceid_fits()
         if self.adapter is not None or self.image_encoder is not None:
             return self._adapter_fits()
         if self.source is None:
             raise ValueError(f"a {self.model_type} model needs a source")
         kind = self.source.kind
         if kind == "demo" and (self.source.demo not in DEMO_SOURCES.get(self.model_type, ())
-                               or self.source.demo == IP_ADAPTER):
+                               or self.source.demo in ADAPTER_KINDS):
             raise ValueError(f"demo: {self.source.demo} is not a {self.model_type} model"
                              + (" without `adapter: ip-adapter`" if self.source.demo == IP_ADAPTER else ""))
         if self.model_type == ModelType.MAIN:
@@ -613,6 +621,36 @@ class ModelEntry(BaseModel):
         elif self.source.file.suffix.lower() not in ADAPTER_SUFFIXES:
             raise ValueError(f"an IP-Adapter's source.file must end in {' or '.join(ADAPTER_SUFFIXES)},"
                              f" got {self.source.file.name!r}")
+        return self
+
+    def _faceid_fits(self) -> ModelEntry:
+        """A FaceID adapter entry (``adapter: ip-adapter-faceid``): its file (``.safetensors``/``.bin``, or ``demo:
+        ip-adapter-faceid``), ``face_model:`` (an ArcFace ``.onnx`` file, or ``demo: arcface``) and, optional here
+        (the plus files need it: the worker says so), ``image_encoder:``."""
+        fm = self.face_model
+        if fm is None:
+            raise ValueError(f"`adapter: {IP_ADAPTER_FACEID}` needs `face_model: {{file: <ArcFace .onnx>}}`")
+        if not ((fm.kind == "file" and fm.file.suffix.lower() in FACE_MODEL_SUFFIXES)
+                or (fm.kind == "demo" and fm.demo in DEMO_SOURCES["face_model"])):
+            raise ValueError("`face_model:` is an ArcFace ONNX file: `file: <name>.onnx` or `demo: arcface`"
+                             + fm.served_hint())
+        enc = self.image_encoder
+        if enc is not None and (enc.kind not in ("path", "demo")
+                                or enc.demo not in (None, *DEMO_SOURCES["image_encoder"])):
+            raise ValueError("`image_encoder:` is a CLIP vision folder: `path:` or `demo: clip-vision`"
+                             + enc.served_hint())
+        if self.source is None:
+            raise ValueError(f"`adapter: {IP_ADAPTER_FACEID}` needs a source: the FaceID file")
+        kind = self.source.kind
+        if kind == "demo":
+            if self.source.demo != IP_ADAPTER_FACEID:
+                raise ValueError(f"demo: {self.source.demo} is not a FaceID adapter (demo: {IP_ADAPTER_FACEID})")
+            if self.family != "sd15":
+                raise ValueError(f"demo models are family sd15, not {self.family}")
+        elif kind != "file" or self.source.config is not None or \
+                self.source.file.suffix.lower() not in ADAPTER_SUFFIXES:
+            raise ValueError("a FaceID adapter's source is its file (`file:` ending in"
+                             f" {' or '.join(ADAPTER_SUFFIXES)})" + self.source.served_hint())
         return self
 
     @model_validator(mode="after")
@@ -758,7 +796,9 @@ class Registry:
                                  f" already used by models[{first}]")
             source = e.source.resolved(self.base_dir) if e.source is not None else None
             encoder = e.image_encoder.resolved(self.base_dir) if e.image_encoder is not None else None
+            face = e.face_model.resolved(self.base_dir) if e.face_model is not None else None
             self._by_code[e.model_code] = e.model_copy(update={"source": source, "image_encoder": encoder,
+                                                               "face_model": face,
                                                                "safety": e.safety.resolved(self.base_dir)})
         marked = [e.model_code for e in self._by_code.values() if e.default_main]
         if len(marked) > 1:

@@ -16,6 +16,7 @@ from app.contract.limits import (
     BATCH_SIZE_RANGE,
     CLOTHES_SEGMENTER_FIELD,
     COMMON_FIELDS,
+    CONTROL_UNITS_FIELD,
     CONTROL_WEIGHT_RANGE,
     DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_REFER_STRENGTH,
@@ -67,7 +68,7 @@ MAX_CALLBACK_URL_CHARS = 2048
 CALLBACK_URL_RULE = "must be an http or https URL with a host, e.g. https://example.com/hook"
 
 #: The control units' field: PICPIK's name, and the older spelling still accepted (not both in one request).
-CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS = "ControlNetList", "ControlNet"
+CONTROL_UNITS_ALIAS = "ControlNet"  # the field's name itself: limits.CONTROL_UNITS_FIELD
 
 #: The top-level fields GenerateFromMannequin reads besides the common ones; any other is ignored and
 #: named in the task's Notes.

@@ -495,7 +495,7 @@ def test_model_types_are_an_enum_equal_to_their_wire_strings():
     assert MODEL_TYPES == tuple(ModelType) and ModelType.MAIN == "Main" and ModelType("LoRA") is ModelType.LORA
     groups = (SUBMODEL_TYPES, CONTROL_TYPES, MASK_ENGINE_TYPES, GENERATION_TYPES, tuple(LIST_MODELS_FIELDS),
               tuple(MASK_ACTION_ENGINE_TYPE.values()),
-              tuple(k for k in DEMO_SOURCES if k not in ("translator", "image_encoder")))
+              tuple(k for k in DEMO_SOURCES if k not in ("translator", "image_encoder", "face_model")))
     assert all(isinstance(t, ModelType) for group in groups for t in group)
     assert GENERATION_TYPES == (ModelType.MAIN, *SUBMODEL_TYPES)
     e = ModelEntry.model_validate(model("x", ModelType="LoRA", source={"file": "x.safetensors"}))
@@ -616,6 +616,43 @@ def test_a_controlnet_cannot_be_a_demo_ip_adapter_nor_a_default_control():
         registry_of(model("c", ModelType="ControlModel", source={"demo": "ip-adapter"}))
     with pytest.raises(ValueError, match="needs a request's reference image"):
         registry_of(model("main", default_control=[{"ControlModel": "ip"}]), ip())
+
+
+# --- FaceID adapters (adapter: ip-adapter-faceid) --------------------------------------------------------------
+
+def faceid(code: str = "fid", **fields) -> dict:
+    return model(code, **{"ModelType": "ControlModel", "adapter": "ip-adapter-faceid",
+                          "source": {"file": "ip/ip-adapter-faceid-plusv2_sd15.bin"},
+                          "face_model": {"file": "insightface/w600k_r50.onnx"},
+                          "image_encoder": {"path": "ip/image_encoder"}, **fields})
+
+
+def test_a_faceid_entry_resolves_its_file_face_model_and_encoder_and_lists_itself_as_an_adapter():
+    reg = registry_of(model("main"), faceid(), faceid("plain", source={"file": "ip/ip-adapter-faceid_sd15.bin"},
+                                                      image_encoder=None))
+    e = reg.get("fid")
+    assert e.face_model.file == Path("/deploy/insightface/w600k_r50.onnx")
+    assert e.image_encoder.path == Path("/deploy/ip/image_encoder")
+    assert e.to_control()["Adapter"] == "ip-adapter-faceid" and e.to_control()["Family"] == "sd15"
+    assert reg.get("plain").image_encoder is None  # the faceid (not plus) file reads no CLIP encoder
+    demo = registry_of(faceid(source={"demo": "ip-adapter-faceid"}, face_model={"demo": "arcface"})).get("fid")
+    assert demo.source.demo == "ip-adapter-faceid" and demo.face_model.demo == "arcface"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"face_model": None}, "needs `face_model:"),
+    ({"face_model": {"file": "arcface.pth"}}, "ArcFace ONNX file"),
+    ({"face_model": {"demo": "clip-vision"}}, "ArcFace ONNX file"),
+    ({"source": {"file": "f.pt"}}, "source is its file"),
+    ({"source": {"demo": "ip-adapter"}}, "not a FaceID adapter"),
+    ({"image_encoder": {"file": "enc.safetensors"}}, "CLIP vision folder"),
+    ({"adapter": "ip-adapter"}, "`face_model:` is for `adapter: ip-adapter-faceid`"),
+])
+def test_a_faceid_entry_is_refused_when_it_lacks_or_misnames_its_files(fields, message):
+    entry = {k: v for k, v in faceid(**{k: v for k, v in fields.items() if v is not None}).items()
+             if not (k in fields and fields[k] is None)}
+    with pytest.raises(ValueError, match=message):
+        registry_of(entry)
 
 
 # --- Upscalers ---------------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def test_list_control_nets(api):
     assert cms["demo-controlnet"]["InferenceParams"] == {"ControlWeight": 1.0, "StartingStep": 0.0,
                                                          "EndingStep": 1.0}
     for entry in [*r["PreProcessors"], *r["ControlModels"]]:  # PICPIK's shape; an adapter says it is one
-        extra = {"Adapter", "Family"} if entry["ModelCode"] in ("demo-ip-adapter", "ip-adapter-xl") else set()
+        adapters = ("demo-ip-adapter", "ip-adapter-xl", "demo-faceid")
+        extra = {"Adapter", "Family"} if entry["ModelCode"] in adapters else set()
         assert set(entry) == {"ModelCode", "Name", "InferenceParams"} | extra, entry
 
 

@@ -20,26 +20,39 @@ them. The image projection says the variant (:func:`recognise`):
 * **full** (``ip-adapter-full-face_sd15``): ``proj.0``-``proj.3`` (an MLP and a LayerNorm) over the hidden states,
   one token per encoder token.
 
-FaceID files (``ip-adapter-faceid*``: ``perceiver_resampler.*``, or ``proj.0``/``proj.2``/``norm`` without ``proj``)
-read a face-recognition embedding, not the CLIP encoder's: :func:`recognise` names them and refuses them here
-(:class:`AdapterFileError`); their reader plugs in beside these variants.
+FaceID files (h94/IP-Adapter-FaceID ``ip-adapter-faceid*``) read a face-recognition embedding (ArcFace, 512 wide)
+instead of the CLIP encoder's, and carry a LoRA part in ``ip_adapter`` too (``<n>.to_q_lora.down.weight``,
+``to_k_lora``, ``to_v_lora``, ``to_out_lora``, ``up`` alike, for every attention processor ``n``):
+
+* **faceid** (``ip-adapter-faceid_sd15``, ``_sdxl``): ``proj.0``/``proj.2`` (an MLP) and ``norm``, no ``proj.3``:
+  the face embedding only;
+* **faceid-plus** (``ip-adapter-faceid-plus_sd15``, ``-plusv2_sd15``, ``-plusv2_sdxl``): the MLP plus
+  ``perceiver_resampler.*`` over the CLIP encoder's penultimate hidden states of the aligned face crop.
+
+:func:`recognise` reads the image projection of any of them; ``read_adapter_file`` keeps the LoRA part
+(:attr:`AdapterFile.lora`) for :mod:`workers.adapters.faceid` and only the FaceID variants may have one.
 
 Pure torch (and safetensors): no diffusers, no pipeline.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from safetensors.torch import load_file
 
-#: What of the CLIP vision encoder a variant reads: its projected ``image_embeds`` or its penultimate hidden states.
-EmbedsKind = Literal["image_embeds", "hidden_states"]
+#: What a variant reads: the CLIP vision encoder's projected ``image_embeds`` or its penultimate hidden states; a
+#: FaceID file the face embedding (``face_id``), or that and the CLIP hidden states of the face crop
+#: (``face_id_plus``: one vector per side, :mod:`workers.adapters.faceid`).
+EmbedsKind = Literal["image_embeds", "hidden_states", "face_id", "face_id_plus"]
+#: The variants whose reference is a face (:mod:`workers.adapters.faceid`).
+FACEID_VARIANTS = ("faceid", "faceid-plus")
 
 _LAYER_KEY = re.compile(r"^(\d+)\.(to_k_ip|to_v_ip)\.weight$")
+_LORA_KEY = re.compile(r"^(\d+)\.to_(q|k|v|out)_lora\.(down|up)\.weight$")
 
 
 class AdapterFileError(ValueError):
@@ -58,17 +71,23 @@ class AdapterFile:
     token count); ``cross_attention_dim``: the text-embedding width of the UNet it was made for (768 for SD 1.5,
     2048 for SDXL)."""
 
-    variant: Literal["plain", "plus", "full"]
+    variant: Literal["plain", "plus", "full", "faceid", "faceid-plus"]
     image_proj: dict[str, torch.Tensor]
     layers: dict[int, tuple[torch.Tensor, torch.Tensor]]
     embeds: EmbedsKind
     embed_dim: int
     tokens: int | None
     cross_attention_dim: int
+    #: FaceID: the LoRA part, ``n -> {"q.down": tensor, "q.up": ..., "out.up": ...}`` (``n`` numbering
+    #: ``unet.attn_processors``); empty for the other variants. ``name``: the file's name (FaceID plus: ``v2`` in it
+    #: turns the projection's shortcut on, :mod:`workers.adapters.faceid`).
+    lora: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    name: str = ""
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.image_proj.values(), *(t for pair in self.layers.values() for t in pair)]
+        tensors = [*self.image_proj.values(), *(t for pair in self.layers.values() for t in pair),
+                   *(t for parts in self.lora.values() for t in parts.values())]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -106,10 +125,17 @@ def recognise(image_proj: dict[str, torch.Tensor]) -> tuple[str, EmbedsKind, int
     """``(variant, embeds, embed_dim, tokens, cross_attention_dim)`` of an image projection (the module doc's
     variants). :class:`AdapterFileError` for a FaceID projection or an unknown layout."""
     keys = set(image_proj)
-    if "perceiver_resampler.proj_in.weight" in keys or ("norm.weight" in keys and "proj.0.weight" in keys
-                                                         and "proj.3.weight" not in keys):
-        raise AdapterFileError("a FaceID IP-Adapter (it reads a face-recognition embedding): not supported by"
-                               " `adapter: ip-adapter`")
+    if "perceiver_resampler.proj_in.weight" in keys:
+        id_dim = _tensor(image_proj, "proj.0.weight", 2).shape[1]
+        width = _tensor(image_proj, "perceiver_resampler.proj_out.weight", 2).shape[0]
+        return "faceid-plus", "face_id_plus", id_dim, 4, width  # diffusers' projection: 4 tokens
+    if "norm.weight" in keys and "proj.0.weight" in keys and "proj.3.weight" not in keys:
+        id_dim = _tensor(image_proj, "proj.0.weight", 2).shape[1]
+        width = _tensor(image_proj, "norm.weight", 1).shape[0]
+        tokens, rest = divmod(_tensor(image_proj, "proj.2.weight", 2).shape[0], width)
+        if rest:
+            raise AdapterFileError(f"image_proj.proj.2.weight's rows are not a multiple of the norm's width {width}")
+        return "faceid", "face_id", id_dim, tokens, width
     if "proj.weight" in keys:
         proj = _tensor(image_proj, "proj.weight", 2)
         width = _tensor(image_proj, "norm.weight", 1).shape[0]
@@ -138,11 +164,15 @@ def read_adapter_file(path: Path) -> AdapterFile:
         raise AdapterFileError(f"{path.name} has no image_proj.* tensors: not an IP-Adapter file")
     variant, embeds, embed_dim, tokens, width = recognise(parts["image_proj"])
     found: dict[int, dict[str, torch.Tensor]] = {}
+    lora: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in parts["ip_adapter"].items():
         match = _LAYER_KEY.match(str(key))
-        if match is None:
-            continue  # e.g. a FaceID file's LoRA keys: not ours
-        found.setdefault(int(match.group(1)), {})[match.group(2)] = value
+        if match is not None:
+            found.setdefault(int(match.group(1)), {})[match.group(2)] = value
+            continue
+        match = _LORA_KEY.match(str(key))
+        if match is not None and variant in FACEID_VARIANTS:  # the FaceID LoRA part
+            lora.setdefault(int(match.group(1)), {})[f"{match.group(2)}.{match.group(3)}"] = value
     if not found:
         raise AdapterFileError(f"{path.name} has no ip_adapter.<n>.to_k_ip.weight tensors")
     layers = {}
@@ -154,5 +184,9 @@ def read_adapter_file(path: Path) -> AdapterFile:
             raise AdapterFileError(f"ip_adapter.{n}: to_k_ip {tuple(k.shape)}, to_v_ip {tuple(v.shape)}: both must"
                                    f" be (layer width, {width})")
         layers[n] = (k, v)
+    for n, pair in lora.items():
+        for x in ("q", "k", "v", "out"):
+            if (f"{x}.down" in pair) != (f"{x}.up" in pair):
+                raise AdapterFileError(f"ip_adapter.{n}.to_{x}_lora: down and up come in pairs")
     return AdapterFile(variant=variant, image_proj=parts["image_proj"], layers=layers, embeds=embeds,
-                       embed_dim=embed_dim, tokens=tokens, cross_attention_dim=width)
+                       embed_dim=embed_dim, tokens=tokens, cross_attention_dim=width, lora=lora, name=path.name)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.adapters.encoder import ReferenceEmbeds
+from workers.adapters.faceid import FaceIDPlusProjection, is_v2
 from workers.adapters.files import AdapterFile
 
 #: The task's Notes when a job with IP-Adapter units ran a compiled UNet's eager forward (``speed.compile``).
@@ -68,12 +69,18 @@ class LoadedAdapter:
     embeds: str
     embed_dim: int
     cross_attention_dim: int
+    #: FaceID files: the LoRA part as read (CPU tensors; :func:`workers.adapters.faceid.faceid_lora`), the file's
+    #: name, and (faceid-plus) the width of the CLIP hidden states it reads of the face crop
+    lora: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    name: str = ""
+    clip_dim: int | None = None
 
     @property
     def nbytes(self) -> int:
         params = [*self.projection.parameters(), *(p for pair in self.layers.values() for m in pair
                                                     for p in m.parameters())]
-        return sum(p.numel() * p.element_size() for p in params)
+        lora = [t for parts in self.lora.values() for t in parts.values()]
+        return sum(p.numel() * p.element_size() for p in [*params, *lora])
 
 
 def build_adapter(data: AdapterFile, device: str | torch.device, dtype: torch.dtype) -> LoadedAdapter:
@@ -88,6 +95,10 @@ def build_adapter(data: AdapterFile, device: str | torch.device, dtype: torch.dt
             None, dict(data.image_proj), low_cpu_mem_usage=False)
     except (RuntimeError, KeyError, ValueError) as e:
         raise AdapterFitError(f"its image projection ({data.variant}) does not load: {e}") from e
+    clip_dim = None
+    if data.variant == "faceid-plus":
+        clip_dim = data.image_proj["perceiver_resampler.proj_in.weight"].shape[1]
+        projection = FaceIDPlusProjection(projection, data.embed_dim, clip_dim, shortcut=is_v2(data.name))
     projection.to(device=device, dtype=dtype).eval().requires_grad_(False)
     layers = {}
     for n, (k, v) in data.layers.items():
@@ -98,7 +109,8 @@ def build_adapter(data: AdapterFile, device: str | torch.device, dtype: torch.dt
             pair.append(linear)
         layers[n] = (pair[0], pair[1])
     return LoadedAdapter(projection=projection, layers=layers, variant=data.variant, embeds=data.embeds,
-                         embed_dim=data.embed_dim, cross_attention_dim=data.cross_attention_dim)
+                         embed_dim=data.embed_dim, cross_attention_dim=data.cross_attention_dim, lora=data.lora,
+                         name=data.name, clip_dim=clip_dim)
 
 
 @dataclass(frozen=True)
@@ -144,9 +156,21 @@ def check_fits(unet: Any, adapter: LoadedAdapter, embeds: ReferenceEmbeds | None
         out = adapter.layers[n][0].out_features
         if out != attn.inner_dim:
             raise AdapterFitError(f"ip_adapter.{n} has width {out}, the layer {name} {attn.inner_dim}")
-    if embeds is not None and (embeds.kind != adapter.embeds or embeds.positive.shape[-1] != adapter.embed_dim):
+    if embeds is not None and not _embeds_fit(adapter, embeds):
         raise AdapterFitError(f"it reads {adapter.embeds} of width {adapter.embed_dim}, the reference gives"
                               f" {embeds.kind} of width {embeds.positive.shape[-1]} (another image encoder?)")
+
+
+def _embeds_fit(adapter: LoadedAdapter, embeds: ReferenceEmbeds) -> bool:
+    """Whether ``embeds`` are of the kind and width ``adapter`` reads (faceid-plus: the id embedding's width plus
+    whole tokens of its CLIP width)."""
+    if embeds.kind != adapter.embeds:
+        return False
+    width = embeds.positive.shape[-1]
+    if adapter.embeds == "face_id_plus":
+        rest = width - adapter.embed_dim
+        return adapter.clip_dim is not None and rest > 0 and rest % adapter.clip_dim == 0
+    return width == adapter.embed_dim
 
 
 def _ids(layers: dict[int, Any]) -> str:

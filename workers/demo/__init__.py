@@ -11,6 +11,7 @@ import torch
 
 from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.control import ensure_demo_controlnet, write_demo_annotators
+from workers.demo.faceid import ensure_demo_arcface, ensure_demo_faceid
 from workers.demo.masks import ensure_demo_cloth_seg, ensure_demo_sam, ensure_demo_segformer, ensure_demo_u2net
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
 from workers.demo.publish import ensure_folder
@@ -35,6 +36,10 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
         return ensure_demo_controlnet(demo_dir / "demo-controlnet", base_model=demo_path("inpaint", demo_dir))
     if kind == "ip-adapter":  # the .safetensors file inside the folder
         return ensure_demo_ip_adapter(demo_dir / "demo-ip-adapter", base_model=demo_path("inpaint", demo_dir))
+    if kind == "ip-adapter-faceid":  # the .safetensors file inside the folder
+        return ensure_demo_faceid(demo_dir / "demo-faceid", base_model=demo_path("inpaint", demo_dir))
+    if kind == "arcface":  # the .onnx file inside the folder
+        return ensure_demo_arcface(demo_dir / "demo-arcface")
     if kind == "clip-vision":
         return ensure_demo_clip_vision(demo_dir / "demo-clip-vision")
     if kind == "annotators":

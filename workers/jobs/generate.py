@@ -15,18 +15,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
+import torch
 from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
 from app.contract.jobs import ControlUnitRef, JobMessage
-from app.contract.limits import REFINE_UPSCALER_FIELD, SUBMODEL_TYPES, ModelType, is_lanczos
+from app.contract.limits import (
+    CONTROL_UNITS_FIELD,
+    NO_FACE_MESSAGE,
+    PERSONA_CODE_FIELD,
+    REFINE_UPSCALER_FIELD,
+    SUBMODEL_TYPES,
+    ModelType,
+    is_lanczos,
+)
 from app.contract.personas import PersonaStore
 from app.contract.registry import ModelEntry, Registry, TileOptions
 from app.contract.storage import AUTO_MASK_NAME
 from workers.adapters.encoder import ReferenceEmbeds, encode_reference
+from workers.adapters.faceid import NoFaceFound, face_embeds, faceid_lora
 from workers.adapters.ip_adapter import (
     COMPILE_OFF_NOTE,
     AdapterFitError,
@@ -64,6 +77,7 @@ from workers.models.sources import local_path
 from workers.personas import persona_embeds
 from workers.runtime import WorkerRuntime
 from workers.submodels.apply import apply_submodels
+from workers.submodels.lora import patched
 from workers.submodels.spec import SubmodelError, SubModelSpec, WithImage, build_prompt
 from workers.translate.detect import is_english
 from workers.translate.translator import TranslatorLoadError, translate_prompts
@@ -411,13 +425,14 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
     with rt.models.vae_for(held, plan.entry, registry, job.use_main_model_vae) as pipe, \
             apply_submodels(pipe, plan.specs, lambda spec: _read_submodel(rt, held, spec)):
         nets = [rt.models.controlnet(held, cm, registry, rt.models.dtype_of(plan.entry)) for cm in plan.control_models]
-        adapters = _adapter_units(rt, held, registry, plan, pipe)
+        adapters = _adapter_units(rt, held, registry, plan, pipe, job)
         model = rt.models.upscaler(held, plan.upscaler, registry) if plan.upscaler is not None else None
         if model is not None:
             watch.set_budget(time_budget(rt.settings, job, steps, passes, upscale_by=model.scale))
         loaded = held.load_seconds
         t0 = time.monotonic()
-        with adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
+        with _faceid_loras(pipe, plan, adapters), \
+                adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
             if run.compile_off:
                 rt.store.add_note(job.task_uid, COMPILE_OFF_NOTE)
             images = _denoise(pipe, nets, plan, job, plan.draw, sampling, run)
@@ -527,16 +542,21 @@ def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: 
 # --- IP-Adapter units -------------------------------------------------------------------------------------
 
 
-def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, pipe) -> list[AdapterUnit]:
+def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, pipe,
+                   job: JobMessage | None = None) -> list[AdapterUnit]:
     """The job's IP-Adapter units: each adapter and its encoder from the model cache (in the Main model's dtype),
-    its reference's embeddings (:func:`_reference_embeds`), its ControlWeight and step window. An adapter that does
-    not fit the Main model's UNet (another width, other layers: a file of another family) is the model error of the
-    unit's ControlModel."""
+    its reference's embeddings (:func:`_reference_embeds`; a FaceID adapter's: :func:`_face_reference_embeds`), its
+    ControlWeight and step window. An adapter that does not fit the Main model's UNet (another width, other layers: a
+    file of another family) is the model error of the unit's ControlModel."""
     dtype = rt.models.dtype_of(plan.entry)
     units = []
     for ref, model in plan.adapter_units:
         adapter = rt.models.ip_adapter(held, model, registry, dtype)
-        embeds = _reference_embeds(rt, held, registry, model, ref, adapter.embeds, dtype)
+        if model.face_model is not None:
+            at = next((i for i, u in enumerate(job.control_units) if u is ref), None) if job is not None else None
+            embeds = _face_reference_embeds(rt, held, registry, model, ref, adapter, dtype, at)
+        else:
+            embeds = _reference_embeds(rt, held, registry, model, ref, adapter.embeds, dtype)
         try:
             check_fits(pipe.unet, adapter, embeds)
         except AdapterFitError as e:
@@ -562,3 +582,67 @@ def _reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model:
         if rt.embeds is not None:
             rt.embeds.put(key, embeds)
     return embeds
+
+
+def _face_reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model: ModelEntry,
+                           ref: ControlUnitRef, adapter, dtype, at: int | None) -> ReferenceEmbeds:
+    """What a FaceID unit's adapter reads of its reference (:mod:`workers.adapters.faceid`): the main face of the
+    unit's image found by the worker's face detector, aligned, embedded by the entry's face model (and, faceid-plus,
+    the CLIP encoder's states of the face crop); from the embeddings cache by the image's content hash. A reference
+    without a face ends the task in Error 230 naming the unit's ``ImageIndex`` (``at``: the unit's place in
+    ControlNetList)."""
+    face_model = rt.models.face_model(held, model, registry)
+    encoder = None
+    if adapter.embeds == "face_id_plus":
+        if model.image_encoder is None:
+            raise JobError(ErrorCode.MODEL, f"Model [{model.model_code}] could not be applied: a {adapter.variant}"
+                                            " file reads the face crop through a CLIP encoder: give the entry"
+                                            " `image_encoder:`")
+        encoder = rt.models.image_encoder(held, model, registry, dtype)
+    unit = f"{CONTROL_UNITS_FIELD}[{at if at is not None else 0}]"
+
+    def embed(image: Image.Image, where: str) -> ReferenceEmbeds:
+        try:
+            return face_embeds(image, rt.models.face_detector(held).detect(image), face_model, adapter.embeds, encoder)
+        except NoFaceFound:
+            raise JobError(ErrorCode.BAD_INPUT, f"{where}: {NO_FACE_MESSAGE}") from None
+
+    if ref.persona is not None:  # the mean of the persona's faces' embeddings, computed once and stored
+        faces_encoder = FaceEncoder(key=(face_model.key, encoder.key if encoder is not None else None),
+                                    model=encoder.model if encoder is not None else FaceEncoder.CPU)
+        return persona_embeds(rt.storage, PersonaStore(rt.store.r), faces_encoder, ref.persona, adapter.embeds,
+                              rt.embeds, encode=lambda _, image, kind: embed(
+                                  image, f"{unit}.{PERSONA_CODE_FIELD}: an image of Persona [{ref.persona}]"))
+    key = (face_model.key, encoder.key if encoder is not None else None, ref.image, adapter.embeds)
+    embeds = rt.embeds.get(key) if rt.embeds is not None else None
+    if embeds is None:
+        embeds = embed(open_input(rt, ref.image), f"{unit}.ImageIndex")
+        if rt.embeds is not None:
+            rt.embeds.put(key, embeds)
+    return embeds
+
+
+@dataclass(frozen=True)
+class FaceEncoder:
+    """What :func:`~workers.personas.persona_embeds` reads of an encoder, for a FaceID unit's persona: the key of
+    its face model and CLIP encoder (the stored embeddings' name) and where its embeddings live (``model``'s device
+    and dtype: the CLIP encoder's, or the CPU in float32 for the face model's alone)."""
+
+    key: tuple
+    model: object
+
+    CPU: ClassVar = SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32)
+
+
+def _faceid_loras(pipe, plan: Plan, units: list[AdapterUnit]):
+    """The LoRA parts of the job's FaceID units patched into the UNet's weights for the job and put back bit for
+    bit afterwards (:func:`workers.submodels.lora.patched`, at weight 1 as diffusers loads them), over the job's
+    own LoRAs, once per adapter however many units name it (diffusers loads it once per file). A unit at weight 0
+    or with an empty step window brings none (it computes exactly the image without it). A LoRA part that does not
+    fit the UNet is the unit's model error (``SubmodelError``)."""
+    loras = {}
+    for (_, model), unit in zip(plan.adapter_units, units):
+        if unit.adapter.lora and unit.weight != 0 and unit.end > unit.start and id(unit.adapter) not in loras:
+            loras[id(unit.adapter)] = (model.model_code, faceid_lora(unit.adapter.lora, pipe.unet, unit.adapter.name),
+                                       1.0)
+    return patched(pipe, list(loras.values())) if loras else nullcontext()

@@ -31,6 +31,9 @@ One method per kind says how it is keyed (what makes two requests share one load
 * ``mask``: a mask engine (BackgroundRemover, PointSegmenter, ClothesSegmenter), by engine kind, resolved
   file or folder and rembg model; on the device for transformers folders, host for ONNX files and
   the weight-free GrabCut; :func:`~workers.masks.engines.load_engine`.
+* ``face-model``: a FaceID adapter's face-recognition ONNX model (``face_model:``) in onnxruntime, by resolved
+  file, its mtime and size; host (onnxruntime's own memory; CUDA's provider on a CUDA worker);
+  :func:`~workers.adapters.faceid.load_face_model`. Adapters naming one file share it.
 * ``face_detector``: the face detector (MTCNN, its weights inside facenet-pytorch's wheel), by device; on the
   device on CUDA, on the host on a CPU worker; :func:`~workers.faces.detect.load_face_detector`.
 * ``upscaler``: an Upscaler (a super-resolution file), by resolved file, its mtime and size, and dtype (this
@@ -50,9 +53,11 @@ from typing import Any
 
 import torch
 
+from app.contract.limits import IP_ADAPTER_FACEID
 from app.contract.registry import UPSCALER_SUFFIXES, ModelEntry, ModelSource, Registry
 from workers.adapters.encoder import load_image_encoder
-from workers.adapters.files import AdapterFileError, read_adapter_file
+from workers.adapters.faceid import FaceModelError, load_face_model
+from workers.adapters.files import FACEID_VARIANTS, AdapterFileError, read_adapter_file
 from workers.adapters.ip_adapter import AdapterFitError, build_adapter
 from workers.faces.detect import FaceDetector, load_face_detector
 from workers.inference.control import drop_control_pipelines
@@ -85,6 +90,7 @@ class Loaders:
     ip_adapter: Callable[..., Any] = lambda path, device, dtype: build_adapter(read_adapter_file(path), device, dtype)
     image_encoder: Callable[..., Any] = load_image_encoder
     face_detector: Callable[..., Any] = load_face_detector
+    face_model: Callable[..., Any] = load_face_model
     upscaler: Callable[..., Any] = load_upscaler
 
 
@@ -188,9 +194,15 @@ class WorkerModels:
 
         def load() -> Any:
             try:
-                return self.loaders.ip_adapter(path, self.device, dtype)
+                adapter = self.loaders.ip_adapter(path, self.device, dtype)
             except (OSError, AdapterFileError, AdapterFitError) as e:
                 raise ModelLoadError(entry.model_code, f"IP-Adapter file {path}: {e}") from e
+            faceid = getattr(adapter, "variant", "") in FACEID_VARIANTS
+            if faceid != (entry.adapter == IP_ADAPTER_FACEID):
+                raise ModelLoadError(entry.model_code, f"IP-Adapter file {path}: a {adapter.variant} file, not for"
+                                                       f" `adapter: {entry.adapter}`"
+                                                       + (f" (use `adapter: {IP_ADAPTER_FACEID}`)" if faceid else ""))
+            return adapter
 
         st = path.stat() if path.exists() else None
         stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
@@ -325,6 +337,25 @@ class WorkerModels:
         return lease.get(("face_detector", str(self.device)), lambda: self.loaders.face_detector(self.device),
                          label="face-detector", kind="face_detector", place="device" if on_device else "host",
                          slot=("face_detector",))
+    def face_model(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
+        """The face-recognition ONNX model of the FaceID adapter ``entry`` (its ``face_model:``,
+        :func:`~workers.adapters.faceid.load_face_model`). A file replaced on disk is read again. Raises
+        :class:`ModelLoadError` (labelled ``<ModelCode>``) for a missing file or one that is not an ArcFace model."""
+        path = local_path(entry.face_model, registry, self.models_dir)
+
+        def load() -> Any:
+            try:
+                return self.loaders.face_model(path, self.device)
+            except (OSError, FaceModelError) as e:
+                raise ModelLoadError(entry.model_code, f"face model {path}: {e}") from e
+            except Exception as e:  # onnxruntime's and onnx's own errors for a file that is no ONNX model
+                raise ModelLoadError(entry.model_code, f"face model {path}: {e}") from e
+
+        st = path.stat() if path is not None and path.exists() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+        return lease.get(("face-model", str(path), stamp), load, label=f"{entry.model_code}:face", kind="face-model",
+                         place="host", slot=("face-model", str(path)), estimate=st.st_size if st else None)
+
     def upscaler(self, lease: Lease, entry: ModelEntry, registry: Registry) -> SuperResolution:
         """The Upscaler ``entry`` on the device, in this worker's dtype where its architecture supports it
         (:func:`~workers.inference.upscale.load_upscaler`). A file replaced on disk is read again. Raises
