@@ -98,29 +98,38 @@ def demo_ip_adapter_state(unet, seed: int = 0, embed_dim: int = ENCODER_PROJECTI
     return state
 
 
-def ensure_demo_ip_adapter(dest: Path, seed: int = 0, base_model: Path | None = None) -> Path:
-    """Build, once, the folder ``dest`` holding :data:`ADAPTER_FILE`, a plain IP-Adapter fitting the UNet of
-    ``base_model`` (a diffusers SD 1.x folder; default: the demo inpainting model of ``seed``, built in a scratch
-    folder) and the demo encoder's ``image_embeds`` width. Returns the file's path."""
+def ensure_unet_fitted_file(dest: Path, seed: int, base_model: Path | None, *, file: str, marker_file: str, kind: str,
+                            build: int, state, what: str) -> Path:
+    """Build, once, the folder ``dest`` holding ``file``: the tensors ``state(unet, seed)`` gives for a UNet of
+    ``base_model``'s config (a diffusers SD 1.x folder; default: the demo inpainting model of ``seed``, built in a
+    scratch folder), recorded in ``marker_file`` as ``kind`` of build ``build``. Returns the file's path. The demo
+    adapters' files (an IP-Adapter, a FaceID one) fit the UNet they will be applied to this way."""
     from diffusers import UNet2DConditionModel
 
     dest = Path(dest)
-    found = read_marker(dest, ADAPTER_MARKER)
-    if base_model is None and found is not None and found.get("seed") == seed \
-            and found.get("build") == DEMO_ADAPTER_BUILD:
-        return dest / ADAPTER_FILE
+    found = read_marker(dest, marker_file)
+    if base_model is None and found is not None and found.get("seed") == seed and found.get("build") == build:
+        return dest / file
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{dest.name}.base-", dir=dest.parent) as scratch:
         if base_model is None:
             base_model = ensure_demo_model(Path(scratch) / "base", seed=seed)
         config = json.loads((Path(base_model) / "unet" / "config.json").read_text())
         unet = UNet2DConditionModel.from_config(config)
-        marker = {"kind": "atelier-demo-ip-adapter", "build": DEMO_ADAPTER_BUILD, "seed": seed,
-                  "cross_attention_dim": unet.config.cross_attention_dim}
+        marker = {"kind": kind, "build": build, "seed": seed, "cross_attention_dim": unet.config.cross_attention_dim}
 
         def write(folder: Path, work: Path) -> None:
             folder.mkdir(parents=True, exist_ok=True)
-            save_file(demo_ip_adapter_state(unet, seed), str(folder / ADAPTER_FILE))
+            save_file(state(unet, seed), str(folder / file))
 
-        ensure_folder(dest, marker, write, marker_file=ADAPTER_MARKER, what="demo IP-Adapter")
-    return dest / ADAPTER_FILE
+        ensure_folder(dest, marker, write, marker_file=marker_file, what=what)
+    return dest / file
+
+
+def ensure_demo_ip_adapter(dest: Path, seed: int = 0, base_model: Path | None = None) -> Path:
+    """Build, once, the folder ``dest`` holding :data:`ADAPTER_FILE`, a plain IP-Adapter fitting the UNet of
+    ``base_model`` (a diffusers SD 1.x folder; default: the demo inpainting model of ``seed``, built in a scratch
+    folder) and the demo encoder's ``image_embeds`` width. Returns the file's path."""
+    return ensure_unet_fitted_file(dest, seed, base_model, file=ADAPTER_FILE, marker_file=ADAPTER_MARKER,
+                                   kind="atelier-demo-ip-adapter", build=DEMO_ADAPTER_BUILD,
+                                   state=demo_ip_adapter_state, what="demo IP-Adapter")

@@ -17,19 +17,15 @@ Values are drawn from (seed, tensor name): the same files on every machine and r
 """
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from safetensors.torch import save_file
 
-from workers.demo.adapters import ADAPTER_GAIN, ENCODER_HIDDEN, _values
-from workers.demo.model import ensure_demo_model
-from workers.demo.publish import ensure_folder, read_marker
+from workers.demo.adapters import ADAPTER_GAIN, ENCODER_HIDDEN, _values, ensure_unet_fitted_file
+from workers.demo.publish import ensure_folder
 
 FACEID_MARKER = "atelier_demo_faceid.json"
 FACEID_FILE = "ip-adapter-faceid-plusv2_demo.safetensors"
@@ -100,28 +96,9 @@ def ensure_demo_faceid(dest: Path, seed: int = 0, base_model: Path | None = None
     """Build, once, the folder ``dest`` holding :data:`FACEID_FILE` (:func:`demo_faceid_state`, faceid-plus v2)
     fitting the UNet of ``base_model`` (default: the demo inpainting model of ``seed``, built in a scratch folder)
     and the demo CLIP encoder. Returns the file's path."""
-    from diffusers import UNet2DConditionModel
-
-    dest = Path(dest)
-    found = read_marker(dest, FACEID_MARKER)
-    if base_model is None and found is not None and found.get("seed") == seed \
-            and found.get("build") == DEMO_FACEID_BUILD:
-        return dest / FACEID_FILE
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.base-", dir=dest.parent) as scratch:
-        if base_model is None:
-            base_model = ensure_demo_model(Path(scratch) / "base", seed=seed)
-        config = json.loads((Path(base_model) / "unet" / "config.json").read_text())
-        unet = UNet2DConditionModel.from_config(config)
-        marker = {"kind": "atelier-demo-faceid", "build": DEMO_FACEID_BUILD, "seed": seed,
-                  "cross_attention_dim": unet.config.cross_attention_dim}
-
-        def write(folder: Path, work: Path) -> None:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_file(demo_faceid_state(unet, seed), str(folder / FACEID_FILE))
-
-        ensure_folder(dest, marker, write, marker_file=FACEID_MARKER, what="demo FaceID IP-Adapter")
-    return dest / FACEID_FILE
+    return ensure_unet_fitted_file(dest, seed, base_model, file=FACEID_FILE, marker_file=FACEID_MARKER,
+                                   kind="atelier-demo-faceid", build=DEMO_FACEID_BUILD, state=demo_faceid_state,
+                                   what="demo FaceID IP-Adapter")
 
 
 def arcface_model(seed: int = 0):

@@ -38,6 +38,17 @@ def with_faces(source: Image.Image, pixels: np.ndarray) -> Image.Image:
     return Image.merge("RGBA", (*out.split(), source.convert("RGBA").getchannel("A")))
 
 
+def finish_photo(rt: WorkerRuntime, uid: str, watch: JobWatch, timings: Timings, progress: ProgressWriter,
+                 source: Image.Image, pixels: np.ndarray, note: str) -> None:
+    """End a face job (RestoreFaces, SwitchFace): its Notes line, its one result (``pixels`` over ``source``:
+    :func:`with_faces`) stored as ``0.png``, the task Finished with the steps its redraws reported."""
+    rt.store.add_note(uid, note)
+    t0 = time.monotonic()
+    name = rt.storage.write_result(uid, 0, png_bytes(with_faces(source, pixels), rt.settings.result_png_level))
+    timings.store = time.monotonic() - t0
+    finish(rt, uid, watch, [name], pipeline_s=timings.pipeline.get("pipeline_s", 0.0), steps=progress.seen or (0, 0))
+
+
 def run_restore_faces_job(rt: WorkerRuntime, message: dict) -> None:
     """Run one RestoreFaces job message to its end."""
     if not version_ok(rt, message):
@@ -67,13 +78,7 @@ def run_restore_faces_job(rt: WorkerRuntime, message: dict) -> None:
             note = restored_note(count, len(smaller), entry.faces.min_size)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)  # the detection and the redraws
         timings.load = held.load_seconds
-        rt.store.add_note(job.task_uid, note)
-        t0 = time.monotonic()
-        name = rt.storage.write_result(job.task_uid, 0, png_bytes(with_faces(source, pixels),
-                                                                  rt.settings.result_png_level))
-        timings.store = time.monotonic() - t0
-        finish(rt, job.task_uid, watch, [name], pipeline_s=timings.pipeline.get("pipeline_s", 0.0),
-               steps=progress.seen or (0, 0))
+        finish_photo(rt, job.task_uid, watch, timings, progress, source, pixels, note)
         return 1, f"{count} face(s) of a {source.width}x{source.height} photo restored"
 
     run_task(rt, job.task_uid, label=job.main_model, total_steps=0, budget_s=rt.settings.job_time_base_s, work=work,

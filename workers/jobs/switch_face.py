@@ -29,11 +29,11 @@ from app.contract.registry import ModelEntry
 from workers.adapters.ip_adapter import COMPILE_OFF_NOTE, AdapterFitError, AdapterUnit, adapters_applied, check_fits
 from workers.faces.redraw import SWITCH_PROMPT, FaceRedraw, no_step_note, redraw_face
 from workers.jobs.generate import _reference_embeds
-from workers.jobs.restore_faces import with_faces
+from workers.jobs.restore_faces import finish_photo
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
-from workers.lifecycle.stored import open_input, png_bytes
-from workers.lifecycle.task import Timings, finish, run_task, version_ok
+from workers.lifecycle.stored import open_input
+from workers.lifecycle.task import Timings, run_task, version_ok
 from workers.lifecycle.watch import JobWatch
 from workers.models.cache import Lease, ModelLoadError
 from workers.runtime import WorkerRuntime
@@ -110,13 +110,7 @@ def run_switch_face_job(rt: WorkerRuntime, message: dict) -> None:
             note = switched_note(job.face_index, len(faces), model.model_code)
         timings.inference = time.monotonic() - t0 - (held.load_seconds - loaded)  # the detection and the redraw
         timings.load = held.load_seconds
-        rt.store.add_note(job.task_uid, note)
-        t0 = time.monotonic()
-        name = rt.storage.write_result(job.task_uid, 0, png_bytes(with_faces(source, pixels),
-                                                                  rt.settings.result_png_level))
-        timings.store = time.monotonic() - t0
-        finish(rt, job.task_uid, watch, [name], pipeline_s=timings.pipeline.get("pipeline_s", 0.0),
-               steps=progress.seen or (0, 0))
+        finish_photo(rt, job.task_uid, watch, timings, progress, source, pixels, note)
         return 1, f"face {job.face_index} of {len(faces)} of a {source.width}x{source.height} photo switched"
 
     run_task(rt, job.task_uid, label=job.main_model, total_steps=0, budget_s=rt.settings.job_time_base_s, work=work,

@@ -1,4 +1,4 @@
-// Two small DOM helpers shared by the modules.
+// Small DOM helpers shared by the modules.
 
 /** The element with data-testid `id` inside `root`. */
 export const byTestId = (root, id) => root.querySelector(`[data-testid="${id}"]`);
@@ -13,4 +13,14 @@ export function h(tag, props = {}, ...children) {
   }
   el.append(...children.filter((c) => c !== null && c !== undefined));
   return el;
+}
+
+/** A file's bytes as base64 (no data-URL prefix): an image is sent exactly as chosen. */
+export function fileToBase64(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
 }

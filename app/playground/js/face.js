@@ -2,19 +2,10 @@
 // or one of the key's personas (PersonaCode), and the persona manager: CreatePersona from uploaded images,
 // ListPersonas, DeletePersona. Shown only when the deployment serves an IP-Adapter.
 
-import { byTestId as $, h } from "./dom.js";
+import { byTestId as $, fileToBase64, h } from "./dom.js";
 
 const modelLabel = (m) => (m.Name && m.Name !== m.ModelCode ? `${m.Name} (${m.ModelCode})` : m.ModelCode);
 
-/** A file's bytes as base64 (no data-URL prefix): the image is sent exactly as chosen. */
-function fileToBase64(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
-}
 
 export class FaceReference {
   constructor(root, api, errors) {

@@ -2,7 +2,7 @@
 // the gallery and the task list. Every server call goes through api.js; every error is shown by errors.js.
 
 import { createClient, localUrl } from "./api.js";
-import { byTestId } from "./dom.js";
+import { byTestId, fileToBase64 } from "./dom.js";
 import { ErrorSlots } from "./errors.js";
 import { FaceReference } from "./face.js";
 import { GenerationForm } from "./form.js";
@@ -92,15 +92,6 @@ async function connect() {
 
 // --- the mannequin photo -----------------------------------------------------------------------------------
 
-/** A file's bytes as base64 (no data-URL prefix): the photo is sent exactly as chosen. */
-function fileToBase64(file) {
-  return new Promise((resolve, reject) => {
-    const reader = new FileReader();
-    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
-    reader.onerror = () => reject(reader.error);
-    reader.readAsDataURL(file);
-  });
-}
 
 /** An <img> of a file, decoded; throws when the browser cannot read it. */
 async function decodeImage(file) {
