@@ -16,7 +16,8 @@ from app.contract.settings import Settings
 from app.contract.storage import RESULTS, Storage, open_storage
 from app.contract.storage_local import LocalStore
 from app.contract.storage_s3 import MAX_PRESIGN_S, S3Store, parse_s3_url
-from support.api import png_b64, signed
+from app.services import get_services
+from support.api import PUB, png_b64, signed
 from support.s3 import free_port, new_bucket, s3_env, start_moto
 from support.storage_contract import OTHER_UID, UID, StorageContract
 
@@ -164,3 +165,36 @@ def test_a_submission_with_the_bucket_unreachable_is_150_naming_the_storage(unre
                       "Width": 128, "Height": 96}))
     assert out["RetCode"] == RetCode.UNAVAILABLE == 150, out
     assert out["Message"] == STORAGE_UNAVAILABLE_MESSAGE and "storage" in out["Message"]
+
+
+@pytest.fixture(params=["gateway", "presigned"])
+def bucket_deployment(request, s3_endpoint, bucket, monkeypatch):
+    """The deployment's storage is a bucket of the moto server, in either link mode (set before ``api`` starts)."""
+    monkeypatch.setenv("ATELIER_STORAGE_URL", f"s3://{bucket}/deploy")
+    monkeypatch.setenv("ATELIER_RESULT_LINKS", request.param)
+    return request.param
+
+
+def test_list_tasks_details_links_download_the_result_from_the_bucket_in_both_modes(bucket_deployment, api):
+    svc = get_services()
+    assert isinstance(svc.storage.objects, S3Store)
+    uid, _ = svc.tasks.create(PUB["pk-alice"], None, "GenerateFromMannequin", 1, 0)
+    svc.storage.write_result(uid, 0, b"\x89PNG from the bucket")
+    svc.tasks.mark_finished(uid, ["0.png"], 1)
+    [link] = api(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}))["TaskDetailList"][0]["ImgList"]
+    if bucket_deployment == "presigned":  # the bucket's URL: the client downloads without the gateway
+        assert link.startswith(os.environ["AWS_ENDPOINT_URL"]) and "X-Amz-Signature=" in link
+        assert 0 < expires_in(link) <= get_services().settings.result_retention_s
+        got = httpx.get(link)
+    else:  # the gateway's signed link: the gateway streams the result from the bucket
+        assert link.startswith(svc.settings.base_url() + f"/results/{uid}/0.png?")
+        got = api.client.get(link.removeprefix(svc.settings.base_url()))
+    assert got.status_code == 200 and got.content == b"\x89PNG from the bucket"
+    if bucket_deployment == "gateway":  # the bucket unreachable now: 503, the link stays valid
+        os.environ["AWS_ENDPOINT_URL"], endpoint = f"http://127.0.0.1:{free_port()}", os.environ["AWS_ENDPOINT_URL"]
+        try:
+            svc.__dict__.pop("storage", None)  # a storage opened anew on the dead endpoint
+            down = api.client.get(link.removeprefix(svc.settings.base_url()))
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+        assert down.status_code == 503 and down.json()["detail"] == STORAGE_UNAVAILABLE_MESSAGE
