@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.actions import ACTIONS
 from app.actions.base import SignedCall
 from app.background import start_loops
-from app.contract.codes import DEFAULT_MESSAGES, RetCode
+from app.contract.codes import DEFAULT_MESSAGES, STORAGE_UNAVAILABLE_MESSAGE, RetCode
 from app.contract.registry import UnknownModel
 from app.contract.storage import RESULTS
 from app.deps import ServicesDep, signed_call
@@ -198,5 +198,9 @@ async def result_file(uid: str, name: str, exp: int, sig: str, svc: ServicesDep)
             return None
         return svc.storage.read_result(uid, name)  # None once swept
 
-    data = await run_in_threadpool(read)
+    try:
+        data = await run_in_threadpool(read)
+    except OSError as e:  # the data dir or bucket cannot be read now: the link stays valid, try again
+        log.error("storage unavailable: %s", e)
+        return JSONResponse({"detail": STORAGE_UNAVAILABLE_MESSAGE}, status_code=503)
     return not_found if data is None else Response(data, media_type="image/png")

@@ -8,7 +8,7 @@ from typing import Any
 
 from app.actions.base import SignedCall
 from app.actions.personas import require_persona
-from app.actions.submit import callback_url, store_input, submit
+from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.codes import RetCode, family_message
 from app.contract.jobs import ControlUnitRef, JobMessage, SubModelRef
 from app.contract.limits import (
@@ -118,7 +118,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
                          max_prompt_chars=s.max_prompt_chars, allow_private_callbacks=s.webhook_allow_private,
-                         known_images=svc.storage.has_input)
+                         known_images=known_inputs(svc))
     callback = callback_url(req.callback_url, call, svc)
     notes = []
     main = main_model(req.main_model, svc, notes)

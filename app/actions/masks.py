@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.actions.submit import callback_url, store_input, submit
+from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.jobs import MaskJobMessage
 from app.contract.limits import ENGINE_FIELD, MASK_ACTION_ENGINE_TYPE
 from app.contract.registry import ModelEntry
@@ -34,7 +34,7 @@ def _engine(req: MaskRequest, svc: Services) -> ModelEntry:
 def mask_action(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_mask_request(call.action, call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
-                             allow_private_callbacks=s.webhook_allow_private, known_images=svc.storage.has_input)
+                             allow_private_callbacks=s.webhook_allow_private, known_images=known_inputs(svc))
     callback = callback_url(req.callback_url, call, svc)
     engine = _engine(req, svc)
     notes = [] if req.engine else [f"{ENGINE_FIELD}: not given; the deployment's default {engine.model_code}"

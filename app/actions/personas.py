@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.codes import RetCode, persona_message
+from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE, RetCode, persona_message
 from app.contract.limits import PERSONA_CODE_FIELD, PERSONA_NAME_FIELD
 from app.contract.personas import PersonaRecord, TooManyPersonas, new_persona_code
 from app.errors import ApiError
@@ -59,7 +59,7 @@ def create_persona(call: SignedCall, svc: Services) -> dict[str, Any]:
         raise _too_many(max_personas) from None
     except OSError as e:
         log.error("storage unavailable: %s", e)
-        raise ApiError(RetCode.UNAVAILABLE) from None
+        raise ApiError(RetCode.UNAVAILABLE, STORAGE_UNAVAILABLE_MESSAGE) from None
     log.info("persona %s created for %s (%d images)", rec.code, call.public_key, len(rec.images))
     return {PERSONA_CODE_FIELD: rec.code}
 

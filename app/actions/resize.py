@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.actions.submit import callback_url, store_input, submit
+from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.jobs import ResizeJobMessage
 from app.contract.limits import DEFAULT_POINTS, ModelType
 from app.contract.taskstore import new_task_uid
@@ -21,7 +21,7 @@ log = logging.getLogger("atelier.gateway")
 def resize_image(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_resize_request(call.body, max_pixels=s.max_image_pixels,
-                               allow_private_callbacks=s.webhook_allow_private, known_images=svc.storage.has_input)
+                               allow_private_callbacks=s.webhook_allow_private, known_images=known_inputs(svc))
     upscaler = svc.registry.require(req.upscaler, ModelType.UPSCALER) if req.upscaler is not None else None
     callback = callback_url(req.callback_url, call, svc)
     # with an Upscaler, the worker says what ran (it learns the model's factor when it loads it)

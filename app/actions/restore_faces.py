@@ -10,7 +10,7 @@ from typing import Any
 
 from app.actions.base import SignedCall
 from app.actions.generate import main_model
-from app.actions.submit import callback_url, store_input, submit
+from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.jobs import RestoreFacesJobMessage
 from app.contract.limits import SEED_RANGE
 from app.contract.taskstore import new_task_uid
@@ -23,7 +23,7 @@ log = logging.getLogger("atelier.gateway")
 def restore_faces(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_restore_faces(call.body, max_pixels=s.max_image_pixels,
-                              allow_private_callbacks=s.webhook_allow_private, known_images=svc.storage.has_input)
+                              allow_private_callbacks=s.webhook_allow_private, known_images=known_inputs(svc))
     callback = callback_url(req.callback_url, call, svc)
     notes: list[str] = []
     main = main_model(req.main_model, svc, notes)

@@ -5,9 +5,10 @@ send the job to the workers' queue, as the Celery task the action table gives th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from app.actions.base import SignedCall
-from app.contract.codes import RetCode
+from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE, RetCode
 from app.contract.jobs import BaseJob, task_for
 from app.contract.taskstore import TooManyActiveTasks
 from app.errors import ApiError
@@ -25,7 +26,19 @@ def store_input(svc: Services, img: DecodedImage) -> str:
         return svc.storage.put_input(img.sha256, img.data)
     except OSError as e:
         log.error("storage unavailable: %s", e)
-        raise ApiError(RetCode.UNAVAILABLE) from None
+        raise ApiError(RetCode.UNAVAILABLE, STORAGE_UNAVAILABLE_MESSAGE) from None
+
+
+def known_inputs(svc: Services) -> Callable[[str], bool]:
+    """Whether an input of a content hash is stored (the validation does not decode it again): the storage's
+    ``has_input``, 150 when the storage is unavailable (a fault of the deployment, never of the client's image)."""
+    def known(sha: str) -> bool:
+        try:
+            return svc.storage.has_input(sha)
+        except OSError as e:
+            log.error("storage unavailable: %s", e)
+            raise ApiError(RetCode.UNAVAILABLE, STORAGE_UNAVAILABLE_MESSAGE) from None
+    return known
 
 
 def callback_url(requested: str | None, call: SignedCall, svc: Services) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 from app.actions.base import SignedCall
 from app.actions.generate import main_model
 from app.actions.personas import require_persona
-from app.actions.submit import callback_url, store_input, submit
+from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.codes import RetCode, family_message, not_adapter_message
 from app.contract.jobs import SwitchFaceJobMessage
 from app.contract.limits import IP_ADAPTER, SEED_RANGE, ModelType
@@ -50,7 +50,7 @@ def face_adapter(code: str | None, main: ModelEntry, svc: Services, notes: list[
 def switch_face(call: SignedCall, svc: Services) -> dict[str, Any]:
     s = svc.settings
     req = parse_switch_face(call.body, max_pixels=s.max_image_pixels,
-                            allow_private_callbacks=s.webhook_allow_private, known_images=svc.storage.has_input)
+                            allow_private_callbacks=s.webhook_allow_private, known_images=known_inputs(svc))
     callback = callback_url(req.callback_url, call, svc)
     notes: list[str] = []
     main = main_model(req.main_model, svc, notes)

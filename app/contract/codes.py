@@ -57,6 +57,10 @@ DEFAULT_MESSAGES: dict[RetCode, str] = {
 """The ``Message`` of each code when nothing more specific is said (the contract's table)."""
 
 
+#: 150 at a submission whose inputs could not be stored (a bucket or data dir unreachable, refused, full).
+STORAGE_UNAVAILABLE_MESSAGE = "Service unavailable: the storage cannot be reached or written"
+
+
 def param_message(name: str, rule: str) -> str:
     """230: ``Params [<name>] not available: <rule>``; ``name`` is the parameter's path in the body
     (``Width``, ``SubModelList[1].InferenceParams.LoraWeight``), ``rule`` completes the sentence

@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="inputs, results, generated demo models, embedded Redis")
     redis_url: str | None = Field(None, description="broker + task store; unset = embedded Redis (make run)")
+    storage_url: str = Field("", pattern=r"^(s3://[^/?#]+(/[^?#]*)?)?$",
+                             description="where inputs, results and personas are kept: empty = the data dir's"
+                             " folders; s3://bucket/prefix = an S3-compatible bucket (endpoint, credentials and"
+                             " region from boto3's own AWS_* configuration; docs/deployment.md \"Object storage\")")
     keys_file: Path | None = Field(None, description="YAML with `keys: [{PublicKey, PrivateKey}]`; unset = dev key")
     models_config: Path = Field(PROJECT_ROOT / "models_config" / "models.yaml")
     demo_models_dir: Path | None = Field(None, description="where demo models are generated; default data_dir/models")
@@ -44,6 +48,10 @@ class Settings(BaseSettings):
 
     # --- results -------------------------------------------------------------------------------
     result_retention_s: int = Field(24 * 3600, description="results, inputs and task records kept this long")
+    result_links: str = Field("gateway", pattern=r"^(gateway|presigned)$",
+                              description="gateway: ImgList links to the gateway, which streams the result;"
+                              " presigned: the bucket's presigned GET URLs, valid until the retention ends"
+                              " (an s3:// storage only; the data dir has none)")
     cleanup_interval_s: int = Field(300, description="how often the gateway sweeps expired files")
 
     # --- recovery (docs/deployment.md "Recovery") ------------------------------------------------

@@ -10,8 +10,9 @@
 
 Everything older than the retention period is removed by :meth:`Storage.sweep`. Where and how bytes are kept
 is the backend's business (:mod:`app.contract.storage_base`, the interface; :mod:`app.contract.storage_local`,
-the data dir): nobody outside these modules knows a stored object's path. A new kind of stored object is one
-:class:`~app.contract.storage_base.Namespace` here, added to :data:`NAMESPACES`, and its typed helpers.
+the data dir; :mod:`app.contract.storage_s3`, an S3-compatible bucket): nobody outside these modules knows a
+stored object's path. A new kind of stored object is one :class:`~app.contract.storage_base.Namespace` here,
+added to :data:`NAMESPACES`, and its typed helpers.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from app.contract.limits import PERSONA_CODE_PATTERN
 from app.contract.settings import Settings
 from app.contract.storage_base import Namespace, ObjectStore
 from app.contract.storage_local import LocalStore
+from app.contract.storage_s3 import S3Store
 
 #: The result file of a clothes mask the worker made itself (GenerateFromMannequin without ClothesMaskIndex).
 AUTO_MASK_NAME = "clothes-mask.png"
@@ -135,6 +137,9 @@ class Storage:
 
 
 def open_storage(settings: Settings) -> Storage:
-    """The deployment's storage, built the same way by the gateway and the workers: the data dir
-    (``ATELIER_DATA_DIR``)."""
+    """The deployment's storage, built the same way by the gateway and the workers: the bucket of
+    ``ATELIER_STORAGE_URL`` (``s3://bucket/prefix``; with presigned result links when ``ATELIER_RESULT_LINKS``
+    says so), else the data dir (``ATELIER_DATA_DIR``)."""
+    if settings.storage_url:
+        return Storage(S3Store.from_url(settings.storage_url, presign=settings.result_links == "presigned"))
     return Storage(LocalStore(settings.data_dir))

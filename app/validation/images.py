@@ -116,8 +116,13 @@ def decode_image(value: object, field: str, max_pixels: int,
     sha256 = hashlib.sha256(data).hexdigest()
     limit = _pixel_limit(max_pixels)
     image = _open(data, field, limit)
+    try:  # a stored file was decoded and verified when it was stored; the storage's fault is not the image's
+        verified = known is not None and known(sha256)
+    except BaseException:
+        image.close()
+        raise
     try:
-        if known is None or not known(sha256):  # a stored file was decoded and verified when it was stored
+        if not verified:
             if image.format == "PNG":
                 image.verify()  # chunk CRCs through IEND: catches truncation after the pixel data
                 image.close()

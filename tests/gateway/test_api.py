@@ -10,6 +10,7 @@ import orjson
 import pytest
 import redis as redis_lib
 
+from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE
 from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS
 from app.contract.storage import Storage
 from app.contract.storage_local import LocalStore
@@ -306,5 +307,5 @@ def test_storage_that_cannot_be_written_is_150_and_nothing_is_queued(api, monkey
     (tmp_path / "data-dir-is-a-file").write_bytes(b"")  # a file where a folder must be: every write fails
     monkeypatch.setattr(svc, "storage", Storage(LocalStore(tmp_path / "data-dir-is-a-file")))
     out = api(signed(generate_body(Seed=987)))
-    assert out["RetCode"] == 150 and out["Message"] == "Service unavailable"
+    assert out["RetCode"] == 150 and out["Message"] == STORAGE_UNAVAILABLE_MESSAGE
     assert redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue) == queued

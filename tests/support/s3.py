@@ -1,0 +1,41 @@
+"""A real S3 API on 127.0.0.1 for the tests: moto's server mode (``ThreadedMotoServer``), in this process, on
+a free port. boto3 reaches it through its standard configuration (``AWS_ENDPOINT_URL`` and dummy credentials),
+exactly as a deployment reaches MinIO or Ceph."""
+from __future__ import annotations
+
+import socket
+import uuid
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from app.contract.storage_s3 import CLIENT_CONFIG
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """The environment boto3 needs for a moto server at ``endpoint`` (no profile or config file of the machine's)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
+            "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto() -> tuple[ThreadedMotoServer, str]:
+    """A moto S3 server on 127.0.0.1 and its endpoint URL (stop it with ``.stop()``)."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
+
+
+def new_bucket(endpoint: str) -> str:
+    """A new, empty bucket on the server at ``endpoint``; its name."""
+    name = f"atelier-{uuid.uuid4().hex[:16]}"
+    boto3.session.Session().client("s3", endpoint_url=endpoint, config=CLIENT_CONFIG).create_bucket(Bucket=name)
+    return name
