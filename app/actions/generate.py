@@ -102,6 +102,11 @@ def _clothes_segmenter(req: GenerateRequest, svc: Services, notes: list[str]) ->
     return entry
 
 
+def draw_seed() -> int:
+    """A Seed for a task whose request has none (or -1): uniform over 0 .. the highest Seed (``SEED_RANGE``)."""
+    return secrets.randbelow(int(SEED_RANGE.hi) + 1)
+
+
 def main_model(code: str | None, svc: Services, notes: list[str]) -> ModelEntry:
     """The Main model a request names (240 when it names none of the deployment's), or without one the deployment's
     default, named in the task's ``notes`` (230 when the deployment has none)."""
@@ -129,7 +134,7 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     controls = _control_units(req, main, svc, call.public_key)
     if not is_lanczos(req.refine_upscaler):
         svc.registry.require(req.refine_upscaler, ModelType.UPSCALER)
-    seed = req.seed if req.seed != -1 else secrets.randbelow(int(SEED_RANGE.hi) + 1)  # 0 .. the highest Seed
+    seed = req.seed if req.seed != -1 else draw_seed()
     clothes = _clothes_segmenter(req, svc, notes)
 
     def stored(index: int) -> str:  # only the images the job uses, each once by content hash

@@ -5,14 +5,12 @@ as a generated one does; the seed its faces are drawn from is drawn here and rep
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.actions.generate import main_model
+from app.actions.generate import draw_seed, main_model
 from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.jobs import RestoreFacesJobMessage
-from app.contract.limits import SEED_RANGE
 from app.contract.taskstore import new_task_uid
 from app.services import Services
 from app.validation.restore_faces import parse_restore_faces
@@ -29,7 +27,7 @@ def restore_faces(call: SignedCall, svc: Services) -> dict[str, Any]:
     main = main_model(req.main_model, svc, notes)
     if req.ignored_fields:
         notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
-    seed = secrets.randbelow(int(SEED_RANGE.hi) + 1)
+    seed = draw_seed()
     job = RestoreFacesJobMessage(task_uid=new_task_uid(), image=store_input(svc, req.image),
                                  main_model=main.model_code, strength=req.strength, seed=seed)
     uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback)

@@ -6,16 +6,15 @@ is drawn from is drawn here and reported as the task's Seed."""
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.actions.generate import main_model
+from app.actions.generate import draw_seed, main_model
 from app.actions.personas import require_persona
 from app.actions.submit import callback_url, known_inputs, store_input, submit
 from app.contract.codes import RetCode, family_message, not_adapter_message
 from app.contract.jobs import SwitchFaceJobMessage
-from app.contract.limits import IP_ADAPTER, SEED_RANGE, ModelType
+from app.contract.limits import IP_ADAPTER, ModelType
 from app.contract.registry import ModelEntry
 from app.contract.taskstore import new_task_uid
 from app.errors import ApiError
@@ -59,7 +58,7 @@ def switch_face(call: SignedCall, svc: Services) -> dict[str, Any]:
         require_persona(svc, call.public_key, req.persona)
     if req.ignored_fields:
         notes.append(f"ignored fields: {', '.join(req.ignored_fields)}")
-    seed = secrets.randbelow(int(SEED_RANGE.hi) + 1)
+    seed = draw_seed()
     job = SwitchFaceJobMessage(task_uid=new_task_uid(), image=store_input(svc, req.image), face_index=req.face_index,
                                new_face=store_input(svc, req.new_face) if req.new_face is not None else None,
                                persona=req.persona, main_model=main.model_code, adapter=adapter.model_code, seed=seed)

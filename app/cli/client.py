@@ -322,19 +322,27 @@ def resize_target(size: tuple[int, int], width: int | None, height: int | None) 
     return width, height
 
 
+def _photo_task(args: argparse.Namespace, pub: str, priv: str, action: str, params: dict[str, Any],
+                suffix: str) -> int:
+    """Run a one-image action on ``args.image`` (ResizeImage, RestoreFaces, SwitchFace) to its end, save its image as
+    ``<stem>_<suffix>.png`` under ``args.output`` and print its Notes."""
+    uid = call(args.url, pub, priv, action, **params)["TaskUID"]
+    detail = _wait(args, pub, priv, uid)
+    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_{suffix}.png")
+    _notes(detail)
+    return 0
+
+
 def cmd_resize(args: argparse.Namespace) -> int:
     """ResizeImage: the image stretched to exactly --width x --height (one of them alone keeps the aspect ratio) by
     Lanczos, or enlarged by the --upscaler model first, saved as ``<stem>_WxH.png``."""
     pub, priv = _keys(args)
     with Image.open(args.image) as img:
         width, height = resize_target(img.size, args.width, args.height)
-    extra = {UPSCALER_FIELD: args.upscaler} if args.upscaler else {}
-    uid = call(args.url, pub, priv, RESIZE_ACTION, Image=_b64(args.image), Width=width, Height=height,
-               **extra)["TaskUID"]
-    detail = _wait(args, pub, priv, uid)
-    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_{width}x{height}.png")
-    _notes(detail)
-    return 0
+    params: dict[str, Any] = {"Image": _b64(args.image), "Width": width, "Height": height}
+    if args.upscaler:
+        params[UPSCALER_FIELD] = args.upscaler
+    return _photo_task(args, pub, priv, RESIZE_ACTION, params, f"{width}x{height}")
 
 
 def cmd_restore_faces(args: argparse.Namespace) -> int:
@@ -346,11 +354,7 @@ def cmd_restore_faces(args: argparse.Namespace) -> int:
         params["RestoreStrength"] = args.strength
     if args.model:
         params["MainModel"] = {"ModelCode": args.model}
-    uid = call(args.url, pub, priv, RESTORE_FACES_ACTION, **params)["TaskUID"]
-    detail = _wait(args, pub, priv, uid)
-    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_restored.png")
-    _notes(detail)
-    return 0
+    return _photo_task(args, pub, priv, RESTORE_FACES_ACTION, params, "restored")
 
 
 def cmd_persona(args: argparse.Namespace) -> int:
@@ -398,11 +402,8 @@ def cmd_switch_face(args: argparse.Namespace) -> int:
         params["MainModel"] = {"ModelCode": args.model}
     if args.adapter:
         params["Adapter"] = {"ModelCode": args.adapter}
-    uid = call(args.url, pub, priv, SWITCH_FACE_ACTION, **params)["TaskUID"]
-    detail = _wait(args, pub, priv, uid)
-    _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_switched.png")
-    _notes(detail)
-    return 0
+    return _photo_task(args, pub, priv, SWITCH_FACE_ACTION, params, "switched")
+
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)

@@ -545,7 +545,7 @@ def _denoise(pipe, nets: list, plan: Plan, job: JobMessage, at: Pass, sampling: 
 def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, pipe,
                    job: JobMessage | None = None) -> list[AdapterUnit]:
     """The job's IP-Adapter units: each adapter and its encoder from the model cache (in the Main model's dtype),
-    its reference's embeddings (:func:`_reference_embeds`; a FaceID adapter's: :func:`_face_reference_embeds`), its
+    its reference's embeddings (:func:`reference_embeds`; a FaceID adapter's: :func:`_face_reference_embeds`), its
     ControlWeight and step window. An adapter that does not fit the Main model's UNet (another width, other layers: a
     file of another family) is the model error of the unit's ControlModel."""
     dtype = rt.models.dtype_of(plan.entry)
@@ -556,7 +556,7 @@ def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Pla
             at = next((i for i, u in enumerate(job.control_units) if u is ref), None) if job is not None else None
             embeds = _face_reference_embeds(rt, held, registry, model, ref, adapter, dtype, at)
         else:
-            embeds = _reference_embeds(rt, held, registry, model, ref, adapter.embeds, dtype)
+            embeds = reference_embeds(rt, held, registry, model, ref, adapter.embeds, dtype)
         try:
             check_fits(pipe.unet, adapter, embeds)
         except AdapterFitError as e:
@@ -566,7 +566,7 @@ def _adapter_units(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Pla
     return units
 
 
-def _reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model: ModelEntry, ref: ControlUnitRef,
+def reference_embeds(rt: WorkerRuntime, held: Lease, registry: Registry, model: ModelEntry, ref: ControlUnitRef,
                       kind: str, dtype) -> ReferenceEmbeds:
     """What a unit's adapter reads of its reference: the unit's image (``ImageIndex``, stored by content hash)
     through the adapter's encoder, from the worker's embeddings cache when a recent job had the same image and

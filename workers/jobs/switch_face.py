@@ -28,7 +28,7 @@ from app.contract.limits import DEFAULT_RESOLUTION, IP_ADAPTER, SWITCH_FACE_FIEL
 from app.contract.registry import ModelEntry
 from workers.adapters.ip_adapter import COMPILE_OFF_NOTE, AdapterFitError, AdapterUnit, adapters_applied, check_fits
 from workers.faces.redraw import SWITCH_PROMPT, FaceRedraw, no_step_note, redraw_face
-from workers.jobs.generate import _reference_embeds
+from workers.jobs.generate import reference_embeds
 from workers.jobs.restore_faces import finish_photo
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
@@ -58,7 +58,7 @@ def _face_unit(rt: WorkerRuntime, held: Lease, entry: ModelEntry, model: ModelEn
     ref = ControlUnitRef(image=job.new_face, preprocessor=None, resolution=DEFAULT_RESOLUTION,
                          control_model=model.model_code, control_weight=weight, starting_step=0.0, ending_step=1.0,
                          persona=job.persona)
-    embeds = _reference_embeds(rt, held, rt.registry, model, ref, adapter.embeds, dtype)
+    embeds = reference_embeds(rt, held, rt.registry, model, ref, adapter.embeds, dtype)
     try:
         check_fits(pipe.unet, adapter, embeds)
     except AdapterFitError as e:
