@@ -39,3 +39,29 @@ def new_bucket(endpoint: str) -> str:
     name = f"atelier-{uuid.uuid4().hex[:16]}"
     boto3.session.Session().client("s3", endpoint_url=endpoint, config=CLIENT_CONFIG).create_bucket(Bucket=name)
     return name
+
+
+class MotoServer:
+    """A moto S3 server on a fixed port of 127.0.0.1 that a test stops and starts again (an outage of the
+    bucket): its buckets and objects outlive a stop, as a real server's disk does (moto keeps them in this
+    process)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadedMotoServer | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> MotoServer:
+        if self._server is None:
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
