@@ -3,8 +3,11 @@ a free port. boto3 reaches it through its standard configuration (``AWS_ENDPOINT
 exactly as a deployment reaches MinIO or Ceph."""
 from __future__ import annotations
 
+import os
 import socket
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import boto3
 from moto.server import ThreadedMotoServer
@@ -17,6 +20,23 @@ def s3_env(endpoint: str) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
             "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+
+@contextmanager
+def s3_environ(endpoint: str) -> Iterator[None]:
+    """This process's environment set to :func:`s3_env` (and no ``AWS_PROFILE``) inside the block, as it was after."""
+    env = s3_env(endpoint)
+    old = {k: os.environ.get(k) for k in (*env, "AWS_PROFILE")}
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 import time
 from dataclasses import replace
@@ -28,7 +27,7 @@ from app.contract.settings import Settings
 from app.contract.storage import INPUTS
 from app.contract.storage_local import LocalStore
 from support.api import stored
-from support.s3 import MotoServer, new_bucket, s3_env
+from support.s3 import MotoServer, new_bucket, s3_environ
 from workers.jobs.resize import run_resize_job
 from workers.lifecycle.storage_retry import RetryingStore
 from workers.runtime import WorkerRuntime
@@ -42,19 +41,11 @@ SHORT_BUDGET_S = 2.0
 @pytest.fixture(scope="module")
 def moto(atelier_env):
     server = MotoServer().start()
-    env = s3_env(server.endpoint)
-    old = {k: os.environ.get(k) for k in (*env, "AWS_PROFILE")}
-    os.environ.pop("AWS_PROFILE", None)
-    os.environ.update(env)
     try:
-        yield server
+        with s3_environ(server.endpoint):
+            yield server
     finally:
         server.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
