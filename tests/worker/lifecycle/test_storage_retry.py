@@ -7,7 +7,8 @@ ResizeImage jobs against the real Redis task store, while the server is stopped 
 - an input that is not there: Error 230 ``missing`` at once, never retried (an answer, not a failure);
 - a data dir whose results cannot be written: Error 508 too;
 - the owner canceling while the job waits for the storage: Canceled, without waiting for the budget;
-- outside a job: the OSError once, as it is.
+- outside a job: the OSError once, as it is;
+- the wrapper is an ObjectStore like any backend: the storage contract, on a data dir.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from app.contract.storage import INPUTS
 from app.contract.storage_local import LocalStore
 from support.api import stored
 from support.s3 import MotoServer, new_bucket, s3_environ
+from support.storage_contract import StorageContract
 from workers.jobs.resize import run_resize_job
 from workers.lifecycle.storage_retry import RetryingStore
 from workers.runtime import WorkerRuntime
@@ -145,3 +147,12 @@ def test_outside_a_job_a_failure_is_passed_on_once(tmp_path, worker_log):
     with pytest.raises(NotADirectoryError):
         store.put(INPUTS.key("a" * 64), b"x")
     assert not worker_log("trying again")
+
+
+class TestRetryingStoreContract(StorageContract):
+    """What the wrapper adds changes nothing a caller sees while the storage answers."""
+    tick_s = 0.05
+
+    @pytest.fixture
+    def storage_factory(self, tmp_path):
+        return lambda: RetryingStore(LocalStore(tmp_path / "data"))
