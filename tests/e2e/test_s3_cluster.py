@@ -298,7 +298,7 @@ def test_a_stopped_bucket_answers_150_retries_running_jobs_and_resumes(cluster):
 
     # two tasks stored while the bucket is up, left queued (the worker stops taking jobs)
     cluster.consuming(False)
-    waits, also_waits = gw.submit(_resize_body(4)), gw.submit(_resize_body(5))
+    queued = [gw.submit(_resize_body(4)), gw.submit(_resize_body(5))]
     s3.stop()
     stopped = time.monotonic()
     try:
@@ -308,19 +308,20 @@ def test_a_stopped_bucket_answers_150_retries_running_jobs_and_resumes(cluster):
         r = httpx.get(link, timeout=60)
         assert r.status_code == 503 and STORAGE_UNAVAILABLE_MESSAGE in r.text, (r.status_code, r.text)
 
-        # the worker takes the first: it cannot read its input and tries again; the bucket comes back
+        # the worker takes one: it cannot read its input and tries again; the bucket comes back
         cluster.consuming(True)
-        _wait("the worker retrying", lambda: cluster.worker_lines(f"task {waits}: the storage failed reading inputs"),
-              TIMEOUT_S, on_fail=cluster.worker.text)
+        first = _wait("the worker retrying", lambda: next((uid for uid in queued if cluster.worker_lines(
+            f"task {uid}: the storage failed reading inputs")), None), TIMEOUT_S, on_fail=cluster.worker.text)
     finally:
         s3.start()
     back = time.monotonic()
-    d = gw.wait_ended(waits, on_fail=cluster.worker.text)
+    d = gw.wait_ended(first, on_fail=cluster.worker.text)
     resumed = time.monotonic() - back
     assert d["Status"] == "Finished", d
-    assert cluster.worker_lines(f"task {waits}: the storage answered again after")
+    assert cluster.worker_lines(f"task {first}: the storage answered again after")
     assert httpx.get(link, timeout=30).status_code == 200  # the link works again
-    assert gw.wait_ended(also_waits, on_fail=cluster.worker.text)["Status"] == "Finished"
+    for uid in queued:
+        assert gw.wait_ended(uid, on_fail=cluster.worker.text)["Status"] == "Finished"
 
     # the bucket down for a whole time budget: Error 508, naming the storage
     cluster.consuming(False)
