@@ -14,6 +14,7 @@ encoder makes of them, computed once per (persona, encoder, kind) and kept.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 from collections.abc import Callable
 
@@ -50,8 +51,13 @@ def persona_images(storage: Storage, personas: PersonaStore, code: str,
     for sha in rec.images:
         try:
             with storage.open_persona_image(code, sha) as f:
-                img = Image.open(f)
-                img.load()
+                data = f.read()  # the storage failing: tried again by the worker's store, then Error 508
+        except FileNotFoundError as e:
+            log.error("persona %s image %s is missing: %s", code, sha, e)
+            raise JobError(ErrorCode.BAD_INPUT, f"an image of Persona [{code}] is unreadable") from e
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
         except (OSError, ValueError) as e:
             log.error("persona %s image %s is unreadable: %s", code, sha, e)
             raise JobError(ErrorCode.BAD_INPUT, f"an image of Persona [{code}] is unreadable") from e

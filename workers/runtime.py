@@ -21,6 +21,7 @@ from app.contract.taskstore import TaskStore
 from workers.adapters.encoder import ReferenceEmbeds, embeds_cache
 from workers.inference.compose import Composition
 from workers.inference.preprocess import MapCache
+from workers.lifecycle.storage_retry import RetryingStore
 from workers.logs import quiet_libraries
 from workers.lru import Lru
 from workers.models.cache import ModelCache
@@ -81,7 +82,8 @@ class WorkerRuntime:
         log.info("worker runtime on %s (%s): model cache %s on the device, %s in host RAM", device,
                  str(dtype).removeprefix("torch."), fmt_bytes(settings.model_cache_bytes),
                  fmt_bytes(settings.model_cache_ram_bytes))
-        return cls(settings, store, open_storage(settings), cache, models,
+        storage = Storage(RetryingStore(open_storage(settings).objects))  # a running job's calls tried again
+        return cls(settings, store, storage, cache, models,
                    compositions=composition_cache(settings.composition_cache_bytes))
 
     @property

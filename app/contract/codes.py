@@ -39,6 +39,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_JOB = 505    # a job message version this worker does not know
     WITHHELD = 506           # every image made was flagged by the Main model's safety checker (its `safety:` policy)
     OUT_OF_MEMORY = 507      # CUDA out of memory: lower BatchSize or the size
+    STORAGE = 508            # the storage (bucket or data dir) failed for the whole of the job's time budget
 
 
 DEFAULT_MESSAGES: dict[RetCode, str] = {
@@ -59,6 +60,13 @@ DEFAULT_MESSAGES: dict[RetCode, str] = {
 
 #: 150 at a submission whose inputs could not be stored (a bucket or data dir unreachable, refused, full).
 STORAGE_UNAVAILABLE_MESSAGE = "Service unavailable: the storage cannot be reached or written"
+
+
+def storage_error_message(what: str, seconds: float) -> str:
+    """ErrorCode 508: a running job's storage call (``what``: ``reading inputs``, ``writing results`` ...) that
+    kept failing, tried again for ``seconds`` (the rest of the job's time budget)."""
+    return (f"storage unavailable: {what} failed, tried again for {seconds:.0f}s (the job's time budget);"
+            " submit the task again once the storage is back")
 
 
 def param_message(name: str, rule: str) -> str:

@@ -6,7 +6,9 @@
 - :mod:`~workers.lifecycle.progress`: Step/TotalSteps written to the task record;
 - :mod:`~workers.lifecycle.task`: :func:`run_task` (take the task, watch it, hold its models, end it), the
   job message's version check, each job's timings;
-- :mod:`~workers.lifecycle.stored`: a job's stored inputs read and its results encoded.
+- :mod:`~workers.lifecycle.stored`: a job's stored inputs read and its results encoded;
+- :mod:`~workers.lifecycle.storage_retry`: a running job's storage calls tried again within its time budget while
+  the storage fails, then Error 508 (the worker's runtime builds its storage on it).
 
 Nothing here knows what a job computes; a job kind gives :func:`~workers.lifecycle.task.run_task` its ``work``.
 """

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,7 +23,9 @@ from workers.lifecycle.errors import JobCanceled, JobError, JobLost
 from workers.lifecycle.watch import JobWatch
 from workers.metrics import record_job
 from workers.models.cache import Lease, is_oom
-from workers.runtime import WorkerRuntime
+
+if TYPE_CHECKING:  # annotations only: the runtime builds its storage on this room's RetryingStore
+    from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("atelier.worker")
 

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from contextvars import ContextVar, Token
 
 import redis
 
@@ -19,6 +20,15 @@ from app.contract.taskstore import TaskStore
 from workers.lifecycle.errors import JobCanceled, JobError, JobLost
 
 log = logging.getLogger("atelier.worker")
+
+#: the job running in this context (set while its :class:`JobWatch` is entered): what storage calls made deep in a
+#: job's code retry against (:mod:`workers.lifecycle.storage_retry`), without the watch passed down to them.
+_CURRENT: ContextVar[JobWatch | None] = ContextVar("atelier_job_watch", default=None)
+
+
+def current_watch() -> JobWatch | None:
+    """The :class:`JobWatch` of the job running here, or None outside a job."""
+    return _CURRENT.get()
 
 
 class JobWatch:
@@ -37,6 +47,7 @@ class JobWatch:
         self.started = time.monotonic()
         self.canceled = threading.Event()
         self.lost = threading.Event()
+        self._token: Token | None = None
 
     def set_budget(self, budget_s: float) -> None:
         """The job's time budget once its work is known (a resize learns its upscaler's factor when it loads the
@@ -45,9 +56,13 @@ class JobWatch:
 
     def __enter__(self) -> JobWatch:
         RENEWAL.add(self)
+        self._token = _CURRENT.set(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _CURRENT.reset(self._token)
+            self._token = None
         RENEWAL.discard(self)
 
     def renew(self) -> bool:
@@ -73,14 +88,21 @@ class JobWatch:
         found to redraw)."""
         self.budget_s += seconds
 
-    def check(self) -> None:
-        """Raise at a denoising step: JobLost, JobCanceled, or JobError(TIMEOUT) past the time budget."""
+    def remaining(self) -> float:
+        """Seconds left of the time budget (negative past it)."""
+        return self.budget_s - (time.monotonic() - self.started)
+
+    def check_interrupted(self) -> None:
+        """Raise JobLost or JobCanceled if the renewal learnt either (whatever the time)."""
         if self.lost.is_set():
             raise JobLost(self.uid)
         if self.canceled.is_set():
             raise JobCanceled(self.uid)
-        elapsed = time.monotonic() - self.started
-        if elapsed > self.budget_s:
+
+    def check(self) -> None:
+        """Raise at a denoising step: JobLost, JobCanceled, or JobError(TIMEOUT) past the time budget."""
+        self.check_interrupted()
+        if self.remaining() < 0:
             raise JobError(ErrorCode.TIMEOUT, f"ran longer than its time budget of {self.budget_s:.0f}s"
                                               " (ATELIER_JOB_TIME_BASE_S, ATELIER_JOB_TIME_PER_MEGAPIXEL_STEP_S)")
 
