@@ -274,6 +274,16 @@ class TaskStore:
             pipe.delete(f"{P}idem:{owner}:{request_uuid}")
         pipe.execute()
 
+    def wait_replicated(self, uid: str, replicas: int, timeout_ms: int) -> int:
+        """Redis WAIT: how many replicas hold everything written so far, the task and its job message included
+        (at most ``replicas``; fewer after ``timeout_ms``). WAIT covers the writes of the connection it is sent on,
+        up to the replication offset of that connection's last write: the job message went on Celery's connection,
+        so a small write made after it on this one (in a pipeline: the same connection) carries the offset past it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(f"{P}replicated-mark", uid, px=60_000)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return int(pipe.execute()[-1])
+
     def get(self, uid: str) -> TaskRecord | None:
         h = self.r.hgetall(task_key(uid))
         return TaskRecord.from_hash(uid, h) if h else None
