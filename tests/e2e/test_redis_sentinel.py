@@ -159,9 +159,11 @@ def test_master_killed_mid_run_a_replica_takes_over_and_every_acknowledged_task_
             break
         time.sleep(0.25)
     all_done = time.monotonic() - killed
+    reruns = sum(int(status(u).get("attempt", 0)) > 1 for u in acknowledged)
     print(f"\n[sentinel] kill -9 master -> replica promoted {promoted:.1f}s, first acknowledged submission"
           f" {first_ok:.1f}s, all {len(acknowledged)} acknowledged tasks ended {all_done:.1f}s;"
-          f" {len(refused)} submissions refused during the outage (RetCodes {sorted(set(refused))})")
+          f" {len(refused)} submissions refused during the outage (RetCodes {sorted(set(refused))}),"
+          f" {reruns} task(s) run a second time")
 
     assert all(s == "Finished" for s in states.values()), (states, procs.logs())
     for uid in acknowledged:
