@@ -111,10 +111,12 @@ class SentinelSetup:
                  failover_timeout_ms: int = 3000):
         self.master_name = master_name
         self.nodes: list[RedisNode] = []
-        self.master = self._node(RedisNode(base, "master", []))
+        # every data node as a deployment should run it: writes refused while no replica is connected and recent
+        guard = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"] if replicas else []
+        self.master = self._node(RedisNode(base, "master", guard))
         wait_ping(self.master.client(), "the master")
-        self.replicas = [self._node(RedisNode(base, f"replica{i}", ["--replicaof", "127.0.0.1",
-                                                                    str(self.master.port)]))
+        self.replicas = [self._node(RedisNode(base, f"replica{i}", guard + ["--replicaof", "127.0.0.1",
+                                                                            str(self.master.port)]))
                          for i in range(replicas)]
         for r in self.replicas:
             wait_ping(r.client(), r.name)
