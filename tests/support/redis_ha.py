@@ -67,25 +67,32 @@ def wait_ping(client: redis.Redis, what: str, timeout: float = 20) -> None:
 class RedisNode:
     """One redis-server (or sentinel) process with its own folder and log."""
 
-    def __init__(self, base: Path, name: str, args: list[str], *, tls_port: bool = False, sentinel_conf: str = ""):
-        self.name, self.dir = name, base / name
+    def __init__(self, base: Path, name: str, args: list[str], *, tls: dict[str, Path] | None = None,
+                 sentinel_conf: str = ""):
+        """``tls``: the files of :func:`make_tls_files`: the node listens on a TLS port only, and replicates (or,
+        a sentinel, talks to the nodes it watches) over TLS too."""
+        self.name, self.dir, self.tls = name, base / name, tls
         self.dir.mkdir(parents=True)
         self.port = port()
         self.log = self.dir / "log"
+        options = [("port", "0" if tls else str(self.port)), ("bind", "127.0.0.1"), ("dir", str(self.dir))]
+        if tls:
+            options += [("tls-port", str(self.port)), ("tls-cert-file", str(tls["cert"])),
+                        ("tls-key-file", str(tls["key"])), ("tls-ca-cert-file", str(tls["ca"])),
+                        ("tls-auth-clients", "no"), ("tls-replication", "yes")]
         argv = [REDIS_SERVER]
         if sentinel_conf:  # sentinel rewrites its configuration file: it must be a file of its own
             conf = self.dir / "sentinel.conf"
-            conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n{sentinel_conf}")
+            conf.write_text("".join(f"{k} {v}\n" for k, v in options) + sentinel_conf)
             argv += [str(conf), "--sentinel"]
         else:
-            argv += ["--port", "0" if tls_port else str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                     "--save", "", "--appendonly", "no"]
-            if tls_port:
-                argv += ["--tls-port", str(self.port)]
+            argv += [a for k, v in options + [("save", ""), ("appendonly", "no")] for a in (f"--{k}", v)]
         self.proc = subprocess.Popen(argv + args + ["--logfile", str(self.log)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
 
     def client(self, **kw) -> redis.Redis:
+        if self.tls:
+            kw = {"ssl": True, "ssl_ca_certs": str(self.tls["ca"]), **kw}
         return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, socket_timeout=5, **kw)
 
     def kill(self) -> None:
@@ -108,22 +115,23 @@ class SentinelSetup:
     down-after-milliseconds and failover-timeout so that a failover takes seconds."""
 
     def __init__(self, base: Path, replicas: int = 2, master_name: str = "mymaster", down_after_ms: int = 1000,
-                 failover_timeout_ms: int = 3000):
+                 failover_timeout_ms: int = 3000, tls: dict[str, Path] | None = None):
         self.master_name = master_name
         self.nodes: list[RedisNode] = []
         # every data node as a deployment should run it: writes refused while no replica is connected and recent
         guard = ["--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"] if replicas else []
-        self.master = self._node(RedisNode(base, "master", guard))
+        self.tls = tls
+        self.master = self._node(RedisNode(base, "master", guard, tls=tls))
         wait_ping(self.master.client(), "the master")
         self.replicas = [self._node(RedisNode(base, f"replica{i}", guard + ["--replicaof", "127.0.0.1",
-                                                                            str(self.master.port)]))
+                                                                            str(self.master.port)], tls=tls))
                          for i in range(replicas)]
         for r in self.replicas:
             wait_ping(r.client(), r.name)
         self.sentinel = self._node(RedisNode(base, "sentinel", [], sentinel_conf=(
             f"sentinel monitor {master_name} 127.0.0.1 {self.master.port} 1\n"
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
-            f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n")))
+            f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"), tls=tls))
         wait_ping(self.sentinel.client(), "the sentinel")
         self.wait_synced()
 
@@ -133,7 +141,9 @@ class SentinelSetup:
 
     @property
     def url(self) -> str:
-        return f"sentinel://127.0.0.1:{self.sentinel.port}/0"
+        """``ATELIER_REDIS_URL`` of this setup (with the CA to verify its certificates when it uses TLS)."""
+        url = f"sentinel://127.0.0.1:{self.sentinel.port}/0"
+        return url + f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls['ca']}" if self.tls else url
 
     def master_port(self) -> int:
         """The master's port as the sentinel says now."""
