@@ -31,7 +31,9 @@ class Services:
 
     @cached_property
     def tasks(self) -> TaskStore:
-        return TaskStore(get_redis(), self.settings.result_retention_s)
+        s = self.settings
+        return TaskStore(get_redis(), s.result_retention_s, wait_replicas=s.redis_wait_replicas,
+                         wait_timeout_ms=s.redis_wait_timeout_ms)
 
     @cached_property
     def personas(self) -> PersonaStore:

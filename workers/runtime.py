@@ -78,7 +78,9 @@ class WorkerRuntime:
         cache = ModelCache(device_bytes=settings.model_cache_bytes, host_bytes=settings.model_cache_ram_bytes,
                            device=device)
         models = WorkerModels(cache, device=device, dtype=dtype, models_dir=settings.models_dir, loaders=loaders)
-        store = store or TaskStore(connect(settings.redis_url or broker_url()), settings.result_retention_s)
+        store = store or TaskStore(connect(settings.redis_url or broker_url()), settings.result_retention_s,
+                                   wait_replicas=settings.redis_wait_replicas,
+                                   wait_timeout_ms=settings.redis_wait_timeout_ms)
         log.info("worker runtime on %s (%s): model cache %s on the device, %s in host RAM", device,
                  str(dtype).removeprefix("torch."), fmt_bytes(settings.model_cache_bytes),
                  fmt_bytes(settings.model_cache_ram_bytes))

@@ -4,6 +4,7 @@ send the job to the workers' queue, as the Celery task the action table gives th
 ``app/contract/jobs.py``). Also the webhook destination of a task (``CallbackUrl``)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -85,4 +86,18 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
         log.exception("enqueue failed for task %s", got)
         svc.tasks.discard(got, call.public_key, req_uuid)
         raise ApiError(RetCode.UNAVAILABLE) from None
+    if s.redis_wait_replicas:  # docs/deployment.md "Redis high availability": acknowledged = on the replicas too
+        try:
+            held = svc.tasks.wait_replicated(got, s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        except Exception:
+            log.exception("WAIT for the replicas failed for task %s", got)
+            held = -1
+        if held < s.redis_wait_replicas:
+            if held >= 0:
+                log.error("task %s: %d of %d replicas hold it after %d ms; not acknowledged", got, held,
+                          s.redis_wait_replicas, s.redis_wait_timeout_ms)
+            # its job message may still run: the worker finds no task record and skips it
+            with contextlib.suppress(Exception):
+                svc.tasks.discard(got, call.public_key, req_uuid)
+            raise ApiError(RetCode.UNAVAILABLE) from None
     return got

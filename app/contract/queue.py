@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from app.contract.redis_conn import celery_url
+from app.contract.redis_conn import redis_target
 from app.contract.settings import get_settings
 
 
@@ -20,7 +20,8 @@ def live_workers_key(queue: str) -> str:
 
 def make_celery(name: str = "atelier") -> Celery:
     s = get_settings()
-    app = Celery(name, broker=celery_url())
+    url, transport_options, use_ssl = redis_target().celery_broker()  # Sentinel and TLS: redis_conn.py
+    app = Celery(name, broker=url)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -31,7 +32,8 @@ def make_celery(name: str = "atelier") -> Celery:
         task_ignore_result=True,
         result_backend=None,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 6 * 3600},
+        broker_transport_options={"visibility_timeout": 6 * 3600, **transport_options},
+        broker_use_ssl=use_ssl,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

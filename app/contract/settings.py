@@ -21,7 +21,16 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="inputs, results, generated demo models, embedded Redis")
-    redis_url: str | None = Field(None, description="broker + task store; unset = embedded Redis (make run)")
+    redis_url: str | None = Field(None, description="broker + task store: redis://, rediss:// (TLS), unix:// or"
+                                  " sentinel://host:26379;sentinel://host2:26379 (docs/deployment.md \"Redis high"
+                                  " availability\"); unset = embedded Redis (make run)")
+    redis_sentinel_master: str = Field("mymaster", min_length=1, description="a sentinel:// URL: the name the"
+                                       " sentinels monitor the master under")
+    redis_sentinel_password: str | None = Field(None, description="a sentinel:// URL: the sentinels' own password"
+                                                " (requirepass of sentinel.conf); the URL's password is the master's")
+    redis_wait_replicas: int = Field(0, ge=0, description="a submission is acknowledged (RetCode 0) only once this"
+                                     " many replicas hold its task and job (Redis WAIT); else 150. 0 = no WAIT")
+    redis_wait_timeout_ms: int = Field(1000, ge=1, description="how long a submission waits for those replicas")
     storage_url: str = Field("", pattern=r"^(s3://[^/?#]+(/[^?#]*)?)?$",
                              description="where inputs, results and personas are kept: empty = the data dir's"
                              " folders; s3://bucket/prefix = an S3-compatible bucket (endpoint, credentials and"

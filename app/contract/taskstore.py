@@ -24,6 +24,7 @@ each, and puts the task back in the queue (the caller sends its job message agai
 """
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from app.contract.jobs import ACTIVE_STATUSES, ENDED_STATUSES, TaskStatus
 from app.contract.limits import DEFAULT_POINTS
 
 P = "atelier:"
+log = logging.getLogger("atelier.taskstore")
 _B32 = "0123456789abcdefghijklmnopqrstuv"
 
 
@@ -222,9 +224,12 @@ class TaskRecord:
 
 
 class TaskStore:
-    def __init__(self, r: redis.Redis, retention_s: int):
+    def __init__(self, r: redis.Redis, retention_s: int, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000):
+        """``wait_replicas``: a task's start and its end return once that many replicas hold them (Redis WAIT,
+        ``ATELIER_REDIS_WAIT_REPLICAS``; docs/deployment.md "Redis high availability"), or ``wait_timeout_ms``."""
         self.r = r
         self.retention_s = retention_s
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._create = r.register_script(_CREATE)
         self._start = r.register_script(_START)
         self._renew = r.register_script(_RENEW)
@@ -274,6 +279,32 @@ class TaskStore:
             pipe.delete(f"{P}idem:{owner}:{request_uuid}")
         pipe.execute()
 
+    def wait_replicated(self, uid: str, replicas: int, timeout_ms: int) -> int:
+        """Redis WAIT: how many replicas hold everything written so far, the task and its job message included
+        (at most ``replicas``; fewer after ``timeout_ms``). WAIT covers the writes of the connection it is sent on,
+        up to the replication offset of that connection's last write: the job message went on Celery's connection,
+        so a small write made after it on this one (in a pipeline: the same connection) carries the offset past it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(f"{P}replicated-mark", uid, px=60_000)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return int(pipe.execute()[-1])
+
+    def _replicated(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script``'s result; with ``wait_replicas``, returned once that many replicas hold its write (WAIT on the
+        same connection, in one pipeline) or after ``wait_timeout_ms`` (logged). A master that dies before it
+        answers raises ConnectionError, and the caller writes again on the new master: a start and an end are
+        safe to repeat (a repeated start is the same worker's, a repeated end finds the task ended)."""
+        if not self.wait_replicas:
+            return script(keys=keys, args=args)
+        pipe = self.r.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        result, held = pipe.execute()
+        if int(held) < self.wait_replicas:
+            log.warning("task %s: %d of %d replicas hold its update after %d ms", keys[0].removeprefix(task_key("")),
+                        int(held), self.wait_replicas, self.wait_timeout_ms)
+        return result
+
     def get(self, uid: str) -> TaskRecord | None:
         h = self.r.hgetall(task_key(uid))
         return TaskRecord.from_hash(uid, h) if h else None
@@ -299,8 +330,8 @@ class TaskStore:
         ``("busy", 0)`` (another worker holds an unexpired lease on it), ``("missing", 0)`` (expired), or
         ``("poison", deaths)`` (taking over an expired lease was its ``max_deaths``-th death: end it in Error)."""
         now = time.time()
-        state, n = self._start(keys=[task_key(uid), LEASES],
-                               args=[worker, now, now + lease_s, total_steps, uid, max_deaths])
+        state, n = self._replicated(self._start, [task_key(uid), LEASES],
+                                    [worker, now, now + lease_s, total_steps, uid, max_deaths])
         return str(state), int(n)
 
     def renew(self, uid: str, worker: str, lease_s: float) -> str:
@@ -325,7 +356,7 @@ class TaskStore:
         argv: list[Any] = [worker or "", self.retention_s, f"{P}active:", uid, expect, now]
         for k, v in {**mapping, "finished_at": now}.items():
             argv += [k, v]
-        return bool(self._finish_script(keys=[task_key(uid), LEASES, WEBHOOKS], args=argv))
+        return bool(self._replicated(self._finish_script, [task_key(uid), LEASES, WEBHOOKS], argv))
 
     def mark_finished(self, uid: str, images: list[str], seed: int | None, worker: str | None = None,
                       pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> bool:

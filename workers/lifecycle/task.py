@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import redis
 import torch
 
 from app.contract.codes import ErrorCode, worker_lost_message
@@ -28,6 +29,23 @@ if TYPE_CHECKING:  # annotations only: the runtime builds its storage on this ro
     from workers.runtime import WorkerRuntime
 
 log = logging.getLogger("atelier.worker")
+
+#: How long a worker keeps trying a task-store write that Redis refuses (a Redis restarting, a Sentinel failover:
+#: docs/deployment.md "Redis high availability") before it gives the task up to the lease recovery.
+REDIS_RETRY_S = 60.0
+
+
+def _through_redis_outage(what: str, uid: str, fn: Callable[[], object], within_s: float = REDIS_RETRY_S):
+    """``fn()``, tried again every half second while Redis cannot be reached, for up to ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return fn()
+        except redis.ConnectionError as e:  # includes TimeoutError; not a refused command (ResponseError)
+            if time.monotonic() > deadline:
+                raise
+            log.warning("task %s: could not %s (Redis unreachable: %s); trying again", uid, what, e)
+            time.sleep(0.5)
 
 
 @dataclass
@@ -73,7 +91,8 @@ def finish(rt: WorkerRuntime, uid: str, watch: JobWatch, names: list[str], *, se
     still holds its lease (else :class:`JobLost`: another worker runs it). ``seed``: what ListTasksDetails reports
     (None: the Seed the task was created with); ``pipeline_s`` and ``steps``: see ``TaskStore.mark_finished``."""
     watch.check()
-    if not rt.store.mark_finished(uid, names, seed, worker=rt.worker_id, pipeline_s=pipeline_s, steps=steps):
+    if not _through_redis_outage("mark it finished", uid, lambda: rt.store.mark_finished(
+            uid, names, seed, worker=rt.worker_id, pipeline_s=pipeline_s, steps=steps)):
         raise JobLost(uid)
 
 
@@ -86,8 +105,8 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
     that the worker takes the next job. ``label`` names the task in the log and the metrics (its model, or its
     action when it uses none)."""
     store = rt.store
-    state, attempt = store.start(uid, rt.worker_id, rt.settings.lease_s, total_steps,
-                                 max_deaths=rt.settings.max_worker_deaths)
+    state, attempt = _through_redis_outage("start it", uid, lambda: store.start(
+        uid, rt.worker_id, rt.settings.lease_s, total_steps, max_deaths=rt.settings.max_worker_deaths))
     if state == "poison":  # a leftover copy of its message found it after the last of its workers died
         store.mark_error(uid, ErrorCode.WORKER_LOST, worker_lost_message(attempt))
         log.error("task %s: its run killed %d workers; ended in Error", uid, attempt)
@@ -109,6 +128,9 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
             count, what = work(held, timings, watch)
     except JobLost:
         log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", uid)
+        outcome = "lost"
+    except redis.ConnectionError as e:  # not the job's fault: left Running, its lease expires, it runs again
+        log.warning("task %s: Redis unreachable (%s); left to the lease recovery", uid, e)
         outcome = "lost"
     except JobCanceled:
         log.info("task %s canceled by its owner", uid)
