@@ -1,8 +1,9 @@
 """deploy/kubernetes/ (docs/deployment.md "Kubernetes"), checked without a cluster:
 
 - every manifest against the Kubernetes API schemas (``kubernetes-validate``, strict: an unknown field fails), for
-  the oldest and the newest Kubernetes release the manifests are meant for; the KEDA objects against a JSON Schema
-  of their CRDs (tests/data/keda/README.md says where it comes from); no kind goes unchecked;
+  the oldest and the newest Kubernetes release the manifests are meant for; the custom resources (KEDA's, the
+  Prometheus Operator's PodMonitor) against a JSON Schema of their CRDs written for these tests
+  (tests/data/keda/README.md, tests/data/prometheus-operator/); no kind goes unchecked;
 - what the manifests say about the app against the app: every ``ATELIER_*`` variable they set is a setting, with a
   value Settings accepts; probe paths are routes of the gateway and probe, Service and scrape ports are the port it
   listens on; the worker's queue, GPU, grace period, metrics port; KEDA's list is the Redis list Celery's transport
@@ -36,13 +37,19 @@ from app.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
-KEDA_SCHEMAS = ROOT / "tests" / "data" / "keda"
 #: The files of deploy/kubernetes/ that the kustomization leaves out on purpose (kustomization.yaml says why).
-OUTSIDE_BASE = {"secrets.example.yaml", "models-pull-job.yaml"}
+OUTSIDE_BASE = {"secrets.example.yaml", "models-pull-job.yaml", "podmonitor.yaml"}
 #: The oldest Kubernetes the manifests are written for (policy/v1, batch/v1 ttlSecondsAfterFinished, KEDA 2.x's
 #: own minimum), and the newest the installed kubernetes-validate knows.
 KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-KEDA_KINDS = {"ScaledObject": "scaledobject.schema.yaml", "TriggerAuthentication": "triggerauthentication.schema.yaml"}
+#: The custom resources, each with the JSON Schema of its CRD written for these tests (the README or header of each
+#: file says from what): KEDA's, and the Prometheus Operator's PodMonitor.
+CRD_SCHEMAS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): ROOT / "tests/data/keda/scaledobject.schema.yaml",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): ROOT / "tests/data/keda/triggerauthentication.schema.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): ROOT / "tests/data/prometheus-operator/podmonitor.schema.yaml",
+}
+CRD_KINDS = {kind for _, kind in CRD_SCHEMAS}
 #: boto3's own environment variables the manifests may set (docs/deployment.md "Object storage").
 AWS_VARIABLES = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                  "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE"}
@@ -166,7 +173,7 @@ def _label(item: tuple[str, dict[str, Any]]) -> str:
     return f"{item[0]}:{item[1]['kind']}/{item[1]['metadata']['name']}"
 
 
-KUBE_OBJECTS = [m for m in manifests() if m[1]["kind"] not in KEDA_KINDS]
+KUBE_OBJECTS = [m for m in manifests() if m[1]["kind"] not in CRD_KINDS]
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
@@ -188,31 +195,34 @@ def test_kubernetes_validation_refuses_a_wrong_manifest():
     for bad in (unknown, wrong_type, missing):
         with pytest.raises(kubernetes_validate.ValidationError):
             kubernetes_validate.validate(bad, KUBE_VERSIONS[-1], strict=True)
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):  # a custom resource is not for this validation
+        kubernetes_validate.validate(one("ScaledObject"), KUBE_VERSIONS[-1], strict=True)
 
 
 @cache
-def keda_validator(kind: str) -> jsonschema.protocols.Validator:
-    schema = yaml.safe_load((KEDA_SCHEMAS / KEDA_KINDS[kind]).read_text())
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    [path] = [p for (_, k), p in CRD_SCHEMAS.items() if k == kind]
+    schema = yaml.safe_load(path.read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
 
 
-KEDA_OBJECTS = [m for m in manifests() if m[1]["kind"] in KEDA_KINDS]
+CRD_OBJECTS = [m for m in manifests() if m[1]["kind"] in CRD_KINDS]
 
 
-@pytest.mark.parametrize("item", KEDA_OBJECTS, ids=[_label(m) for m in KEDA_OBJECTS])
-def test_keda_object_is_valid_for_its_crd(item):
+@pytest.mark.parametrize("item", CRD_OBJECTS, ids=[_label(m) for m in CRD_OBJECTS])
+def test_custom_resource_is_valid_for_its_crd(item):
     doc = item[1]
-    assert doc["apiVersion"] == "keda.sh/v1alpha1"
+    assert (doc["apiVersion"], doc["kind"]) in CRD_SCHEMAS
     errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in keda_validator(doc["kind"]).iter_errors(doc)]
+              for e in crd_validator(doc["kind"]).iter_errors(doc)]
     assert not errors, errors
 
 
 def test_keda_schema_refuses_what_keda_would():
     scaled = one("ScaledObject")
-    validator = keda_validator("ScaledObject")
+    validator = crd_validator("ScaledObject")
     assert validator.is_valid(scaled)
 
     def changed(edit) -> dict[str, Any]:
@@ -232,15 +242,15 @@ def test_keda_schema_refuses_what_keda_would():
     for what, doc in bad.items():
         assert not validator.is_valid(doc), what
     auth = copy.deepcopy(one("TriggerAuthentication"))
-    assert keda_validator("TriggerAuthentication").is_valid(auth)
+    assert crd_validator("TriggerAuthentication").is_valid(auth)
     auth["spec"]["secretTargetRef"][0].pop("key")
-    assert not keda_validator("TriggerAuthentication").is_valid(auth)
+    assert not crd_validator("TriggerAuthentication").is_valid(auth)
 
 
 def test_every_object_is_checked():
     """No kind slips through both validations."""
-    assert {d["kind"] for _, d in KEDA_OBJECTS} == set(KEDA_KINDS)
-    assert len(KUBE_OBJECTS) + len(KEDA_OBJECTS) == len(manifests())
+    assert {d["kind"] for _, d in CRD_OBJECTS} == CRD_KINDS
+    assert len(KUBE_OBJECTS) + len(CRD_OBJECTS) == len(manifests())
 
 
 # --- settings and references ------------------------------------------------------------------------------
@@ -333,6 +343,28 @@ def test_gateway_probes_and_ports_exist_in_the_app():
     volume = next(v for v in pod_spec(gw)["volumes"] if v["name"] == mount["name"])
     keys_yaml = secret_data(volume["secret"]["secretName"])[keys_file.name]
     assert yaml.safe_load(keys_yaml)["keys"][0]["PublicKey"]
+
+
+def test_prometheus_scrapes_gateways_and_workers():
+    """The PodMonitor (for the Prometheus Operator) selects both kinds of pod, at ports they have, at /metrics; the
+    pods' prometheus.io annotations (plain Prometheus) say the same (checked with each Deployment)."""
+    monitor = one("PodMonitor")
+    assert crd_validator("PodMonitor").is_valid(monitor)
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    for component in ("gateway", "worker"):
+        wl = deployment(component)
+        labels = wl["spec"]["template"]["metadata"]["labels"]
+        assert wanted.items() <= labels.items(), f"the PodMonitor does not select the {component}s"
+        names = {p.get("name") for p in container(wl)["ports"]}
+        [endpoint] = [e for e in endpoints if e["port"] in names]
+        annotations = wl["spec"]["template"]["metadata"]["annotations"]
+        assert port_of(container(wl), endpoint["port"]) == int(annotations["prometheus.io/port"])
+        assert endpoint["path"] == annotations["prometheus.io/path"] == "/metrics"
+    assert "/metrics" in get_routes()
+    bad = copy.deepcopy(monitor)
+    bad["spec"]["podMetricsEndpoints"][0]["targetPorts"] = "http"
+    assert not crd_validator("PodMonitor").is_valid(bad)
 
 
 # --- the worker -------------------------------------------------------------------------------------------
