@@ -420,6 +420,7 @@ def test_keda_scales_the_workers_on_the_celery_queue():
     scaled = one("ScaledObject")
     target = scaled["spec"]["scaleTargetRef"]
     assert target["name"] == wk["metadata"]["name"]
+    assert "replicas" not in wk["spec"], "every apply would reset the count KEDA set"
     assert target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
     assert scaled["spec"]["minReplicaCount"] >= 1, "a gateway is ready only while a live worker consumes its queue"
     assert scaled["spec"]["maxReplicaCount"] >= scaled["spec"]["minReplicaCount"]
