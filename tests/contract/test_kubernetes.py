@@ -11,13 +11,17 @@
 - the models: the ConfigMap's models.yaml is a valid models config, every model it serves lies on the read-only
   volume, and it is exactly what the pull Job's ``atelier pull`` writes.
 
-The base is a Kustomization with ``resources:`` only, so rendering it is reading those files (checked here).
+The base is a Kustomization with ``resources:`` only, so rendering it is reading those files (checked here; where
+kubectl is installed, its own Kustomize renders the base and the README's example overlay, compared and validated).
 """
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from functools import cache
 from pathlib import Path, PurePosixPath
@@ -167,6 +171,39 @@ def test_the_base_is_its_resources_only():
     assert len(names) == len(set(names)), "each object once"
     assert {d["kind"] for d in base()} >= {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap",
                                            "PersistentVolumeClaim", "ScaledObject", "TriggerAuthentication"}
+
+
+def kubectl_kustomize(folder: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(["kubectl", "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+
+
+def canonical(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(d, sort_keys=True) for d in docs)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_kustomize_renders_the_base_and_the_readme_overlay(tmp_path):
+    """Where kubectl is installed, its own Kustomize renders the base to exactly the documents read above, and
+    renders the overlay README.md shows (image, namespace and patches applied) to manifests that still validate."""
+    assert canonical(kubectl_kustomize(K8S)) == canonical(base())
+    shutil.copytree(K8S, tmp_path / "deploy" / "kubernetes")
+    overlay = re.search(r"```yaml\n(# my-atelier/kustomization.yaml\n.*?)```", (K8S / "README.md").read_text(), re.S)
+    (tmp_path / "my-atelier").mkdir()
+    (tmp_path / "my-atelier" / "kustomization.yaml").write_text(overlay.group(1))
+    rendered = kubectl_kustomize(tmp_path / "my-atelier")
+    assert len(rendered) == len(base())
+    for doc in rendered:
+        assert doc["metadata"]["namespace"] == "atelier"
+        if doc["kind"] in CRD_KINDS:
+            assert crd_validator(doc["kind"]).is_valid(doc), doc["metadata"]["name"]
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
+        if doc["kind"] == "Deployment":
+            assert container(doc)["image"] == "registry.mycompany.com/atelier:0.1.0"
+    [env] = [d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "atelier-env"]
+    assert env["data"]["ATELIER_STORAGE_URL"] == "s3://my-bucket/atelier"
 
 
 def _label(item: tuple[str, dict[str, Any]]) -> str:
