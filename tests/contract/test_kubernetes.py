@@ -520,8 +520,11 @@ def test_the_pull_job_fills_the_volume_with_what_the_config_serves():
     command = c["command"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert command[:2] == ["atelier", "pull"] and "atelier" in scripts
-    workdir = re.search(r"^WORKDIR\s+(\S+)", (ROOT / "Dockerfile.gpu").read_text(), re.M).group(1)
+    dockerfile = (ROOT / "Dockerfile.gpu").read_text()
+    workdir = re.search(r"^WORKDIR\s+(\S+)", dockerfile, re.M).group(1)
     config = PurePosixPath(argument(command, "--config"))
+    folder = config.relative_to(workdir).parts[0]
+    assert re.search(rf"^COPY\s+{folder}\s+{folder}\s*$", dockerfile, re.M), f"Dockerfile.gpu does not ship {folder}/"
     dest = PurePosixPath(argument(command, "--dest"))
     output = PurePosixPath(argument(command, "--output"))
     assert config.is_relative_to(workdir), "a config shipped in the image"
