@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from app.contract.codes import ErrorCode, worker_lost_message
 from app.contract.jobs import NoTaskAction, task_name_for
+from app.contract.queue import broker_priority
 from app.services import Services
 from app.webhooks import Deliverer
 
@@ -72,7 +73,8 @@ def _send_again(svc: Services, uid: str) -> bool:
         log.error("task %s lost its worker but cannot be sent again: %s", uid, e)
         svc.tasks.mark_error(uid, ErrorCode.INTERNAL, f"Internal error (no Celery task runs {rec.action})")
         return False
-    svc.celery.send_task(task_name, args=[rec.job], queue=rec.queue or svc.settings.queue)
+    svc.celery.send_task(task_name, args=[rec.job], queue=rec.queue or svc.settings.queue,
+                         priority=broker_priority(rec.priority))
     return True
 
 

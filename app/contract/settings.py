@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.contract.limits import DEFAULT_MAX_PERSONA_IMAGES, DEFAULT_MAX_PERSONAS_PER_KEY
+from app.contract.limits import DEFAULT_MAX_PERSONA_IMAGES, DEFAULT_MAX_PERSONAS_PER_KEY, PRIORITY_RANGE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,9 @@ class Settings(BaseSettings):
                                       " (CreatePersona beyond it -> 230 naming Name); 0 = personas off")
     max_persona_images: int = Field(DEFAULT_MAX_PERSONA_IMAGES, ge=1, description="images of one persona"
                                     " (CreatePersona's ImageList; more -> 230 naming ImageList)")
+    max_priority: int = Field(int(PRIORITY_RANGE.hi), ge=PRIORITY_RANGE.lo, le=PRIORITY_RANGE.hi,
+                              description="the highest Priority a key's tasks run at unless its key entry says"
+                                          " MaxPriority (a higher one is lowered to it, with a Note)")
 
     # --- results -------------------------------------------------------------------------------
     result_retention_s: int = Field(24 * 3600, description="results, inputs and task records kept this long")
