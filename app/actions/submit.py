@@ -12,6 +12,7 @@ from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE, RetCode
 from app.contract.jobs import BaseJob, task_for
 from app.contract.limits import DEFAULT_PRIORITY, MAX_PRIORITY_FIELD, PRIORITY_FIELD
 from app.contract.queue import broker_priority
+from app.contract.routing import route
 from app.contract.taskstore import TooManyActiveTasks
 from app.errors import ApiError
 from app.keys import WEBHOOK_SECRET_FIELD
@@ -70,13 +71,16 @@ def priority_cap(svc: Services, public_key: str) -> int:
 
 
 def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: list[str], points: int,
-           callback: str | None, priority: int = DEFAULT_PRIORITY, results_per_image: int = 1) -> str:
+           callback: str | None, priority: int = DEFAULT_PRIORITY, results_per_image: int = 1,
+           model: str | None = None) -> str:
     """Create task ``job.task_uid`` of ``call.action`` and enqueue ``job`` as the action's Celery task; its
     TaskUID (the first one's, for a repeated request_uuid, which is not enqueued again). 153 over the key's
     active tasks, 150 when the queue is unavailable (the task is then discarded, so that a retry starts afresh).
 
     The job is queued at the request's ``priority`` (its Priority), lowered to the key's cap (:func:`priority_cap`)
-    with a Note saying so; the recovery sends it again at the same.
+    with a Note saying so; the recovery sends it again at the same. It goes to the queue of a worker that holds
+    ``model`` (the ModelCode the job needs most: its Main model, mask engine or upscaler; None: none) when one is not
+    too busy, else to the shared queue (:func:`app.contract.routing.route`).
 
     ``job`` must be of the action's message class; an action that creates no task cannot submit (both are
     programming errors: TypeError, ``NoTaskAction``)."""
@@ -101,7 +105,8 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
     try:
         # argsrepr: what Celery's logs show of the arguments; its default, a safe repr of the whole job message,
         # costs a few milliseconds per submission and repeats what the task record holds
-        svc.celery.send_task(task.name, args=[wire], queue=s.queue, priority=broker_priority(priority),
+        target = route(svc.tasks.r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
+        svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
                              argsrepr=f"[job of task {got}]", kwargsrepr="{}")
     except Exception:
         log.exception("enqueue failed for task %s", got)

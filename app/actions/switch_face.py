@@ -63,7 +63,7 @@ def switch_face(call: SignedCall, svc: Services) -> dict[str, Any]:
                                new_face=store_input(svc, req.new_face) if req.new_face is not None else None,
                                persona=req.persona, main_model=main.model_code, adapter=adapter.model_code, seed=seed)
     uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback,
-                 priority=req.priority)
+                 priority=req.priority, model=main.model_code)
     if uid == job.task_uid:
         log.info("task %s queued for %s (SwitchFace of face %d with %s and %s)", uid, call.public_key,
                  req.face_index, main.model_code, adapter.model_code)

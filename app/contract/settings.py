@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # --- worker --------------------------------------------------------------------------------
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
+    route_backlog: int = Field(32, ge=0, description="model-aware routing (docs/deployment.md \"Scheduling\"): a job"
+                               " goes to a worker's own queue while that worker has fewer jobs waiting there than"
+                               " this, else to the shared queue; 0 = no routing (every job to the shared queue)")
+    route_switch_jobs: float = Field(4.0, ge=0, description="routing: what loading a model a worker does not hold"
+                                     " costs, in jobs waiting (a job goes to a cold worker only when the warm ones"
+                                     " have this many more waiting)")
     progress_interval_s: float = Field(0.5, description="min seconds between progress writes to Redis")
     result_png_level: int = Field(1, ge=0, le=9, description="deflate level of the result PNGs (lossless at every"
                                   " level): 0..3 by ISA-L (fast: the default 1, about 7 ms for a 512x512 photo),"
