@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from app.contract.codes import ErrorCode, worker_lost_message
 from app.contract.jobs import NoTaskAction, task_name_for
+from app.contract.queue import broker_priority
+from app.contract.routing import reclaim
 from app.services import Services
 from app.webhooks import Deliverer
 
@@ -72,7 +74,8 @@ def _send_again(svc: Services, uid: str) -> bool:
         log.error("task %s lost its worker but cannot be sent again: %s", uid, e)
         svc.tasks.mark_error(uid, ErrorCode.INTERNAL, f"Internal error (no Celery task runs {rec.action})")
         return False
-    svc.celery.send_task(task_name, args=[rec.job], queue=rec.queue or svc.settings.queue)
+    svc.celery.send_task(task_name, args=[rec.job], queue=rec.queue or svc.settings.queue,
+                         priority=broker_priority(rec.priority))
     return True
 
 
@@ -105,4 +108,6 @@ def start_loops(svc: Services) -> list[Loop]:
     s = svc.settings
     return [Loop("retention-sweep", s.cleanup_interval_s, lambda: sweep_once(svc)).start(),
             Loop("recovery", s.reap_interval_s, lambda: recover_once(svc)).start(),
+            # the direct queues of workers that died go back to the shared queue (docs/deployment.md "Scheduling")
+            Loop("reclaim", s.reap_interval_s, lambda: reclaim(svc.tasks.r, s.queue)).start(),
             Loop("webhooks", s.webhook_interval_s, Deliverer(svc).run_once).start()]

@@ -8,6 +8,7 @@ ATELIER_KEYS_FILE::
         CallbackUrl: https://shop.example/hooks/atelier      # optional: the default CallbackUrl of its tasks
         MaxPersonas: 50                                      # optional: ATELIER_MAX_PERSONAS_PER_KEY for this key
         MaxPersonaImages: 12                                 # optional: ATELIER_MAX_PERSONA_IMAGES for this key
+        MaxPriority: 3                                       # optional: ATELIER_MAX_PRIORITY for this key
 
 Without that file a development key pair is created once under the data dir (``dev-keys.yaml``)
 and printed by ``make run``.
@@ -18,7 +19,8 @@ with a ``keys:`` list, an entry that is not a mapping, a PublicKey or PrivateKey
 empty or not a string (YAML reads ``PrivateKey: 123456`` as a number), a duplicate PublicKey; a
 WebhookSecret that is not ``whsec_`` and the base64 of 24 to 64 bytes (Standard Webhooks), a CallbackUrl that
 is not an http(s) URL or that has no WebhookSecret beside it (docs/API.md "Webhooks"); a MaxPersonas that is not
-a whole number >= 0 or a MaxPersonaImages that is not one >= 1 (docs/API.md "Personas").
+a whole number >= 0 or a MaxPersonaImages that is not one >= 1 (docs/API.md "Personas"); a MaxPriority that is
+not a whole number within the Priority range (docs/API.md "Priority").
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from app.contract.limits import MAX_PRIORITY_FIELD, PRIORITY_RANGE
 from app.validation.generate import CALLBACK_URL_FIELD, callback_url_problem
 
 KEY_FIELDS = ("PublicKey", "PrivateKey")
@@ -57,6 +60,7 @@ class KeyPair:
     callback_url: str | None = None    # the CallbackUrl of this key's tasks that do not name one
     max_personas: int | None = None    # MaxPersonas: this key's ATELIER_MAX_PERSONAS_PER_KEY; None: the setting's
     max_persona_images: int | None = None  # MaxPersonaImages: this key's ATELIER_MAX_PERSONA_IMAGES
+    max_priority: int | None = None    # MaxPriority: this key's ATELIER_MAX_PRIORITY
 
 
 def new_webhook_secret() -> str:
@@ -132,12 +136,13 @@ def parse_keys(doc: Any, tree: yaml.Node | None, origin: object) -> list[KeyPair
             raise KeyFileError(f"{origin}: {label}: duplicate PublicKey, keys[{first_index[public]}] has it too; "
                                f"give every entry its own PublicKey")
         first_index[public] = i
-        problem = _webhook_problem(entry, node) or _persona_limits_problem(entry)
+        problem = _webhook_problem(entry, node) or _persona_limits_problem(entry) or _max_priority_problem(entry)
         if problem:
             raise KeyFileError(f"{origin}: {label}: {problem}")
         pairs.append(KeyPair(public, entry["PrivateKey"], webhook_secret=entry.get(WEBHOOK_SECRET_FIELD),
                              callback_url=entry.get(CALLBACK_URL_FIELD), max_personas=entry.get("MaxPersonas"),
-                             max_persona_images=entry.get("MaxPersonaImages")))
+                             max_persona_images=entry.get("MaxPersonaImages"),
+                             max_priority=entry.get(MAX_PRIORITY_FIELD)))
     return pairs
 
 
@@ -170,6 +175,16 @@ def _persona_limits_problem(entry: dict) -> str | None:
         value = entry.get(field)
         if field in entry and (isinstance(value, bool) or not isinstance(value, int) or value < least):
             return f"{field} must be a whole number >= {least} (got {value!r}); write e.g. {field}: {least + 10}"
+    return None
+
+
+def _max_priority_problem(entry: dict) -> str | None:
+    """What is wrong with the entry's optional MaxPriority, or None."""
+    value = entry.get(MAX_PRIORITY_FIELD)
+    lo, hi = int(PRIORITY_RANGE.lo), int(PRIORITY_RANGE.hi)
+    if MAX_PRIORITY_FIELD in entry and (isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi):
+        return (f"{MAX_PRIORITY_FIELD} must be a whole number between {lo} and {hi} (got {value!r}); write e.g."
+                f" {MAX_PRIORITY_FIELD}: 3")
     return None
 
 

@@ -20,13 +20,12 @@ from typing import Any
 
 import redis
 from fastapi import Request
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.contract.jobs import ACTIVE_STATUSES
-from app.contract.queue import live_workers_key
+from app.contract.queue import live_workers_key, queue_lists
 from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.contract.taskstore import P, task_key
@@ -70,11 +69,10 @@ class TimedApi:
 # --- read from Redis -------------------------------------------------------------------------------------
 
 def queue_depth(r: redis.Redis, queue: str) -> int:
-    """Job messages waiting in ``queue`` (not those a worker has taken): its Redis list, and kombu's lists
-    of the other priorities, as kombu counts them."""
+    """Job messages waiting in ``queue`` (not those a worker has taken): the Redis lists of its priorities."""
     pipe = r.pipeline(transaction=False)
-    for pri in PRIORITY_STEPS:
-        pipe.llen(f"{queue}{Channel.sep}{pri}" if pri else queue)
+    for name in queue_lists(queue):
+        pipe.llen(name)
     return sum(pipe.execute())
 
 

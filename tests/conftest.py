@@ -16,6 +16,7 @@ import redis
 import yaml
 from fastapi.testclient import TestClient
 
+from app.contract.queue import queue_lists
 from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.contract.taskstore import active_key
@@ -68,7 +69,7 @@ def atelier_env(tmp_path_factory, redis_url) -> dict[str, str]:
             os.environ[k] = v
     _clear_caches()
     r = redis.Redis.from_url(redis_url)
-    r.delete(env["ATELIER_QUEUE"])
+    r.delete(*queue_lists(env["ATELIER_QUEUE"]))
 
 
 def _clear_caches() -> None:
@@ -96,7 +97,7 @@ def api(atelier_env, monkeypatch):
         post.queue = queue
         yield post
     _clear_caches()
-    r.delete(queue)
+    r.delete(*queue_lists(queue))
     # the tasks it queued can never run now: they stop counting against their key's active-task limit (153), which
     # the session's later tests would otherwise reach one test at a time
     for k in r.scan_iter(active_key("*")):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, start_http_server
@@ -220,27 +220,30 @@ class Heartbeat:
     ``every_s`` (a failed renewal is logged and tried again), withdrawn at :meth:`stop`."""
 
     def __init__(self, r: redis.Redis, worker_id: str, queues: Iterable[str], *, every_s: float = ALIVE_EVERY_S,
-                 ttl_s: float = ALIVE_TTL_S):
+                 ttl_s: float = ALIVE_TTL_S, also: Callable[[], None] | None = None):
         self.r, self.worker_id, self.queues = r, worker_id, sorted(queues)
-        self.every_s, self.ttl_s = every_s, ttl_s
+        self.every_s, self.ttl_s, self.also = every_s, ttl_s, also
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
     def start(self) -> Heartbeat:
-        self._beat()
+        self.beat()
         self._thread.start()
         log.info("alive on queue(s) %s as %s", ", ".join(self.queues), self.worker_id)
         return self
 
-    def _beat(self) -> None:
+    def beat(self) -> None:
+        """Announce the worker alive now (and run ``also``, what the worker says with each beat)."""
         try:
             announce_alive(self.r, self.worker_id, self.queues, self.ttl_s)
+            if self.also is not None:
+                self.also()
         except redis.RedisError as e:
             log.warning("could not announce this worker alive: %s", e)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            self._beat()
+            self.beat()
 
     def stop(self) -> None:
         self._stop.set()

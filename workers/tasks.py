@@ -17,15 +17,21 @@ finish. A deployment that configures no warm-up (the demo) does nothing there.
 
 Once the worker consumes its queues (``worker_ready``) it announces itself alive on each of them (a
 :class:`~workers.metrics.Heartbeat`, which the gateway's ``/readyz`` counts) until it shuts down.
+
+Model-aware routing (:mod:`app.contract.routing`): the worker also consumes a direct queue of its own
+(``celeryd_after_setup``), says which models it holds with each heartbeat and after each job, and hands the jobs
+waiting in its direct queue back to the shared queue when it shuts down.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
+import redis
 from celery import Task
 from celery.concurrency import get_implementation
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.contract.jobs import (
     GENERATE_TASK,
@@ -36,6 +42,7 @@ from app.contract.jobs import (
     SWITCH_FACE_TASK,
 )
 from app.contract.redis_conn import broker_url, connect
+from app.contract.routing import advertise, direct_queue, hand_back
 from app.contract.settings import get_settings
 from workers.celery_app import celery
 from workers.jobs.generate import run_job
@@ -43,8 +50,10 @@ from workers.jobs.masks import run_mask_job
 from workers.jobs.resize import run_resize_job
 from workers.jobs.restore_faces import run_restore_faces_job
 from workers.jobs.switch_face import run_switch_face_job
-from workers.metrics import Heartbeat, serve_metrics
+from workers.metrics import ALIVE_TTL_S, Heartbeat, serve_metrics
 from workers.runtime import WorkerRuntime, this_worker_id
+
+log = logging.getLogger("atelier.worker")
 
 #: The job that runs each Celery task: ``runner(runtime, job message)``, which ends the task whatever happens.
 RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
@@ -86,7 +95,12 @@ def _register(name: str, runner: Callable[[WorkerRuntime, dict], None]) -> Runti
     @celery.task(name=name, base=RuntimeTask, bind=True, acks_late=True)
     def run(self: RuntimeTask, message: dict) -> None:
         _wait_for_warm_up()
-        runner(self.runtime, message)
+        try:
+            runner(self.runtime, message)
+        finally:
+            heartbeat = RuntimeTask._heartbeat
+            if heartbeat is not None:  # the solo worker: what it holds now, for the next job's routing
+                heartbeat.beat()
 
     return run
 
@@ -127,12 +141,36 @@ def _build_in_pool_child(**_) -> None:
     warm_up_in_background(_runtime())  # builds the runtime first
 
 
+@celeryd_after_setup.connect
+def _consume_direct_queue(sender=None, instance=None, **_) -> None:
+    """Before the worker consumes: its own queue beside the shared one(s), for the jobs routed to it."""
+    queue = get_settings().queue
+    if queue in instance.app.amqp.queues.consume_from:
+        instance.app.amqp.queues.select_add(direct_queue(queue, this_worker_id()))
+
+
+def _holding() -> Callable[[], list[str]]:
+    """What this process's model cache holds (the ModelCodes of its entries); nothing in a prefork parent, whose
+    children hold the models."""
+    runtime = RuntimeTask._runtime
+    if runtime is None:
+        return list
+    return lambda: sorted({label for label, _ in runtime.cache.cached()})
+
+
 @worker_ready.connect
 def _announce_alive(**_) -> None:
     settings = get_settings()
-    queues = sorted(celery.amqp.queues.consume_from)
+    me, holding = this_worker_id(), _holding()
+    mine = direct_queue(settings.queue, me)
+    queues = sorted(q for q in celery.amqp.queues.consume_from if q != mine)
     r = connect(settings.redis_url or broker_url())
-    RuntimeTask._heartbeat = Heartbeat(r, this_worker_id(), queues).start()
+
+    def advertise_holding() -> None:
+        if mine in celery.amqp.queues.consume_from:
+            advertise(r, settings.queue, me, holding(), ALIVE_TTL_S)
+
+    RuntimeTask._heartbeat = Heartbeat(r, me, queues, also=advertise_holding).start()
 
 
 @worker_shutdown.connect
@@ -140,3 +178,11 @@ def _withdraw(**_) -> None:
     heartbeat, RuntimeTask._heartbeat = RuntimeTask._heartbeat, None
     if heartbeat is not None:
         heartbeat.stop()
+        settings = get_settings()
+        try:
+            moved = hand_back(heartbeat.r, settings.queue, heartbeat.worker_id)
+        except redis.RedisError as e:  # the gateway's recovery loop hands them back instead
+            log.warning("could not hand back this worker's direct queue: %s", e)
+        else:
+            if moved:
+                log.info("handed %d job(s) of this worker's queue back to %s", moved, settings.queue)

@@ -159,7 +159,8 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         garment_classes=req.garment_classes if clothes else None,
         **job_images,
     )
-    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback)
+    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback,
+                 priority=req.priority, model=main.model_code)
     if uid != job.task_uid:  # a repeated request_uuid: the first task's
         return {"TaskUID": uid}
     log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, main.model_code,

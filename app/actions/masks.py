@@ -48,7 +48,7 @@ def mask_action(call: SignedCall, svc: Services) -> dict[str, Any]:
         foreground_threshold=req.foreground_threshold, background_threshold=req.background_threshold,
         hair_optimization=req.hair_optimization, only_mask=req.only_mask)
     uid = submit(call, svc, job=job, seed=0, notes=notes, points=engine.points, callback=callback,
-                 results_per_image=1 if req.only_mask else 2)
+                 priority=req.priority, results_per_image=1 if req.only_mask else 2, model=engine.model_code)
     if uid == job.task_uid:
         log.info("task %s queued for %s (%s by %s, %d image(s))", uid, call.public_key, req.action,
                  engine.model_code, len(req.images))

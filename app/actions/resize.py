@@ -31,7 +31,9 @@ def resize_image(call: SignedCall, svc: Services) -> dict[str, Any]:
     job = ResizeJobMessage(task_uid=new_task_uid(), image=store_input(svc, req.image), width=req.width,
                            height=req.height, upscaler=upscaler.model_code if upscaler else None)
     points = upscaler.points if upscaler else DEFAULT_POINTS
-    uid = submit(call, svc, job=job, seed=0, notes=notes, points=points, callback=callback)
+    uid = submit(call, svc, job=job, seed=0, notes=notes, points=points, callback=callback,
+                 priority=req.priority,
+                 model=upscaler.model_code if upscaler else None)
     if uid == job.task_uid:
         log.info("task %s queued for %s (ResizeImage to %dx%d by %s)", uid, call.public_key, req.width, req.height,
                  job.upscaler or "Lanczos")

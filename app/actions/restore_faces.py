@@ -30,7 +30,8 @@ def restore_faces(call: SignedCall, svc: Services) -> dict[str, Any]:
     seed = draw_seed()
     job = RestoreFacesJobMessage(task_uid=new_task_uid(), image=store_input(svc, req.image),
                                  main_model=main.model_code, strength=req.strength, seed=seed)
-    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback)
+    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback,
+                 priority=req.priority, model=main.model_code)
     if uid == job.task_uid:
         log.info("task %s queued for %s (RestoreFaces with %s at %s)", uid, call.public_key, main.model_code,
                  req.strength)

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from app.actions.base import SignedCall
 from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE, RetCode
 from app.contract.jobs import BaseJob, task_for
+from app.contract.limits import DEFAULT_PRIORITY, MAX_PRIORITY_FIELD, PRIORITY_FIELD
+from app.contract.queue import broker_priority
+from app.contract.routing import route
 from app.contract.taskstore import TooManyActiveTasks
 from app.errors import ApiError
 from app.keys import WEBHOOK_SECRET_FIELD
@@ -52,16 +55,33 @@ def callback_url(requested: str | None, call: SignedCall, svc: Services) -> str 
     return requested or (pair.callback_url if pair else None)
 
 
+def priority_capped_note(asked: int, cap: int) -> str:
+    """The Note of a task whose Priority was lowered to its key's cap."""
+    return f"{PRIORITY_FIELD} {asked} lowered to {cap}, the most this PublicKey may ask for ({MAX_PRIORITY_FIELD})"
+
+
 def request_uuid(call: SignedCall) -> str | None:
     value = call.body.get("request_uuid")
     return value if isinstance(value, str) and value else None
 
 
+def priority_cap(svc: Services, public_key: str) -> int:
+    """The highest Priority the key's tasks run at: its key entry's MaxPriority, else ATELIER_MAX_PRIORITY."""
+    pair = svc.keys.pair(public_key)
+    return pair.max_priority if pair is not None and pair.max_priority is not None else svc.settings.max_priority
+
+
 def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: list[str], points: int,
-           callback: str | None, results_per_image: int = 1) -> str:
+           callback: str | None, priority: int = DEFAULT_PRIORITY, results_per_image: int = 1,
+           model: str | None = None) -> str:
     """Create task ``job.task_uid`` of ``call.action`` and enqueue ``job`` as the action's Celery task; its
     TaskUID (the first one's, for a repeated request_uuid, which is not enqueued again). 153 over the key's
     active tasks, 150 when the queue is unavailable (the task is then discarded, so that a retry starts afresh).
+
+    The job is queued at the request's ``priority`` (its Priority), lowered to the key's cap (:func:`priority_cap`)
+    with a Note saying so; the recovery sends it again at the same. It goes to the queue of a worker that holds
+    ``model`` (the ModelCode the job needs most: its Main model, mask engine or upscaler; None: none) when one is not
+    too busy, else to the shared queue (:func:`app.contract.routing.route`).
 
     ``job`` must be of the action's message class; an action that creates no task cannot submit (both are
     programming errors: TypeError, ``NoTaskAction``)."""
@@ -70,10 +90,15 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
         raise TypeError(f"{call.action} sends {task.job.__name__} jobs, not {type(job).__name__}")
     s, uid, wire = svc.settings, job.task_uid, job.to_wire()
     req_uuid = request_uuid(call)
+    cap = priority_cap(svc, call.public_key)
+    if priority > cap:
+        notes = [*notes, priority_capped_note(priority, cap)]
+        priority = cap
     try:  # the task keeps its job message: the recovery sends it again if its worker dies
         got, created = svc.tasks.create(call.public_key, req_uuid, call.action, seed, s.max_active_tasks_per_key,
                                         notes=notes, points=points, uid=uid, job=wire, callback_url=callback,
-                                        queue=s.queue, results_per_image=results_per_image)
+                                        queue=s.queue, results_per_image=results_per_image,
+                                        priority=priority)
     except TooManyActiveTasks:
         raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
     if not created:
@@ -81,7 +106,9 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
     try:
         # argsrepr: what Celery's logs show of the arguments; its default, a safe repr of the whole job message,
         # costs a few milliseconds per submission and repeats what the task record holds
-        svc.celery.send_task(task.name, args=[wire], queue=s.queue, argsrepr=f"[job of task {got}]", kwargsrepr="{}")
+        target = route(svc.tasks.r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
+        svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
+                             argsrepr=f"[job of task {got}]", kwargsrepr="{}")
     except Exception:
         log.exception("enqueue failed for task %s", got)
         svc.tasks.discard(got, call.public_key, req_uuid)

@@ -62,7 +62,8 @@ def switch_face(call: SignedCall, svc: Services) -> dict[str, Any]:
     job = SwitchFaceJobMessage(task_uid=new_task_uid(), image=store_input(svc, req.image), face_index=req.face_index,
                                new_face=store_input(svc, req.new_face) if req.new_face is not None else None,
                                persona=req.persona, main_model=main.model_code, adapter=adapter.model_code, seed=seed)
-    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback)
+    uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback,
+                 priority=req.priority, model=main.model_code)
     if uid == job.task_uid:
         log.info("task %s queued for %s (SwitchFace of face %d with %s and %s)", uid, call.public_key,
                  req.face_index, main.model_code, adapter.model_code)

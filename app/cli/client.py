@@ -44,6 +44,7 @@ from app.contract.limits import (
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_PRIORITY,
     DEFAULT_RAW_FACE_INDEX,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
@@ -58,6 +59,8 @@ from app.contract.limits import (
     LIST_MODELS_FIELDS,
     LIST_PERSONAS_ACTION,
     PERSONA_CODE_FIELD,
+    PRIORITY_FIELD,
+    PRIORITY_RANGE,
     RAW_FACE_INDEX_RANGE,
     REFINE_FIELD,
     RESIZE_ACTION,
@@ -186,7 +189,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         params[REFINE_FIELD] = {k: v for k, v in refine.items() if v is not None}
     if args.no_face_refine or args.face_strength is not None:
         params[FACE_REFINE_FIELD] = {"Enabled": False} if args.no_face_refine else {"Strength": args.face_strength}
-    uid = call(args.url, pub, priv, "GenerateFromMannequin", **params)["TaskUID"]
+    uid = _submit(args, pub, priv, "GenerateFromMannequin", params)
     detail = _wait(args, pub, priv, uid)
     out = Path(args.output)
     for i, link in enumerate(detail["ImgList"]):
@@ -282,7 +285,7 @@ def cmd_remove_background(args: argparse.Namespace) -> int:
         if args.box:
             raise ClientError("--box is for one image (RemoveBackground), not a batch")
         action, params["RawImages"] = "RemoveBackgroundsInBatch", [_b64(i) for i in args.image]
-    uid = call(args.url, pub, priv, action, **params)["TaskUID"]
+    uid = _submit(args, pub, priv, action, params)
     detail = _wait(args, pub, priv, uid)
     _save_masks(detail, args.image, args.only_mask, Path(args.output))
     _notes(detail)
@@ -295,7 +298,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
               "IncludePointList": [_point(p) for p in args.point]}
     if args.exclude:
         params["ExcludePointList"] = [_point(p) for p in args.exclude]
-    uid = call(args.url, pub, priv, "ExtractContents", **params)["TaskUID"]
+    uid = _submit(args, pub, priv, "ExtractContents", params)
     detail = _wait(args, pub, priv, uid)
     _save_masks(detail, [args.image], args.only_mask, Path(args.output))
     _notes(detail)
@@ -322,11 +325,18 @@ def resize_target(size: tuple[int, int], width: int | None, height: int | None) 
     return width, height
 
 
+def _submit(args: argparse.Namespace, pub: str, priv: str, action: str, params: dict[str, Any]) -> str:
+    """Send a task-creating request (with ``--priority`` when given); its TaskUID."""
+    if args.priority is not None:
+        params = {**params, PRIORITY_FIELD: args.priority}
+    return call(args.url, pub, priv, action, **params)["TaskUID"]
+
+
 def _photo_task(args: argparse.Namespace, pub: str, priv: str, action: str, params: dict[str, Any],
                 suffix: str) -> int:
     """Run a one-image action on ``args.image`` (ResizeImage, RestoreFaces, SwitchFace) to its end, save its image as
     ``<stem>_<suffix>.png`` under ``args.output`` and print its Notes."""
-    uid = call(args.url, pub, priv, action, **params)["TaskUID"]
+    uid = _submit(args, pub, priv, action, params)
     detail = _wait(args, pub, priv, uid)
     _save(detail["ImgList"][0], Path(args.output) / f"{Path(args.image).stem}_{suffix}.png")
     _notes(detail)
@@ -431,6 +441,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _polling(p: argparse.ArgumentParser) -> None:
+    """The options of a command that runs a task to its end: how it polls, where it saves, the task's Priority."""
+    p.add_argument("--priority", type=int, metavar="P", help=f"{PRIORITY_FIELD}, {int(PRIORITY_RANGE.lo)}.."
+                   f"{int(PRIORITY_RANGE.hi)} (default {DEFAULT_PRIORITY}): higher runs before the jobs queued below"
+                   " it, up to your key's MaxPriority")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("-o", "--output", required=True, help="folder for the images")

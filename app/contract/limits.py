@@ -59,6 +59,15 @@ MAX_SUB_MODELS = 8                          # SubModelList entries
 MAX_CONTROL_UNITS = 3                       # ControlNetList (alias ControlNet) units, as PICPIK's
 MAX_TASK_UIDS = 100                         # ListTasksDetails.TaskUIDList entries
 
+# --- Priority (an extension of every task-creating action; docs/API.md "Priority") ----------------------------
+
+PRIORITY_FIELD = "Priority"                 # higher runs first among queued jobs
+PRIORITY_RANGE = Range(0, 9)
+DEFAULT_PRIORITY = 5
+MAX_PRIORITY_FIELD = "MaxPriority"          # a key file entry's cap on the Priority its requests may ask for
+#: The extension fields every task-creating action reads besides its own (CallbackUrl is named by each action's).
+TASK_FIELDS: tuple[str, ...] = (PRIORITY_FIELD,)
+
 # --- InferenceParams (request values and models_config defaults) --------------------------------------
 
 LORA_WEIGHT_RANGE = Range(-1.0, 2.0)        # LoRA LoraWeight; a HyperNetwork's strength

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.contract.limits import DEFAULT_MAX_PERSONA_IMAGES, DEFAULT_MAX_PERSONAS_PER_KEY
+from app.contract.limits import DEFAULT_MAX_PERSONA_IMAGES, DEFAULT_MAX_PERSONAS_PER_KEY, PRIORITY_RANGE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,6 +54,9 @@ class Settings(BaseSettings):
                                       " (CreatePersona beyond it -> 230 naming Name); 0 = personas off")
     max_persona_images: int = Field(DEFAULT_MAX_PERSONA_IMAGES, ge=1, description="images of one persona"
                                     " (CreatePersona's ImageList; more -> 230 naming ImageList)")
+    max_priority: int = Field(int(PRIORITY_RANGE.hi), ge=PRIORITY_RANGE.lo, le=PRIORITY_RANGE.hi,
+                              description="the highest Priority a key's tasks run at unless its key entry says"
+                                          " MaxPriority (a higher one is lowered to it, with a Note)")
 
     # --- results -------------------------------------------------------------------------------
     result_retention_s: int = Field(24 * 3600, description="results, inputs and task records kept this long")
@@ -87,6 +90,12 @@ class Settings(BaseSettings):
     # --- worker --------------------------------------------------------------------------------
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     queue: str = Field("atelier", description="Celery queue the gateway sends to and workers consume")
+    route_backlog: int = Field(32, ge=0, description="model-aware routing (docs/deployment.md \"Scheduling\"): a job"
+                               " goes to a worker's own queue while that worker has fewer jobs waiting there than"
+                               " this, else to the shared queue; 0 = no routing (every job to the shared queue)")
+    route_switch_jobs: float = Field(4.0, ge=0, description="routing: what loading a model a worker does not hold"
+                                     " costs, in jobs waiting (a job goes to a cold worker only when the warm ones"
+                                     " have this many more waiting)")
     progress_interval_s: float = Field(0.5, description="min seconds between progress writes to Redis")
     result_png_level: int = Field(1, ge=0, le=9, description="deflate level of the result PNGs (lossless at every"
                                   " level): 0..3 by ISA-L (fast: the default 1, about 7 ms for a 512x512 photo),"

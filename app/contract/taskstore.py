@@ -35,7 +35,7 @@ import redis
 
 from app.contract.codes import ErrorCode
 from app.contract.jobs import ACTIVE_STATUSES, ENDED_STATUSES, TaskStatus
-from app.contract.limits import DEFAULT_POINTS
+from app.contract.limits import DEFAULT_POINTS, DEFAULT_PRIORITY
 
 P = "atelier:"
 log = logging.getLogger("atelier.taskstore")
@@ -186,6 +186,7 @@ class TaskRecord:
     worker: str = ""
     job: dict[str, Any] | None = None
     queue: str = ""
+    priority: int = DEFAULT_PRIORITY  # the Priority it was queued at (the recovery sends it again at the same)
     clothes_mask: str = ""        # the result name of a clothes mask the worker made itself
     results_per_image: int = 1    # result files per image paid for (a cut-out and its mask: 2)
     created_at: float = 0.0
@@ -206,6 +207,7 @@ class TaskRecord:
             finished_at=float(h.get("finished_at", 0)), pipeline_s=float(h.get("pipeline_s", 0)),
             attempt=int(h.get("attempt", 0)), deaths=int(h.get("deaths", 0)), worker=h.get("worker", ""),
             job=orjson.loads(h["job"]) if h.get("job") else None, queue=h.get("queue", ""),
+            priority=int(h.get("priority", DEFAULT_PRIORITY)),
             clothes_mask=h.get("clothes_mask", ""), results_per_image=int(h.get("results_per_image", 1)),
             callback_url=h.get("callback_url", ""),
         )
@@ -242,12 +244,12 @@ class TaskStore:
                max_active: int, *, notes: list[str] | tuple[str, ...] = (),
                points: int = DEFAULT_POINTS, uid: str | None = None,
                job: dict[str, Any] | None = None, callback_url: str | None = None,
-               queue: str = "", results_per_image: int = 1) -> tuple[str, bool]:
+               queue: str = "", results_per_image: int = 1, priority: int = DEFAULT_PRIORITY) -> tuple[str, bool]:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
         returns the first TaskUID and created=False. Raises TooManyActiveTasks. ``notes`` start the
         task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint); ``job`` the job message,
         kept with the task so that the recovery can send it again (its ``task_uid`` must be ``uid``) to
-        ``queue``, the Celery queue it was sent to;
+        ``queue``, the Celery queue it was sent to, at ``priority`` (the request's Priority, as capped);
         ``callback_url`` where its webhook goes when it ends; ``results_per_image``: result files per image
         paid for."""
         uid = uid or new_task_uid()
@@ -258,6 +260,7 @@ class TaskStore:
         if job is not None:
             fields["job"] = orjson.dumps(job)
             fields["queue"] = queue
+            fields["priority"] = int(priority)
         if callback_url:
             fields["callback_url"] = callback_url
         if results_per_image != 1:

@@ -19,6 +19,7 @@ from app.contract.limits import (
     CONTROL_UNITS_FIELD,
     CONTROL_WEIGHT_RANGE,
     DEFAULT_BACKGROUND_RESIZE_MODE,
+    DEFAULT_PRIORITY,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_SIZE,
@@ -32,6 +33,8 @@ from app.contract.limits import (
     MAX_GARMENT_CLASSES,
     MAX_SUB_MODELS,
     PERSONA_CODE_FIELD,
+    PRIORITY_FIELD,
+    PRIORITY_RANGE,
     REFER_STRENGTH_RANGE,
     REFINE_FIELD,
     REFINE_STRENGTH_RANGE,
@@ -42,6 +45,7 @@ from app.contract.limits import (
     SEED_RANGE,
     SIZE_RANGE,
     STEP_RATIO_RANGE,
+    TASK_FIELDS,
     UPSCALER_FIELD,
     is_lanczos,
 )
@@ -134,6 +138,7 @@ class GenerateRequest:
     background_resize_mode: str = DEFAULT_BACKGROUND_RESIZE_MODE
     control_units: list[ControlUnit] | None = None  # None = the main model's default control
     control_units_field: str = CONTROL_UNITS_FIELD  # the name the request used (or its alias ControlNet)
+    priority: int = DEFAULT_PRIORITY  # Priority, before the key's cap
     ignored_fields: list[str] = field(default_factory=list)
     callback_url: str | None = None  # CallbackUrl (None: the key's default, if any)
     clothes_segmenter: str | None = None      # Mannequin.ClothesSegmenter (an extension)
@@ -332,6 +337,13 @@ def private_address(addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Addres
     return None
 
 
+def check_priority(body: dict[str, Any]) -> int:
+    """Priority (optional, every task-creating action): a whole number in PRIORITY_RANGE, DEFAULT_PRIORITY when
+    absent. Higher runs first among queued jobs; the key's cap is applied at submission (``app/actions/submit.py``)."""
+    return check_int(body.get(PRIORITY_FIELD), PRIORITY_FIELD, lo=int(PRIORITY_RANGE.lo), hi=int(PRIORITY_RANGE.hi),
+                     default=DEFAULT_PRIORITY)
+
+
 def check_callback_url(value: Any, name: str, *, allow_private: bool) -> str | None:
     """CallbackUrl (optional): an http or https URL; unless ``allow_private``, one whose host, an IP address
     or a name that resolves now, is not private, loopback or link-local (a name that does not resolve now is
@@ -441,9 +453,10 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     face_refine, face_strength = _parse_face_refine(body.get(FACE_REFINE_FIELD))
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
+    priority = check_priority(body)
 
     images = [decode_image(src, name, max_pixels, known_images) for name, src in lists.sources()]
-    known = (*COMMON_FIELDS, *GENERATE_FIELDS)
+    known = (*COMMON_FIELDS, *GENERATE_FIELDS, *TASK_FIELDS)
 
     return GenerateRequest(
         main_model=main.model_code if main is not None else None,
@@ -470,6 +483,7 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         control_units_field=control_units_field(body),
         ignored_fields=[name for name in body if name not in known],
         callback_url=callback_url,
+        priority=priority,
         refine_strength=refine_strength,
         face_refine=face_refine,
         face_strength=face_strength,

@@ -26,16 +26,18 @@ from app.contract.limits import (
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_PRIORITY,
     ENGINE_FIELD,
     ERODE_SIZE_RANGE,
     HAIR_OPTIMIZATION_MODES,
     MASK_ACTION_FIELDS,
     MAX_POINTS,
+    TASK_FIELDS,
     THRESHOLD_RANGE,
 )
 from app.errors import ApiError
 from app.validation.fields import check_bool, check_choice, check_int, check_list, check_object, check_str
-from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url
+from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, check_priority
 from app.validation.images import DecodedImage, decode_image
 
 Point = tuple[int, int]
@@ -57,6 +59,7 @@ class MaskRequest:
     only_mask: bool = False
     engine: str | None = None
     callback_url: str | None = None
+    priority: int = DEFAULT_PRIORITY
     ignored_fields: list[str] = field(default_factory=list)
 
 
@@ -118,6 +121,7 @@ def parse_mask_request(action: str, body: dict[str, Any], *, max_images: int, ma
     engine = check_str(body.get(ENGINE_FIELD), ENGINE_FIELD, non_empty=True, default=None)
     callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                       allow_private=allow_private_callbacks)
+    priority = check_priority(body)
 
     images = [decode_image(src, name, max_pixels, known_images) for name, src in sources]
     if box is not None:
@@ -127,8 +131,8 @@ def parse_mask_request(action: str, body: dict[str, Any], *, max_images: int, ma
                                         " x2 <= width, y2 <= height)")
     _inside(include, "IncludePointList", images[0])
     _inside(exclude, "ExcludePointList", images[0])
-    known = (*COMMON_FIELDS, *MASK_ACTION_FIELDS[action], CALLBACK_URL_FIELD)
+    known = (*COMMON_FIELDS, *MASK_ACTION_FIELDS[action], CALLBACK_URL_FIELD, *TASK_FIELDS)
     return MaskRequest(action=action, images=images, box=box, include_points=include, exclude_points=exclude,
                        erode_size=erode, foreground_threshold=fg, background_threshold=bg, hair_optimization=hair,
-                       only_mask=only_mask, engine=engine, callback_url=callback_url,
+                       only_mask=only_mask, engine=engine, callback_url=callback_url, priority=priority,
                        ignored_fields=[n for n in body if n not in known])

@@ -16,9 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.contract.limits import COMMON_FIELDS, RESIZE_FIELDS, RESIZE_SIZE_RANGE, is_lanczos
+from app.contract.limits import (
+    COMMON_FIELDS,
+    DEFAULT_PRIORITY,
+    RESIZE_FIELDS,
+    RESIZE_SIZE_RANGE,
+    TASK_FIELDS,
+    is_lanczos,
+)
 from app.validation.fields import check_int, check_str
-from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url
+from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, check_priority
 from app.validation.images import DecodedImage, decode_image
 
 IMAGE_FIELD, WIDTH_FIELD, HEIGHT_FIELD, UPSCALER_FIELD = RESIZE_FIELDS
@@ -34,6 +41,7 @@ class ResizeRequest:
     height: int
     upscaler: str | None = None
     callback_url: str | None = None
+    priority: int = DEFAULT_PRIORITY
     ignored_fields: list[str] = field(default_factory=list)
 
 
@@ -46,8 +54,9 @@ def parse_resize_request(body: dict[str, Any], *, max_pixels: int, allow_private
     upscaler = check_str(body.get(UPSCALER_FIELD), UPSCALER_FIELD, non_empty=True, default=None)
     callback = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                   allow_private=allow_private_callbacks)
+    priority = check_priority(body)
     image = decode_image(raw, IMAGE_FIELD, max_pixels, known_images)
-    known = (*COMMON_FIELDS, *RESIZE_FIELDS, CALLBACK_URL_FIELD)
+    known = (*COMMON_FIELDS, *RESIZE_FIELDS, CALLBACK_URL_FIELD, *TASK_FIELDS)
     return ResizeRequest(image=image, width=width, height=height, upscaler=None if is_lanczos(upscaler) else upscaler,
                          callback_url=callback,
-                         ignored_fields=[n for n in body if n not in known])
+                         priority=priority, ignored_fields=[n for n in body if n not in known])

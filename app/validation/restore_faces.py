@@ -17,9 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.contract.limits import COMMON_FIELDS, DEFAULT_RESTORE_STRENGTH, RESTORE_FACES_FIELDS, RESTORE_STRENGTH_RANGE
+from app.contract.limits import (
+    COMMON_FIELDS,
+    DEFAULT_PRIORITY,
+    DEFAULT_RESTORE_STRENGTH,
+    RESTORE_FACES_FIELDS,
+    RESTORE_STRENGTH_RANGE,
+    TASK_FIELDS,
+)
 from app.validation.fields import check_float, check_str
-from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, parse_model
+from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, check_priority, parse_model
 from app.validation.images import DecodedImage, decode_image
 
 RAW_IMAGE_FIELD, STRENGTH_FIELD, MAIN_MODEL_FIELD = RESTORE_FACES_FIELDS
@@ -34,6 +41,7 @@ class RestoreFacesRequest:
     strength: float = DEFAULT_RESTORE_STRENGTH
     main_model: str | None = None
     callback_url: str | None = None
+    priority: int = DEFAULT_PRIORITY
     ignored_fields: list[str] = field(default_factory=list)
 
 
@@ -47,7 +55,8 @@ def parse_restore_faces(body: dict[str, Any], *, max_pixels: int, allow_private_
     main_model = parse_model(main, MAIN_MODEL_FIELD).model_code if main is not None else None
     callback = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                   allow_private=allow_private_callbacks)
+    priority = check_priority(body)
     image = decode_image(raw, RAW_IMAGE_FIELD, max_pixels, known_images)
-    known = (*COMMON_FIELDS, *RESTORE_FACES_FIELDS, CALLBACK_URL_FIELD)
+    known = (*COMMON_FIELDS, *RESTORE_FACES_FIELDS, CALLBACK_URL_FIELD, *TASK_FIELDS)
     return RestoreFacesRequest(image=image, strength=strength, main_model=main_model, callback_url=callback,
-                               ignored_fields=[n for n in body if n not in known])
+                               priority=priority, ignored_fields=[n for n in body if n not in known])

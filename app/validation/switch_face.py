@@ -21,10 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.contract.limits import COMMON_FIELDS, DEFAULT_RAW_FACE_INDEX, RAW_FACE_INDEX_RANGE, SWITCH_FACE_FIELDS
+from app.contract.limits import (
+    COMMON_FIELDS,
+    DEFAULT_PRIORITY,
+    DEFAULT_RAW_FACE_INDEX,
+    RAW_FACE_INDEX_RANGE,
+    SWITCH_FACE_FIELDS,
+    TASK_FIELDS,
+)
 from app.errors import ApiError
 from app.validation.fields import check_int, check_str
-from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, parse_model
+from app.validation.generate import CALLBACK_URL_FIELD, check_callback_url, check_priority, parse_model
 from app.validation.images import DecodedImage, decode_image
 from app.validation.personas import check_persona_code
 
@@ -43,6 +50,7 @@ class SwitchFaceRequest:
     main_model: str | None = None
     adapter: str | None = None
     callback_url: str | None = None
+    priority: int = DEFAULT_PRIORITY
     ignored_fields: list[str] = field(default_factory=list)
 
 
@@ -68,9 +76,10 @@ def parse_switch_face(body: dict[str, Any], *, max_pixels: int, allow_private_ca
     main_model, adapter = _model_code(body, MAIN_MODEL_FIELD), _model_code(body, ADAPTER_FIELD)
     callback = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
                                   allow_private=allow_private_callbacks)
+    priority = check_priority(body)
     image = decode_image(raw, RAW_IMAGE_FIELD, max_pixels, known_images)
     new_face = decode_image(new, NEW_FACE_FIELD, max_pixels, known_images) if new is not None else None
-    known = (*COMMON_FIELDS, *SWITCH_FACE_FIELDS, CALLBACK_URL_FIELD)
+    known = (*COMMON_FIELDS, *SWITCH_FACE_FIELDS, CALLBACK_URL_FIELD, *TASK_FIELDS)
     return SwitchFaceRequest(image=image, new_face=new_face, persona=persona, face_index=index, main_model=main_model,
                              adapter=adapter, callback_url=callback,
-                             ignored_fields=[n for n in body if n not in known])
+                             priority=priority, ignored_fields=[n for n in body if n not in known])

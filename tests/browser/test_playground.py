@@ -16,6 +16,7 @@ import orjson
 import pytest
 from PIL import Image
 
+from app.contract.limits import DEFAULT_PRIORITY
 from app.signature import sign as server_sign
 from support.api import KEYS, PUB
 from support.browser import (
@@ -58,6 +59,7 @@ def generate_and_check_kept_pixels(ui) -> tuple[np.ndarray, dict]:
     ui.snap("result")
     (body,) = ui.record.sent("GenerateFromMannequin")
     assert body["Width"] == 256 and body["Height"] == 384 and body["Seed"] == 7
+    assert body["Priority"] > DEFAULT_PRIORITY, "someone waits at the screen: it passes a batch queued at the default"
     assert body["Mannequin"] == {"ImageIndex": 0, "ResizeMode": "JustResize", "ClothesMaskIndex": 1}
     sent_photo = decode_b64_image(body["ImageAndMaskList"][0])
     assert np.array_equal(rgb(sent_photo), MANNEQUIN_RGB), "the photo is sent as chosen"
@@ -361,6 +363,7 @@ def test_upscale_a_result_twice_its_size(ui):
     ui.snap("upscaled")
     (body,) = ui.record.sent("ResizeImage")
     assert (body["Width"], body["Height"]) == (512, 768) and "Upscaler" not in body
+    assert body["Priority"] > DEFAULT_PRIORITY
     assert base64.b64decode(body["Image"]) == stored_bytes, "the result is sent as stored"
     upscaled, _ = fetch_image(ui.by("result-image").first.evaluate("i => i.src"))
     assert upscaled.size == (512, 768)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+from app.contract.queue import queue_lists
 from support.api import ROOT, example_inputs, free_port, generate_body, png_b64, signed
 
 pytestmark = pytest.mark.slow
@@ -116,7 +117,7 @@ def stack(atelier_env, tmp_path_factory):
         yield s
     finally:
         s.close()
-        s.r.delete(env["ATELIER_QUEUE"])
+        s.r.delete(*queue_lists(env["ATELIER_QUEUE"]))
 
 
 def _running(d: dict) -> bool:

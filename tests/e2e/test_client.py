@@ -62,3 +62,14 @@ def test_cancel_names_each_task_and_its_status(live_stack, tmp_path):
     done = atelier(live_stack, "cancel", uid, "nosuchtask")
     assert done.returncode == 1  # one of the two is not the caller's task
     assert done.stdout.splitlines() == [f"{uid} Finished", "nosuchtask not found (or not yours)"]
+
+
+def test_priority_is_sent_with_the_task(live_stack, tmp_path):
+    Image.new("RGB", (32, 24), (10, 200, 30)).save(tmp_path / "p.png")
+    base = ["resize", str(tmp_path / "p.png"), "--width", "128", "-o", str(tmp_path / "out")]
+    out = atelier(live_stack, *base, "--priority", "8")
+    assert out.returncode == 0, out.stderr
+    assert Image.open(tmp_path / "out" / "p_128x96.png").size == (128, 96)
+    out = atelier(live_stack, *base, "--priority", "12")  # the server's rule, reached: the field is sent
+    message = " ".join(out.stderr.split())
+    assert out.returncode == 1 and "Params [Priority] not available: must be between 0 and 9" in message

@@ -17,6 +17,7 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.contract.queue import queue_lists
 from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.main import app
@@ -97,7 +98,7 @@ def stack(live_stack, atelier_env):
                 worker.kill()
                 worker.wait(30)
             _clear_caches()
-            redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"]).delete(queue)
+            redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"]).delete(*queue_lists(queue))
 
 
 def test_the_worker_serves_its_metrics_on_the_base_port_plus_its_index(stack):

@@ -30,13 +30,13 @@ from app.contract.jobs import (
     NoTaskAction,
     task_name_for,
 )
-from app.contract.limits import MASK_ACTIONS
+from app.contract.limits import DEFAULT_PRIORITY
+from app.contract.queue import broker_priority, queue_lists
 from app.contract.redis_conn import get_redis
 from app.contract.settings import get_settings
 from app.contract.taskstore import new_task_uid
 from app.services import Services, get_services
-from support.api import generate_body, signed
-from support.bodies import PHOTO
+from support.api import TASK_BODIES, queued_raw, signed
 from support.webhooks import private_redis as start_private_redis
 
 TASK_ACTIONS = [name for name, spec in ACTION_SPECS.items() if spec.creates_task]
@@ -64,27 +64,15 @@ def test_an_action_of_the_contract_without_a_handler_is_refused():
 # --- submit ----------------------------------------------------------------------------------------------------
 
 
-def _mask_body(action: str) -> dict:
-    images = {"RawImages": [PHOTO, PHOTO]} if action == "RemoveBackgroundsInBatch" else {"RawImage": PHOTO}
-    points = {"IncludePointList": [{"X": 2, "Y": 3}]} if action == "ExtractContents" else {}
-    return {"Action": action, **images, **points}
-
-
-BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS},
-          "ResizeImage": lambda: {"Action": "ResizeImage", "Image": PHOTO, "Width": 128, "Height": 96},
-          "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO},
-          "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO}}
-
-
 @pytest.mark.parametrize("action", TASK_ACTIONS)
 def test_submit_sends_each_action_as_its_celery_task_and_lists_it_running(api, atelier_env, action):
-    if action not in BODIES:
-        pytest.skip(f"no request body for {action} in this test (add one to BODIES)")
-    out = api(signed(BODIES[action]()))
+    if action not in TASK_BODIES:
+        pytest.skip(f"no request body for {action} in this test (add one to TASK_BODIES)")
+    out = api(signed(TASK_BODIES[action]()))
     assert out["RetCode"] == 0, out
     uid = out["TaskUID"]
     r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    sent = [m for m in map(orjson.loads, r.lrange(api.queue, 0, -1)) if uid in m["headers"]["argsrepr"]]
+    sent = [m for m in map(orjson.loads, queued_raw(r, api.queue)) if uid in m["headers"]["argsrepr"]]
     assert [m["headers"]["task"] for m in sent] == [task_name_for(action)]
     job = _args(sent[0])[0]
     assert ACTION_SPECS[action].task.job.model_validate(job).task_uid == uid
@@ -143,12 +131,13 @@ def recovery(atelier_env, private_redis, monkeypatch):
     _clear_caches()
 
 
-def _lost(svc: Services, action: str) -> tuple[str, dict]:
-    """A task of ``action`` whose worker died: Running, its lease expired. Its job is a marker (the recovery sends
-    the stored job as it is)."""
+def _lost(svc: Services, action: str, priority: int = DEFAULT_PRIORITY) -> tuple[str, dict]:
+    """A task of ``action`` (queued at ``priority``) whose worker died: Running, its lease expired. Its job is a
+    marker (the recovery sends the stored job as it is)."""
     uid = new_task_uid()
     job = {"v": 1, "task_uid": uid, "marker": action}
-    assert svc.tasks.create("pk-recovery", None, action, 0, 0, uid=uid, job=job, queue=svc.settings.queue)[1]
+    assert svc.tasks.create("pk-recovery", None, action, 0, 0, uid=uid, job=job, queue=svc.settings.queue,
+                            priority=priority)[1]
     assert svc.tasks.start(uid, "host:1", lease_s=-1, total_steps=4) == ("started", 1)
     return uid, job
 
@@ -156,7 +145,7 @@ def _lost(svc: Services, action: str) -> tuple[str, dict]:
 def _queued(client: redis.Redis, queue: str) -> dict[str, tuple[str, dict]]:
     """What the queue holds, by TaskUID: (the Celery task name, the job message)."""
     out = {}
-    for raw in client.lrange(queue, 0, -1):
+    for raw in queued_raw(client, queue):
         message = orjson.loads(raw)
         job = _args(message)[0]
         out[job["task_uid"]] = (message["headers"]["task"], job)
@@ -174,6 +163,16 @@ def test_every_task_creating_action_s_lost_job_is_sent_again_to_its_own_celery_t
         assert queued[uid] == (ACTION_SPECS[action].task.name, job), action
         assert svc.tasks.get(uid).status == "Queuing" and svc.tasks.get(uid).deaths == 1
     assert {queued[uid][0] for uid, _ in lost.values()} == set(JOB_TASK_NAMES)  # every Celery task, none other
+
+
+def test_a_lost_job_is_sent_again_at_the_priority_it_was_queued_at(recovery):
+    svc, client = recovery
+    lost = {p: _lost(svc, "ResizeImage", p)[0] for p in (0, 5, 9)}
+    recover_once(svc)
+    lists = queue_lists(svc.settings.queue)
+    for priority, uid in lost.items():
+        (raw,) = [m for m in client.lrange(lists[broker_priority(priority)], 0, -1) if uid in m]
+        assert orjson.loads(raw)["properties"]["priority"] == broker_priority(priority)
 
 
 def test_a_new_action_s_lost_job_goes_to_its_own_task_not_to_generate(recovery, monkeypatch):

@@ -14,9 +14,10 @@ from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE
 from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS
 from app.contract.storage import Storage
 from app.contract.storage_local import LocalStore
+from app.metrics import queue_depth
 from app.resultlinks import make_link
 from app.services import get_services
-from support.api import KEYS, PUB, generate_body, signed
+from support.api import KEYS, PUB, generate_body, queued_raw, signed
 from support.signer import picpik_signature
 
 
@@ -113,10 +114,10 @@ def test_bad_param_names_field(api):
 
 def test_unknown_main_model_is_240_and_nothing_queued(api, atelier_env):
     r = redis_lib.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    before = r.llen(api.queue)
+    before = queue_depth(r, api.queue)
     out = api(signed(generate_body(MainModel={"ModelCode": "no-such-model"})))
     assert out["RetCode"] == 240 and out["Message"] == "Model [no-such-model] not exists"
-    assert r.llen(api.queue) == before
+    assert queue_depth(r, api.queue) == before
 
 
 def test_unknown_submodel_is_240(api):
@@ -132,10 +133,10 @@ def test_main_model_as_submodel_is_240(api):
 @pytest.mark.parametrize("code", ["no-such-upscaler", "demo-inpaint", "demo-lora"])
 def test_a_refine_upscaler_unknown_or_of_another_type_is_240(api, atelier_env, code):
     r = redis_lib.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    before = r.llen(api.queue)
+    before = queue_depth(r, api.queue)
     out = api(signed(generate_body(Refine={"Upscaler": code})))
     assert (out["RetCode"], out["Message"]) == (240, f"Model [{code}] not exists"), out
-    assert r.llen(api.queue) == before
+    assert queue_depth(r, api.queue) == before
 
 
 def test_a_refine_upscaler_that_is_not_a_string_is_230_naming_it(api):
@@ -147,7 +148,7 @@ def test_a_refine_upscaler_that_is_not_a_string_is_230_naming_it(api):
 def test_a_refine_upscaler_goes_with_the_job(api, value, sent):
     out = api(signed(generate_body(Refine={"Upscaler": value})))
     assert out["RetCode"] == 0, out
-    raw = redis_lib.Redis.from_url(get_services().settings.redis_url).lindex(api.queue, 0)
+    raw = queued_raw(redis_lib.Redis.from_url(get_services().settings.redis_url), api.queue)[0]
     job = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0][0]
     assert job["task_uid"] == out["TaskUID"] and job["refine_upscaler"] == sent
 
@@ -156,7 +157,7 @@ def test_generate_queues_small_versioned_message(api, atelier_env):
     r = redis_lib.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
     out = api(signed(generate_body()))
     assert out["RetCode"] == 0 and len(out["TaskUID"]) == 21
-    raw = r.lindex(api.queue, 0)
+    raw = queued_raw(r, api.queue)[0]
     assert raw is not None and len(raw) < 8000, "the broker message must not carry image data"
     msg = orjson.loads(raw)
     args = orjson.loads(base64.b64decode(msg["body"]))[0]
@@ -267,7 +268,7 @@ def test_without_main_model_the_default_is_used_and_named_in_the_notes(api):
     assert out["RetCode"] == 0, out
     detail = _detail(api, out["TaskUID"])
     assert "MainModel: not given; the deployment's default demo-inpaint was used" in detail["Notes"]
-    raw = redis_lib.Redis.from_url(get_services().settings.redis_url).lindex(api.queue, 0)
+    raw = queued_raw(redis_lib.Redis.from_url(get_services().settings.redis_url), api.queue)[0]
     job = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))[0][0]
     assert job["task_uid"] == out["TaskUID"] and job["main_model"] == "demo-inpaint"
 
@@ -303,9 +304,9 @@ def test_control_net_list_units_are_checked_against_the_models(api):
 
 def test_storage_that_cannot_be_written_is_150_and_nothing_is_queued(api, monkeypatch, tmp_path):
     svc = get_services()
-    queued = redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue)
+    queued = queue_depth(redis_lib.Redis.from_url(svc.settings.redis_url), api.queue)
     (tmp_path / "data-dir-is-a-file").write_bytes(b"")  # a file where a folder must be: every write fails
     monkeypatch.setattr(svc, "storage", Storage(LocalStore(tmp_path / "data-dir-is-a-file")))
     out = api(signed(generate_body(Seed=987)))
     assert out["RetCode"] == 150 and out["Message"] == STORAGE_UNAVAILABLE_MESSAGE
-    assert redis_lib.Redis.from_url(svc.settings.redis_url).llen(api.queue) == queued
+    assert queue_depth(redis_lib.Redis.from_url(svc.settings.redis_url), api.queue) == queued

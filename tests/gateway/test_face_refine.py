@@ -15,7 +15,7 @@ from app.contract.jobs import JobMessage
 from app.contract.limits import FACE_REFINE_FIELD, FACE_STRENGTH_RANGE
 from app.errors import ApiError
 from app.validation.generate import parse_generate
-from support.api import generate_body, signed
+from support.api import generate_body, queued_raw, signed
 from support.bodies import LIMITS, body
 
 
@@ -76,7 +76,7 @@ def test_the_job_message_carries_face_refine(api, atelier_env):
         uids[out["TaskUID"]] = name
     r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
     jobs = {}
-    for message in map(orjson.loads, r.lrange(api.queue, 0, -1)):
+    for message in map(orjson.loads, queued_raw(r, api.queue)):
         raw = message["body"]
         if message["properties"].get("body_encoding") == "base64":
             raw = base64.b64decode(raw)

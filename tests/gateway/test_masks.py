@@ -13,7 +13,7 @@ from app.contract.codes import RetCode
 from app.contract.limits import MASK_ACTIONS, MAX_POINTS
 from app.errors import ApiError
 from app.validation.masks import parse_mask_request
-from support.api import ROOT, generate_body, png_b64, signed
+from support.api import ROOT, generate_body, png_b64, queued_raw, signed
 
 IMG = png_b64(Image.new("RGB", (40, 30), (200, 10, 10)))
 LIMITS = dict(max_images=4, max_pixels=10_000)
@@ -161,6 +161,6 @@ def test_a_deployment_without_engines_says_so(no_engines, api):
 def test_mask_jobs_are_queued_for_the_mask_task(api, atelier_env):
     out = api(signed(body("ExtractContents", ErodeSize=3, HairOptimization="off", OnlyMask=True)))
     r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    messages = [orjson.loads(m) for m in r.lrange(api.queue, 0, -1)]
+    messages = [orjson.loads(m) for m in queued_raw(r, api.queue)]
     mine = [m for m in messages if m["headers"]["task"] == "atelier.mask"]
     assert mine and out["TaskUID"] in mine[-1]["headers"]["argsrepr"]

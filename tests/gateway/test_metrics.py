@@ -10,6 +10,7 @@ import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 
 import app.metrics
+from app.metrics import queue_depth
 from app.services import get_services
 from support.api import TEST_REDIS_URL, free_port, generate_body, signed
 from workers.metrics import announce_alive, withdraw
@@ -61,12 +62,12 @@ def test_calls_are_counted_and_timed_by_action_and_retcode(api):
 def test_queue_depth_and_queuing_tasks_are_read_from_redis(api):
     r = redis_lib.Redis.from_url(TEST_REDIS_URL)
     before = scrape(api)
-    assert value(before, "atelier_queue_depth", queue=api.queue) == 0 == r.llen(api.queue)
+    assert value(before, "atelier_queue_depth", queue=api.queue) == 0 == queue_depth(r, api.queue)
     assert value(before, "atelier_broker_up") == 1
     uids = [api(signed(generate_body(Seed=seed)))["TaskUID"] for seed in (1, 2)]
     after = scrape(api)
     # no worker reads api.queue: both job messages wait there
-    assert value(after, "atelier_queue_depth", queue=api.queue) == 2 == r.llen(api.queue)
+    assert value(after, "atelier_queue_depth", queue=api.queue) == 2 == queue_depth(r, api.queue)
     assert value(after, "atelier_tasks", status="Queuing") - value(before, "atelier_tasks", status="Queuing") == 2
     assert ("atelier_tasks", (("status", "Running"),)) in after
 

@@ -18,7 +18,7 @@ from app.contract.limits import RESIZE_SIZE_RANGE
 from app.errors import ApiError
 from app.services import get_services
 from app.validation.resize import parse_resize_request
-from support.api import png_b64, signed
+from support.api import png_b64, queued_raw, signed
 
 IMG = png_b64(Image.new("RGB", (40, 30), (200, 10, 10)))
 
@@ -89,7 +89,7 @@ def test_a_missing_image_through_the_gateway(api):
 
 def queued_job(api, atelier_env, uid: str) -> ResizeJobMessage:
     r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    mine = [m for m in map(orjson.loads, r.lrange(api.queue, 0, -1)) if uid in m["headers"]["argsrepr"]]
+    mine = [m for m in map(orjson.loads, queued_raw(r, api.queue)) if uid in m["headers"]["argsrepr"]]
     assert [m["headers"]["task"] for m in mine] == [RESIZE_TASK_NAME] == ["atelier.resize"]
     raw = mine[0]["body"]
     if mine[0]["properties"].get("body_encoding") == "base64":

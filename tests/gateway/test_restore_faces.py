@@ -17,7 +17,7 @@ from app.contract.jobs import RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage
 from app.contract.limits import DEFAULT_RESTORE_STRENGTH, RESTORE_STRENGTH_RANGE
 from app.errors import ApiError
 from app.validation.restore_faces import parse_restore_faces
-from support.api import png_b64, signed
+from support.api import png_b64, queued_raw, signed
 
 IMG = png_b64(Image.new("RGB", (40, 30), (200, 10, 10)))
 
@@ -87,7 +87,7 @@ def test_a_raw_image_that_is_not_an_image_through_the_gateway(api):
 
 def _queued(api, atelier_env, uid: str) -> list[dict]:
     r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    return [m for m in map(orjson.loads, r.lrange(api.queue, 0, -1)) if uid in m["headers"]["argsrepr"]]
+    return [m for m in map(orjson.loads, queued_raw(r, api.queue)) if uid in m["headers"]["argsrepr"]]
 
 
 def _job(message: dict) -> RestoreFacesJobMessage:

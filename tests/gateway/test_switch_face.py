@@ -22,7 +22,7 @@ from app.contract.limits import DEFAULT_RAW_FACE_INDEX, RAW_FACE_INDEX_RANGE
 from app.contract.registry import Registry
 from app.errors import ApiError
 from app.validation.switch_face import parse_switch_face
-from support.api import png_b64, signed
+from support.api import png_b64, queued_raw, signed
 
 IMG = png_b64(Image.new("RGB", (40, 30), (200, 10, 10)))
 FACE = png_b64(Image.new("RGB", (20, 20), (10, 200, 10)))
@@ -124,7 +124,7 @@ def test_without_adapter_the_first_ip_adapter_of_the_family_and_none_is_230():
 
 def _queued(api, atelier_env, uid: str) -> list[dict]:
     r = redis.Redis.from_url(atelier_env["ATELIER_REDIS_URL"])
-    return [m for m in map(orjson.loads, r.lrange(api.queue, 0, -1)) if uid in m["headers"]["argsrepr"]]
+    return [m for m in map(orjson.loads, queued_raw(r, api.queue)) if uid in m["headers"]["argsrepr"]]
 
 
 def _job(message: dict) -> SwitchFaceJobMessage:

@@ -11,8 +11,12 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import redis
 from PIL import Image
 
+from app.contract.limits import MASK_ACTIONS
+from app.contract.queue import queue_lists
+from support.bodies import PHOTO
 from support.signer import picpik_signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,3 +166,21 @@ def stored(rt, image: Image.Image) -> str:
     image.save(buf, format="PNG")
     data = buf.getvalue()
     return rt.storage.put_input(hashlib.sha256(data).hexdigest(), data)
+
+
+def queued_raw(r: redis.Redis, queue: str) -> list[bytes | str]:
+    """Every job message waiting in ``queue``, in all of kombu's priority lists (highest priority first)."""
+    return [raw for name in queue_lists(queue) for raw in r.lrange(name, 0, -1)]
+
+
+def _mask_body(action: str) -> dict:
+    images = {"RawImages": [PHOTO, PHOTO]} if action == "RemoveBackgroundsInBatch" else {"RawImage": PHOTO}
+    points = {"IncludePointList": [{"X": 2, "Y": 3}]} if action == "ExtractContents" else {}
+    return {"Action": action, **images, **points}
+
+
+#: A valid request body of each task-creating action (a function, so that each test gets its own copy).
+TASK_BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS},
+               "ResizeImage": lambda: {"Action": "ResizeImage", "Image": PHOTO, "Width": 128, "Height": 96},
+               "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO},
+               "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO}}

@@ -245,7 +245,7 @@ async function extract() {
   const engine = $("point-engine").selectedOptions[0];
   if (engine && !engine.defaultSelected) params.Engine = engine.value;
   try {
-    const { TaskUID } = await api.call("ExtractContents", params);
+    const TaskUID = await api.submit("ExtractContents", params);
     tasks.add(TaskUID, "ExtractContents", `Garment from ${include.length + exclude.length} point(s)`);
     const detail = await tasks.waitFor(TaskUID);
     if (mine !== extraction) return;
@@ -350,7 +350,7 @@ async function generate() {
   $("progress-text").textContent = "Sending…";
   let uid;
   try {
-    uid = (await api.call("GenerateFromMannequin", params)).TaskUID;
+    uid = await api.submit("GenerateFromMannequin", params);
   } catch (err) {
     $("progress-text").textContent = "Not sent.";
     errors.showError(err, /^Persona \[/.test(err.message) ? "face" : "general", (code) => form.slotForModel(code)
@@ -440,7 +440,7 @@ async function followUp(kind, image, button) {
   button.textContent = "Working…";
   try {
     const { action, params, label } = followUpRequest(kind, image, await urlToBase64(image.url));
-    const { TaskUID } = await api.call(action, params);
+    const TaskUID = await api.submit(action, params);
     tasks.add(TaskUID, action, label);
     const detail = await tasks.waitFor(TaskUID);
     if (detail.Status !== "Finished") {

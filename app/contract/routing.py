@@ -1,0 +1,199 @@
+"""Model-aware routing (docs/deployment.md "Scheduling"): a job goes to a worker that holds its model, so that a
+cluster serving several Main models loads each on as few GPUs as it can.
+
+Every worker consumes the shared queue (``ATELIER_QUEUE``) and a direct queue of its own
+(:func:`direct_queue`), and says which models it holds (:func:`advertise`, with its heartbeat and after each job).
+At submission the gateway picks, among the live workers of the shared queue, the one where the job costs least
+(:func:`choose`): its backlog (the jobs waiting in its direct queue), plus ``switch_jobs`` when it neither holds the
+job's model nor was sent a job of that model lately (:func:`routed_key`: a model routed to a cold worker counts as
+held there from then on, so that a burst of one model's jobs goes to one worker, not to all of them). The job goes
+to that worker's direct queue while its backlog is under ``backlog``; otherwise, and for a job that needs no model,
+to the shared queue, where the next free worker takes it.
+
+A worker that stops hands its direct queue back to the shared queue (:func:`hand_back`); the gateway's recovery loop
+does it for one that died (:func:`reclaim`), so that no job waits for a worker that is gone. Priorities hold in
+every queue: each is kombu's ten lists (:func:`app.contract.queue.queue_lists`), moved list to list.
+
+The keys, with the task store's prefix:
+
+- ``atelier:direct:<queue>``: a set of the worker ids that have a direct queue of ``queue`` (for :func:`reclaim`);
+- ``atelier:warm:<worker id>``: the models the worker holds (a JSON list), expiring with its liveness;
+- ``atelier:routed:<worker id>``: the models recently routed to it (a set, expiring ``ROUTED_TTL_S`` after the last);
+- ``atelier:gone:<worker id>``: when :func:`reclaim` first found it gone.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+from app.contract.queue import live_workers_key, queue_lists
+
+log = logging.getLogger("atelier.routing")
+
+P = "atelier:"
+#: How long a model routed to a worker counts as held there without the worker saying so (its first job of it may
+#: wait behind others, then load): longer than a backlog takes to drain.
+ROUTED_TTL_S = 300
+
+
+def direct_queue(queue: str, worker_id: str) -> str:
+    """The direct queue of ``worker_id`` among the workers of ``queue``."""
+    return f"{queue}.w.{worker_id}"
+
+
+def direct_key(queue: str) -> str:
+    return f"{P}direct:{queue}"
+
+
+def warm_key(worker_id: str) -> str:
+    return f"{P}warm:{worker_id}"
+
+
+def routed_key(worker_id: str) -> str:
+    return f"{P}routed:{worker_id}"
+
+
+def gone_key(worker_id: str) -> str:
+    return f"{P}gone:{worker_id}"
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """What the gateway knows of a live worker when it routes: the models it holds or was sent, and its backlog."""
+
+    worker_id: str
+    models: frozenset[str]
+    backlog: int
+
+
+def choose(model: str | None, workers: Sequence[WorkerView], *, backlog: int, switch_jobs: float) -> str | None:
+    """The worker a job of ``model`` goes to, or None for the shared queue: the one of least
+    ``backlog + (0 if it holds the model else switch_jobs)`` (ties: one that holds it, then the fewest models, then the
+    id), when its backlog
+    is under ``backlog``. A job that needs no model (None) goes to the shared queue."""
+    if model is None or not workers or backlog <= 0:
+        return None
+    best = min(workers, key=lambda w: (w.backlog + (0 if model in w.models else switch_jobs), model not in w.models,
+                                       len(w.models), w.worker_id))
+    return best.worker_id if best.backlog < backlog else None
+
+
+# KEYS: the live-worker set of the queue. -> the ids of the workers alive now (Redis's clock).
+_LIVE_IDS = """
+local t = redis.call('TIME')
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (tonumber(t[1]) + tonumber(t[2]) / 1000000), '+inf')
+"""
+
+
+def live_worker_ids(r: redis.Redis, queue: str) -> list[str]:
+    return [_text(w) for w in r.eval(_LIVE_IDS, 1, live_workers_key(queue))]
+
+
+def worker_views(r: redis.Redis, queue: str) -> list[WorkerView]:
+    """The live workers of ``queue`` that have a direct queue, as :func:`choose` sees them (two round trips)."""
+    alive = live_worker_ids(r, queue)
+    direct = {_text(w) for w in r.smembers(direct_key(queue))}
+    ids = [w for w in alive if w in direct]
+    if not ids:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for w in ids:
+        pipe.get(warm_key(w))
+        pipe.smembers(routed_key(w))
+        for name in queue_lists(direct_queue(queue, w)):
+            pipe.llen(name)
+    got = pipe.execute()
+    step = 2 + len(queue_lists(queue))
+    views = []
+    for i, w in enumerate(ids):
+        warm, routed, *lengths = got[i * step:(i + 1) * step]
+        models = set(orjson.loads(warm)) if warm else set()
+        models |= {_text(m) for m in routed}
+        views.append(WorkerView(w, frozenset(models), sum(lengths)))
+    return views
+
+
+def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch_jobs: float) -> str:
+    """The queue a job of ``model`` is sent to now: a worker's direct queue (:func:`choose`; the model then counts as
+    routed there), or ``queue``."""
+    if model is None or backlog <= 0:
+        return queue
+    worker = choose(model, worker_views(r, queue), backlog=backlog, switch_jobs=switch_jobs)
+    if worker is None:
+        return queue
+    pipe = r.pipeline(transaction=False)
+    pipe.sadd(routed_key(worker), model)
+    pipe.expire(routed_key(worker), ROUTED_TTL_S)
+    pipe.execute()
+    return direct_queue(queue, worker)
+
+
+def advertise(r: redis.Redis, queue: str, worker_id: str, models: Iterable[str], ttl_s: float) -> None:
+    """``worker_id`` consumes its direct queue of ``queue`` and holds ``models`` (for ``ttl_s`` seconds)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.sadd(direct_key(queue), worker_id)
+    pipe.delete(gone_key(worker_id))
+    pipe.set(warm_key(worker_id), orjson.dumps(sorted(set(models))), ex=max(1, int(ttl_s)))
+    pipe.execute()
+
+
+# KEYS: the source lists then the destination lists, priority by priority. -> messages moved. Each goes to the end of
+# its priority's list that workers pop first (kombu pushes left, pops right), newest first, so that the oldest is
+# popped first and a job handed back does not queue again behind the ones sent since.
+_MOVE = """
+local n = #KEYS / 2
+local moved = 0
+for i = 1, n do
+  while true do
+    local m = redis.call('LMOVE', KEYS[i], KEYS[n + i], 'LEFT', 'RIGHT')
+    if not m then break end
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
+def hand_back(r: redis.Redis, queue: str, worker_id: str) -> int:
+    """Move every job waiting in ``worker_id``'s direct queue to the shared ``queue`` (same priorities, ahead of the
+    jobs queued there since); the number moved. The worker stays listed (``direct_key``): a gateway that chose it
+    just before it stopped may still send it a job, which the next :func:`reclaim` moves too."""
+    source, dest = queue_lists(direct_queue(queue, worker_id)), queue_lists(queue)
+    return int(r.eval(_MOVE, 2 * len(source), *source, *dest))
+
+
+#: How long :func:`reclaim` keeps moving the jobs sent to a worker that is gone before it forgets the worker: longer
+#: than a gateway takes from choosing a worker to sending it the job.
+FORGET_AFTER_S = 60
+
+
+def reclaim(r: redis.Redis, queue: str, now: float | None = None) -> dict[str, int]:
+    """Hand back the direct queues of the workers of ``queue`` that are no longer alive (the gateway's recovery
+    loop, every few seconds); the jobs moved, by worker. A worker gone for :data:`FORGET_AFTER_S` whose queue is
+    empty is forgotten."""
+    now = time.time() if now is None else now
+    alive = set(live_worker_ids(r, queue))
+    out = {}
+    for w in sorted(_text(m) for m in r.smembers(direct_key(queue))):
+        if w in alive:
+            continue
+        out[w] = moved = hand_back(r, queue, w)
+        if moved:
+            log.warning("worker %s is gone: %d job(s) of its queue handed back to %s", w, moved, queue)
+        r.set(gone_key(w), now, nx=True, ex=24 * 3600)
+        since = float(r.get(gone_key(w)) or now)
+        if now - since >= FORGET_AFTER_S and not moved:
+            pipe = r.pipeline(transaction=False)
+            pipe.srem(direct_key(queue), w)
+            pipe.delete(warm_key(w), routed_key(w), gone_key(w))
+            pipe.execute()
+    return out
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

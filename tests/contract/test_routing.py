@@ -1,0 +1,148 @@
+"""Model-aware routing (app/contract/routing.py): which worker a job goes to (the pure :func:`choose`), and what the
+gateway and the workers keep in Redis for it, against the real test Redis: the live workers as the workers announce
+them (``workers.metrics.announce_alive``), the direct queues as kombu names their priority lists, the hand-back of a
+stopping worker's queue and the reclaim of a dead one's. Real workers routed to: tests/e2e/test_routing.py."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from app.contract.queue import queue_lists
+from app.contract.routing import (
+    FORGET_AFTER_S,
+    WorkerView,
+    advertise,
+    choose,
+    direct_key,
+    direct_queue,
+    hand_back,
+    reclaim,
+    route,
+    worker_views,
+)
+from workers.metrics import announce_alive, withdraw
+
+W = WorkerView
+
+
+def test_a_job_goes_to_the_worker_that_holds_its_model():
+    workers = [W("a", frozenset({"m1"}), 3), W("b", frozenset({"m2"}), 0)]
+    assert choose("m1", workers, backlog=32, switch_jobs=4) == "a"
+    assert choose("m2", workers, backlog=32, switch_jobs=4) == "b"
+
+
+def test_to_a_cold_worker_only_when_the_warm_ones_are_switch_jobs_busier():
+    cold = W("cold", frozenset(), 0)
+    assert choose("m", [W("warm", frozenset({"m"}), 3), cold], backlog=32, switch_jobs=4) == "warm"
+    assert choose("m", [W("warm", frozenset({"m"}), 4), cold], backlog=32, switch_jobs=4) == "warm"  # a tie: no load
+    assert choose("m", [W("warm", frozenset({"m"}), 5), cold], backlog=32, switch_jobs=4) == "cold"
+
+
+def test_a_model_held_nowhere_goes_to_the_least_busy_worker_preferring_one_that_holds_less():
+    workers = [W("a", frozenset({"x"}), 1), W("b", frozenset(), 1), W("c", frozenset({"y", "z"}), 0)]
+    assert choose("new", workers, backlog=32, switch_jobs=4) == "c"
+    assert choose("new", workers[:2], backlog=32, switch_jobs=4) == "b"
+
+
+def test_the_shared_queue_over_the_backlog_for_no_model_or_no_worker():
+    busy = [W("a", frozenset({"m"}), 32), W("b", frozenset(), 40)]
+    assert choose("m", busy, backlog=32, switch_jobs=4) is None
+    assert choose("m", [W("a", frozenset({"m"}), 31)], backlog=32, switch_jobs=4) == "a"
+    assert choose(None, [W("a", frozenset(), 0)], backlog=32, switch_jobs=4) is None
+    assert choose("m", [], backlog=32, switch_jobs=4) is None
+    assert choose("m", [W("a", frozenset({"m"}), 0)], backlog=0, switch_jobs=4) is None  # routing off
+
+
+# --- in Redis ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def r(redis_url):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def queue(r):
+    name = f"atelier-routing-{uuid.uuid4().hex[:8]}"
+    yield name
+    workers = r.smembers(direct_key(name))
+    keys = [*queue_lists(name), direct_key(name), f"atelier:workers:{name}"]
+    for w in workers:
+        keys += [*queue_lists(direct_queue(name, w)), f"atelier:warm:{w}", f"atelier:routed:{w}", f"atelier:gone:{w}"]
+    r.delete(*keys)
+
+
+def _worker(r, queue: str, models=(), ttl_s: float = 15) -> str:
+    """A live worker of ``queue`` as a worker announces itself (its heartbeat), holding ``models``."""
+    w = f"host:{uuid.uuid4().hex[:6]}"
+    announce_alive(r, w, [queue], ttl_s)
+    advertise(r, queue, w, models, ttl_s)
+    return w
+
+
+def _send(r, queue: str, model: str | None, priority_step: int = 4, **kw) -> str:
+    """Route a job as the gateway does and put a marker message in the list kombu would."""
+    target = route(r, queue, model, backlog=kw.get("backlog", 32), switch_jobs=kw.get("switch_jobs", 4))
+    r.lpush(queue_lists(target)[priority_step], f"{model}-{uuid.uuid4().hex[:6]}")
+    return target
+
+
+def test_a_burst_of_two_models_on_two_cold_workers_splits_by_model(r, queue):
+    a, b = _worker(r, queue), _worker(r, queue)
+    sent = [(m, _send(r, queue, m)) for m in ["m1", "m2"] * 10]
+    by_model = {m: {t for mm, t in sent if mm == m} for m in ("m1", "m2")}
+    assert all(len(targets) == 1 for targets in by_model.values()), by_model
+    assert {t for ts in by_model.values() for t in ts} == {direct_queue(queue, a), direct_queue(queue, b)}
+    views = {v.worker_id: v for v in worker_views(r, queue)}
+    assert views[a].backlog == views[b].backlog == 10
+
+
+def test_a_job_needing_no_model_and_a_queue_without_live_workers_go_to_the_shared_queue(r, queue):
+    assert _send(r, queue, None) == queue
+    assert _send(r, queue, "m1") == queue  # nobody consumes a direct queue yet
+    w = _worker(r, queue, ["m1"])
+    assert _send(r, queue, "m1") == direct_queue(queue, w)
+    withdraw(r, w, [queue])  # it stopped: no longer alive, no longer routed to
+    assert _send(r, queue, "m1") == queue
+
+
+def test_over_the_backlog_the_shared_queue(r, queue):
+    w = _worker(r, queue, ["m1"])
+    assert [_send(r, queue, "m1", backlog=3) for _ in range(5)] == [direct_queue(queue, w)] * 3 + [queue] * 2
+
+
+def test_hand_back_keeps_the_order_and_the_priorities_ahead_of_the_shared_queue(r, queue):
+    w = _worker(r, queue, ["m1"])
+    mine, shared = queue_lists(direct_queue(queue, w)), queue_lists(queue)
+    r.lpush(shared[4], "already-shared")
+    for name in ("j1", "j2", "j3"):
+        r.lpush(mine[4], name)
+    r.lpush(mine[0], "urgent")
+    assert hand_back(r, queue, w) == 4
+    assert all(r.llen(n) == 0 for n in mine)
+    assert r.lrange(shared[0], 0, -1) == ["urgent"]
+    # kombu pops from the right: the oldest handed-back job first, then the others in order, then the shared one
+    assert [r.rpop(shared[4]) for _ in range(4)] == ["j1", "j2", "j3", "already-shared"]
+
+
+def test_reclaim_moves_a_dead_worker_s_jobs_and_forgets_it_later(r, queue):
+    dead = _worker(r, queue, ["m1"], ttl_s=0.2)
+    live = _worker(r, queue, ["m2"])
+    r.lpush(queue_lists(direct_queue(queue, dead))[4], "stranded")
+    r.lpush(queue_lists(direct_queue(queue, live))[4], "waiting")
+    time.sleep(0.3)
+    assert reclaim(r, queue, now=1000.0) == {dead: 1}
+    assert r.lrange(queue_lists(queue)[4], 0, -1) == ["stranded"]
+    assert r.lrange(queue_lists(direct_queue(queue, live))[4], 0, -1) == ["waiting"]
+    # a job a gateway sent it just before it was found gone is moved by the next reclaim
+    r.lpush(queue_lists(direct_queue(queue, dead))[4], "late")
+    assert reclaim(r, queue, now=1000.0 + FORGET_AFTER_S) == {dead: 1}
+    assert dead in r.smembers(direct_key(queue))
+    assert reclaim(r, queue, now=1000.0 + FORGET_AFTER_S + 1) == {dead: 0}
+    assert r.smembers(direct_key(queue)) == {live}
+    assert [v.worker_id for v in worker_views(r, queue)] == [live]
