@@ -90,6 +90,15 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (tonumber(t[1]) + tonumber(t[
 """
 
 
+def waiting_lists(queue: str, direct_ids: Iterable[bytes | str]) -> list[str]:
+    """The Redis lists where ``queue``'s jobs wait: the shared queue's, then the direct queue's of each worker of
+    ``direct_ids`` (the members of :func:`direct_key`, alive or not: a dead worker's jobs wait until reclaimed)."""
+    names = queue_lists(queue)
+    for w in sorted({_text(w) for w in direct_ids}):
+        names += queue_lists(direct_queue(queue, w))
+    return names
+
+
 def live_worker_ids(r: redis.Redis, queue: str) -> list[str]:
     return [_text(w) for w in r.eval(_LIVE_IDS, 1, live_workers_key(queue))]
 
