@@ -25,6 +25,8 @@ import pytest
 import redis
 
 from support.api import ROOT, example_inputs, free_port, generate_body, png_b64, signed
+from support.redis_ha import wait_ping
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +56,7 @@ class RedisServer:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
              "--dir", str(self.dir), "--save", "", "--logfile", str(self.dir / f"redis.{self.starts}.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_ping(redis.Redis.from_url(self.url), f"redis-server on port {self.port}")
 
     def stop(self) -> None:
         """SIGTERM: Redis writes its AOF out and exits, as on a clean restart."""
@@ -224,16 +217,6 @@ def stack(atelier_env, tmp_path_factory):
         server.stop()
 
 
-def _wait_until(what: str, cond, timeout: float, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def test_worker_killed_mid_job_its_task_runs_again_and_every_task_finishes_once(stack):
     stack.ensure_workers()
     uids = stack.submit(20)
@@ -247,12 +230,12 @@ def test_worker_killed_mid_job_its_task_runs_again_and_every_task_finishes_once(
                     return uid, w
         return None
 
-    victim, worker = _wait_until("a task running mid-job", running_mid_job, 60)
+    victim, worker = wait_until("a task running mid-job", running_mid_job, 60)
     worker.kill()
     killed, killed_at = time.monotonic(), time.time()
     worker.start()  # what a supervisor does; the other worker goes on meanwhile
 
-    _wait_until("the killed task sent again", lambda: stack.record(victim).get("deaths") == "1", LEASE_S + 10)
+    wait_until("the killed task sent again", lambda: stack.record(victim).get("deaths") == "1", LEASE_S + 10)
     requeued = time.monotonic() - killed
     details = stack.wait_all(uids, timeout=90 - (time.monotonic() - killed))
     all_done = time.monotonic() - killed
@@ -302,7 +285,7 @@ def test_redis_restarted_mid_run_everything_finishes(stack):
         return any(stack.record(u).get("status") == "Running" and int(stack.record(u).get("step", 0)) >= 1
                    for u in uids)
 
-    _wait_until("a task running mid-job", running_mid_job, 60)
+    wait_until("a task running mid-job", running_mid_job, 60)
     stack.redis_server.stop()
     down = time.monotonic()
     time.sleep(1.0)
