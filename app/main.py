@@ -1,5 +1,5 @@
 """The gateway: ``POST /`` dispatches PICPIK actions; every API-level outcome is HTTP 200 with a
-RetCode. Also ``GET /healthz``, ``GET /readyz``, ``GET /queue``, ``GET /metrics`` (``app/metrics.py``),
+RetCode. Also ``GET /livez``, ``GET /healthz``, ``GET /readyz``, ``GET /queue``, ``GET /metrics`` (``app/metrics.py``),
 ``GET /results/{TaskUID}/{name}`` (signed), and the browser playground: static files under
 ``/playground/`` (``app/playground/``, served with a strict Content-Security-Policy), where ``GET /`` leads."""
 from __future__ import annotations
@@ -151,6 +151,13 @@ app.mount("/playground", PlaygroundFiles(directory=PLAYGROUND_DIR, html=True), n
 async def root() -> RedirectResponse:
     """A browser opening the service's address gets the playground (the API itself is ``POST /``)."""
     return RedirectResponse("/playground/", status_code=307)
+
+
+@app.get("/livez")
+async def livez() -> JSONResponse:
+    """200 while the process serves requests, whatever Redis does: a liveness probe (a restart mends a stuck
+    process, not an unreachable Redis, which ``/healthz`` reports)."""
+    return JSONResponse({"status": "alive"})
 
 
 @app.get("/healthz")

@@ -392,7 +392,8 @@ def test_gateway_probes_and_ports_exist_in_the_app():
     assert [p["containerPort"] for p in c["ports"]] == [port]
     routes = get_routes()
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez", "a liveness probe that reads Redis restarts every" \
+        " gateway during a Redis outage"
     for probe in ("readinessProbe", "livenessProbe"):
         get = c[probe]["httpGet"]
         assert get["path"] in routes, f"{probe}: {get['path']} is not a GET route of app.main"
