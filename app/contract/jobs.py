@@ -189,7 +189,8 @@ class BackgroundsJobMessage(JobMessage):
 class ModifyJobMessage(JobMessage):
     """A ModifyMaskedPixels task: GenerateFromMannequin's job whose ``mannequin_image`` is ``Masked.ImageIndex``'s
     image, ``clothes_mask`` its ``MaskIndex``'s (white = redrawn; None: nothing but the margins ``resize_mode``
-    adds), with ``invert_mask``; the mask blurred by ``mask_blur`` pixels (pixels outside it are kept exactly)."""
+    adds), with ``invert_mask``; the mask faded out over ``2 * mask_blur`` pixels around it (pixels beyond are kept
+    exactly: :func:`workers.inference.compose.blur_mask`)."""
 
     mask_blur: int = DEFAULT_MASK_BLUR
 

@@ -498,14 +498,16 @@ def prepare_foreground(foreground: Image.Image, width: int, height: int,
 
 
 def blur_mask(redraw: np.ndarray, blur_px: int) -> np.ndarray:
-    """A bool redraw mask as uint8 0..255 softened by a Gaussian of ``blur_px`` pixels (kernel ``2 * blur_px + 1``
-    wide, sigma ``blur_px / 2``: it reaches exactly ``blur_px`` pixels, so a pixel farther than that from the
-    mask stays 0); ``blur_px`` 0: the mask as it is."""
+    """A bool redraw mask as uint8 0..255 whose edge fades out over ``2 * blur_px`` pixels outside it: grown by
+    ``blur_px`` (a square of ``2 * blur_px + 1``), then blurred by a Gaussian of the same square (sigma
+    ``blur_px / 2``). Every pixel of the mask stays 255 (what is white is redrawn entirely, however small), and a pixel
+    farther than ``2 * blur_px`` from it (chessboard distance) stays 0. ``blur_px`` 0: the mask as it is."""
     soft = redraw.astype(np.uint8) * np.uint8(255)
     if blur_px <= 0:
         return soft
     size = 2 * blur_px + 1
-    return cv2.GaussianBlur(soft, (size, size), blur_px / 2, borderType=cv2.BORDER_REPLICATE)
+    grown = cv2.dilate(soft, np.ones((size, size), np.uint8))
+    return cv2.GaussianBlur(grown, (size, size), blur_px / 2, borderType=cv2.BORDER_REPLICATE)
 
 
 def prepare_masked(image: Image.Image, mask: Image.Image | None, width: int, height: int,
@@ -517,7 +519,8 @@ def prepare_masked(image: Image.Image, mask: Image.Image | None, width: int, hei
        (:func:`normalize_mask`) and flipped when ``invert_mask``.
     2. The image (a transparent one over :data:`NEUTRAL_GREY`) and the mask get the same geometry
        (:func:`fit_geometry`); the margins ``ResizeAndFill`` adds around the image are drawn (outpainting).
-    3. The mask, within the image, is blurred by ``mask_blur`` (:func:`blur_mask`); the margins are drawn fully.
+    3. The mask, within the image, fades out over ``2 * mask_blur`` pixels around it (:func:`blur_mask`: its white
+       pixels stay fully redrawn); the margins are drawn fully.
     4. Kept exactly: every pixel where the blurred mask is 0 (the fitted image's, bit for bit the input's when no
        resizing happens, as for an outpainting of the image's own height or width). Drawn: the rest, then laid
        under the image with weight ``255 - blurred mask`` (:func:`blend_over`), so the blur's edge is a blend and
