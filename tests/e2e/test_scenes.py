@@ -116,9 +116,21 @@ def test_outpainting_with_the_client_keeps_the_original_pixels(live_stack, tmp_p
     assert not np.array_equal(margins, edges), "the margins are drawn, not the edge extended"
 
 
-def test_backgrounds_with_the_client(live_stack, tmp_path):
-    path = tmp_path / "product.png"
-    _cutout(48, 48).save(path)
-    (out,) = atelier(live_stack, "backgrounds", str(path), "--prompt", "a marble table", "--width", "64",
-                     "--height", "64", "--resize-mode", "ResizeAndFill", "--seed", str(SEED), "-o", str(tmp_path))
-    assert Image.open(out).size == (64, 64)
+def test_a_shop_photo_cut_out_given_a_scene_then_made_a_banner_with_the_client(live_stack, tmp_path):
+    """Issue 27's path as a user runs it: RemoveBackground on the example photo, its cut-out to GenerateBackgrounds,
+    the result outpainted to 16:9 at its own height; each step keeps what it says it keeps, bit for bit."""
+    photo = ROOT / "examples" / "photo_mannequin.jpg"
+    cut_path, _ = atelier(live_stack, "remove-background", str(photo), "-o", str(tmp_path))
+    cut = np.asarray(Image.open(cut_path).convert("RGBA"))
+    (scene_path,) = atelier(live_stack, "backgrounds", cut_path, "--prompt", "a boutique, soft light", "--seed",
+                            str(SEED), "-o", str(tmp_path / "scene"))
+    scene = np.asarray(Image.open(scene_path).convert("RGB"))
+    opaque = cut[..., 3] == 255
+    assert scene.shape == (480, 320, 3) and opaque.sum() > 10_000
+    assert np.array_equal(scene[opaque], cut[..., :3][opaque]), "the figure's opaque pixels are kept"
+    (banner_path,) = atelier(live_stack, "modify", scene_path, "--width", "853", "--prompt", "a boutique",
+                             "--seed", str(SEED), "-o", str(tmp_path / "banner"))
+    banner = np.asarray(Image.open(banner_path).convert("RGB"))
+    left = (853 - 320) // 2
+    assert banner.shape == (480, 853, 3)
+    assert np.array_equal(banner[:, left:left + 320], scene), "the scene is kept in the middle of the banner"
