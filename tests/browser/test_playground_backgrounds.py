@@ -1,10 +1,13 @@
 """The playground's GenerateBackgrounds mode in a real browser (Chromium via Playwright) against the live gateway and
 worker: a transparent cut-out uploaded, a prompt, Generate; the result in the gallery keeps the cut-out's opaque
-pixels exactly; a photo without alpha is refused at the photo."""
+pixels exactly; a photo without alpha is refused at the photo. And ModifyMaskedPixels: paint, Generate, the rest
+kept."""
 from __future__ import annotations
 
 import base64
+import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -59,3 +62,28 @@ def test_a_scene_is_drawn_behind_a_cut_out(ui, tmp_path):
 
     ui.by("task-kind").select_option("mannequin")
     expect(ui.by("mask-panel")).to_be_visible()
+
+
+def test_a_photo_is_redrawn_where_painted_and_kept_elsewhere(ui, tmp_path):
+    """ModifyMaskedPixels from the page: the painted area (the mask editor's strokes) is redrawn, every pixel farther
+    than twice the default MaskBlur from it is the photo's, bit for bit."""
+    ui.by("task-kind").select_option("modify")
+    expect(ui.by("mask-panel")).to_be_visible()
+    path = tmp_path / "shot.png"
+    photo = np.random.default_rng(6).integers(0, 256, (96, 64, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(path)
+    ui.load_mannequin(path)
+    ui.paint([((32, 40), (32, 56))], brush=8)
+    ui.by("positive-prompts").fill("a vase")
+    ui.by("resize-mode").select_option("JustResize")
+    ui.generate()
+    src = ui.wait_result()
+    body = ui.record.sent("ModifyMaskedPixels")[-1]
+    assert body["Masked"] == {"ImageIndex": 0, "ResizeMode": "JustResize", "MaskIndex": 1}
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["ImageAndMaskList"][1]))).convert("L")) > 127
+    assert mask.any() and not mask.all()
+    result, _ = fetch_image(src)
+    made = rgb(result)
+    far = ~(cv2.dilate(mask.astype(np.uint8), np.ones((49, 49), np.uint8)) > 0)  # 2 x MaskBlur 12 around it
+    assert far.any() and np.array_equal(made[far], photo[far]), "outside the faded mask the photo is kept"
+    assert (made[mask] != photo[mask]).any(axis=-1).mean() > 0.9, "the painted area is redrawn"

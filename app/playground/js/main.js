@@ -296,7 +296,9 @@ $("background-remove").addEventListener("click", () => {
 const taskKind = () => $("task-kind").value;
 
 function kindChanged() {
-  for (const part of document.querySelectorAll("[data-for-kind]")) part.hidden = part.dataset.forKind !== taskKind();
+  for (const part of document.querySelectorAll("[data-for-kind]")) {
+    part.hidden = !part.dataset.forKind.split(" ").includes(taskKind());
+  }
   errors.clear();
 }
 $("task-kind").addEventListener("change", kindChanged);
@@ -319,6 +321,30 @@ function backgroundsRequest() {
   return params;
 }
 
+/** A ModifyMaskedPixels request: the photo and, when something is marked, the mask (white = redrawn); an
+ *  Error (shown at the mask) for the automatic clothes mask, which marks what a mannequin photo keeps. */
+function modifyRequest() {
+  const images = [mannequin.b64];
+  const masked = { ImageIndex: 0, ResizeMode: form.resizeMode };
+  if (maskMode() === "auto") throw new Error("Automatic finds clothes to keep: paint (or click) what to redraw.");
+  if (editor.garmentPixels()) {
+    images.push(editor.exportPng());
+    masked.MaskIndex = 1;
+  }
+  const params = { ...form.collect(), ImageAndMaskList: images, Masked: masked };
+  if (!params.ControlNetList) params.ControlNetList = [];
+  if (background) {
+    images.push(background.b64);
+    params.Image2Image = { ImageIndex: images.length - 1, ReferStrength: form.referStrength };
+  }
+  errors.route("Masked", "mask");
+  errors.route("ImageAndMaskList[0]", "mannequin");
+  errors.route("ImageAndMaskList[1]", masked.MaskIndex ? "mask" : "background");
+  errors.route("ImageAndMaskList[2]", "background");
+  errors.route("Image2Image", "background");
+  return params;
+}
+
 // --- generate, progress, cancel ----------------------------------------------------------------------------
 
 function showProgress(d) {
@@ -338,9 +364,19 @@ async function generate() {
   if (!keys) return errors.show("keys", "Enter your PublicKey and PrivateKey first.");
   const backgrounds = taskKind() === "backgrounds";
   if (!mannequin) {
-    return errors.show("mannequin", backgrounds ? "Choose a transparent cut-out first." : "Choose a mannequin photo first.");
+    const what = { backgrounds: "a transparent cut-out", modify: "a photo" }[taskKind()] || "a mannequin photo";
+    return errors.show("mannequin", `Choose ${what} first.`);
   }
   if (backgrounds) return submitAndFollow("GenerateBackgrounds", backgroundsRequest(), "Scene", mannequin.url);
+  if (taskKind() === "modify") {
+    let params;
+    try {
+      params = modifyRequest();
+    } catch (err) {
+      return errors.show("mask", err.message);
+    }
+    return submitAndFollow("ModifyMaskedPixels", params, "Modify", mannequin.url, params.Masked.ResizeMode);
+  }
   const mode = maskMode();
   const images = [mannequin.b64];
   const man = { ImageIndex: 0, ResizeMode: form.resizeMode };
