@@ -34,9 +34,11 @@ from celery.concurrency import get_implementation
 from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.contract.jobs import (
+    BACKGROUNDS_TASK,
     GENERATE_TASK,
     JOB_TASK_NAMES,
     MASK_TASK,
+    MODIFY_TASK,
     RESIZE_TASK,
     RESTORE_FACES_TASK,
     SWITCH_FACE_TASK,
@@ -49,6 +51,7 @@ from workers.jobs.generate import run_job
 from workers.jobs.masks import run_mask_job
 from workers.jobs.resize import run_resize_job
 from workers.jobs.restore_faces import run_restore_faces_job
+from workers.jobs.scenes import run_backgrounds_job, run_modify_job
 from workers.jobs.switch_face import run_switch_face_job
 from workers.metrics import ALIVE_TTL_S, Heartbeat, serve_metrics
 from workers.runtime import WorkerRuntime, this_worker_id
@@ -62,6 +65,8 @@ RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
     RESIZE_TASK.name: run_resize_job,
     RESTORE_FACES_TASK.name: run_restore_faces_job,
     SWITCH_FACE_TASK.name: run_switch_face_job,
+    BACKGROUNDS_TASK.name: run_backgrounds_job,
+    MODIFY_TASK.name: run_modify_job,
 }
 if set(RUNNERS) != set(JOB_TASK_NAMES):  # the contract's action table names the tasks the gateway sends
     raise RuntimeError(f"workers/tasks.py RUNNERS and the Celery tasks of app/contract/jobs.py ACTION_SPECS disagree:"

@@ -17,13 +17,16 @@ from app.actions.models import list_control_nets, list_models
 from app.actions.personas import create_persona, delete_persona, list_personas
 from app.actions.resize import resize_image
 from app.actions.restore_faces import restore_faces
+from app.actions.scenes import generate_backgrounds, modify_masked_pixels
 from app.actions.switch_face import switch_face
 from app.actions.tasks import list_running_tasks, list_tasks_details
 from app.contract.jobs import ACTION_SPECS, ActionSpec
 from app.contract.limits import (
     CREATE_PERSONA_ACTION,
     DELETE_PERSONA_ACTION,
+    GENERATE_BACKGROUNDS_ACTION,
     LIST_PERSONAS_ACTION,
+    MODIFY_MASKED_ACTION,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
     SWITCH_FACE_ACTION,
@@ -46,6 +49,8 @@ HANDLERS: dict[str, Handler] = {
     LIST_PERSONAS_ACTION: list_personas,
     DELETE_PERSONA_ACTION: delete_persona,
     SWITCH_FACE_ACTION: switch_face,
+    GENERATE_BACKGROUNDS_ACTION: generate_backgrounds,
+    MODIFY_MASKED_ACTION: modify_masked_pixels,
 }
 
 

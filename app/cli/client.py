@@ -38,12 +38,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from app.cli.pull import add_parser as add_pull_parser
 from app.contract.jobs import ENDED_STATUSES, TaskStatus
 from app.contract.limits import (
+    BACKGROUND_I2I_FIELD,
     CLOTHES_MASK_URL_FIELD,
     CREATE_PERSONA_ACTION,
     DEFAULT_BACKGROUND_THRESHOLD,
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_MASK_BLUR,
     DEFAULT_PRIORITY,
     DEFAULT_RAW_FACE_INDEX,
     DEFAULT_REFER_STRENGTH,
@@ -53,11 +55,14 @@ from app.contract.limits import (
     ENGINE_FIELD,
     ERODE_SIZE_RANGE,
     FACE_REFINE_FIELD,
+    GENERATE_BACKGROUNDS_ACTION,
     HAIR_OPTIMIZATION_MODES,
     IP_ADAPTER,
     LANCZOS,
     LIST_MODELS_FIELDS,
     LIST_PERSONAS_ACTION,
+    MASK_BLUR_RANGE,
+    MODIFY_MASKED_ACTION,
     PERSONA_CODE_FIELD,
     PRIORITY_FIELD,
     PRIORITY_RANGE,
@@ -199,6 +204,106 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _notes(detail)
     console.print(f"seed {detail.get('Seed')}")
     return 0
+
+
+def _scene_params(args: argparse.Namespace, image: str) -> dict[str, Any]:
+    """The shared generation block of ``backgrounds`` and ``modify``: Width and Height default to ``image``'s."""
+    with Image.open(image) as img:
+        width, height = img.size
+    params: dict[str, Any] = {
+        "MainModel": {"ModelCode": args.model}, "PositivePrompts": args.prompt,
+        "NegativePrompts": args.negative_prompt or [], "Seed": args.seed, "BatchSize": args.batch_size,
+        "Width": args.width or width, "Height": args.height or height,
+    }
+    if args.sub_model:
+        params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
+    if args.no_translate:
+        params["TranslatePrompts"] = False
+    return params
+
+
+def _generation_results(args: argparse.Namespace, pub: str, priv: str, action: str, params: dict[str, Any],
+                        stem: str) -> int:
+    """Run a generation to its end and save its images as ``<stem>_<TaskUID>_<i>.png`` under ``args.output``."""
+    uid = _submit(args, pub, priv, action, params)
+    detail = _wait(args, pub, priv, uid)
+    for i, link in enumerate(detail["ImgList"]):
+        _save(link, Path(args.output) / f"{stem}_{uid}_{i}.png")
+    _notes(detail)
+    console.print(f"seed {detail.get('Seed')}")
+    return 0
+
+
+def cmd_backgrounds(args: argparse.Namespace) -> int:
+    """GenerateBackgrounds: a scene drawn around a transparent cut-out (its opaque pixels kept exactly)."""
+    pub, priv = _keys(args)
+    params = _scene_params(args, args.foreground)
+    images = [_b64(args.foreground)]
+    params["TransparentForeground"] = {"ImageIndex": 0, "ResizeMode": args.resize_mode}
+    if args.background:
+        images.append(_b64(args.background))
+        params[BACKGROUND_I2I_FIELD] = {"ImageIndex": 1, "ReferStrength": args.refer_strength}
+    params["ImageList"] = images
+    return _generation_results(args, pub, priv, GENERATE_BACKGROUNDS_ACTION, params, Path(args.foreground).stem)
+
+
+def cmd_modify(args: argparse.Namespace) -> int:
+    """ModifyMaskedPixels: the mask's white area redrawn (inpainting) and, with a larger size and ResizeAndFill, the
+    new margins drawn (outpainting); every pixel outside the blurred mask kept exactly."""
+    pub, priv = _keys(args)
+    params = _scene_params(args, args.image)
+    images = [_b64(args.image)]
+    masked: dict[str, Any] = {"ImageIndex": 0, "InvertMask": args.invert_mask, "ResizeMode": args.resize_mode}
+    if args.mask_blur is not None:
+        masked["MaskBlur"] = args.mask_blur
+    if args.mask:
+        images.append(_b64(args.mask))
+        masked["MaskIndex"] = 1
+    if args.reference:
+        images.append(_b64(args.reference))
+        params["Image2Image"] = {"ImageIndex": len(images) - 1, "ReferStrength": args.refer_strength}
+    elif args.redraw_strength is not None:  # the image itself as the reference: the masked area partly kept
+        params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": 1 - args.redraw_strength}
+    params.update(ImageAndMaskList=images, Masked=masked)
+    return _generation_results(args, pub, priv, MODIFY_MASKED_ACTION, params, Path(args.image).stem)
+
+
+def _scene_options(p: argparse.ArgumentParser) -> None:
+    """The generation options of ``backgrounds`` and ``modify``."""
+    p.add_argument("--prompt", action="append", required=True, help="repeatable")
+    p.add_argument("--negative-prompt", action="append")
+    p.add_argument("--model", default="demo-inpaint", help="MainModel ModelCode (see `atelier models`)")
+    p.add_argument("--width", type=int, help="default: the image's width")
+    p.add_argument("--height", type=int, help="default: the image's height")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--resize-mode", default=DEFAULT_RESIZE_MODE, choices=RESIZE_MODES)
+    p.add_argument("--sub-model", action="append", metavar="CODE[:WEIGHT]", help="LoRA / Embedding / HyperNetwork")
+    p.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
+    _polling(p)
+
+
+def _scene_parsers(sub) -> None:
+    bg = sub.add_parser("backgrounds", help="a scene around a transparent cut-out (GenerateBackgrounds): its opaque"
+                        " pixels kept exactly")
+    bg.add_argument("foreground", help="a PNG with transparency (e.g. remove-background's cut-out)")
+    bg.add_argument("--background", metavar="IMG", help="a background reference (BackgroundImage2Image)")
+    bg.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH)
+    _scene_options(bg)
+    bg.set_defaults(func=cmd_backgrounds)
+    md = sub.add_parser("modify", help="redraw the white of a mask (inpainting) or extend the image to a larger"
+                        " --width/--height (outpainting) (ModifyMaskedPixels)")
+    md.add_argument("image")
+    md.add_argument("--mask", metavar="IMG", help="white = redrawn (left out: nothing but the new margins)")
+    md.add_argument("--invert-mask", action="store_true")
+    md.add_argument("--mask-blur", type=int, metavar="PX", help=f"Masked.MaskBlur, {MASK_BLUR_RANGE.lo}.."
+                    f"{MASK_BLUR_RANGE.hi} (default {DEFAULT_MASK_BLUR})")
+    md.add_argument("--reference", metavar="IMG", help="a reference for the masked area (Image2Image)")
+    md.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH)
+    md.add_argument("--redraw-strength", type=float, metavar="S", help="without --reference: redraw the masked area"
+                    " from the image itself at this strength (0..1; Image2Image on the image)")
+    _scene_options(md)
+    md.set_defaults(func=cmd_modify)
 
 
 def _wait(args: argparse.Namespace, pub: str, priv: str, uid: str) -> dict[str, Any]:
@@ -558,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                     " face (default: the server's first of the model's family)")
     _polling(sw)
     sw.set_defaults(func=cmd_switch_face)
+    _scene_parsers(sub)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     _persona_parser(sub)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")

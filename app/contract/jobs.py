@@ -25,9 +25,12 @@ from app.contract.limits import (
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_MASK_BLUR,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
+    GENERATE_BACKGROUNDS_ACTION,
     MASK_ACTIONS,
+    MODIFY_MASKED_ACTION,
     PERSONA_ACTIONS,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
@@ -40,6 +43,8 @@ MASK_TASK_NAME = "atelier.mask"
 RESIZE_TASK_NAME = "atelier.resize"
 RESTORE_FACES_TASK_NAME = "atelier.restore_faces"
 SWITCH_FACE_TASK_NAME = "atelier.switch_face"
+BACKGROUNDS_TASK_NAME = "atelier.backgrounds"
+MODIFY_TASK_NAME = "atelier.modify"
 
 
 class TaskStatus(StrEnum):
@@ -174,6 +179,21 @@ class SwitchFaceJobMessage(BaseJob):
     seed: int
     persona: str | None = None               # PersonaCode: the new identity as the key's persona (its images)
 
+
+class BackgroundsJobMessage(JobMessage):
+    """A GenerateBackgrounds task: GenerateFromMannequin's job whose ``mannequin_image`` is the transparent foreground
+    (TransparentForeground, fitted by ``resize_mode``: its opaque pixels kept exactly, its semi-transparent ones
+    blended over the drawn scene) and ``background_image`` BackgroundImage2Image's reference; never a clothes mask."""
+
+
+class ModifyJobMessage(JobMessage):
+    """A ModifyMaskedPixels task: GenerateFromMannequin's job whose ``mannequin_image`` is ``Masked.ImageIndex``'s
+    image, ``clothes_mask`` its ``MaskIndex``'s (white = redrawn; None: nothing but the margins ``resize_mode``
+    adds), with ``invert_mask``; the mask faded out over ``2 * mask_blur`` pixels around it (pixels beyond are kept
+    exactly: :func:`workers.inference.compose.blur_mask`)."""
+
+    mask_blur: int = DEFAULT_MASK_BLUR
+
 # --- the action table ---------------------------------------------------------------------------------------
 
 
@@ -205,6 +225,8 @@ MASK_TASK = JobTask(MASK_TASK_NAME, MaskJobMessage)
 RESIZE_TASK = JobTask(RESIZE_TASK_NAME, ResizeJobMessage)
 RESTORE_FACES_TASK = JobTask(RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)
 SWITCH_FACE_TASK = JobTask(SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)
+BACKGROUNDS_TASK = JobTask(BACKGROUNDS_TASK_NAME, BackgroundsJobMessage)
+MODIFY_TASK = JobTask(MODIFY_TASK_NAME, ModifyJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -231,6 +253,8 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec(RESTORE_FACES_ACTION, RESTORE_FACES_TASK),
     *(ActionSpec(name) for name in PERSONA_ACTIONS),  # extensions: answered by the gateway alone
     ActionSpec(SWITCH_FACE_ACTION, SWITCH_FACE_TASK),  # PICPIK's, with the extensions MainModel and Adapter
+    ActionSpec(GENERATE_BACKGROUNDS_ACTION, BACKGROUNDS_TASK),  # issue 27: the generation engine, other kept pixels
+    ActionSpec(MODIFY_MASKED_ACTION, MODIFY_TASK),
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

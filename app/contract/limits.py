@@ -314,3 +314,23 @@ PERSONA_CODE_PATTERN = r"^p[0-9a-v]{21}$"
 #: The defaults of ATELIER_MAX_PERSONAS_PER_KEY and ATELIER_MAX_PERSONA_IMAGES.
 DEFAULT_MAX_PERSONAS_PER_KEY = 20
 DEFAULT_MAX_PERSONA_IMAGES = 8
+
+
+# --- GenerateBackgrounds and ModifyMaskedPixels (PICPIK-FACTS sections 3-5; docs/API.md) ---------------------------
+
+GENERATE_BACKGROUNDS_ACTION = "GenerateBackgrounds"
+#: GenerateBackgrounds' own fields (besides the shared generation block): PICPIK's Foreground object as
+#: ``TransparentForeground`` ({ImageIndex, ResizeMode}: a PNG with alpha), ``BackgroundImage2Image`` (an
+#: Image2Image: {ImageIndex, ReferStrength, ResizeMode}) and the images in ``ImageList`` (or ImageAndMaskList).
+FOREGROUND_FIELD = "TransparentForeground"
+BACKGROUND_I2I_FIELD = "BackgroundImage2Image"
+#: A foreground pixel of this alpha is kept bit for bit; one of alpha 1..254 is blended over the drawn scene.
+OPAQUE_ALPHA = 255
+
+MODIFY_MASKED_ACTION = "ModifyMaskedPixels"
+#: ModifyMaskedPixels' ``Masked`` (PICPIK's ``Mask`` type, whose fields were not retrievable: the shape is Atelier's):
+#: {ImageIndex (required), MaskIndex (optional: absent, nothing is masked), InvertMask, MaskBlur, ResizeMode}.
+MASKED_FIELD = "Masked"
+MASKED_FIELDS: tuple[str, ...] = ("ImageIndex", "MaskIndex", "InvertMask", "MaskBlur", "ResizeMode")
+MASK_BLUR_RANGE = Range(0, 64)              # Masked.MaskBlur (pixels; as RemoveContents' MaskBlur)
+DEFAULT_MASK_BLUR = 12

@@ -7,19 +7,23 @@ import pytest
 
 from app.contract.jobs import (
     ACTION_SPECS,
+    BACKGROUNDS_TASK_NAME,
     GENERATE_TASK_NAME,
     JOB_TASK_NAMES,
     JOB_TASKS,
     JOB_VERSION,
     MASK_TASK_NAME,
+    MODIFY_TASK_NAME,
     RESIZE_TASK_NAME,
     RESTORE_FACES_TASK_NAME,
     SWITCH_FACE_TASK_NAME,
     ActionSpec,
+    BackgroundsJobMessage,
     BaseJob,
     JobMessage,
     JobTask,
     MaskJobMessage,
+    ModifyJobMessage,
     NoTaskAction,
     ResizeJobMessage,
     RestoreFacesJobMessage,
@@ -37,7 +41,9 @@ EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS},
                   "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage),
                   "RestoreFaces": (RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage),
-                  "SwitchFace": (SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)}
+                  "SwitchFace": (SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage),
+                  "GenerateBackgrounds": (BACKGROUNDS_TASK_NAME, BackgroundsJobMessage),
+                  "ModifyMaskedPixels": (MODIFY_TASK_NAME, ModifyJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
                                       batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
@@ -48,7 +54,12 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                RestoreFacesJobMessage: RestoreFacesJobMessage(task_uid="u" * 21, image="a" * 64, main_model="m",
                                                               strength=0.5, seed=7),
                SwitchFaceJobMessage: SwitchFaceJobMessage(task_uid="u" * 21, image="a" * 64, face_index=2,
-                                                          new_face="b" * 64, main_model="m", adapter="ip", seed=7)}
+                                                          new_face="b" * 64, main_model="m", adapter="ip", seed=7),
+               BackgroundsJobMessage: BackgroundsJobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64,
+                                                            height=64, batch_size=1, mannequin_image="a" * 64),
+               ModifyJobMessage: ModifyJobMessage(task_uid="u" * 21, main_model="m", seed=1, width=96, height=64,
+                                                  batch_size=1, mannequin_image="a" * 64, clothes_mask="b" * 64,
+                                                  mask_blur=0)}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
                 "CreatePersona", "ListPersonas", "DeletePersona")
 

@@ -142,6 +142,32 @@ GENERATE_BASES: dict[str, Callable[[], dict]] = {
 }
 """Valid GenerateFromMannequin bodies (unsigned), each RetCode 0 as it stands."""
 
+_CUTOUT = Image.new("RGBA", (48, 64), (0, 0, 0, 0))
+_CUTOUT.paste((200, 40, 60, 255), (12, 16, 36, 48))
+CUTOUT = png_b64(_CUTOUT)
+
+def _full_without(*names: str, **fields: Any) -> dict:
+    """:func:`_generate_full` without ``names``, with ``fields``."""
+    return {**{k: v for k, v in _generate_full().items() if k not in names}, **fields}
+
+
+SCENE_BASES: dict[str, Callable[[], dict]] = {
+    "backgrounds-minimal": lambda: {"Action": "GenerateBackgrounds", "ImageList": [CUTOUT],
+                                    "TransparentForeground": {"ImageIndex": 0}, "Width": 64, "Height": 64},
+    "backgrounds-full": lambda: _full_without(
+        "ImageAndMaskList", "Mannequin", "Image2Image", Action="GenerateBackgrounds", ImageList=[CUTOUT, BACKGROUND],
+        BackgroundImage2Image={"ImageIndex": 1, "ReferStrength": 0.4, "ResizeMode": "CropAndResize"},
+        TransparentForeground={"ImageIndex": 0, "ResizeMode": "ResizeAndFill"}, Priority=3, Refine={"Strength": 0.3}),
+    "modify-minimal": lambda: {"Action": "ModifyMaskedPixels", "MainModel": {"ModelCode": "demo-inpaint"},
+                               "ImageAndMaskList": [MAN, MASK], "Masked": {"ImageIndex": 0, "MaskIndex": 1},
+                               "Width": 64, "Height": 64},
+    "modify-full": lambda: _full_without(
+        "Mannequin", Action="ModifyMaskedPixels", Image2Image={"ImageIndex": 0, "ReferStrength": 0.6},
+        Masked={"ImageIndex": 0, "MaskIndex": 1, "InvertMask": True, "MaskBlur": 64, "ResizeMode": "ResizeAndFill"},
+        Width=128, Height=80, FaceRefine={"Strength": 0.2}, Priority=0),
+}
+"""Valid GenerateBackgrounds and ModifyMaskedPixels bodies (unsigned), each RetCode 0 as it stands."""
+
 LIST_BASES: dict[str, Callable[[], dict]] = {
     "list-tasks": lambda: {"Action": "ListTasksDetails", "TaskUIDList": ["no-such-task", "x" * 21]},
     "list-models": lambda: {"Action": "ListModels"},
@@ -153,7 +179,7 @@ LIST_BASES: dict[str, Callable[[], dict]] = {
 
 def base_body(name: str, task_uids: tuple[str, ...] = ()) -> dict:
     """A fresh copy of the base body ``name``; ``task_uids`` join ``list-tasks``' TaskUIDList."""
-    body = copy.deepcopy({**GENERATE_BASES, **LIST_BASES}[name]())
+    body = copy.deepcopy({**GENERATE_BASES, **SCENE_BASES, **LIST_BASES}[name]())
     if name == "list-tasks":
         body["TaskUIDList"] = [*task_uids, *body["TaskUIDList"]]
     return body
@@ -168,6 +194,7 @@ WIRE_FIELDS = (
     "ImageIndex", "ReferStrength", "ResizeMode", "ClothesMaskIndex", "InvertMask", "ModelCode", "Name",
     "IsOfficial", "TriggerWordList", "InferenceParams", "LoraWeight", "PreProcessor", "ControlModel",
     "Resolution", "ControlWeight", "StartingStep", "EndingStep", "TaskUIDList",
+    "TransparentForeground", "BackgroundImage2Image", "Masked", "MaskIndex", "MaskBlur",
 )
 """Field names of the wire, at any level: ``add`` uses them, so absent fields appear in odd places."""
 
@@ -328,7 +355,8 @@ def _apply(body: Any, m: Mutation) -> Any:
     return _set(body, m.path, m.detail)  # replace, number, unicode, image, swap
 
 
-ACTION_VALUES = ("GenerateFromMannequin", "ListTasksDetails", "ListModels", "ListControlNets",
+ACTION_VALUES = ("GenerateFromMannequin", "GenerateBackgrounds", "ModifyMaskedPixels", "ListTasksDetails",
+                 "ListModels", "ListControlNets",
                  "ListRunningTasks", "listmodels", "ListModels ", "StartPicpikApp", "")
 
 
