@@ -7,20 +7,24 @@ import pytest
 
 from app.contract.jobs import (
     ACTION_SPECS,
+    DESCRIBE_TASK_NAME,
     GENERATE_TASK_NAME,
     JOB_TASK_NAMES,
     JOB_TASKS,
     JOB_VERSION,
     MASK_TASK_NAME,
+    REMOVE_CONTENTS_TASK_NAME,
     RESIZE_TASK_NAME,
     RESTORE_FACES_TASK_NAME,
     SWITCH_FACE_TASK_NAME,
     ActionSpec,
     BaseJob,
+    DescribeJobMessage,
     JobMessage,
     JobTask,
     MaskJobMessage,
     NoTaskAction,
+    RemoveContentsJobMessage,
     ResizeJobMessage,
     RestoreFacesJobMessage,
     SubModelRef,
@@ -37,7 +41,9 @@ EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   **{action: (MASK_TASK_NAME, MaskJobMessage) for action in MASK_ACTIONS},
                   "ResizeImage": (RESIZE_TASK_NAME, ResizeJobMessage),
                   "RestoreFaces": (RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage),
-                  "SwitchFace": (SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)}
+                  "SwitchFace": (SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage),
+                  "RemoveContents": (REMOVE_CONTENTS_TASK_NAME, RemoveContentsJobMessage),
+                  "DescribeImages": (DESCRIBE_TASK_NAME, DescribeJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
                                       batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
@@ -48,7 +54,11 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                RestoreFacesJobMessage: RestoreFacesJobMessage(task_uid="u" * 21, image="a" * 64, main_model="m",
                                                               strength=0.5, seed=7),
                SwitchFaceJobMessage: SwitchFaceJobMessage(task_uid="u" * 21, image="a" * 64, face_index=2,
-                                                          new_face="b" * 64, main_model="m", adapter="ip", seed=7)}
+                                                          new_face="b" * 64, main_model="m", adapter="ip", seed=7),
+               RemoveContentsJobMessage: RemoveContentsJobMessage(task_uid="u" * 21, image="a" * 64, mask="b" * 64,
+                                                                  invert=True, mask_blur=3, eraser="lama"),
+               DescribeJobMessage: DescribeJobMessage(task_uid="u" * 21, images=["a" * 64, "b" * 64],
+                                                      describer="d", language="fr")}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
                 "CreatePersona", "ListPersonas", "DeletePersona")
 
