@@ -183,4 +183,6 @@ def _mask_body(action: str) -> dict:
 TASK_BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS},
                "ResizeImage": lambda: {"Action": "ResizeImage", "Image": PHOTO, "Width": 128, "Height": 96},
                "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO},
-               "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO}}
+               "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO},
+               "RemoveContents": lambda: {"Action": "RemoveContents", "RawImage": PHOTO, "Mask": PHOTO},
+               "DescribeImages": lambda: {"Action": "DescribeImages", "ImageList": [PHOTO, PHOTO]}}
