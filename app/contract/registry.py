@@ -614,8 +614,9 @@ class ModelEntry(BaseModel):
         wanted = ("file", "hub", "demo") if eraser else ("path", "hub", "demo")
         if kind not in wanted:
             what = "a weights `file:`, a `hub:` repo holding one" if eraser else "a model folder `path:`, a `hub:` repo"
-            raise ValueError(f"a {self.model_type}'s source is {what}, or `demo: {DEMO_SOURCES[self.model_type][0]}`,"
-                             f" not {kind}")
+            article = "an" if eraser else "a"
+            raise ValueError(f"{article} {self.model_type}'s source is {what}, or `demo:"
+                             f" {DEMO_SOURCES[self.model_type][0]}`, not {kind}")
         if kind == "file" and self.source.file.suffix.lower() not in ERASER_SUFFIXES:
             raise ValueError(f"an Eraser's source.file must end in {', '.join(ERASER_SUFFIXES)},"
                              f" got {self.source.file.name!r}")
