@@ -1,7 +1,6 @@
 """RemoveContents' geometry (workers/inference/erase.py): the Mask read (white = erase, InvertMask, another size,
-alpha),
-the feathered weight exactly 0 farther than MaskBlur (Chebyshev) from the mask, the crop, the blend leaving every
-pixel of weight 0 bit for bit; and the Eraser file check (spandrel): the demo LaMa recognised and run, a file of
+alpha), the feathered weight exactly 0 farther than MaskBlur (Chebyshev) from the mask, the crop, the blend leaving
+every pixel of weight 0 bit for bit; and the Eraser file check (spandrel): the demo LaMa recognised and run, a file of
 another purpose refused."""
 from __future__ import annotations
 
