@@ -134,8 +134,9 @@ class Eraser:
 
 
 def load_eraser(file: Path, device: str, dtype: Any) -> Eraser:
-    """The eraser in ``file``, on ``device``, in ``dtype`` where the architecture supports it (bfloat16 on a GPU;
-    LaMa's Fourier units do not run in float16), else float32. Raises :class:`EraserFileError`."""
+    """The eraser in ``file``, on ``device``, in float32 whatever ``dtype`` (the worker's): LaMa's Fourier units run
+    their FFTs in the input's dtype, which cuFFT does not take in bfloat16 (and spandrel marks LaMa as not float16).
+    Raises :class:`EraserFileError`."""
     import torch
     from spandrel import MaskedImageModelDescriptor, ModelLoader, UnsupportedModelError
 
@@ -155,11 +156,5 @@ def load_eraser(file: Path, device: str, dtype: Any) -> Eraser:
         raise EraserFileError(f"{file.name} is a {name} model for {descriptor.purpose}, not inpainting")
     if descriptor.input_channels != 3 or descriptor.output_channels != 3:
         raise EraserFileError(f"{file.name} is a {name} model of {descriptor.input_channels}-channel images, not RGB")
-    if str(device).startswith("cuda") and dtype == torch.bfloat16 and descriptor.supports_bfloat16:
-        pass
-    elif str(device).startswith("cuda") and dtype == torch.float16 and descriptor.supports_half:
-        pass
-    else:
-        dtype = torch.float32
-    descriptor.to(device=device, dtype=dtype).eval()
-    return Eraser(descriptor, name, device, dtype)
+    descriptor.to(device=device, dtype=torch.float32).eval()
+    return Eraser(descriptor, name, device, torch.float32)
