@@ -175,3 +175,13 @@ def test_models_config_takes_erasers_and_describers_with_their_points_and_transl
     lama, blip = reg.require("lama", ModelType.ERASER), reg.require("blip", ModelType.DESCRIBER)
     assert (lama.points, blip.points, blip.languages()) == (2, 3, ["en", "zh", "fr"])
     assert blip.translators["zh"].path == Path("/deploy/opus-mt-en-zh")
+
+
+@pytest.mark.parametrize("body", [{"Action": "RemoveContents", "RawImage": IMG, "Mask": MASK},
+                                  {"Action": "DescribeImages", "ImageList": [IMG]}])
+def test_a_queued_task_of_either_action_is_canceled(api, body):
+    uid = api(signed(body))["TaskUID"]
+    canceled = api(signed({"Action": "CancelTask", "TaskUIDList": [uid]}))["TaskDetailList"]
+    assert [(d["TaskUID"], d["Status"], d["TxtList"], d["ConsumeApiPoint"]) for d in canceled] == \
+        [(uid, "Canceled", [], 0)]
+    assert uid not in api(signed({"Action": "ListRunningTasks"}))["TaskUIDList"]
