@@ -7,6 +7,8 @@
     atelier restore-faces IMG [--strength S] [--model CODE] -o DIR
     atelier persona create NAME IMG [IMG ...] | persona list | persona delete CODE
     atelier switch-face IMG --new-face IMG2 [--index N] [--model CODE] [--adapter CODE] -o DIR
+    atelier erase IMG --mask MASK [--invert] [--mask-blur N] [--eraser CODE | --model CODE] -o DIR
+    atelier describe IMG [IMG ...] [--language CODE] [--describer CODE]
     atelier models
     atelier cancel TASKUID [TASKUID ...]
     atelier pull [--config F] [--dest DIR] [--only CODE ...]   (app/cli/pull.py: real models from the hub)
@@ -42,6 +44,7 @@ from app.contract.limits import (
     CLOTHES_MASK_URL_FIELD,
     CREATE_PERSONA_ACTION,
     DEFAULT_BACKGROUND_THRESHOLD,
+    DEFAULT_DESCRIBE_LANGUAGE,
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
@@ -52,7 +55,12 @@ from app.contract.limits import (
     DEFAULT_RESIZE_MODE,
     DEFAULT_RESTORE_STRENGTH,
     DELETE_PERSONA_ACTION,
+    DESCRIBE_IMAGES_ACTION,
+    DESCRIBE_IMAGES_FIELDS,
+    DESCRIBE_LANGUAGES,
+    DESCRIBERS_FIELD,
     ENGINE_FIELD,
+    ERASERS_FIELD,
     ERODE_SIZE_RANGE,
     FACE_REFINE_FIELD,
     GENERATE_BACKGROUNDS_ACTION,
@@ -68,12 +76,15 @@ from app.contract.limits import (
     PRIORITY_RANGE,
     RAW_FACE_INDEX_RANGE,
     REFINE_FIELD,
+    REMOVE_CONTENTS_ACTION,
+    REMOVE_CONTENTS_FIELDS,
     RESIZE_ACTION,
     RESIZE_MODES,
     RESIZE_SIZE_RANGE,
     RESTORE_FACES_ACTION,
     RESTORE_STRENGTH_RANGE,
     SWITCH_FACE_ACTION,
+    TXT_LIST_FIELD,
     UPSCALER_FIELD,
     UPSCALERS_FIELD,
     ModelType,
@@ -520,6 +531,38 @@ def cmd_switch_face(args: argparse.Namespace) -> int:
     return _photo_task(args, pub, priv, SWITCH_FACE_ACTION, params, "switched")
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    """RemoveContents: the white of --mask erased from the photo (--invert: the black) by the server's Eraser (or
+    --eraser), or redrawn by a Main model (--model), feathered over --mask-blur pixels; saved as
+    ``<stem>_erased.png``. Every pixel farther than --mask-blur from the mask is the photo's."""
+    pub, priv = _keys(args)
+    raw, mask, invert, blur, eraser, main = REMOVE_CONTENTS_FIELDS
+    params: dict[str, Any] = {raw: _b64(args.image), mask: _b64(args.mask)}
+    if args.invert:
+        params[invert] = True
+    if args.mask_blur is not None:
+        params[blur] = args.mask_blur
+    if args.eraser:
+        params[eraser] = args.eraser
+    if args.model:
+        params[main] = {"ModelCode": args.model}
+    return _photo_task(args, pub, priv, REMOVE_CONTENTS_ACTION, params, "erased")
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """DescribeImages: one line per image, ``<path><TAB><text>``, in the order given (TxtList), in --language."""
+    pub, priv = _keys(args)
+    images, language, describer = DESCRIBE_IMAGES_FIELDS
+    params: dict[str, Any] = {images: [_b64(path) for path in args.images], language: args.language}
+    if args.describer:
+        params[describer] = args.describer
+    detail = _wait(args, pub, priv, _submit(args, pub, priv, DESCRIBE_IMAGES_ACTION, params))
+    for path, text in zip(args.images, detail.get(TXT_LIST_FIELD, []), strict=False):
+        print(f"{path}\t{text}")
+    _notes(detail)
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
     details = call(args.url, pub, priv, "CancelTask", TaskUIDList=args.task_uid)["TaskDetailList"]
@@ -539,20 +582,24 @@ def cmd_models(args: argparse.Namespace) -> int:
              for m in control["ControlModels"]]
     rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
     rows += [(m, m["ModelType"]) for m in models.get(UPSCALERS_FIELD, [])]
+    rows += [(m, m["ModelType"]) for m in models.get(ERASERS_FIELD, [])]
+    rows += [(m, f"{m['ModelType']} ({', '.join(m.get('Languages', []))})") for m in models.get(DESCRIBERS_FIELD, [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
         print(f"{m['ModelCode']:<22} {model_type:<40} {m.get('Name', '')}{words}")
     return 0
 
 
-def _polling(p: argparse.ArgumentParser) -> None:
-    """The options of a command that runs a task to its end: how it polls, where it saves, the task's Priority."""
+def _polling(p: argparse.ArgumentParser, output: bool = True) -> None:
+    """The options of a command that runs a task to its end: how it polls, where it saves (``output``), the task's
+    Priority."""
     p.add_argument("--priority", type=int, metavar="P", help=f"{PRIORITY_FIELD}, {int(PRIORITY_RANGE.lo)}.."
                    f"{int(PRIORITY_RANGE.hi)} (default {DEFAULT_PRIORITY}): higher runs before the jobs queued below"
                    " it, up to your key's MaxPriority")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
     p.add_argument("--timeout", type=float, default=1800)
-    p.add_argument("-o", "--output", required=True, help="folder for the images")
+    if output:
+        p.add_argument("-o", "--output", required=True, help="folder for the images")
 
 
 def _mask_options(p: argparse.ArgumentParser) -> None:
@@ -664,6 +711,27 @@ def main(argv: list[str] | None = None) -> int:
     _polling(sw)
     sw.set_defaults(func=cmd_switch_face)
     _scene_parsers(sub)
+    er = sub.add_parser("erase", help="erase what a mask covers (RemoveContents): nothing farther than --mask-blur"
+                        " from the mask changes")
+    er.add_argument("image")
+    er.add_argument("--mask", required=True, metavar="MASK", help="white = erase (the photo's size, else resized)")
+    er.add_argument("--invert", action="store_true", help="InvertMask: erase the black instead")
+    er.add_argument("--mask-blur", type=int, metavar="N", help=f"MaskBlur, {int(MASK_BLUR_RANGE.lo)}.."
+                    f"{int(MASK_BLUR_RANGE.hi)} (default {DEFAULT_MASK_BLUR}): pixels feathered beyond the mask")
+    by = er.add_mutually_exclusive_group()
+    by.add_argument("--eraser", metavar="CODE", help="an Eraser from `atelier models` (default: the server's first)")
+    by.add_argument("--model", metavar="CODE", help="a Main model that redraws the area instead (inpainting)")
+    _polling(er)
+    er.set_defaults(func=cmd_erase)
+    de = sub.add_parser("describe", help="a text per image (DescribeImages), printed as PATH<TAB>TEXT")
+    de.add_argument("images", nargs="+", metavar="IMG")
+    de.add_argument("--language", choices=DESCRIBE_LANGUAGES, default=DEFAULT_DESCRIBE_LANGUAGE,
+                    help="TranslateDescription (default en; others need the server's translator of it: `atelier"
+                    " models` lists a Describer's languages)")
+    de.add_argument("--describer", metavar="CODE", help="a Describer from `atelier models` (default: the server's"
+                    " first)")
+    _polling(de, output=False)
+    de.set_defaults(func=cmd_describe)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     _persona_parser(sub)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")

@@ -22,16 +22,19 @@ from pydantic import BaseModel, Field
 from app.contract.limits import (
     DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_BACKGROUND_THRESHOLD,
+    DEFAULT_DESCRIBE_LANGUAGE,
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
     DEFAULT_MASK_BLUR,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
+    DESCRIBE_IMAGES_ACTION,
     GENERATE_BACKGROUNDS_ACTION,
     MASK_ACTIONS,
     MODIFY_MASKED_ACTION,
     PERSONA_ACTIONS,
+    REMOVE_CONTENTS_ACTION,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
     SWITCH_FACE_ACTION,
@@ -45,6 +48,8 @@ RESTORE_FACES_TASK_NAME = "atelier.restore_faces"
 SWITCH_FACE_TASK_NAME = "atelier.switch_face"
 BACKGROUNDS_TASK_NAME = "atelier.backgrounds"
 MODIFY_TASK_NAME = "atelier.modify"
+REMOVE_CONTENTS_TASK_NAME = "atelier.remove_contents"
+DESCRIBE_TASK_NAME = "atelier.describe"
 
 
 class TaskStatus(StrEnum):
@@ -193,6 +198,30 @@ class ModifyJobMessage(JobMessage):
     exactly: :func:`workers.inference.compose.blur_mask`)."""
 
     mask_blur: int = DEFAULT_MASK_BLUR
+class RemoveContentsJobMessage(BaseJob):
+    """What a worker needs to run one RemoveContents task: the stored photo and mask (white = erase, after
+    ``invert``), the feathering (limits.MASK_BLUR_RANGE) and what erases: the Eraser ``eraser``, else the Main model
+    ``main_model``'s inpainting with an empty-scene prompt from ``seed``. Result 0: the photo, of its size, RGBA when
+    it has alpha (kept exactly), with the masked area erased; every pixel outside the blurred mask bit for bit."""
+
+    image: str                               # storage key of RawImage
+    mask: str                                # storage key of Mask
+    invert: bool = False
+    mask_blur: int = DEFAULT_MASK_BLUR
+    eraser: str | None = None                # an Eraser's ModelCode; None: ``main_model``
+    main_model: str | None = None            # a Main model's ModelCode (the fallback); set when ``eraser`` is None
+    seed: int = 0
+
+
+class DescribeJobMessage(BaseJob):
+    """What a worker needs to run one DescribeImages task: the stored images (ImageList's order), the Describer and
+    the language (limits.DESCRIBE_LANGUAGES; not ``en``: translated by the Describer's translator of it). Result:
+    one text per image, TaskDetail ``TxtList``."""
+
+    images: list[str]                        # storage keys, ImageList's order
+    describer: str                           # a Describer's ModelCode
+    language: str = DEFAULT_DESCRIBE_LANGUAGE
+
 
 # --- the action table ---------------------------------------------------------------------------------------
 
@@ -227,6 +256,8 @@ RESTORE_FACES_TASK = JobTask(RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)
 SWITCH_FACE_TASK = JobTask(SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)
 BACKGROUNDS_TASK = JobTask(BACKGROUNDS_TASK_NAME, BackgroundsJobMessage)
 MODIFY_TASK = JobTask(MODIFY_TASK_NAME, ModifyJobMessage)
+REMOVE_CONTENTS_TASK = JobTask(REMOVE_CONTENTS_TASK_NAME, RemoveContentsJobMessage)
+DESCRIBE_TASK = JobTask(DESCRIBE_TASK_NAME, DescribeJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -255,6 +286,8 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec(SWITCH_FACE_ACTION, SWITCH_FACE_TASK),  # PICPIK's, with the extensions MainModel and Adapter
     ActionSpec(GENERATE_BACKGROUNDS_ACTION, BACKGROUNDS_TASK),  # issue 27: the generation engine, other kept pixels
     ActionSpec(MODIFY_MASKED_ACTION, MODIFY_TASK),
+    ActionSpec(REMOVE_CONTENTS_ACTION, REMOVE_CONTENTS_TASK),
+    ActionSpec(DESCRIBE_IMAGES_ACTION, DESCRIBE_TASK),
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

@@ -190,6 +190,7 @@ class TaskRecord:
     status: TaskStatus
     seed: int = -1
     images: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # text results (DescribeImages: one per image), TxtList
     error_code: int = 0
     error_message: str = ""
     step: int = 0
@@ -215,6 +216,7 @@ class TaskRecord:
         return cls(
             uid=uid, owner=h["owner"], action=h.get("action", ""), status=TaskStatus(h["status"]),
             seed=int(h.get("seed", -1)), images=orjson.loads(h.get("images", "[]")),
+            texts=orjson.loads(h.get("texts", "[]")),
             error_code=int(h.get("error_code", 0)), error_message=h.get("error_message", ""),
             step=int(h.get("step", 0)), total_steps=int(h.get("total_steps", 0)),
             notes=orjson.loads(h.get("notes", "[]")), points=int(h.get("points", DEFAULT_POINTS)),
@@ -229,9 +231,9 @@ class TaskRecord:
 
     @property
     def consumed_points(self) -> int:
-        """ConsumeApiPoint: the images the task made (a mask task's cut-out and mask count as one) times its
-        model's points."""
-        return len(self.images) // max(1, self.results_per_image) * self.points
+        """ConsumeApiPoint: the images the task made (a mask task's cut-out and mask count as one) and the texts
+        (one per described image) times its model's points."""
+        return (len(self.images) // max(1, self.results_per_image) + len(self.texts)) * self.points
 
     @property
     def progress(self) -> int:
@@ -388,16 +390,20 @@ class TaskStore:
         return bool(self._replicated(self._finish_script, [task_key(uid), LEASES, WEBHOOKS], argv))
 
     def mark_finished(self, uid: str, images: list[str], seed: int | None, worker: str | None = None,
-                      pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> bool:
+                      pipeline_s: float = 0.0, steps: tuple[int, int] | None = None,
+                      texts: list[str] | None = None) -> bool:
         """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it. ``seed``:
         the seed the images were drawn with (None: the task keeps the Seed it was created with).
         ``pipeline_s``: the seconds its worker spent inside the diffusion pipeline's calls (their step callbacks
         excepted), kept for ``make bench``: the task's time minus this is what the service added. ``steps``: its
-        last (Step, TotalSteps), written with the mark (the worker does not write its last step's progress)."""
+        last (Step, TotalSteps), written with the mark (the worker does not write its last step's progress).
+        ``texts``: its text results (TaskDetail ``TxtList``), kept like its images."""
         mapping = {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
                    "error_code": int(ErrorCode.NONE), "error_message": "", "pipeline_s": pipeline_s}
         if seed is not None:
             mapping["seed"] = seed
+        if texts:
+            mapping["texts"] = orjson.dumps(texts)
         if steps is not None:
             mapping["step"], mapping["total_steps"] = steps
         return self._finish(uid, mapping, worker)

@@ -185,4 +185,6 @@ TASK_BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_
                "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO},
                "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO},
                "GenerateBackgrounds": lambda: backgrounds_body(MainModel={"ModelCode": "demo-inpaint"}),
-               "ModifyMaskedPixels": lambda: modify_body(MainModel={"ModelCode": "demo-inpaint"})}
+               "ModifyMaskedPixels": lambda: modify_body(MainModel={"ModelCode": "demo-inpaint"}),
+               "RemoveContents": lambda: {"Action": "RemoveContents", "RawImage": PHOTO, "Mask": PHOTO},
+               "DescribeImages": lambda: {"Action": "DescribeImages", "ImageList": [PHOTO, PHOTO]}}

@@ -177,9 +177,22 @@ LIST_BASES: dict[str, Callable[[], dict]] = {
 """Valid bodies of the listing actions (``list-tasks`` is given real TaskUIDs too: :func:`cases`)."""
 
 
+ERASE_DESCRIBE_BASES: dict[str, Callable[[], dict]] = {
+    "erase-minimal": lambda: {"Action": "RemoveContents", "RawImage": MAN, "Mask": MASK},
+    "erase-full": lambda: {"Action": "RemoveContents", "RawImage": MAN, "Mask": MASK, "InvertMask": True,
+                           "MaskBlur": 64, "Eraser": "demo-eraser", "Priority": 9},
+    "erase-inpaint": lambda: {"Action": "RemoveContents", "RawImage": BACKGROUND, "Mask": MASK, "MaskBlur": 0,
+                              "MainModel": {"ModelCode": "demo-inpaint"}},
+    "describe-minimal": lambda: {"Action": "DescribeImages", "ImageList": [MAN]},
+    "describe-full": lambda: {"Action": "DescribeImages", "ImageList": [MAN, BACKGROUND, MASK],
+                              "TranslateDescription": "fr", "Describer": "demo-describer", "Priority": 0},
+}
+"""Valid RemoveContents and DescribeImages bodies (unsigned), each RetCode 0 as it stands."""
+
+
 def base_body(name: str, task_uids: tuple[str, ...] = ()) -> dict:
     """A fresh copy of the base body ``name``; ``task_uids`` join ``list-tasks``' TaskUIDList."""
-    body = copy.deepcopy({**GENERATE_BASES, **SCENE_BASES, **LIST_BASES}[name]())
+    body = copy.deepcopy({**GENERATE_BASES, **SCENE_BASES, **LIST_BASES, **ERASE_DESCRIBE_BASES}[name]())
     if name == "list-tasks":
         body["TaskUIDList"] = [*task_uids, *body["TaskUIDList"]]
     return body

@@ -3,6 +3,7 @@
 
 import { createClient, localUrl } from "./api.js";
 import { byTestId, fileToBase64 } from "./dom.js";
+import { EraseTool } from "./erase.js";
 import { ErrorSlots } from "./errors.js";
 import { FaceReference } from "./face.js";
 import { GenerationForm } from "./form.js";
@@ -30,6 +31,8 @@ const tasks = new TaskList($("tasks"), $("tasks-empty"), api, () => keys?.public
 });
 
 let mannequin = null; // {b64, url, width, height}
+const eraseTool = new EraseTool(document, { api, errors, editor, tasks, gallery, photo: () => mannequin,
+  mainModel: () => $("main-model").value });
 let background = null; // {b64, url}
 let currentTask = null; // the TaskUID Generate last created
 
@@ -82,6 +85,7 @@ async function connect() {
     face.setModels(controls);
     setMaskEngines(models.MaskEngines || []);
     setUpscalers(models.Upscalers || []);
+    eraseTool.setModels(models);
     tasks.refresh();
     return true;
   } catch (err) {
