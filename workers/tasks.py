@@ -36,6 +36,7 @@ from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 from app.contract.jobs import (
     BACKGROUNDS_TASK,
     GENERATE_TASK,
+    IMAGES_TASK,
     JOB_TASK_NAMES,
     MASK_TASK,
     MODIFY_TASK,
@@ -48,6 +49,7 @@ from app.contract.routing import advertise, direct_queue, hand_back
 from app.contract.settings import get_settings
 from workers.celery_app import celery
 from workers.jobs.generate import run_job
+from workers.jobs.images import run_images_job
 from workers.jobs.masks import run_mask_job
 from workers.jobs.resize import run_resize_job
 from workers.jobs.restore_faces import run_restore_faces_job
@@ -67,6 +69,7 @@ RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
     SWITCH_FACE_TASK.name: run_switch_face_job,
     BACKGROUNDS_TASK.name: run_backgrounds_job,
     MODIFY_TASK.name: run_modify_job,
+    IMAGES_TASK.name: run_images_job,
 }
 if set(RUNNERS) != set(JOB_TASK_NAMES):  # the contract's action table names the tasks the gateway sends
     raise RuntimeError(f"workers/tasks.py RUNNERS and the Celery tasks of app/contract/jobs.py ACTION_SPECS disagree:"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from app.actions.base import Handler
 from app.actions.cancel import cancel_task
 from app.actions.generate import generate_from_mannequin
+from app.actions.generate_images import generate_images
 from app.actions.masks import mask_action
 from app.actions.models import list_control_nets, list_models
 from app.actions.personas import create_persona, delete_persona, list_personas
@@ -25,6 +26,7 @@ from app.contract.limits import (
     CREATE_PERSONA_ACTION,
     DELETE_PERSONA_ACTION,
     GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     LIST_PERSONAS_ACTION,
     MODIFY_MASKED_ACTION,
     RESIZE_ACTION,
@@ -51,6 +53,7 @@ HANDLERS: dict[str, Handler] = {
     SWITCH_FACE_ACTION: switch_face,
     GENERATE_BACKGROUNDS_ACTION: generate_backgrounds,
     MODIFY_MASKED_ACTION: modify_masked_pixels,
+    GENERATE_IMAGES_ACTION: generate_images,
 }
 
 

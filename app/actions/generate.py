@@ -149,7 +149,7 @@ def submit_generation(call: SignedCall, svc: Services, req: GenerateRequest, job
     def stored(index: int) -> str:  # only the images the job uses, each once by content hash
         return store_input(svc, req.images[index])
 
-    job_images = {"mannequin_image": stored(req.mannequin_index),
+    job_images = {"mannequin_image": stored(req.mannequin_index) if req.mannequin_index is not None else None,
                   "clothes_mask": stored(req.clothes_mask_index) if req.clothes_mask_index is not None else None,
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
     control_units = [ControlUnitRef(image=stored(index) if index is not None else None, **fields)

@@ -29,6 +29,7 @@ from app.contract.limits import (
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     MASK_ACTIONS,
     MODIFY_MASKED_ACTION,
     PERSONA_ACTIONS,
@@ -45,6 +46,7 @@ RESTORE_FACES_TASK_NAME = "atelier.restore_faces"
 SWITCH_FACE_TASK_NAME = "atelier.switch_face"
 BACKGROUNDS_TASK_NAME = "atelier.backgrounds"
 MODIFY_TASK_NAME = "atelier.modify"
+IMAGES_TASK_NAME = "atelier.images"
 
 
 class TaskStatus(StrEnum):
@@ -194,6 +196,16 @@ class ModifyJobMessage(JobMessage):
 
     mask_blur: int = DEFAULT_MASK_BLUR
 
+
+class ImagesJobMessage(JobMessage):
+    """A GenerateImages task: GenerateFromMannequin's job with nothing kept (``mannequin_image`` None: the whole
+    frame drawn, text-to-image), ``background_image`` Image2Image's reference (image-to-image at
+    ``refer_strength``), and ``tileable``: a seamless texture (the UNet's, VAE's and ControlNets' convolutions
+    padded circularly for the job; one pass, faces not redrawn)."""
+
+    mannequin_image: str | None = None  # type: ignore[assignment]
+    tileable: bool = False
+
 # --- the action table ---------------------------------------------------------------------------------------
 
 
@@ -227,6 +239,7 @@ RESTORE_FACES_TASK = JobTask(RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)
 SWITCH_FACE_TASK = JobTask(SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)
 BACKGROUNDS_TASK = JobTask(BACKGROUNDS_TASK_NAME, BackgroundsJobMessage)
 MODIFY_TASK = JobTask(MODIFY_TASK_NAME, ModifyJobMessage)
+IMAGES_TASK = JobTask(IMAGES_TASK_NAME, ImagesJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -255,6 +268,7 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec(SWITCH_FACE_ACTION, SWITCH_FACE_TASK),  # PICPIK's, with the extensions MainModel and Adapter
     ActionSpec(GENERATE_BACKGROUNDS_ACTION, BACKGROUNDS_TASK),  # issue 27: the generation engine, other kept pixels
     ActionSpec(MODIFY_MASKED_ACTION, MODIFY_TASK),
+    ActionSpec(GENERATE_IMAGES_ACTION, IMAGES_TASK),  # issue 27: the generation engine with nothing kept
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.
