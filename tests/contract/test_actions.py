@@ -9,6 +9,7 @@ from app.contract.jobs import (
     ACTION_SPECS,
     BACKGROUNDS_TASK_NAME,
     GENERATE_TASK_NAME,
+    IMAGES_TASK_NAME,
     JOB_TASK_NAMES,
     JOB_TASKS,
     JOB_VERSION,
@@ -20,6 +21,7 @@ from app.contract.jobs import (
     ActionSpec,
     BackgroundsJobMessage,
     BaseJob,
+    ImagesJobMessage,
     JobMessage,
     JobTask,
     MaskJobMessage,
@@ -43,7 +45,8 @@ EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   "RestoreFaces": (RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage),
                   "SwitchFace": (SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage),
                   "GenerateBackgrounds": (BACKGROUNDS_TASK_NAME, BackgroundsJobMessage),
-                  "ModifyMaskedPixels": (MODIFY_TASK_NAME, ModifyJobMessage)}
+                  "ModifyMaskedPixels": (MODIFY_TASK_NAME, ModifyJobMessage),
+                  "GenerateImages": (IMAGES_TASK_NAME, ImagesJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
                                       batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
@@ -59,7 +62,9 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                                                             height=64, batch_size=1, mannequin_image="a" * 64),
                ModifyJobMessage: ModifyJobMessage(task_uid="u" * 21, main_model="m", seed=1, width=96, height=64,
                                                   batch_size=1, mannequin_image="a" * 64, clothes_mask="b" * 64,
-                                                  mask_blur=0)}
+                                                  mask_blur=0),
+               ImagesJobMessage: ImagesJobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
+                                                  batch_size=1, tileable=True)}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
                 "CreatePersona", "ListPersonas", "DeletePersona")
 
