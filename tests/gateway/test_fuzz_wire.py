@@ -32,7 +32,17 @@ from app.main import app
 from app.resultlinks import make_link
 from app.services import get_services
 from support.api import KEYS, generate_body, signed
-from support.fuzz import GENERATE_BASES, LIST_BASES, RAW_OPS, SCENE_BASES, Case, base_body, cases, sign_as
+from support.fuzz import (
+    GENERATE_BASES,
+    IMAGES_BASES,
+    LIST_BASES,
+    RAW_OPS,
+    SCENE_BASES,
+    Case,
+    base_body,
+    cases,
+    sign_as,
+)
 
 DOCUMENTED = {0, 150, 153, 160, 161, 170, 171, 172, 230, 240}
 SIGNATURE_CODES = {170, 171, 172}
@@ -122,7 +132,7 @@ def gateway(api, monkeypatch):
         logger.removeHandler(log)
 
 
-@pytest.mark.parametrize("base", [*GENERATE_BASES, *SCENE_BASES, *LIST_BASES])
+@pytest.mark.parametrize("base", [*GENERATE_BASES, *SCENE_BASES, *LIST_BASES, *IMAGES_BASES])
 def test_fuzz_bases_are_valid(gateway, base):
     """Each base body, unmutated and signed, succeeds: the mutations start from a valid request."""
     for key in ("pk-alice", "pk-bob"):
@@ -248,3 +258,19 @@ def test_fuzz_gateway_reports_a_crash_as_500(gateway, monkeypatch):
     monkeypatch.setitem(ACTIONS, "ListModels", crash)
     with pytest.raises(AssertionError, match=r"(?s)RetCode 500.*RuntimeError: boom"):
         gateway.check(Case("list-models", [], "pk-alice", False, "none", body=signed({"Action": "ListModels"})))
+
+
+IMAGES_CASES = 500  # GenerateImages (issue 27)
+
+
+def test_fuzz_generate_images(gateway):
+    """GenerateImages: the generation block with nothing kept, Image2Image, Tileable (issue 27): never a 500."""
+    @fuzz_settings(IMAGES_CASES)
+    @given(cases(tuple(IMAGES_BASES)))
+    def run(case):
+        gateway.check(case)
+
+    run()
+    print(gateway.summary("images"))
+    assert sum(gateway.codes.values()) >= IMAGES_CASES
+    assert gateway.clean[0] > 20 and gateway.clean[230] > 40 and gateway.clean[240] > 0, gateway.summary("images")
