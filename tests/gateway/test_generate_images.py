@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from app.contract.codes import RetCode
-from app.contract.jobs import IMAGES_TASK_NAME, ImagesJobMessage
+from app.contract.jobs import IMAGES_TASK_NAME, ImagesJobMessage, TaskStatus
 from app.contract.limits import DEFAULT_BACKGROUND_RESIZE_MODE, DEFAULT_REFER_STRENGTH, TILEABLE_MULTIPLE
 from app.errors import ApiError
+from app.services import get_services
 from app.validation.generate_images import NO_UNIT_IMAGE_RULE, parse_generate_images
 from support.api import queued_raw, signed
 from support.bodies import LIMITS, MASK, PHOTO, images_body
@@ -129,3 +130,15 @@ def test_image_to_image_with_a_control_unit_is_queued(api, atelier_env):
 def test_unknown_models_are_240(api, fields, code, word):
     out = api(signed(images_body(**fields)))
     assert out["RetCode"] == code and word in out["Message"], out
+
+
+def test_a_queued_task_cancels(api):
+    """The task life every generation has (app/actions/submit.py; webhooks: a CallbackUrl needs a key with a
+    WebhookSecret, tests/gateway/test_webhooks.py): CancelTask while it is queued."""
+    out = api(signed(images_body(MainModel={"ModelCode": "demo-inpaint"}, BatchSize=3)))
+    assert out["RetCode"] == 0, out
+    uid = out["TaskUID"]
+    assert get_services().tasks.get(uid).action == "GenerateImages"
+    assert api(signed({"Action": "CancelTask", "TaskUIDList": [uid]}))["RetCode"] == 0
+    detail = api(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}))["TaskDetailList"][0]
+    assert (detail["Action"], detail["Status"]) == ("GenerateImages", TaskStatus.CANCELED)
