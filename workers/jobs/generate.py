@@ -155,7 +155,9 @@ class Plan:
 def face_strength(entry: ModelEntry, job: JobMessage) -> float | None:
     """The strength the job's faces are redrawn at after its passes (docs/faces.md): the request's
     ``FaceRefine.Strength``, else the model's ``faces.strength``; None when they are not refined (``FaceRefine.Enabled``
-    false, or absent and the model's ``faces.refine`` false)."""
+    false, or absent and the model's ``faces.refine`` false; a Tileable job: a redrawn face is no seamless texture)."""
+    if tileable(job):
+        return None
     if not (job.face_refine if job.face_refine is not None else entry.faces.refine):
         return None
     return job.face_strength if job.face_strength is not None else entry.faces.strength
@@ -293,8 +295,7 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
     prompt, negative = _prompts(rt, held, registry, job, trigger_words)
     return Plan(entry, passes, draw, final, specs, prompt, negative, [model for _, model in units],
                 [unit for unit, _ in units], adapters,
-                upscaler=_upscaler(rt, registry, entry, job, passes),
-                face_strength=None if tileable(job) else face_strength(entry, job))
+                upscaler=_upscaler(rt, registry, entry, job, passes), face_strength=face_strength(entry, job))
 
 
 def _upscaler(rt: WorkerRuntime, registry: Registry, entry: ModelEntry, job: JobMessage,

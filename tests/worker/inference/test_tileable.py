@@ -13,11 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from support.models import load_folder
+from app.contract.jobs import ImagesJobMessage, JobMessage
+from app.contract.registry import FaceOptions
+from support.models import load_folder, main_entry
 from workers.demo.model import ensure_demo_model
 from workers.inference.compose import NEUTRAL_GREY, prepare_blank
 from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.tileable import CIRCULAR, circular_padding
+from workers.jobs.generate import face_strength, passes_of, tileable
 
 SIZE = 64
 SHIFT = (2, 4)  # latent pixels (x, y): 16 and 32 image pixels (the demo UNet halves its latents once)
@@ -81,3 +84,17 @@ def test_prepare_blank_redraws_everything():
     comp = prepare_blank(40, 24)
     assert comp.image.size == (40, 24) and not comp.keep.any() and comp.figure is None and comp.blend is None
     assert set(comp.image.getdata()) == {NEUTRAL_GREY}
+
+
+def test_a_tileable_job_is_one_pass_without_face_redraw():
+    """A size that GenerateFromMannequin's engine draws in two passes (upscaled, refined in tiles: both would put edges
+    back) is drawn in one for a Tileable job, and its faces are left as drawn."""
+    entry = main_entry("m", demo="inpaint").model_copy(update={"faces": FaceOptions(refine=True)})
+    fields = dict(task_uid="u" * 21, main_model="m", seed=1, width=2048, height=2048, batch_size=1)
+    plain, tiled = ImagesJobMessage(**fields), ImagesJobMessage(**fields, tileable=True)
+    assert passes_of(entry, plain).two and passes_of(entry, plain).tiles
+    one = passes_of(entry, tiled)
+    assert not one.two and not one.tiles and one.draw == one.final == (2048, 2048)
+    assert one.refine_steps * one.refine_calls == 0
+    assert tileable(tiled) and not tileable(plain) and not tileable(JobMessage(**fields, mannequin_image="a" * 64))
+    assert face_strength(entry, plain) is not None and face_strength(entry, tiled) is None
