@@ -6,6 +6,10 @@ Group norms and attention are global and the resamplings are strided by powers o
 becomes equivariant to circular shifts of its latents (by multiples of the UNet's downsampling): the image's wrap
 boundary is drawn exactly as any interior line, and the image tiles without a seam. The modes are put back when
 the block ends (an error included): the cached pipeline other jobs share is unchanged.
+
+A module compiled in place (``speed.compile``: ``unet.compile()``) runs its eager forward within the block, as for
+IP-Adapter units: a graph compiled with zero padding must not serve a Tileable job, and recompiling for one job
+would cost more than it saves. Its compiled forward is back for the next job.
 """
 from __future__ import annotations
 
@@ -21,13 +25,19 @@ CIRCULAR = "circular"
 def circular_padding(*modules: nn.Module | None) -> Iterator[int]:
     """Pad every ``Conv2d`` of ``modules`` (None ones skipped; each layer once) circularly within the block; yields
     how many layers it changed."""
-    convs = {id(m): m for module in modules if module is not None for m in module.modules()
-             if isinstance(m, nn.Conv2d)}
+    present = [module for module in modules if module is not None]
+    convs = {id(m): m for module in present for m in module.modules() if isinstance(m, nn.Conv2d)}
     saved = [(conv, conv.padding_mode) for conv in convs.values()]
+    compiled = [(module, module._compiled_call_impl) for module in present
+                if getattr(module, "_compiled_call_impl", None) is not None]
     try:
         for conv, _ in saved:
             conv.padding_mode = CIRCULAR
+        for module, _ in compiled:
+            module._compiled_call_impl = None
         yield len(saved)
     finally:
         for conv, mode in saved:
             conv.padding_mode = mode
+        for module, call in compiled:
+            module._compiled_call_impl = call

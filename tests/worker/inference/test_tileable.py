@@ -98,3 +98,13 @@ def test_a_tileable_job_is_one_pass_without_face_redraw():
     assert one.refine_steps * one.refine_calls == 0
     assert tileable(tiled) and not tileable(plain) and not tileable(JobMessage(**fields, mannequin_image="a" * 64))
     assert face_strength(entry, plain) is not None and face_strength(entry, tiled) is None
+
+
+def test_a_compiled_module_runs_eagerly_within_the_block():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1))
+    net.compile(backend="eager")
+    compiled = net._compiled_call_impl
+    assert compiled is not None
+    with circular_padding(net):
+        assert net._compiled_call_impl is None and net[0].padding_mode == CIRCULAR
+    assert net._compiled_call_impl is compiled and net[0].padding_mode == "zeros"
