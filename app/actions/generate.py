@@ -131,7 +131,8 @@ def submit_generation(call: SignedCall, svc: Services, req: GenerateRequest, job
                       clothes: bool = False, label: str = "GenerateFromMannequin", **job_fields: Any) -> dict[str, Any]:
     """Check the models of a validated generation request (240), store the images its job uses, create the task
     (idempotent on PublicKey + request_uuid) and enqueue its ``job_class`` job (``job_fields`` added): what
-    GenerateFromMannequin, GenerateBackgrounds and ModifyMaskedPixels share. ``clothes``: a request without
+    GenerateFromMannequin, GenerateBackgrounds, ModifyMaskedPixels and GenerateImages share (a request whose
+    ``mannequin_index`` is None keeps nothing: its job has no ``mannequin_image``). ``clothes``: a request without
     ``clothes_mask_index`` has its mask made by the clothes segmenter (GenerateFromMannequin)."""
     callback = callback_url(req.callback_url, call, svc)
     notes = []
