@@ -37,6 +37,7 @@ from app.contract.jobs import (
     BACKGROUNDS_TASK,
     DESCRIBE_TASK,
     GENERATE_TASK,
+    IMAGES_TASK,
     JOB_TASK_NAMES,
     MASK_TASK,
     MODIFY_TASK,
@@ -51,6 +52,7 @@ from app.contract.settings import get_settings
 from workers.celery_app import celery
 from workers.jobs.describe import run_describe_job
 from workers.jobs.generate import run_job
+from workers.jobs.images import run_images_job
 from workers.jobs.masks import run_mask_job
 from workers.jobs.remove_contents import run_remove_contents_job
 from workers.jobs.resize import run_resize_job
@@ -73,6 +75,7 @@ RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
     MODIFY_TASK.name: run_modify_job,
     REMOVE_CONTENTS_TASK.name: run_remove_contents_job,
     DESCRIBE_TASK.name: run_describe_job,
+    IMAGES_TASK.name: run_images_job,
 }
 if set(RUNNERS) != set(JOB_TASK_NAMES):  # the contract's action table names the tasks the gateway sends
     raise RuntimeError(f"workers/tasks.py RUNNERS and the Celery tasks of app/contract/jobs.py ACTION_SPECS disagree:"

@@ -13,6 +13,7 @@ from app.actions.base import Handler
 from app.actions.cancel import cancel_task
 from app.actions.describe import describe_images
 from app.actions.generate import generate_from_mannequin
+from app.actions.generate_images import generate_images
 from app.actions.masks import mask_action
 from app.actions.models import list_control_nets, list_models
 from app.actions.personas import create_persona, delete_persona, list_personas
@@ -28,6 +29,7 @@ from app.contract.limits import (
     DELETE_PERSONA_ACTION,
     DESCRIBE_IMAGES_ACTION,
     GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     LIST_PERSONAS_ACTION,
     MODIFY_MASKED_ACTION,
     REMOVE_CONTENTS_ACTION,
@@ -57,6 +59,7 @@ HANDLERS: dict[str, Handler] = {
     MODIFY_MASKED_ACTION: modify_masked_pixels,
     REMOVE_CONTENTS_ACTION: remove_contents,
     DESCRIBE_IMAGES_ACTION: describe_images,
+    GENERATE_IMAGES_ACTION: generate_images,
 }
 
 

@@ -131,7 +131,8 @@ def submit_generation(call: SignedCall, svc: Services, req: GenerateRequest, job
                       clothes: bool = False, label: str = "GenerateFromMannequin", **job_fields: Any) -> dict[str, Any]:
     """Check the models of a validated generation request (240), store the images its job uses, create the task
     (idempotent on PublicKey + request_uuid) and enqueue its ``job_class`` job (``job_fields`` added): what
-    GenerateFromMannequin, GenerateBackgrounds and ModifyMaskedPixels share. ``clothes``: a request without
+    GenerateFromMannequin, GenerateBackgrounds, ModifyMaskedPixels and GenerateImages share (a request whose
+    ``mannequin_index`` is None keeps nothing: its job has no ``mannequin_image``). ``clothes``: a request without
     ``clothes_mask_index`` has its mask made by the clothes segmenter (GenerateFromMannequin)."""
     callback = callback_url(req.callback_url, call, svc)
     notes = []
@@ -149,7 +150,7 @@ def submit_generation(call: SignedCall, svc: Services, req: GenerateRequest, job
     def stored(index: int) -> str:  # only the images the job uses, each once by content hash
         return store_input(svc, req.images[index])
 
-    job_images = {"mannequin_image": stored(req.mannequin_index),
+    job_images = {"mannequin_image": stored(req.mannequin_index) if req.mannequin_index is not None else None,
                   "clothes_mask": stored(req.clothes_mask_index) if req.clothes_mask_index is not None else None,
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
     control_units = [ControlUnitRef(image=stored(index) if index is not None else None, **fields)

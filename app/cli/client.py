@@ -43,6 +43,7 @@ from app.contract.limits import (
     BACKGROUND_I2I_FIELD,
     CLOTHES_MASK_URL_FIELD,
     CREATE_PERSONA_ACTION,
+    DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_BACKGROUND_THRESHOLD,
     DEFAULT_DESCRIBE_LANGUAGE,
     DEFAULT_ERODE_SIZE,
@@ -64,6 +65,7 @@ from app.contract.limits import (
     ERODE_SIZE_RANGE,
     FACE_REFINE_FIELD,
     GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     HAIR_OPTIMIZATION_MODES,
     IP_ADAPTER,
     LANCZOS,
@@ -84,6 +86,7 @@ from app.contract.limits import (
     RESTORE_FACES_ACTION,
     RESTORE_STRENGTH_RANGE,
     SWITCH_FACE_ACTION,
+    TILEABLE_FIELD,
     TXT_LIST_FIELD,
     UPSCALER_FIELD,
     UPSCALERS_FIELD,
@@ -315,6 +318,74 @@ def _scene_parsers(sub) -> None:
                     " from the image itself at this strength (0..1; Image2Image on the image)")
     _scene_options(md)
     md.set_defaults(func=cmd_modify)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    """GenerateImages: text-to-image; image-to-image with --reference; ControlNet units reading --control-image (or
+    the reference); --tileable for a seamless texture."""
+    pub, priv = _keys(args)
+    images: list[str] = []
+    params: dict[str, Any] = {
+        "MainModel": {"ModelCode": args.model}, "PositivePrompts": args.prompt,
+        "NegativePrompts": args.negative_prompt or [], "Seed": args.seed, "BatchSize": args.batch_size}
+    sized = args.reference or args.control_image
+    if sized:
+        with Image.open(sized) as img:
+            width, height = img.size
+    else:
+        width, height = IMAGES_CLI_SIZE
+    params.update(Width=args.width or width, Height=args.height or height)
+    if args.reference:
+        images.append(_b64(args.reference))
+        params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": args.refer_strength,
+                                 "ResizeMode": args.resize_mode}
+    if args.control:
+        if not sized:
+            raise ClientError("--control: a unit reads an image: give --control-image (or --reference)")
+        if args.control_image:
+            images.append(_b64(args.control_image))
+        units = [_control_unit(c) for c in args.control if c]
+        for unit in units:
+            unit["ImageIndex"] = len(images) - 1
+        params["ControlNetList"] = units
+    if args.sub_model:
+        params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
+    if args.no_translate:
+        params["TranslatePrompts"] = False
+    if args.tileable:
+        params[TILEABLE_FIELD] = True
+    if images:
+        params["ImageAndMaskList"] = images
+    return _generation_results(args, pub, priv, GENERATE_IMAGES_ACTION, params, "images")
+
+
+#: ``atelier images``' Width and Height without --width/--height and an image to take them from.
+IMAGES_CLI_SIZE = (512, 512)
+
+
+def _images_parser(sub) -> None:
+    im = sub.add_parser("images", help="draw images from a prompt (GenerateImages): text-to-image, image-to-image"
+                        " with --reference, ControlNet units, seamless textures with --tileable")
+    im.add_argument("--prompt", action="append", required=True, help="repeatable")
+    im.add_argument("--negative-prompt", action="append")
+    im.add_argument("--model", default="demo-inpaint", help="MainModel ModelCode (see `atelier models`)")
+    im.add_argument("--width", type=int, help="default: the reference's (or control image's) width, else 512")
+    im.add_argument("--height", type=int, help="default: the reference's (or control image's) height, else 512")
+    im.add_argument("--batch-size", type=int, default=1)
+    im.add_argument("--seed", type=int, default=-1)
+    im.add_argument("--reference", metavar="IMG", help="image-to-image: the start image (Image2Image)")
+    im.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH,
+                    help="how much of the reference is kept (0..1)")
+    im.add_argument("--resize-mode", default=DEFAULT_BACKGROUND_RESIZE_MODE, choices=RESIZE_MODES,
+                    help="how the reference and control image are fitted (Image2Image.ResizeMode)")
+    im.add_argument("--control", action="append", metavar="PRE,MODEL[:WEIGHT]",
+                    help="a ControlNet unit reading --control-image (or the reference), e.g. canny,demo-controlnet")
+    im.add_argument("--control-image", metavar="IMG", help="the control units' image")
+    im.add_argument("--tileable", action="store_true", help="a seamless texture (Tileable; sizes multiples of 8)")
+    im.add_argument("--sub-model", action="append", metavar="CODE[:WEIGHT]", help="LoRA / Embedding / HyperNetwork")
+    im.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
+    _polling(im)
+    im.set_defaults(func=cmd_images)
 
 
 def _wait(args: argparse.Namespace, pub: str, priv: str, uid: str) -> dict[str, Any]:
@@ -732,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
                     " first)")
     _polling(de, output=False)
     de.set_defaults(func=cmd_describe)
+    _images_parser(sub)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     _persona_parser(sub)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")

@@ -31,6 +31,7 @@ from app.contract.limits import (
     DEFAULT_RESIZE_MODE,
     DESCRIBE_IMAGES_ACTION,
     GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     MASK_ACTIONS,
     MODIFY_MASKED_ACTION,
     PERSONA_ACTIONS,
@@ -50,6 +51,7 @@ BACKGROUNDS_TASK_NAME = "atelier.backgrounds"
 MODIFY_TASK_NAME = "atelier.modify"
 REMOVE_CONTENTS_TASK_NAME = "atelier.remove_contents"
 DESCRIBE_TASK_NAME = "atelier.describe"
+IMAGES_TASK_NAME = "atelier.images"
 
 
 class TaskStatus(StrEnum):
@@ -223,6 +225,16 @@ class DescribeJobMessage(BaseJob):
     language: str = DEFAULT_DESCRIBE_LANGUAGE
 
 
+
+class ImagesJobMessage(JobMessage):
+    """A GenerateImages task: GenerateFromMannequin's job with nothing kept (``mannequin_image`` None: the whole
+    frame drawn, text-to-image), ``background_image`` Image2Image's reference (image-to-image at
+    ``refer_strength``), and ``tileable``: a seamless texture (the UNet's, VAE's and ControlNets' convolutions
+    padded circularly for the job; one pass, faces not redrawn)."""
+
+    mannequin_image: str | None = None  # type: ignore[assignment]
+    tileable: bool = False
+
 # --- the action table ---------------------------------------------------------------------------------------
 
 
@@ -258,6 +270,7 @@ BACKGROUNDS_TASK = JobTask(BACKGROUNDS_TASK_NAME, BackgroundsJobMessage)
 MODIFY_TASK = JobTask(MODIFY_TASK_NAME, ModifyJobMessage)
 REMOVE_CONTENTS_TASK = JobTask(REMOVE_CONTENTS_TASK_NAME, RemoveContentsJobMessage)
 DESCRIBE_TASK = JobTask(DESCRIBE_TASK_NAME, DescribeJobMessage)
+IMAGES_TASK = JobTask(IMAGES_TASK_NAME, ImagesJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -288,6 +301,7 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec(MODIFY_MASKED_ACTION, MODIFY_TASK),
     ActionSpec(REMOVE_CONTENTS_ACTION, REMOVE_CONTENTS_TASK),
     ActionSpec(DESCRIBE_IMAGES_ACTION, DESCRIBE_TASK),
+    ActionSpec(GENERATE_IMAGES_ACTION, IMAGES_TASK),  # issue 27: the generation engine with nothing kept
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

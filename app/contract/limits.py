@@ -372,3 +372,14 @@ TXT_LIST_FIELD = "TxtList"
 #: its ``Languages``, the TranslateDescription values it serves).
 ERASERS_FIELD = "Erasers"
 DESCRIBERS_FIELD = "Describers"
+
+
+# --- GenerateImages (PICPIK-FACTS section 5; docs/API.md) ----------------------------------------------------------
+
+GENERATE_IMAGES_ACTION = "GenerateImages"
+#: GenerateImages' ``Tileable`` (Bool, default false): a seamless texture, the image drawn on a torus (circular
+#: padding in the Main model's UNet and VAE convolutions, and in its ControlNets').
+TILEABLE_FIELD = "Tileable"
+#: A Tileable image is drawn at exactly its size, so Width and Height must be multiples of this (the VAE's factor:
+#: the pipeline pads any other size, and the padding would be a seam).
+TILEABLE_MULTIPLE = 8

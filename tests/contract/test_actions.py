@@ -10,6 +10,7 @@ from app.contract.jobs import (
     BACKGROUNDS_TASK_NAME,
     DESCRIBE_TASK_NAME,
     GENERATE_TASK_NAME,
+    IMAGES_TASK_NAME,
     JOB_TASK_NAMES,
     JOB_TASKS,
     JOB_VERSION,
@@ -23,6 +24,7 @@ from app.contract.jobs import (
     BackgroundsJobMessage,
     BaseJob,
     DescribeJobMessage,
+    ImagesJobMessage,
     JobMessage,
     JobTask,
     MaskJobMessage,
@@ -49,7 +51,8 @@ EXPECTED_TASKS = {"GenerateFromMannequin": (GENERATE_TASK_NAME, JobMessage),
                   "GenerateBackgrounds": (BACKGROUNDS_TASK_NAME, BackgroundsJobMessage),
                   "ModifyMaskedPixels": (MODIFY_TASK_NAME, ModifyJobMessage),
                   "RemoveContents": (REMOVE_CONTENTS_TASK_NAME, RemoveContentsJobMessage),
-                  "DescribeImages": (DESCRIBE_TASK_NAME, DescribeJobMessage)}
+                  "DescribeImages": (DESCRIBE_TASK_NAME, DescribeJobMessage),
+                  "GenerateImages": (IMAGES_TASK_NAME, ImagesJobMessage)}
 #: One message of each job message class, as a worker would receive it.
 SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
                                       batch_size=1, mannequin_image="a" * 64, refine_upscaler="up"),
@@ -69,7 +72,9 @@ SAMPLE_JOBS = {JobMessage: JobMessage(task_uid="u" * 21, main_model="m", seed=1,
                RemoveContentsJobMessage: RemoveContentsJobMessage(task_uid="u" * 21, image="a" * 64, mask="b" * 64,
                                                                   invert=True, mask_blur=3, eraser="lama"),
                DescribeJobMessage: DescribeJobMessage(task_uid="u" * 21, images=["a" * 64, "b" * 64],
-                                                      describer="d", language="fr")}
+                                                      describer="d", language="fr"),
+               ImagesJobMessage: ImagesJobMessage(task_uid="u" * 21, main_model="m", seed=1, width=64, height=64,
+                                                  batch_size=1, tileable=True)}
 GATEWAY_ONLY = ("ListTasksDetails", "ListModels", "ListRunningTasks", "ListControlNets", "CancelTask",
                 "CreatePersona", "ListPersonas", "DeletePersona")
 

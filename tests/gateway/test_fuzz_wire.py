@@ -35,6 +35,7 @@ from support.api import KEYS, generate_body, signed
 from support.fuzz import (
     ERASE_DESCRIBE_BASES,
     GENERATE_BASES,
+    IMAGES_BASES,
     LIST_BASES,
     RAW_OPS,
     SCENE_BASES,
@@ -132,7 +133,7 @@ def gateway(api, monkeypatch):
         logger.removeHandler(log)
 
 
-@pytest.mark.parametrize("base", [*GENERATE_BASES, *SCENE_BASES, *LIST_BASES, *ERASE_DESCRIBE_BASES])
+@pytest.mark.parametrize("base", [*GENERATE_BASES, *SCENE_BASES, *LIST_BASES, *ERASE_DESCRIBE_BASES, *IMAGES_BASES])
 def test_fuzz_bases_are_valid(gateway, base):
     """Each base body, unmutated and signed, succeeds: the mutations start from a valid request."""
     for key in ("pk-alice", "pk-bob"):
@@ -270,3 +271,19 @@ def test_fuzz_gateway_reports_a_crash_as_500(gateway, monkeypatch):
     monkeypatch.setitem(ACTIONS, "ListModels", crash)
     with pytest.raises(AssertionError, match=r"(?s)RetCode 500.*RuntimeError: boom"):
         gateway.check(Case("list-models", [], "pk-alice", False, "none", body=signed({"Action": "ListModels"})))
+
+
+IMAGES_CASES = 500  # GenerateImages (issue 27)
+
+
+def test_fuzz_generate_images(gateway):
+    """GenerateImages: the generation block with nothing kept, Image2Image, Tileable (issue 27): never a 500."""
+    @fuzz_settings(IMAGES_CASES)
+    @given(cases(tuple(IMAGES_BASES)))
+    def run(case):
+        gateway.check(case)
+
+    run()
+    print(gateway.summary("images"))
+    assert sum(gateway.codes.values()) >= IMAGES_CASES
+    assert gateway.clean[0] > 20 and gateway.clean[230] > 40 and gateway.clean[240] > 0, gateway.summary("images")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.contract.limits import MASK_ACTIONS
 from app.contract.queue import queue_lists
-from support.bodies import PHOTO, backgrounds_body, modify_body
+from support.bodies import PHOTO, backgrounds_body, images_body, modify_body
 from support.signer import picpik_signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,4 +187,5 @@ TASK_BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_
                "GenerateBackgrounds": lambda: backgrounds_body(MainModel={"ModelCode": "demo-inpaint"}),
                "ModifyMaskedPixels": lambda: modify_body(MainModel={"ModelCode": "demo-inpaint"}),
                "RemoveContents": lambda: {"Action": "RemoveContents", "RawImage": PHOTO, "Mask": PHOTO},
-               "DescribeImages": lambda: {"Action": "DescribeImages", "ImageList": [PHOTO, PHOTO]}}
+               "DescribeImages": lambda: {"Action": "DescribeImages", "ImageList": [PHOTO, PHOTO]},
+               "GenerateImages": lambda: images_body(MainModel={"ModelCode": "demo-inpaint"})}

@@ -41,6 +41,11 @@ def modify_body(**top) -> dict:
             "Masked": {"ImageIndex": 0, "MaskIndex": 1}, "Width": 64, "Height": 64, **top}
 
 
+def images_body(**top) -> dict:
+    """A minimal valid GenerateImages body (text-to-image: no image at all)."""
+    return {"Action": "GenerateImages", "PositivePrompts": ["a lookbook backdrop"], "Width": 64, "Height": 64, **top}
+
+
 def body(**top) -> dict:
     """A minimal valid body, with top-level fields replaced/added by ``top``."""
     out = {

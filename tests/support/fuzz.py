@@ -192,7 +192,8 @@ ERASE_DESCRIBE_BASES: dict[str, Callable[[], dict]] = {
 
 def base_body(name: str, task_uids: tuple[str, ...] = ()) -> dict:
     """A fresh copy of the base body ``name``; ``task_uids`` join ``list-tasks``' TaskUIDList."""
-    body = copy.deepcopy({**GENERATE_BASES, **SCENE_BASES, **LIST_BASES, **ERASE_DESCRIBE_BASES}[name]())
+    bases = {**GENERATE_BASES, **SCENE_BASES, **LIST_BASES, **ERASE_DESCRIBE_BASES, **IMAGES_BASES}
+    body = copy.deepcopy(bases[name]())
     if name == "list-tasks":
         body["TaskUIDList"] = [*task_uids, *body["TaskUIDList"]]
     return body
@@ -208,6 +209,7 @@ WIRE_FIELDS = (
     "IsOfficial", "TriggerWordList", "InferenceParams", "LoraWeight", "PreProcessor", "ControlModel",
     "Resolution", "ControlWeight", "StartingStep", "EndingStep", "TaskUIDList",
     "TransparentForeground", "BackgroundImage2Image", "Masked", "MaskIndex", "MaskBlur",
+    "Tileable",
 )
 """Field names of the wire, at any level: ``add`` uses them, so absent fields appear in odd places."""
 
@@ -369,7 +371,7 @@ def _apply(body: Any, m: Mutation) -> Any:
 
 
 ACTION_VALUES = ("GenerateFromMannequin", "GenerateBackgrounds", "ModifyMaskedPixels", "ListTasksDetails",
-                 "ListModels", "ListControlNets",
+                 "ListModels", "ListControlNets", "GenerateImages",
                  "ListRunningTasks", "listmodels", "ListModels ", "StartPicpikApp", "")
 
 
@@ -535,3 +537,20 @@ def cases(draw, bases: tuple[str, ...], *, task_uids: tuple[str, ...] = (), max_
     elif raw_op == "deep-array":
         arg = draw(st.sampled_from((1023, 1024, 1000, 1025, 500, 5000, 33, 200)))  # orjson stops at 1024
     return Case(base, applied, signing, draw(st.booleans()), raw_op, arg, body=sign_as(body, signing))
+
+
+# --- GenerateImages (issue 27) ----------------------------------------------------------------------------------
+
+IMAGES_BASES: dict[str, Callable[[], dict]] = {
+    "images-minimal": lambda: {"Action": "GenerateImages", "PositivePrompts": ["a linen texture"], "Width": 64,
+                               "Height": 64},
+    "images-full": lambda: _full_without(
+        "Mannequin", Action="GenerateImages", Image2Image={"ImageIndex": 2, "ReferStrength": 0.6,
+                                                          "ResizeMode": "JustResize"},
+        Tileable=True, Width=128, Height=64, Priority=4, FaceRefine={"Enabled": False}),
+    "images-pair": lambda: {"Action": "GenerateImages", "MainModel": {"ModelCode": "demo-sd15"},
+                            "ImageList": [BACKGROUND], "Image2Image": {"ImageIndex": 0},
+                            "ControlNet": [{"ControlModel": {"ModelCode": "demo-controlnet"}}], "Seed": 3,
+                            "Width": 96, "Height": 64, "Tileable": False},
+}
+"""Valid GenerateImages bodies (unsigned), each RetCode 0 as it stands."""

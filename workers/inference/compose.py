@@ -552,3 +552,14 @@ def blend_over(drawn: np.ndarray, comp: Composition) -> np.ndarray:
     w = weight.astype(np.uint32)[..., None]
     mixed = (w * source + (255 - w) * drawn.astype(np.uint32) + 127) // 255
     return mixed.astype(np.uint8)
+
+
+# --- nothing kept: GenerateImages ----------------------------------------------------------------------------------
+
+def prepare_blank(width: int, height: int) -> Composition:
+    """The composition of a text-to-image (GenerateImages): :data:`NEUTRAL_GREY` of the output size, nothing kept,
+    the whole frame redrawn (the inpainting mask all white: what a 9-channel inpainting model was trained with for
+    an unconditioned frame, and for a 4-channel model exactly text-to-image). An Image2Image reference replaces the
+    grey (:func:`with_background`) and holds the latents at ``1 - ReferStrength``: image-to-image."""
+    return Composition(image=Image.new("RGB", (width, height), NEUTRAL_GREY),
+                       keep=np.zeros((height, width), dtype=bool), figure=None, feather_px=0)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
-from app.contract.jobs import ControlUnitRef, JobMessage
+from app.contract.jobs import ControlUnitRef, ImagesJobMessage, JobMessage
 from app.contract.limits import (
     CONTROL_UNITS_FIELD,
     NO_FACE_MESSAGE,
@@ -65,6 +65,7 @@ from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.passes import Box, Passes, plan_passes, tile_weights
 from workers.inference.preprocess import preprocess
 from workers.inference.safety import withheld_note
+from workers.inference.tileable import circular_padding
 from workers.inference.upscale import UPSCALE_STEPS, SuperResolution, enlarge, upscale_megapixels, upscale_note
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
@@ -86,10 +87,21 @@ from workers.translate.translator import TranslatorLoadError, translate_prompts
 log = logging.getLogger("atelier.worker")
 
 
+def tileable(job: JobMessage) -> bool:
+    """Whether ``job`` draws a seamless texture (GenerateImages' Tileable): one pass at its size (an upscale and
+    a tiled refine would put seams back), no face redraw, circular padding (:mod:`workers.inference.tileable`)."""
+    return isinstance(job, ImagesJobMessage) and job.tileable
+
+
+#: The task's note of a Tileable job.
+TILEABLE_NOTE = "Tileable: drawn in one pass with circular padding (a seamless texture); faces not redrawn"
+
+
 def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
-    """The passes ``job`` runs on ``entry`` (:mod:`workers.inference.passes`); one pass for an unknown model."""
-    if entry is None:
-        return plan_passes(job.width, job.height, (job.width, job.height), 0.0, 0)
+    """The passes ``job`` runs on ``entry`` (:mod:`workers.inference.passes`); one pass for an unknown model or a
+    Tileable job."""
+    if entry is None or tileable(job):
+        return plan_passes(job.width, job.height, (job.width, job.height), 0.0, entry.defaults.steps if entry else 0)
     strength = job.refine_strength if job.refine_strength is not None else entry.refine.strength
     return plan_passes(job.width, job.height, entry.native_size, strength, entry.defaults.steps,
                        entry.refine.tile_above)
@@ -143,7 +155,9 @@ class Plan:
 def face_strength(entry: ModelEntry, job: JobMessage) -> float | None:
     """The strength the job's faces are redrawn at after its passes (docs/faces.md): the request's
     ``FaceRefine.Strength``, else the model's ``faces.strength``; None when they are not refined (``FaceRefine.Enabled``
-    false, or absent and the model's ``faces.refine`` false)."""
+    false, or absent and the model's ``faces.refine`` false; a Tileable job: a redrawn face is no seamless texture)."""
+    if tileable(job):
+        return None
     if not (job.face_refine if job.face_refine is not None else entry.faces.refine):
         return None
     return job.face_strength if job.face_strength is not None else entry.faces.strength
@@ -259,6 +273,8 @@ def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry,
           composer: Composer = MANNEQUIN) -> Plan:
     passes = passes_of(entry, job)
     rt.store.add_note(job.task_uid, passes.note())
+    if tileable(job):
+        rt.store.add_note(job.task_uid, TILEABLE_NOTE)
     comps = _compositions(rt, held, registry, job, [passes.draw, passes.final], composer)
     raw_background = open_input(rt, job.background_image) if job.background_image else None
     every = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
@@ -468,6 +484,7 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
         loaded = held.load_seconds
         t0 = time.monotonic()
         with _faceid_loras(pipe, plan, adapters), \
+                circular_padding(pipe.unet, pipe.vae, *nets) if tileable(job) else nullcontext(), \
                 adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
             if run.compile_off:
                 rt.store.add_note(job.task_uid, COMPILE_OFF_NOTE)
