@@ -115,8 +115,10 @@ def test_a_spilled_job_does_not_make_its_model_count_as_held_there(r, queue):
     """A burst whose order runs ahead on one model spills a job of it to the other worker; that worker is not taken
     for a holder of the model then, so the model's next jobs still go to the worker that holds it (else both
     workers would take both models' jobs and switch back and forth)."""
-    a, b = _worker(r, queue), _worker(r, queue)
-    assert _send(r, queue, "m1") == direct_queue(queue, a)
+    workers = [_worker(r, queue), _worker(r, queue)]
+    first = _send(r, queue, "m1")
+    a = next(w for w in workers if first == direct_queue(queue, w))  # the tie: by worker id
+    b = next(w for w in workers if w != a)
     assert _send(r, queue, "m2") == direct_queue(queue, b)
     sent = [_send(r, queue, "m1") for _ in range(10)]  # a's backlog grows: 11 against b's 1 + 2 switches
     assert direct_queue(queue, b) in sent, "the burst should spill to the other worker once a is busy enough"
@@ -125,6 +127,19 @@ def test_a_spilled_job_does_not_make_its_model_count_as_held_there(r, queue):
     for _ in range(3):  # a runs 3 jobs; b has m2 then the spilled m1 waiting: m1 is still a's model
         r.rpop(queue_lists(direct_queue(queue, a))[4])
     assert _send(r, queue, "m1") == direct_queue(queue, a), sent[spilled:]
+
+
+def test_a_job_spilled_to_an_idle_worker_makes_it_take_the_model_up(r, queue):
+    """One model's burst on two workers: once the first is busy enough, the idle one takes the model up (both hold it
+    then, and share the rest of the burst)."""
+    _worker(r, queue, ["m1"])
+    b = _worker(r, queue)
+    sent = [_send(r, queue, "m1") for _ in range(12)]
+    first = sent.index(direct_queue(queue, b))
+    assert first == 5  # a's backlog 5 > b's 0 + one switch
+    assert r.smembers(f"atelier:routed:{b}") == {"m1"}
+    backlogs = sorted(v.backlog for v in worker_views(r, queue))
+    assert backlogs == [6, 6], sent
 
 
 def test_a_job_needing_no_model_and_a_queue_without_live_workers_go_to_the_shared_queue(r, queue):
