@@ -8,9 +8,9 @@ At submission the gateway picks, among the live workers of the shared queue, the
 job's model nor was sent a job of that model lately, twice that when other jobs wait in its queue (it switches to the
 model and back). A model that no worker holds, routed to a worker, counts as held there from then on
 (:func:`routed_key`), so that a burst of one model's jobs goes to one worker, not to all of them; so does a model
-that spills to an idle worker (nothing waiting in its queue) from busier ones that hold it; a job that spills between
-the waiting jobs of another model does not count: else the next jobs of the model would spread over both workers and
-each would switch back and forth. The job goes to that worker's direct
+that spills from busier workers that hold it to a worker that holds none; a job that spills to a worker that holds
+another model does not count: else the next jobs of the model would spread over both workers and each would switch
+back and forth. The job goes to that worker's direct
 queue while its backlog is under ``backlog``; otherwise, and for a job that needs no model, to the shared queue,
 where the next free worker takes it.
 
@@ -133,8 +133,9 @@ def worker_views(r: redis.Redis, queue: str) -> list[WorkerView]:
 def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch_jobs: float) -> str:
     """The queue a job of ``model`` is sent to now: a worker's direct queue (:func:`choose`), or ``queue``. The model
     then counts as routed there (:func:`routed_key`) when that worker holds it already, when no worker does, or when
-    nothing waits in that worker's queue (it takes the model up: one model's burst spreads over idle workers); not
-    when it spills there from busier workers that hold it, between the jobs of the models that worker holds."""
+    that worker holds no model (it takes the model up: one model's burst spreads over the workers); not when it
+    spills there from busier workers that hold it, to a worker that holds another model (whose cache says so once
+    the job has run: a worker that keeps the model then holds it)."""
     if model is None or backlog <= 0:
         return queue
     views = worker_views(r, queue)
@@ -142,7 +143,7 @@ def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch
     if worker is None:
         return queue
     held = {v.worker_id for v in views if model in v.models}
-    if worker in held or not held or not next(v.backlog for v in views if v.worker_id == worker):
+    if worker in held or not held or not next(v.models for v in views if v.worker_id == worker):
         pipe = r.pipeline(transaction=False)
         pipe.sadd(routed_key(worker), model)
         pipe.expire(routed_key(worker), ROUTED_TTL_S)

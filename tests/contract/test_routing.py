@@ -129,9 +129,9 @@ def test_a_spilled_job_does_not_make_its_model_count_as_held_there(r, queue):
     assert _send(r, queue, "m1") == direct_queue(queue, a), sent[spilled:]
 
 
-def test_a_job_spilled_to_an_idle_worker_makes_it_take_the_model_up(r, queue):
-    """One model's burst on two workers: once the first is busy enough, the idle one takes the model up (both hold it
-    then, and share the rest of the burst)."""
+def test_a_job_spilled_to_a_worker_holding_nothing_makes_it_take_the_model_up(r, queue):
+    """One model's burst on two workers: once the first is busy enough, the one that holds no model takes the model up
+    (both hold it then, and share the rest of the burst)."""
     _worker(r, queue, ["m1"])
     b = _worker(r, queue)
     sent = [_send(r, queue, "m1") for _ in range(12)]
