@@ -32,6 +32,12 @@ The pipeline and the submodel files come through the worker's own code: a :class
 from the settings, its model cache and :class:`WorkerModels` (a lease held as a job holds it), and
 :func:`apply_submodels` reading each file through the cache, as :mod:`workers.jobs.generate` does.
 
+routing_loads and routing_makespan_ratio (issue 26, :func:`bench_routing`; first, with a gateway, two workers and
+an embedded Redis of its own): 40 jobs of two Main models on two workers whose caches hold one pipeline each, the
+pipelines loaded with model-aware routing on (goal <= 4; ``routing_loads_baseline`` with it off), and the makespan
+against the same jobs on one model (goal <= 1.2); ``routing_4_models`` for four models. ``--only routing`` runs
+just this part.
+
 Ends by printing one JSON object on the last line of stdout.
 """
 from __future__ import annotations
