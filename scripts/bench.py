@@ -225,7 +225,7 @@ def bench_two_pass(pipe, entry, man, mask, steps: int, guidance: float, repeats:
         run_inpaint(pipe, final, "a woman, studio photo", "", sampling)
 
     def two() -> None:
-        drawn = upscaled(run_inpaint(pipe, draw, "a woman, studio photo", "", sampling), final)
+        drawn, _ = upscaled(run_inpaint(pipe, draw, "a woman, studio photo", "", sampling), final)
         run_inpaint(pipe, final, "a woman, studio photo", "", sampling, starts=drawn, strength=passes.strength)
 
     timings = {}
