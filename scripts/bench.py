@@ -180,7 +180,7 @@ def main() -> int:
                                         "bench@%h"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)]
             service = {} if args.duty_only else bench_service(rt, pipe, comp, steps, guidance,
                                                               args.repeats_service, base, man, mask, size)
-            service |= bench_duty_cycle(rt, base, procs, env, args.duty_jobs, man, mask, size)
+            service |= bench_duty(rt, base, procs, env, args.duty_jobs, man, mask, size)
     finally:
         for p in procs:
             p.terminate()
@@ -319,6 +319,15 @@ def add_duty_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--duty-only", action="store_true", help="measure duty_cycle alone (a quicker run)")
 
 
+def bench_duty(rt, base: str, procs: list[subprocess.Popen], env: dict, jobs: int, man, mask, size: int) -> dict:
+    """duty_cycle (:func:`bench_duty_cycle`) of the worker as it runs (``ATELIER_WORKER_OVERLAP`` on), and in the same
+    run, measured first, of a worker that overlaps nothing (``no_overlap``: each job stored before the next is taken,
+    nothing prepared ahead: the worker before issue 26), the baseline against the same machine's state."""
+    off = bench_duty_cycle(rt, base, procs, {**env, "ATELIER_WORKER_OVERLAP": "false"}, jobs, man, mask, size)
+    on = bench_duty_cycle(rt, base, procs, {**env, "ATELIER_WORKER_OVERLAP": "true"}, jobs, man, mask, size)
+    return {**on, "duty_no_overlap": off}
+
+
 def bench_duty_cycle(rt, base: str, procs: list[subprocess.Popen], env: dict, jobs: int, man, mask, size: int) -> dict:
     """duty_cycle: ``jobs`` back-to-back jobs on one worker, each on a photo never seen before (a catalogue
     batch: another content hash each, so every job's inputs are decoded and composed), measured as the sum of
@@ -326,12 +335,12 @@ def bench_duty_cycle(rt, base: str, procs: list[subprocess.Popen], env: dict, jo
     job's start (the worker taking its task) to the last one's Finished: 1.0 when the device never waits for
     the CPU between calls (goal >= 0.98).
 
-    The jobs are all queued before a worker takes any (``procs[-1]``, the service's worker, is stopped, the jobs
+    The jobs are all queued before a worker takes any (``procs[-1]``, the running worker, is stopped, the jobs
     sent, a fresh worker started), so the gateway's work on the submissions does not share the CPU with the
     measured run; a first job, not measured, loads the pipeline. ``duty_gap_ms``: the measured run's time outside
     the pipeline calls per job ((wall - inside) / jobs): what the device waits for between two calls, less
     sensitive than the quotient to how fast a loaded CPU runs the calls themselves."""
-    client = httpx.Client(timeout=60)
+    client, overlap = httpx.Client(timeout=60), env.get("ATELIER_WORKER_OVERLAP")
     for _ in range(300):  # the gateway is up (bench_service may not have run)
         try:
             if client.get(f"{base}/healthz").status_code == 200:
@@ -345,7 +354,7 @@ def bench_duty_cycle(rt, base: str, procs: list[subprocess.Popen], env: dict, jo
 
     def submit(seed: int) -> str:
         photo = man.copy()
-        photo.putpixel((1, 1), (seed % 256, seed // 256 % 256, 11))
+        photo.putpixel((1, 1), (seed % 256, seed // 256 % 256, 11 if overlap == "true" else 12))  # photos of its own
         out = client.post(base + "/", json=signed({
             "Action": "GenerateFromMannequin", "MainModel": {"ModelCode": "demo-inpaint"},
             "PositivePrompts": ["a woman, studio photo"], "ImageAndMaskList": [b64(photo), b64(mask)],
@@ -369,7 +378,8 @@ def bench_duty_cycle(rt, base: str, procs: list[subprocess.Popen], env: dict, jo
     inside = sum(r.pipeline_s for r in measured)
     by_finish = sorted(recs, key=lambda r: r.finished_at)
     in_order = [r.uid for r in by_finish] == uids
-    log(f"duty cycle: {jobs} jobs, {inside:.2f}s inside the pipeline calls over {wall:.2f}s of wall time:"
+    log(f"duty cycle (ATELIER_WORKER_OVERLAP={overlap}): {jobs} jobs, {inside:.2f}s inside the pipeline calls"
+        f" over {wall:.2f}s of wall time:"
         f" {inside / wall:.3f} (results in submission order: {in_order})")
     return {"duty_cycle": round(inside / wall, 3), "duty_jobs": jobs, "duty_wall_s": round(wall, 2),
             "duty_pipeline_s": round(inside, 2), "duty_per_job_ms": round(1000 * wall / jobs, 1),
