@@ -105,7 +105,11 @@ def _register(name: str, runner: Callable[[WorkerRuntime, dict], None]) -> Runti
         finally:
             heartbeat = RuntimeTask._heartbeat
             if heartbeat is not None:  # the solo worker: what it holds now, for the next job's routing
-                heartbeat.beat()
+                finisher = self.runtime.finisher
+                if finisher is not None:  # after the job's results, off the path between two denoising calls
+                    finisher.submit(heartbeat.beat)
+                else:
+                    heartbeat.beat()
 
     return run
 

@@ -34,10 +34,11 @@ log = logging.getLogger("atelier.worker")
 
 
 class Finisher:
-    """One thread that runs the jobs' last parts (:meth:`submit`) in the order they come; at most ``depth`` wait,
-    so a worker whose stores fall behind its denoising waits for them rather than hoarding results."""
+    """One thread that runs the jobs' last parts (:meth:`submit`) in the order they come; at most ``depth`` wait
+    (a job's store and the heartbeat after it), so a worker whose stores fall behind its denoising waits for them
+    rather than hoarding results."""
 
-    def __init__(self, depth: int = 1):
+    def __init__(self, depth: int = 2):
         self._todo: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="atelier-finisher", daemon=True)
         self._thread.start()
