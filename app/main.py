@@ -1,5 +1,5 @@
 """The gateway: ``POST /`` dispatches PICPIK actions; every API-level outcome is HTTP 200 with a
-RetCode. Also ``GET /healthz``, ``GET /readyz``, ``GET /metrics`` (``app/metrics.py``),
+RetCode. Also ``GET /livez``, ``GET /healthz``, ``GET /readyz``, ``GET /queue``, ``GET /metrics`` (``app/metrics.py``),
 ``GET /results/{TaskUID}/{name}`` (signed), and the browser playground: static files under
 ``/playground/`` (``app/playground/``, served with a strict Content-Security-Policy), where ``GET /`` leads."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.contract.registry import UnknownModel
 from app.contract.storage import RESULTS
 from app.deps import ServicesDep, signed_call
 from app.errors import ApiError
-from app.metrics import TimedApi, count_answer, live_workers
+from app.metrics import TimedApi, count_answer, live_workers, queue_state
 from app.resultlinks import check_link
 from app.services import ConfigError, get_services
 
@@ -153,6 +153,13 @@ async def root() -> RedirectResponse:
     return RedirectResponse("/playground/", status_code=307)
 
 
+@app.get("/livez")
+async def livez() -> JSONResponse:
+    """200 while the process serves requests, whatever Redis does: a liveness probe (a restart mends a stuck
+    process, not an unreachable Redis, which ``/healthz`` reports)."""
+    return JSONResponse({"status": "alive"})
+
+
 @app.get("/healthz")
 async def healthz(svc: ServicesDep) -> JSONResponse:
     try:
@@ -174,6 +181,20 @@ async def readyz(svc: ServicesDep) -> JSONResponse:
         return JSONResponse({"status": "not ready", "workers": 0,
                              "reason": f"no live worker consumes the queue {queue}"}, status_code=503)
     return JSONResponse({"status": "ready", "workers": workers})
+
+
+@app.get("/queue")
+async def queue_now(svc: ServicesDep) -> JSONResponse:
+    """What an autoscaler reads (KEDA's metrics-api scaler, deploy/kubernetes/autoscaling.yaml): the jobs waiting for a
+    worker of the gateway's queue, in every list they can wait in (``app.metrics.queue_depth``), and its live
+    workers; 503 when the broker does not answer. Two Redis round trips."""
+    queue = svc.settings.queue
+    try:
+        waiting, workers = await run_in_threadpool(queue_state, svc.tasks.r, queue)
+    except redis.RedisError as e:
+        return JSONResponse({"queue": queue, "status": "unavailable", "reason": f"the broker does not answer: {e}"},
+                            status_code=503)
+    return JSONResponse({"queue": queue, "waiting": waiting, "workers": workers})
 
 
 @app.get("/metrics")

@@ -1,11 +1,11 @@
-"""The gateway's Prometheus metrics (``GET /metrics``) and what ``GET /readyz`` reads (docs/deployment.md
-"Metrics").
+"""The gateway's Prometheus metrics (``GET /metrics``) and what ``GET /readyz`` and ``GET /queue`` read
+(docs/deployment.md "Health, readiness and metrics").
 
 - ``atelier_api_requests_total{action,retcode}`` and ``atelier_api_request_seconds{action}``: every ``POST /``,
   counted by :func:`count_answer` (called by ``app.main.answer``) and timed by :class:`TimedApi`;
 - read from Redis at scrape time (:class:`BrokerCollector`): ``atelier_queue_depth`` (job messages waiting in
-  ``ATELIER_QUEUE``), ``atelier_tasks{status}`` (Queuing and Running tasks), ``atelier_workers_alive`` (workers
-  consuming the queue) and ``atelier_broker_up``.
+  ``ATELIER_QUEUE`` and in its workers' direct queues, :func:`queue_depth`), ``atelier_tasks{status}`` (Queuing and
+  Running tasks), ``atelier_workers_alive`` (workers consuming the queue) and ``atelier_broker_up``.
 
 The workers count how tasks end and everything about jobs and models (``workers/metrics.py``); the webhook
 deliveries are counted where they are made. A worker announces itself alive in ``atelier:workers:<queue>``
@@ -25,8 +25,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.contract.jobs import ACTIVE_STATUSES
-from app.contract.queue import live_workers_key, queue_lists
+from app.contract.queue import live_workers_key
 from app.contract.redis_conn import get_redis
+from app.contract.routing import direct_key, waiting_lists
 from app.contract.settings import get_settings
 from app.contract.taskstore import P, task_key
 
@@ -69,9 +70,25 @@ class TimedApi:
 # --- read from Redis -------------------------------------------------------------------------------------
 
 def queue_depth(r: redis.Redis, queue: str) -> int:
-    """Job messages waiting in ``queue`` (not those a worker has taken): the Redis lists of its priorities."""
+    """Job messages waiting for a worker of ``queue`` (not those a worker has taken): in the Redis lists of every
+    priority of the shared queue and of each worker's direct queue (app/contract/routing.py). Two round trips."""
+    return _waiting(r, queue, r.smembers(direct_key(queue)))
+
+
+def queue_state(r: redis.Redis, queue: str) -> tuple[int, int]:
+    """(:func:`queue_depth`, :func:`live_workers`) of ``queue``, in two round trips (``GET /queue``, the scrape)."""
     pipe = r.pipeline(transaction=False)
-    for name in queue_lists(queue):
+    pipe.smembers(direct_key(queue))
+    pipe.eval(_LIVE, 1, live_workers_key(queue))
+    direct, alive = pipe.execute()
+    return _waiting(r, queue, direct), int(alive)
+
+
+def _waiting(r: redis.Redis, queue: str, direct_ids: Iterable[bytes | str]) -> int:
+    # MULTI: one snapshot of all the lists, so that a job moved from a direct queue to the shared one meanwhile
+    # (routing.hand_back, atomic) is counted once
+    pipe = r.pipeline(transaction=True)
+    for name in waiting_lists(queue, direct_ids):
         pipe.llen(name)
     return sum(pipe.execute())
 
@@ -119,7 +136,7 @@ class BrokerCollector(Collector):
         queue = get_settings().queue
         try:
             r = get_redis()
-            depth, tasks, workers = queue_depth(r, queue), active_tasks(r), live_workers(r, queue)
+            (depth, workers), tasks = queue_state(r, queue), active_tasks(r)
         except (redis.RedisError, RuntimeError) as e:  # RuntimeError: no ATELIER_REDIS_URL
             log.warning("metrics: Redis unavailable: %s", e)
             families["up"].add_metric([], 0)
@@ -136,8 +153,8 @@ class BrokerCollector(Collector):
         return {
             "up": GaugeMetricFamily("atelier_broker_up", "Whether Redis (broker and task store) answered the"
                                     " scrape"),
-            "queue": GaugeMetricFamily("atelier_queue_depth", "Job messages waiting in the queue for a worker",
-                                       labels=["queue"]),
+            "queue": GaugeMetricFamily("atelier_queue_depth", "Job messages waiting for a worker, in the queue"
+                                       " and its workers' direct queues", labels=["queue"]),
             "tasks": GaugeMetricFamily("atelier_tasks", "Tasks not ended, by status (Queuing, Running), of every"
                                        " owner", labels=["status"]),
             "workers": GaugeMetricFamily("atelier_workers_alive", "Workers consuming the queue that announced"

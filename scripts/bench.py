@@ -32,6 +32,12 @@ The pipeline and the submodel files come through the worker's own code: a :class
 from the settings, its model cache and :class:`WorkerModels` (a lease held as a job holds it), and
 :func:`apply_submodels` reading each file through the cache, as :mod:`workers.jobs.generate` does.
 
+routing_loads and routing_makespan_ratio (issue 26, :func:`bench_routing`; first, with a gateway, two workers and
+an embedded Redis of its own): 40 jobs of two Main models on two workers whose caches hold one pipeline each, the
+pipelines loaded with model-aware routing on (goal <= 4; ``routing_loads_baseline`` with it off), and the makespan
+against the same jobs on one model (goal <= 1.2); ``routing_4_models`` for four models. ``--only routing`` runs
+just this part.
+
 Ends by printing one JSON object on the last line of stdout.
 """
 from __future__ import annotations
@@ -41,6 +47,9 @@ import base64
 import io
 import json
 import os
+import random
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -48,19 +57,25 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+import redis  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app.cli.run import start_embedded_redis  # noqa: E402
+from app.contract.jobs import TaskStatus  # noqa: E402
 from app.contract.limits import ModelType  # noqa: E402
+from app.contract.registry import get_registry  # noqa: E402
+from app.contract.routing import direct_key, live_worker_ids  # noqa: E402
 from app.contract.settings import Settings  # noqa: E402
+from app.contract.taskstore import TaskStore  # noqa: E402
 from app.signature import sign  # noqa: E402
 from workers.demo.realsize import build_sd15_inpaint, unet_forward_flops  # noqa: E402
 from workers.inference.compose import inpaint_mask, prepare  # noqa: E402
@@ -125,7 +140,16 @@ def main() -> int:
     ap.add_argument("--repeats-service", type=int, default=21, help="service jobs (and bare calls) measured")
     ap.add_argument("--target-s", type=float, default=0.3, help="aimed duration of the bare call (a GPU job's)")
     add_duty_args(ap)
+    ap.add_argument("--only", choices=["routing"], help="run only this part (routing: bench_routing, a few minutes)")
+    ap.add_argument("--routing-jobs", type=int, default=ROUTING_JOBS, help="routing: jobs per scenario")
+    ap.add_argument("--routing-seed", type=int, default=26, help="routing: the seed of the jobs' random order")
+    ap.add_argument("--routing-port-base", type=int, default=0, help="routing: the gateway's port, the workers'"
+                    " metrics on the next two (0: free ports)")
     args = ap.parse_args()
+    routing = {} if args.duty_only else bench_routing(args.routing_jobs, args.routing_seed, args.routing_port_base)
+    if args.only == "routing":
+        print(json.dumps(routing))
+        return 0
 
     work = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
     keys = work / "keys.yaml"
@@ -169,6 +193,7 @@ def main() -> int:
             if not args.duty_only:
                 figures = bench_lora_switch(rt, pipe, comp, steps, guidance, args.repeats, entry, registry)
                 figures |= bench_two_pass(pipe, entry, man, mask, TWO_PASS_STEPS, guidance, max(1, args.repeats // 2))
+            figures |= routing
 
             port = free_port()
             env["ATELIER_PORT"] = str(port)
@@ -438,6 +463,210 @@ def bench_lora_switch(rt, pipe, comp, steps, guidance, repeats, entry, registry)
     return {"lora_switch_ratio": round(ratio, 3), "lora_apply_remove_s": round(overhead, 4),
             "pipeline_reload_s": round(reload, 3),
             "pipeline_reload_vs_lora_apply_ratio": round(reload / overhead, 1)}
+
+
+ROUTING_JOBS = 40  # the issue's measurement: 40 jobs of two Main models in a random order, sent at once
+ROUTING_SIZE = 256  # a small job ...
+ROUTING_TARGET_S = 0.35  # ... whose bare call on one thread takes about this (a job about 0.4 s in a worker)
+ROUTING_MODELS = ("route-a", "route-b", "route-c", "route-d")  # copies of the demo checkpoint: one pipeline each
+#: one demo pipeline (4.2 MB) fits a worker's model cache, two do not; nothing kept in host memory either
+ROUTING_CACHE_BYTES = 6 * 1024**2
+#: (name, Main models, routing on): each on fresh workers (cold caches), a queue of its own
+ROUTING_SCENARIOS = (("baseline", 2, False), ("routed", 2, True), ("one_model", 1, True),
+                     ("four_models", 4, True), ("four_models_baseline", 4, False))
+
+
+def bench_routing(jobs: int, seed: int, port_base: int) -> dict:
+    """Model-aware routing (issue 26, docs/deployment.md "Scheduling"): two workers (separate Celery processes, solo
+    pool, one thread each) whose model caches hold one demo pipeline each, one gateway, an embedded Redis of its
+    own. ``jobs`` jobs of two Main models (two copies of the demo checkpoint) in a random order, submitted at once
+    (8 clients), with routing off (``ATELIER_ROUTE_BACKLOG=0``: every job to the shared queue, the behaviour before
+    routing) and on (the shipped settings); then all of them on one model (the reference), and of four models with
+    routing on and off. Fresh workers for each. ``routing_loads``: the pipelines the workers loaded (their own
+    ``atelier_model_cache_misses_total{kind="pipeline"}``) with routing on (goal <= 4); ``routing_makespan_ratio``:
+    its makespan (the first task's creation to the last one's Finished, the task records' timestamps) over the
+    one-model run's (goal <= 1.2)."""
+    work = Path(tempfile.mkdtemp(prefix="atelier-bench-routing-"))
+    keys = work / "keys.yaml"
+    keys.write_text(yaml.safe_dump({"keys": [{"PublicKey": PK, "PrivateKey": SK}]}))
+    demo_dir = Path(os.environ.get("ATELIER_DEMO_MODELS_DIR", str(Path.home() / ".cache" / "atelier" / "test-models")))
+    steps, bare_s, load_s = routing_calibration(demo_dir)
+    models = yaml.safe_load((ROOT / "models_config" / "models.yaml").read_text())
+    demo = demo_path("inpaint", demo_dir)
+    for code in ROUTING_MODELS:  # the same weights in another folder each: another pipeline to load
+        folder = shutil.copytree(demo, work / "models" / code)
+        models["models"].append({"ModelCode": code, "Name": code, "ModelType": "Main", "family": "sd15",
+                                 "source": {"path": str(folder)},
+                                 "defaults": {"steps": steps, "guidance_scale": 5.0}, "faces": {"refine": False}})
+    (work / "models.yaml").write_text(yaml.safe_dump(models, sort_keys=False))
+    if port_base:
+        port, metrics = port_base, port_base + 1
+    else:
+        port, metrics = free_port(), free_port_pair()
+    env = {**os.environ, "ATELIER_DATA_DIR": str(work / "data"), "ATELIER_KEYS_FILE": str(keys),
+           "ATELIER_DEVICE": "cpu", "PYTHONPATH": str(ROOT), "ATELIER_MODELS_CONFIG": str(work / "models.yaml"),
+           "ATELIER_DEMO_MODELS_DIR": str(demo_dir), "OMP_NUM_THREADS": "1",
+           "ATELIER_MODEL_CACHE_BYTES": str(ROUTING_CACHE_BYTES), "ATELIER_MODEL_CACHE_RAM_BYTES": "0",
+           "ATELIER_MAX_ACTIVE_TASKS_PER_KEY": str(jobs + 8), "ATELIER_PORT": str(port),
+           "ATELIER_WORKER_METRICS_PORT": str(metrics)}
+    redis_proc, url = start_embedded_redis(work / "data", env)
+    env["ATELIER_REDIS_URL"] = url
+    man, mask = inputs()
+    images = [b64(man), b64(mask)]
+    log(f"routing: {jobs} jobs of {ROUTING_SIZE}x{ROUTING_SIZE}, {steps} steps ({bare_s:.2f}s bare on one thread;"
+        f" a pipeline load {load_s:.2f}s), 2 workers whose caches hold one pipeline each")
+    try:
+        runs = {}
+        for name, n_models, routed in ROUTING_SCENARIOS:
+            order = [ROUTING_MODELS[i % n_models] for i in range(jobs)]
+            random.Random(seed).shuffle(order)
+            runs[name] = routing_scenario(work, env, name, order, routed, images)
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(time.monotonic() + 10, 10)
+    on, off, one = runs["routed"], runs["baseline"], runs["one_model"]
+    four, four_off = runs["four_models"], runs["four_models_baseline"]
+    return {"routing_loads": on["loads"], "routing_loads_baseline": off["loads"],
+            "routing_loads_one_model": one["loads"],
+            "routing_makespan_ratio": round(on["makespan_s"] / one["makespan_s"], 3),
+            "routing_makespan_ratio_baseline": round(off["makespan_s"] / one["makespan_s"], 3),
+            "routing_makespan_s": on["makespan_s"], "routing_makespan_baseline_s": off["makespan_s"],
+            "routing_makespan_one_model_s": one["makespan_s"],
+            "routing_4_models": {"loads": four["loads"], "loads_baseline": four_off["loads"],
+                                 "makespan_s": four["makespan_s"], "makespan_baseline_s": four_off["makespan_s"],
+                                 "makespan_ratio": round(four["makespan_s"] / one["makespan_s"], 3),
+                                 "makespan_ratio_baseline": round(four_off["makespan_s"] / one["makespan_s"], 3)},
+            "routing_job": {"jobs": jobs, "size_px": ROUTING_SIZE, "steps": steps, "bare_call_s": round(bare_s, 3),
+                            "pipeline_load_s": round(load_s, 3), "seed": seed},
+            "routing_scenarios": runs}
+
+
+def routing_calibration(demo_dir: Path) -> tuple[int, float, float]:
+    """The steps of a routing job (its bare call on one thread, as each worker has, about ``ROUTING_TARGET_S``),
+    that call's seconds, and what loading the demo pipeline costs (median of 3)."""
+    registry = get_registry(ROOT / "models_config" / "models.yaml")
+    entry = registry.get("demo-inpaint")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loads = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            pipe = load_main_pipeline(entry, registry, "cpu", torch.float32, demo_dir)
+            loads.append(time.perf_counter() - t0)
+        man, mask = inputs()
+        comp = prepare(man, mask, ROUTING_SIZE, ROUTING_SIZE)
+        probe = entry.defaults.steps
+        bare_call_seconds(pipe, comp, probe, entry.defaults.guidance_scale, 1, 1)  # warm at this size
+        per_step = bare_call_seconds(pipe, comp, probe, entry.defaults.guidance_scale, 1, 3) / probe
+    finally:
+        torch.set_num_threads(threads)
+    steps = max(1, round(ROUTING_TARGET_S / per_step))
+    return steps, per_step * steps, statistics.median(loads)
+
+
+def free_port_pair() -> int:
+    """A free port whose next one is free too (the two workers' metrics ports)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
+def routing_scenario(work: Path, base_env: dict[str, str], name: str, order: list[str], routed: bool,
+                     images: list[str]) -> dict:
+    """One run: a gateway and two fresh workers on a queue of their own, the jobs of ``order`` (their models)
+    submitted at once, waited for; the workers' pipeline loads, the makespan and who ran what."""
+    queue = f"atelier-bench-{name}-{uuid.uuid4().hex[:6]}"
+    backlog = Settings.model_fields["route_backlog"].default if routed else 0
+    env = {**base_env, "ATELIER_QUEUE": queue, "ATELIER_ROUTE_BACKLOG": str(backlog)}
+    r = redis.Redis.from_url(env["ATELIER_REDIS_URL"], decode_responses=True)
+    store = TaskStore(r, 3600)
+    base = f"http://127.0.0.1:{env['ATELIER_PORT']}"
+    metrics = int(env["ATELIER_WORKER_METRICS_PORT"])
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+
+    def start(tag: str, argv: list[str], **extra: str) -> subprocess.Popen:
+        with (logs / f"{name}-{tag}.log").open("ab") as out:
+            return subprocess.Popen(argv, env={**env, **extra}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    procs = [start("gateway", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
+                               env["ATELIER_PORT"], "--log-level", "warning"])]
+    procs += [start(f"worker{i}", [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool",
+                                   "solo", "-Q", queue, "--loglevel", "INFO", "-n", f"{name}{i}@%h"],
+                    ATELIER_WORKER_INDEX=str(i)) for i in range(2)]
+    worker_ids = [f"{socket.gethostname()}:{p.pid}" for p in procs[1:]]
+    client = httpx.Client(timeout=60)
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # the gateway answers, both workers are alive and consume their direct queues
+            try:
+                up = client.get(f"{base}/healthz").status_code == 200
+            except httpx.HTTPError:
+                up = False
+            ready = set(worker_ids) <= set(live_worker_ids(r, queue)) & r.smembers(direct_key(queue))
+            if up and ready:
+                break
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"routing bench {name}: the deployment did not come up (logs in {logs})")
+            time.sleep(0.2)
+
+        def submit(job: tuple[int, str]) -> str:
+            i, model = job
+            out = client.post(base + "/", json=signed({
+                "Action": "GenerateFromMannequin", "MainModel": {"ModelCode": model},
+                "PositivePrompts": ["a woman, studio photo"], "ImageAndMaskList": images,
+                "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1}, "Width": ROUTING_SIZE,
+                "Height": ROUTING_SIZE, "Seed": i, "TranslatePrompts": False})).json()
+            assert out["RetCode"] == 0, out
+            return out["TaskUID"]
+
+        with ThreadPoolExecutor(8) as pool:  # at once: clients in parallel, as a shop's batch arrives
+            uids = list(pool.map(submit, enumerate(order)))
+        deadline = time.monotonic() + 600
+        while True:
+            records = [store.get(uid) for uid in uids]
+            if all(rec.status == TaskStatus.FINISHED for rec in records):
+                break
+            failed = [rec for rec in records if rec.status in (TaskStatus.ERROR, TaskStatus.CANCELED)]
+            if failed or time.monotonic() > deadline:
+                raise RuntimeError(f"routing bench {name}: {failed[:1] or 'timed out'} (logs in {logs})")
+            time.sleep(0.25)
+        loads = [routing_pipeline_loads(client, metrics + i) for i in range(2)]
+    finally:
+        client.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+    makespan = max(rec.finished_at for rec in records) - min(rec.created_at for rec in records)
+    model_of = dict(zip(uids, order, strict=True))
+    letters = {m: chr(ord("a") + i) for i, m in enumerate(sorted(set(order)))}
+    sequences = ["".join(letters[model_of[rec.uid]] for rec in sorted(records, key=lambda rec: rec.started_at)
+                         if rec.worker == w) for w in worker_ids]
+    by_worker = [sum(rec.worker == w for rec in records) for w in worker_ids]
+    log(f"routing {name}: {len(set(order))} model(s), routing {'on' if routed else 'off'}: {sum(loads)} pipeline"
+        f" loads {loads}, makespan {makespan:.1f}s, models run by each worker {sequences}")
+    return {"models": len(set(order)), "routing": routed, "loads": sum(loads), "loads_by_worker": loads,
+            "makespan_s": round(makespan, 2), "jobs_by_worker": by_worker, "models_by_worker": sequences,
+            "job_s": round(statistics.median(rec.finished_at - rec.started_at for rec in records), 3)}
+
+
+def routing_pipeline_loads(client: httpx.Client, port: int) -> int:
+    """The pipelines a worker has loaded: its own ``atelier_model_cache_misses_total{kind="pipeline"}``."""
+    text = client.get(f"http://127.0.0.1:{port}/metrics").text
+    found = re.search(r'^atelier_model_cache_misses_total\{kind="pipeline"\} (\S+)$', text, re.M)
+    return int(float(found.group(1))) if found else 0
 
 
 if __name__ == "__main__":

@@ -38,9 +38,14 @@ from celery.concurrency import get_implementation
 from celery.signals import celeryd_after_setup, worker_init, worker_process_init, worker_ready, worker_shutdown
 
 from app.contract.jobs import (
+    BACKGROUNDS_TASK,
+    DESCRIBE_TASK,
     GENERATE_TASK,
+    IMAGES_TASK,
     JOB_TASK_NAMES,
     MASK_TASK,
+    MODIFY_TASK,
+    REMOVE_CONTENTS_TASK,
     RESIZE_TASK,
     RESTORE_FACES_TASK,
     SWITCH_FACE_TASK,
@@ -49,10 +54,14 @@ from app.contract.redis_conn import broker_url, connect
 from app.contract.routing import advertise, direct_queue, hand_back
 from app.contract.settings import get_settings
 from workers.celery_app import celery
+from workers.jobs.describe import run_describe_job
 from workers.jobs.generate import prepare_ahead, run_job
+from workers.jobs.images import run_images_job
 from workers.jobs.masks import run_mask_job
+from workers.jobs.remove_contents import run_remove_contents_job
 from workers.jobs.resize import run_resize_job
 from workers.jobs.restore_faces import run_restore_faces_job
+from workers.jobs.scenes import run_backgrounds_job, run_modify_job
 from workers.jobs.switch_face import run_switch_face_job
 from workers.lifecycle.overlap import Finisher, LookAhead
 from workers.metrics import ALIVE_TTL_S, Heartbeat, serve_metrics
@@ -67,6 +76,11 @@ RUNNERS: dict[str, Callable[[WorkerRuntime, dict], None]] = {
     RESIZE_TASK.name: run_resize_job,
     RESTORE_FACES_TASK.name: run_restore_faces_job,
     SWITCH_FACE_TASK.name: run_switch_face_job,
+    BACKGROUNDS_TASK.name: run_backgrounds_job,
+    MODIFY_TASK.name: run_modify_job,
+    REMOVE_CONTENTS_TASK.name: run_remove_contents_job,
+    DESCRIBE_TASK.name: run_describe_job,
+    IMAGES_TASK.name: run_images_job,
 }
 if set(RUNNERS) != set(JOB_TASK_NAMES):  # the contract's action table names the tasks the gateway sends
     raise RuntimeError(f"workers/tasks.py RUNNERS and the Celery tasks of app/contract/jobs.py ACTION_SPECS disagree:"

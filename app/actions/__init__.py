@@ -11,19 +11,28 @@ from collections.abc import Mapping
 
 from app.actions.base import Handler
 from app.actions.cancel import cancel_task
+from app.actions.describe import describe_images
 from app.actions.generate import generate_from_mannequin
+from app.actions.generate_images import generate_images
 from app.actions.masks import mask_action
 from app.actions.models import list_control_nets, list_models
 from app.actions.personas import create_persona, delete_persona, list_personas
+from app.actions.remove_contents import remove_contents
 from app.actions.resize import resize_image
 from app.actions.restore_faces import restore_faces
+from app.actions.scenes import generate_backgrounds, modify_masked_pixels
 from app.actions.switch_face import switch_face
 from app.actions.tasks import list_running_tasks, list_tasks_details
 from app.contract.jobs import ACTION_SPECS, ActionSpec
 from app.contract.limits import (
     CREATE_PERSONA_ACTION,
     DELETE_PERSONA_ACTION,
+    DESCRIBE_IMAGES_ACTION,
+    GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     LIST_PERSONAS_ACTION,
+    MODIFY_MASKED_ACTION,
+    REMOVE_CONTENTS_ACTION,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
     SWITCH_FACE_ACTION,
@@ -46,6 +55,11 @@ HANDLERS: dict[str, Handler] = {
     LIST_PERSONAS_ACTION: list_personas,
     DELETE_PERSONA_ACTION: delete_persona,
     SWITCH_FACE_ACTION: switch_face,
+    GENERATE_BACKGROUNDS_ACTION: generate_backgrounds,
+    MODIFY_MASKED_ACTION: modify_masked_pixels,
+    REMOVE_CONTENTS_ACTION: remove_contents,
+    DESCRIBE_IMAGES_ACTION: describe_images,
+    GENERATE_IMAGES_ACTION: generate_images,
 }
 
 

@@ -124,6 +124,16 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     req = parse_generate(call.body, max_images=s.max_images, max_pixels=s.max_image_pixels,
                          max_prompt_chars=s.max_prompt_chars, allow_private_callbacks=s.webhook_allow_private,
                          known_images=known_inputs(svc))
+    return submit_generation(call, svc, req, JobMessage, clothes=True)
+
+
+def submit_generation(call: SignedCall, svc: Services, req: GenerateRequest, job_class: type[JobMessage], *,
+                      clothes: bool = False, label: str = "GenerateFromMannequin", **job_fields: Any) -> dict[str, Any]:
+    """Check the models of a validated generation request (240), store the images its job uses, create the task
+    (idempotent on PublicKey + request_uuid) and enqueue its ``job_class`` job (``job_fields`` added): what
+    GenerateFromMannequin, GenerateBackgrounds, ModifyMaskedPixels and GenerateImages share (a request whose
+    ``mannequin_index`` is None keeps nothing: its job has no ``mannequin_image``). ``clothes``: a request without
+    ``clothes_mask_index`` has its mask made by the clothes segmenter (GenerateFromMannequin)."""
     callback = callback_url(req.callback_url, call, svc)
     notes = []
     main = main_model(req.main_model, svc, notes)
@@ -135,17 +145,17 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
     if not is_lanczos(req.refine_upscaler):
         svc.registry.require(req.refine_upscaler, ModelType.UPSCALER)
     seed = req.seed if req.seed != -1 else draw_seed()
-    clothes = _clothes_segmenter(req, svc, notes)
+    segmenter = _clothes_segmenter(req, svc, notes) if clothes else None
 
     def stored(index: int) -> str:  # only the images the job uses, each once by content hash
         return store_input(svc, req.images[index])
 
-    job_images = {"mannequin_image": stored(req.mannequin_index),
+    job_images = {"mannequin_image": stored(req.mannequin_index) if req.mannequin_index is not None else None,
                   "clothes_mask": stored(req.clothes_mask_index) if req.clothes_mask_index is not None else None,
                   "background_image": stored(req.background_index) if req.background_index is not None else None}
     control_units = [ControlUnitRef(image=stored(index) if index is not None else None, **fields)
                      for index, fields in controls]
-    job = JobMessage(
+    job = job_class(
         task_uid=new_task_uid(), main_model=main.model_code,
         sub_models=[SubModelRef(model_code=m.model_code, lora_weight=m.lora_weight) for m in req.sub_models],
         positive_prompts=req.positive_prompts, negative_prompts=req.negative_prompts,
@@ -155,14 +165,14 @@ def generate_from_mannequin(call: SignedCall, svc: Services) -> dict[str, Any]:
         refine_strength=req.refine_strength, refine_upscaler=req.refine_upscaler, face_refine=req.face_refine,
         face_strength=req.face_strength,
         background_resize_mode=req.background_resize_mode, control_units=control_units,
-        clothes_segmenter=clothes.model_code if clothes else None,
-        garment_classes=req.garment_classes if clothes else None,
-        **job_images,
+        clothes_segmenter=segmenter.model_code if segmenter else None,
+        garment_classes=req.garment_classes if segmenter else None,
+        **job_images, **job_fields,
     )
     uid = submit(call, svc, job=job, seed=seed, notes=notes, points=main.points, callback=callback,
                  priority=req.priority, model=main.model_code)
     if uid != job.task_uid:  # a repeated request_uuid: the first task's
         return {"TaskUID": uid}
-    log.info("task %s queued for %s (model %s, %dx%d x%d)", uid, call.public_key, main.model_code,
+    log.info("task %s queued for %s (%s, model %s, %dx%d x%d)", uid, call.public_key, label, main.model_code,
              req.width, req.height, req.batch_size)
     return {"TaskUID": uid}

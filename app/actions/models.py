@@ -4,7 +4,15 @@ from __future__ import annotations
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.limits import GENERATION_TYPES, LIST_MODELS_FIELDS, MASK_ENGINE_TYPES, UPSCALERS_FIELD, ModelType
+from app.contract.limits import (
+    DESCRIBERS_FIELD,
+    ERASERS_FIELD,
+    GENERATION_TYPES,
+    LIST_MODELS_FIELDS,
+    MASK_ENGINE_TYPES,
+    UPSCALERS_FIELD,
+    ModelType,
+)
 from app.services import Services
 
 
@@ -13,7 +21,8 @@ def list_models(call: SignedCall, svc: Services) -> dict[str, Any]:
     of Model objects), and, beyond PICPIK, ``Models``: all of them in one list, each with its ``ModelType``,
     ``MaskEngines``: the mask engines a request may name as ``Engine`` (or ``Mannequin.ClothesSegmenter``), and
     ``Upscalers``: the Upscalers a request may name as ``Upscaler`` (ResizeImage) or ``Refine.Upscaler`` (Lanczos,
-    which needs no model, is not listed)."""
+    which needs no model, is not listed), ``Erasers`` and ``Describers``: what RemoveContents' ``Eraser`` and
+    DescribeImages' ``Describer`` may name (a Describer with its ``Languages``)."""
     reg = svc.registry
     answer: dict[str, Any] = {field: [e.to_model() for e in reg.entries_of(model_type)]
                               for model_type, field in LIST_MODELS_FIELDS.items()}
@@ -21,6 +30,8 @@ def list_models(call: SignedCall, svc: Services) -> dict[str, Any]:
     answer["MaskEngines"] = [{**e.to_engine(), "Default": reg.default_engine(e.model_type) is e}
                              for e in reg.entries_of(*MASK_ENGINE_TYPES)]
     answer[UPSCALERS_FIELD] = [e.to_upscaler() for e in reg.entries_of(ModelType.UPSCALER)]
+    answer[ERASERS_FIELD] = [e.to_tool() for e in reg.entries_of(ModelType.ERASER)]
+    answer[DESCRIBERS_FIELD] = [e.to_tool() for e in reg.entries_of(ModelType.DESCRIBER)]
     return answer
 
 

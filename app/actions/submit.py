@@ -14,7 +14,7 @@ from app.contract.jobs import BaseJob, task_for
 from app.contract.limits import DEFAULT_PRIORITY, MAX_PRIORITY_FIELD, PRIORITY_FIELD
 from app.contract.queue import broker_priority
 from app.contract.routing import route
-from app.contract.taskstore import TooManyActiveTasks
+from app.contract.taskstore import SEND_GRACE_LEASES, TooManyActiveTasks
 from app.errors import ApiError
 from app.keys import WEBHOOK_SECRET_FIELD
 from app.services import Services
@@ -98,7 +98,7 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
         got, created = svc.tasks.create(call.public_key, req_uuid, call.action, seed, s.max_active_tasks_per_key,
                                         notes=notes, points=points, uid=uid, job=wire, callback_url=callback,
                                         queue=s.queue, results_per_image=results_per_image,
-                                        priority=priority)
+                                        priority=priority, send_within_s=SEND_GRACE_LEASES * s.lease_s)
     except TooManyActiveTasks:
         raise ApiError(RetCode.RATE_LIMIT, "Rate limit exceeded: too many queued or running tasks") from None
     if not created:
@@ -113,6 +113,10 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
         log.exception("enqueue failed for task %s", got)
         svc.tasks.discard(got, call.public_key, req_uuid)
         raise ApiError(RetCode.UNAVAILABLE) from None
+    try:  # not done: the reaper sends it again after the grace, a copy the workers skip
+        svc.tasks.sent(got)
+    except Exception as e:
+        log.warning("task %s: could not record its job message as sent (%s); the reaper will send a copy", got, e)
     if s.redis_wait_replicas:  # docs/deployment.md "Redis high availability": acknowledged = on the replicas too
         try:
             held = svc.tasks.wait_replicated(got, s.redis_wait_replicas, s.redis_wait_timeout_ms)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.actions.base import SignedCall
-from app.contract.limits import CLOTHES_MASK_URL_FIELD, MAX_TASK_UIDS
+from app.contract.limits import CLOTHES_MASK_URL_FIELD, MAX_TASK_UIDS, TXT_LIST_FIELD
 from app.contract.taskstore import TaskRecord
 from app.resultlinks import make_link
 from app.services import Services
@@ -25,7 +25,7 @@ def task_detail(rec: TaskRecord, call: SignedCall, svc: Services) -> dict[str, A
         "Status": rec.status.value,
         "ImgList": [link(name) for name in rec.images],
         "Seed": rec.seed,
-        "TxtList": [],                      # text results: none for the image actions
+        TXT_LIST_FIELD: list(rec.texts),    # text results (DescribeImages: one per image); [] for the image actions
         "ConsumeApiPoint": rec.consumed_points,
         "ErrorCode": rec.error_code,
         "ErrorMassage": rec.error_message,   # sic: the reference's spelling

@@ -7,6 +7,8 @@
     atelier restore-faces IMG [--strength S] [--model CODE] -o DIR
     atelier persona create NAME IMG [IMG ...] | persona list | persona delete CODE
     atelier switch-face IMG --new-face IMG2 [--index N] [--model CODE] [--adapter CODE] -o DIR
+    atelier erase IMG --mask MASK [--invert] [--mask-blur N] [--eraser CODE | --model CODE] -o DIR
+    atelier describe IMG [IMG ...] [--language CODE] [--describer CODE]
     atelier models
     atelier cancel TASKUID [TASKUID ...]
     atelier pull [--config F] [--dest DIR] [--only CODE ...]   (app/cli/pull.py: real models from the hub)
@@ -38,37 +40,54 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from app.cli.pull import add_parser as add_pull_parser
 from app.contract.jobs import ENDED_STATUSES, TaskStatus
 from app.contract.limits import (
+    BACKGROUND_I2I_FIELD,
     CLOTHES_MASK_URL_FIELD,
     CREATE_PERSONA_ACTION,
+    DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_BACKGROUND_THRESHOLD,
+    DEFAULT_DESCRIBE_LANGUAGE,
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_MASK_BLUR,
     DEFAULT_PRIORITY,
     DEFAULT_RAW_FACE_INDEX,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
     DEFAULT_RESTORE_STRENGTH,
     DELETE_PERSONA_ACTION,
+    DESCRIBE_IMAGES_ACTION,
+    DESCRIBE_IMAGES_FIELDS,
+    DESCRIBE_LANGUAGES,
+    DESCRIBERS_FIELD,
     ENGINE_FIELD,
+    ERASERS_FIELD,
     ERODE_SIZE_RANGE,
     FACE_REFINE_FIELD,
+    GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     HAIR_OPTIMIZATION_MODES,
     IP_ADAPTER,
     LANCZOS,
     LIST_MODELS_FIELDS,
     LIST_PERSONAS_ACTION,
+    MASK_BLUR_RANGE,
+    MODIFY_MASKED_ACTION,
     PERSONA_CODE_FIELD,
     PRIORITY_FIELD,
     PRIORITY_RANGE,
     RAW_FACE_INDEX_RANGE,
     REFINE_FIELD,
+    REMOVE_CONTENTS_ACTION,
+    REMOVE_CONTENTS_FIELDS,
     RESIZE_ACTION,
     RESIZE_MODES,
     RESIZE_SIZE_RANGE,
     RESTORE_FACES_ACTION,
     RESTORE_STRENGTH_RANGE,
     SWITCH_FACE_ACTION,
+    TILEABLE_FIELD,
+    TXT_LIST_FIELD,
     UPSCALER_FIELD,
     UPSCALERS_FIELD,
     ModelType,
@@ -199,6 +218,174 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _notes(detail)
     console.print(f"seed {detail.get('Seed')}")
     return 0
+
+
+def _scene_params(args: argparse.Namespace, image: str) -> dict[str, Any]:
+    """The shared generation block of ``backgrounds`` and ``modify``: Width and Height default to ``image``'s."""
+    with Image.open(image) as img:
+        width, height = img.size
+    params: dict[str, Any] = {
+        "MainModel": {"ModelCode": args.model}, "PositivePrompts": args.prompt,
+        "NegativePrompts": args.negative_prompt or [], "Seed": args.seed, "BatchSize": args.batch_size,
+        "Width": args.width or width, "Height": args.height or height,
+    }
+    if args.sub_model:
+        params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
+    if args.no_translate:
+        params["TranslatePrompts"] = False
+    return params
+
+
+def _generation_results(args: argparse.Namespace, pub: str, priv: str, action: str, params: dict[str, Any],
+                        stem: str) -> int:
+    """Run a generation to its end and save its images as ``<stem>_<TaskUID>_<i>.png`` under ``args.output``."""
+    uid = _submit(args, pub, priv, action, params)
+    detail = _wait(args, pub, priv, uid)
+    for i, link in enumerate(detail["ImgList"]):
+        _save(link, Path(args.output) / f"{stem}_{uid}_{i}.png")
+    _notes(detail)
+    console.print(f"seed {detail.get('Seed')}")
+    return 0
+
+
+def cmd_backgrounds(args: argparse.Namespace) -> int:
+    """GenerateBackgrounds: a scene drawn around a transparent cut-out (its opaque pixels kept exactly)."""
+    pub, priv = _keys(args)
+    params = _scene_params(args, args.foreground)
+    images = [_b64(args.foreground)]
+    params["TransparentForeground"] = {"ImageIndex": 0, "ResizeMode": args.resize_mode}
+    if args.background:
+        images.append(_b64(args.background))
+        params[BACKGROUND_I2I_FIELD] = {"ImageIndex": 1, "ReferStrength": args.refer_strength}
+    params["ImageList"] = images
+    return _generation_results(args, pub, priv, GENERATE_BACKGROUNDS_ACTION, params, Path(args.foreground).stem)
+
+
+def cmd_modify(args: argparse.Namespace) -> int:
+    """ModifyMaskedPixels: the mask's white area redrawn (inpainting) and, with a larger size and ResizeAndFill, the
+    new margins drawn (outpainting); every pixel outside the blurred mask kept exactly."""
+    pub, priv = _keys(args)
+    params = _scene_params(args, args.image)
+    images = [_b64(args.image)]
+    masked: dict[str, Any] = {"ImageIndex": 0, "InvertMask": args.invert_mask, "ResizeMode": args.resize_mode}
+    if args.mask_blur is not None:
+        masked["MaskBlur"] = args.mask_blur
+    if args.mask:
+        images.append(_b64(args.mask))
+        masked["MaskIndex"] = 1
+    if args.reference:
+        images.append(_b64(args.reference))
+        params["Image2Image"] = {"ImageIndex": len(images) - 1, "ReferStrength": args.refer_strength}
+    elif args.redraw_strength is not None:  # the image itself as the reference: the masked area partly kept
+        params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": 1 - args.redraw_strength}
+    params.update(ImageAndMaskList=images, Masked=masked)
+    return _generation_results(args, pub, priv, MODIFY_MASKED_ACTION, params, Path(args.image).stem)
+
+
+def _scene_options(p: argparse.ArgumentParser) -> None:
+    """The generation options of ``backgrounds`` and ``modify``."""
+    p.add_argument("--prompt", action="append", required=True, help="repeatable")
+    p.add_argument("--negative-prompt", action="append")
+    p.add_argument("--model", default="demo-inpaint", help="MainModel ModelCode (see `atelier models`)")
+    p.add_argument("--width", type=int, help="default: the image's width")
+    p.add_argument("--height", type=int, help="default: the image's height")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("--resize-mode", default=DEFAULT_RESIZE_MODE, choices=RESIZE_MODES)
+    p.add_argument("--sub-model", action="append", metavar="CODE[:WEIGHT]", help="LoRA / Embedding / HyperNetwork")
+    p.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
+    _polling(p)
+
+
+def _scene_parsers(sub) -> None:
+    bg = sub.add_parser("backgrounds", help="a scene around a transparent cut-out (GenerateBackgrounds): its opaque"
+                        " pixels kept exactly")
+    bg.add_argument("foreground", help="a PNG with transparency (e.g. remove-background's cut-out)")
+    bg.add_argument("--background", metavar="IMG", help="a background reference (BackgroundImage2Image)")
+    bg.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH)
+    _scene_options(bg)
+    bg.set_defaults(func=cmd_backgrounds)
+    md = sub.add_parser("modify", help="redraw the white of a mask (inpainting) or extend the image to a larger"
+                        " --width/--height (outpainting) (ModifyMaskedPixels)")
+    md.add_argument("image")
+    md.add_argument("--mask", metavar="IMG", help="white = redrawn (left out: nothing but the new margins)")
+    md.add_argument("--invert-mask", action="store_true")
+    md.add_argument("--mask-blur", type=int, metavar="PX", help=f"Masked.MaskBlur, {MASK_BLUR_RANGE.lo}.."
+                    f"{MASK_BLUR_RANGE.hi} (default {DEFAULT_MASK_BLUR})")
+    md.add_argument("--reference", metavar="IMG", help="a reference for the masked area (Image2Image)")
+    md.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH)
+    md.add_argument("--redraw-strength", type=float, metavar="S", help="without --reference: redraw the masked area"
+                    " from the image itself at this strength (0..1; Image2Image on the image)")
+    _scene_options(md)
+    md.set_defaults(func=cmd_modify)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    """GenerateImages: text-to-image; image-to-image with --reference; ControlNet units reading --control-image (or
+    the reference); --tileable for a seamless texture."""
+    pub, priv = _keys(args)
+    images: list[str] = []
+    params: dict[str, Any] = {
+        "MainModel": {"ModelCode": args.model}, "PositivePrompts": args.prompt,
+        "NegativePrompts": args.negative_prompt or [], "Seed": args.seed, "BatchSize": args.batch_size}
+    sized = args.reference or args.control_image
+    if sized:
+        with Image.open(sized) as img:
+            width, height = img.size
+    else:
+        width, height = IMAGES_CLI_SIZE
+    params.update(Width=args.width or width, Height=args.height or height)
+    if args.reference:
+        images.append(_b64(args.reference))
+        params["Image2Image"] = {"ImageIndex": 0, "ReferStrength": args.refer_strength,
+                                 "ResizeMode": args.resize_mode}
+    if args.control:
+        if not sized:
+            raise ClientError("--control: a unit reads an image: give --control-image (or --reference)")
+        if args.control_image:
+            images.append(_b64(args.control_image))
+        units = [_control_unit(c) for c in args.control if c]
+        for unit in units:
+            unit["ImageIndex"] = len(images) - 1
+        params["ControlNetList"] = units
+    if args.sub_model:
+        params["SubModelList"] = [_model_ref(s, "LoraWeight") for s in args.sub_model]
+    if args.no_translate:
+        params["TranslatePrompts"] = False
+    if args.tileable:
+        params[TILEABLE_FIELD] = True
+    if images:
+        params["ImageAndMaskList"] = images
+    return _generation_results(args, pub, priv, GENERATE_IMAGES_ACTION, params, "images")
+
+
+#: ``atelier images``' Width and Height without --width/--height and an image to take them from.
+IMAGES_CLI_SIZE = (512, 512)
+
+
+def _images_parser(sub) -> None:
+    im = sub.add_parser("images", help="draw images from a prompt (GenerateImages): text-to-image, image-to-image"
+                        " with --reference, ControlNet units, seamless textures with --tileable")
+    im.add_argument("--prompt", action="append", required=True, help="repeatable")
+    im.add_argument("--negative-prompt", action="append")
+    im.add_argument("--model", default="demo-inpaint", help="MainModel ModelCode (see `atelier models`)")
+    im.add_argument("--width", type=int, help="default: the reference's (or control image's) width, else 512")
+    im.add_argument("--height", type=int, help="default: the reference's (or control image's) height, else 512")
+    im.add_argument("--batch-size", type=int, default=1)
+    im.add_argument("--seed", type=int, default=-1)
+    im.add_argument("--reference", metavar="IMG", help="image-to-image: the start image (Image2Image)")
+    im.add_argument("--refer-strength", type=float, default=DEFAULT_REFER_STRENGTH,
+                    help="how much of the reference is kept (0..1)")
+    im.add_argument("--resize-mode", default=DEFAULT_BACKGROUND_RESIZE_MODE, choices=RESIZE_MODES,
+                    help="how the reference and control image are fitted (Image2Image.ResizeMode)")
+    im.add_argument("--control", action="append", metavar="PRE,MODEL[:WEIGHT]",
+                    help="a ControlNet unit reading --control-image (or the reference), e.g. canny,demo-controlnet")
+    im.add_argument("--control-image", metavar="IMG", help="the control units' image")
+    im.add_argument("--tileable", action="store_true", help="a seamless texture (Tileable; sizes multiples of 8)")
+    im.add_argument("--sub-model", action="append", metavar="CODE[:WEIGHT]", help="LoRA / Embedding / HyperNetwork")
+    im.add_argument("--no-translate", action="store_true", help="TranslatePrompts false")
+    _polling(im)
+    im.set_defaults(func=cmd_images)
 
 
 def _wait(args: argparse.Namespace, pub: str, priv: str, uid: str) -> dict[str, Any]:
@@ -415,6 +602,38 @@ def cmd_switch_face(args: argparse.Namespace) -> int:
     return _photo_task(args, pub, priv, SWITCH_FACE_ACTION, params, "switched")
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    """RemoveContents: the white of --mask erased from the photo (--invert: the black) by the server's Eraser (or
+    --eraser), or redrawn by a Main model (--model), feathered over --mask-blur pixels; saved as
+    ``<stem>_erased.png``. Every pixel farther than --mask-blur from the mask is the photo's."""
+    pub, priv = _keys(args)
+    raw, mask, invert, blur, eraser, main = REMOVE_CONTENTS_FIELDS
+    params: dict[str, Any] = {raw: _b64(args.image), mask: _b64(args.mask)}
+    if args.invert:
+        params[invert] = True
+    if args.mask_blur is not None:
+        params[blur] = args.mask_blur
+    if args.eraser:
+        params[eraser] = args.eraser
+    if args.model:
+        params[main] = {"ModelCode": args.model}
+    return _photo_task(args, pub, priv, REMOVE_CONTENTS_ACTION, params, "erased")
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """DescribeImages: one line per image, ``<path><TAB><text>``, in the order given (TxtList), in --language."""
+    pub, priv = _keys(args)
+    images, language, describer = DESCRIBE_IMAGES_FIELDS
+    params: dict[str, Any] = {images: [_b64(path) for path in args.images], language: args.language}
+    if args.describer:
+        params[describer] = args.describer
+    detail = _wait(args, pub, priv, _submit(args, pub, priv, DESCRIBE_IMAGES_ACTION, params))
+    for path, text in zip(args.images, detail.get(TXT_LIST_FIELD, []), strict=False):
+        print(f"{path}\t{text}")
+    _notes(detail)
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     pub, priv = _keys(args)
     details = call(args.url, pub, priv, "CancelTask", TaskUIDList=args.task_uid)["TaskDetailList"]
@@ -434,20 +653,24 @@ def cmd_models(args: argparse.Namespace) -> int:
              for m in control["ControlModels"]]
     rows += [(m, m["ModelType"] + (" (default)" if m.get("Default") else "")) for m in models.get("MaskEngines", [])]
     rows += [(m, m["ModelType"]) for m in models.get(UPSCALERS_FIELD, [])]
+    rows += [(m, m["ModelType"]) for m in models.get(ERASERS_FIELD, [])]
+    rows += [(m, f"{m['ModelType']} ({', '.join(m.get('Languages', []))})") for m in models.get(DESCRIBERS_FIELD, [])]
     for m, model_type in rows:
         words = f"  trigger: {', '.join(m['TriggerWordList'])}" if m.get("TriggerWordList") else ""
         print(f"{m['ModelCode']:<22} {model_type:<40} {m.get('Name', '')}{words}")
     return 0
 
 
-def _polling(p: argparse.ArgumentParser) -> None:
-    """The options of a command that runs a task to its end: how it polls, where it saves, the task's Priority."""
+def _polling(p: argparse.ArgumentParser, output: bool = True) -> None:
+    """The options of a command that runs a task to its end: how it polls, where it saves (``output``), the task's
+    Priority."""
     p.add_argument("--priority", type=int, metavar="P", help=f"{PRIORITY_FIELD}, {int(PRIORITY_RANGE.lo)}.."
                    f"{int(PRIORITY_RANGE.hi)} (default {DEFAULT_PRIORITY}): higher runs before the jobs queued below"
                    " it, up to your key's MaxPriority")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between status polls")
     p.add_argument("--timeout", type=float, default=1800)
-    p.add_argument("-o", "--output", required=True, help="folder for the images")
+    if output:
+        p.add_argument("-o", "--output", required=True, help="folder for the images")
 
 
 def _mask_options(p: argparse.ArgumentParser) -> None:
@@ -558,6 +781,29 @@ def main(argv: list[str] | None = None) -> int:
                     " face (default: the server's first of the model's family)")
     _polling(sw)
     sw.set_defaults(func=cmd_switch_face)
+    _scene_parsers(sub)
+    er = sub.add_parser("erase", help="erase what a mask covers (RemoveContents): nothing farther than --mask-blur"
+                        " from the mask changes")
+    er.add_argument("image")
+    er.add_argument("--mask", required=True, metavar="MASK", help="white = erase (the photo's size, else resized)")
+    er.add_argument("--invert", action="store_true", help="InvertMask: erase the black instead")
+    er.add_argument("--mask-blur", type=int, metavar="N", help=f"MaskBlur, {int(MASK_BLUR_RANGE.lo)}.."
+                    f"{int(MASK_BLUR_RANGE.hi)} (default {DEFAULT_MASK_BLUR}): pixels feathered beyond the mask")
+    by = er.add_mutually_exclusive_group()
+    by.add_argument("--eraser", metavar="CODE", help="an Eraser from `atelier models` (default: the server's first)")
+    by.add_argument("--model", metavar="CODE", help="a Main model that redraws the area instead (inpainting)")
+    _polling(er)
+    er.set_defaults(func=cmd_erase)
+    de = sub.add_parser("describe", help="a text per image (DescribeImages), printed as PATH<TAB>TEXT")
+    de.add_argument("images", nargs="+", metavar="IMG")
+    de.add_argument("--language", choices=DESCRIBE_LANGUAGES, default=DEFAULT_DESCRIBE_LANGUAGE,
+                    help="TranslateDescription (default en; others need the server's translator of it: `atelier"
+                    " models` lists a Describer's languages)")
+    de.add_argument("--describer", metavar="CODE", help="a Describer from `atelier models` (default: the server's"
+                    " first)")
+    _polling(de, output=False)
+    de.set_defaults(func=cmd_describe)
+    _images_parser(sub)
     sub.add_parser("models", help="list the server's models").set_defaults(func=cmd_models)
     _persona_parser(sub)
     c = sub.add_parser("cancel", help="cancel tasks (CancelTask): queued ones never run, running ones stop")

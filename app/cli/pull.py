@@ -135,7 +135,11 @@ def _raw_sources(doc: dict[str, Any]) -> list[tuple[str, str, Any]]:
     for i, raw in enumerate(doc.get("models") or []):
         if isinstance(raw, dict):
             code = raw.get("ModelCode")
-            found.append((f"models[{i}]" + (f" (ModelCode {code!r})" if code else ""), str(code), raw.get("source")))
+            label = f"models[{i}]" + (f" (ModelCode {code!r})" if code else "")
+            found.append((label, str(code), raw.get("source")))
+            translators = raw.get("translators")  # a Describer's, per language (pulled with their entry)
+            for lang, source in translators.items() if isinstance(translators, dict) else ():
+                found.append((f"{label}: translators.{lang}", str(code), source))
     for family, raw in (doc.get("vaes") or {}).items() if isinstance(doc.get("vaes"), dict) else ():
         found.append((f"vaes.{family}", f"vaes.{family}", raw))
     found.append(("translator", "translator", doc.get("translator")))
@@ -184,7 +188,11 @@ def only(doc: dict[str, Any], names: list[str], origin: str) -> dict[str, Any]:
         return name in wanted or not (isinstance(raw, dict) and raw.get("hub") is not None)
 
     out = dict(doc)
-    out["models"] = [m for m in models if kept(str(m.get("ModelCode")), m.get("source"))]
+    def translators_kept(m: dict[str, Any]) -> bool:
+        ts = m.get("translators")
+        return all(kept(str(m.get("ModelCode")), t) for t in (ts.values() if isinstance(ts, dict) else ()))
+
+    out["models"] = [m for m in models if kept(str(m.get("ModelCode")), m.get("source")) and translators_kept(m)]
     if isinstance(doc.get("vaes"), dict):
         out["vaes"] = {f: s for f, s in doc["vaes"].items() if kept(f"vaes.{f}", s)}
     if doc.get("translator") is not None and not kept("translator", doc["translator"]):
@@ -215,6 +223,8 @@ def pulled_config(doc: dict[str, Any], config: Path, dest: Path, output: Path) -
         if isinstance(entry, dict):
             if "source" in entry:
                 entry["source"] = rewrite(entry["source"])
+            if isinstance(entry.get("translators"), dict):
+                entry["translators"] = {lang: rewrite(t) for lang, t in entry["translators"].items()}
             safety = entry.get("safety")
             if isinstance(safety, dict) and safety.get("checker") is not None:
                 safety["checker"] = absolute(safety["checker"])

@@ -22,13 +22,20 @@ from pydantic import BaseModel, Field
 from app.contract.limits import (
     DEFAULT_BACKGROUND_RESIZE_MODE,
     DEFAULT_BACKGROUND_THRESHOLD,
+    DEFAULT_DESCRIBE_LANGUAGE,
     DEFAULT_ERODE_SIZE,
     DEFAULT_FOREGROUND_THRESHOLD,
     DEFAULT_HAIR_OPTIMIZATION,
+    DEFAULT_MASK_BLUR,
     DEFAULT_REFER_STRENGTH,
     DEFAULT_RESIZE_MODE,
+    DESCRIBE_IMAGES_ACTION,
+    GENERATE_BACKGROUNDS_ACTION,
+    GENERATE_IMAGES_ACTION,
     MASK_ACTIONS,
+    MODIFY_MASKED_ACTION,
     PERSONA_ACTIONS,
+    REMOVE_CONTENTS_ACTION,
     RESIZE_ACTION,
     RESTORE_FACES_ACTION,
     SWITCH_FACE_ACTION,
@@ -40,6 +47,11 @@ MASK_TASK_NAME = "atelier.mask"
 RESIZE_TASK_NAME = "atelier.resize"
 RESTORE_FACES_TASK_NAME = "atelier.restore_faces"
 SWITCH_FACE_TASK_NAME = "atelier.switch_face"
+BACKGROUNDS_TASK_NAME = "atelier.backgrounds"
+MODIFY_TASK_NAME = "atelier.modify"
+REMOVE_CONTENTS_TASK_NAME = "atelier.remove_contents"
+DESCRIBE_TASK_NAME = "atelier.describe"
+IMAGES_TASK_NAME = "atelier.images"
 
 
 class TaskStatus(StrEnum):
@@ -174,6 +186,55 @@ class SwitchFaceJobMessage(BaseJob):
     seed: int
     persona: str | None = None               # PersonaCode: the new identity as the key's persona (its images)
 
+
+class BackgroundsJobMessage(JobMessage):
+    """A GenerateBackgrounds task: GenerateFromMannequin's job whose ``mannequin_image`` is the transparent foreground
+    (TransparentForeground, fitted by ``resize_mode``: its opaque pixels kept exactly, its semi-transparent ones
+    blended over the drawn scene) and ``background_image`` BackgroundImage2Image's reference; never a clothes mask."""
+
+
+class ModifyJobMessage(JobMessage):
+    """A ModifyMaskedPixels task: GenerateFromMannequin's job whose ``mannequin_image`` is ``Masked.ImageIndex``'s
+    image, ``clothes_mask`` its ``MaskIndex``'s (white = redrawn; None: nothing but the margins ``resize_mode``
+    adds), with ``invert_mask``; the mask faded out over ``2 * mask_blur`` pixels around it (pixels beyond are kept
+    exactly: :func:`workers.inference.compose.blur_mask`)."""
+
+    mask_blur: int = DEFAULT_MASK_BLUR
+class RemoveContentsJobMessage(BaseJob):
+    """What a worker needs to run one RemoveContents task: the stored photo and mask (white = erase, after
+    ``invert``), the feathering (limits.MASK_BLUR_RANGE) and what erases: the Eraser ``eraser``, else the Main model
+    ``main_model``'s inpainting with an empty-scene prompt from ``seed``. Result 0: the photo, of its size, RGBA when
+    it has alpha (kept exactly), with the masked area erased; every pixel outside the blurred mask bit for bit."""
+
+    image: str                               # storage key of RawImage
+    mask: str                                # storage key of Mask
+    invert: bool = False
+    mask_blur: int = DEFAULT_MASK_BLUR
+    eraser: str | None = None                # an Eraser's ModelCode; None: ``main_model``
+    main_model: str | None = None            # a Main model's ModelCode (the fallback); set when ``eraser`` is None
+    seed: int = 0
+
+
+class DescribeJobMessage(BaseJob):
+    """What a worker needs to run one DescribeImages task: the stored images (ImageList's order), the Describer and
+    the language (limits.DESCRIBE_LANGUAGES; not ``en``: translated by the Describer's translator of it). Result:
+    one text per image, TaskDetail ``TxtList``."""
+
+    images: list[str]                        # storage keys, ImageList's order
+    describer: str                           # a Describer's ModelCode
+    language: str = DEFAULT_DESCRIBE_LANGUAGE
+
+
+
+class ImagesJobMessage(JobMessage):
+    """A GenerateImages task: GenerateFromMannequin's job with nothing kept (``mannequin_image`` None: the whole
+    frame drawn, text-to-image), ``background_image`` Image2Image's reference (image-to-image at
+    ``refer_strength``), and ``tileable``: a seamless texture (the UNet's, VAE's and ControlNets' convolutions
+    padded circularly for the job; one pass, faces not redrawn)."""
+
+    mannequin_image: str | None = None  # type: ignore[assignment]
+    tileable: bool = False
+
 # --- the action table ---------------------------------------------------------------------------------------
 
 
@@ -205,6 +266,11 @@ MASK_TASK = JobTask(MASK_TASK_NAME, MaskJobMessage)
 RESIZE_TASK = JobTask(RESIZE_TASK_NAME, ResizeJobMessage)
 RESTORE_FACES_TASK = JobTask(RESTORE_FACES_TASK_NAME, RestoreFacesJobMessage)
 SWITCH_FACE_TASK = JobTask(SWITCH_FACE_TASK_NAME, SwitchFaceJobMessage)
+BACKGROUNDS_TASK = JobTask(BACKGROUNDS_TASK_NAME, BackgroundsJobMessage)
+MODIFY_TASK = JobTask(MODIFY_TASK_NAME, ModifyJobMessage)
+REMOVE_CONTENTS_TASK = JobTask(REMOVE_CONTENTS_TASK_NAME, RemoveContentsJobMessage)
+DESCRIBE_TASK = JobTask(DESCRIBE_TASK_NAME, DescribeJobMessage)
+IMAGES_TASK = JobTask(IMAGES_TASK_NAME, ImagesJobMessage)
 
 
 def action_table(*specs: ActionSpec) -> dict[str, ActionSpec]:
@@ -231,6 +297,11 @@ ACTION_SPECS: dict[str, ActionSpec] = action_table(
     ActionSpec(RESTORE_FACES_ACTION, RESTORE_FACES_TASK),
     *(ActionSpec(name) for name in PERSONA_ACTIONS),  # extensions: answered by the gateway alone
     ActionSpec(SWITCH_FACE_ACTION, SWITCH_FACE_TASK),  # PICPIK's, with the extensions MainModel and Adapter
+    ActionSpec(GENERATE_BACKGROUNDS_ACTION, BACKGROUNDS_TASK),  # issue 27: the generation engine, other kept pixels
+    ActionSpec(MODIFY_MASKED_ACTION, MODIFY_TASK),
+    ActionSpec(REMOVE_CONTENTS_ACTION, REMOVE_CONTENTS_TASK),
+    ActionSpec(DESCRIBE_IMAGES_ACTION, DESCRIBE_TASK),
+    ActionSpec(GENERATE_IMAGES_ACTION, IMAGES_TASK),  # issue 27: the generation engine with nothing kept
 )
 
 #: The Celery tasks the workers register (one each), in the table's order.

@@ -110,6 +110,8 @@ class ModelType(StrEnum):
     POINT_SEGMENTER = "PointSegmenter"
     CLOTHES_SEGMENTER = "ClothesSegmenter"
     UPSCALER = "Upscaler"
+    ERASER = "Eraser"          # RemoveContents: a LaMa-family inpainting file (spandrel)
+    DESCRIBER = "Describer"    # DescribeImages: a transformers image-to-text folder
 
 
 MODEL_TYPES: tuple[ModelType, ...] = tuple(ModelType)
@@ -157,6 +159,9 @@ DEMO_SOURCES: dict[str, tuple[str, ...]] = {
     ModelType.POINT_SEGMENTER: ("sam",),
     ModelType.CLOTHES_SEGMENTER: ("segformer", "cloth-onnx"),
     ModelType.UPSCALER: ("upscaler",),
+    ModelType.ERASER: ("eraser",),
+    ModelType.DESCRIBER: ("describer",),
+    "describe_translator": ("translator-en",),
     "translator": ("translator",),
     "image_encoder": ("clip-vision",),
     "face_model": ("arcface",),
@@ -314,3 +319,67 @@ PERSONA_CODE_PATTERN = r"^p[0-9a-v]{21}$"
 #: The defaults of ATELIER_MAX_PERSONAS_PER_KEY and ATELIER_MAX_PERSONA_IMAGES.
 DEFAULT_MAX_PERSONAS_PER_KEY = 20
 DEFAULT_MAX_PERSONA_IMAGES = 8
+
+
+# --- GenerateBackgrounds and ModifyMaskedPixels (PICPIK-FACTS sections 3-5; docs/API.md) ---------------------------
+
+GENERATE_BACKGROUNDS_ACTION = "GenerateBackgrounds"
+#: GenerateBackgrounds' own fields (besides the shared generation block): PICPIK's Foreground object as
+#: ``TransparentForeground`` ({ImageIndex, ResizeMode}: a PNG with alpha), ``BackgroundImage2Image`` (an
+#: Image2Image: {ImageIndex, ReferStrength, ResizeMode}) and the images in ``ImageList`` (or ImageAndMaskList).
+FOREGROUND_FIELD = "TransparentForeground"
+BACKGROUND_I2I_FIELD = "BackgroundImage2Image"
+#: A foreground pixel of this alpha is kept bit for bit; one of alpha 1..254 is blended over the drawn scene.
+OPAQUE_ALPHA = 255
+
+MODIFY_MASKED_ACTION = "ModifyMaskedPixels"
+#: ModifyMaskedPixels' ``Masked`` (PICPIK's ``Mask`` type, whose fields were not retrievable: the shape is Atelier's):
+#: {ImageIndex (required), MaskIndex (optional: absent, nothing is masked), InvertMask, MaskBlur, ResizeMode}.
+MASKED_FIELD = "Masked"
+MASKED_FIELDS: tuple[str, ...] = ("ImageIndex", "MaskIndex", "InvertMask", "MaskBlur", "ResizeMode")
+#: MaskBlur (ModifyMaskedPixels' Masked.MaskBlur, RemoveContents' MaskBlur): how far (pixels) the edited area is
+#: feathered beyond the mask; the pixels farther than this from every mask pixel keep their values bit for bit.
+MASK_BLUR_RANGE = Range(0, 64)
+DEFAULT_MASK_BLUR = 12
+# --- RemoveContents and DescribeImages (PICPIK-FACTS section 5; docs/API.md "RemoveContents", "DescribeImages") ---
+
+REMOVE_CONTENTS_ACTION = "RemoveContents"
+ERASER_FIELD = "Eraser"                     # an extension: an Eraser's ModelCode
+#: The fields RemoveContents reads besides the common ones and ``CallbackUrl`` (any other is ignored and named in
+#: the Notes): PICPIK's ``RawImage``, ``Mask`` (white = erase), ``InvertMask`` and ``MaskBlur``, and two extensions:
+#: ``Eraser`` (an Eraser's ModelCode) and ``MainModel`` (the Main model that redraws the area instead: the inpainting
+#: fallback). Neither: the deployment's first Eraser, else its default Main model.
+REMOVE_CONTENTS_FIELDS: tuple[str, ...] = ("RawImage", "Mask", "InvertMask", "MaskBlur", ERASER_FIELD, "MainModel")
+#: A Mask pixel at or above this grey level (after InvertMask) is erased.
+MASK_WHITE_LEVEL = 128
+#: The inpainting fallback's prompts: an empty scene where the object was.
+ERASE_PROMPT = "empty background, clean surface, nothing there, seamless continuation of the surroundings"
+ERASE_NEGATIVE_PROMPT = "object, person, text, watermark, logo, clutter"
+
+DESCRIBE_IMAGES_ACTION = "DescribeImages"
+DESCRIBER_FIELD = "Describer"               # an extension: a Describer's ModelCode
+TRANSLATE_DESCRIPTION_FIELD = "TranslateDescription"
+#: The fields DescribeImages reads besides the common ones and ``CallbackUrl``: PICPIK's ``ImageList`` and
+#: ``TranslateDescription``, and ``Describer`` (an extension: the Describer's ModelCode; absent, the first one).
+DESCRIBE_IMAGES_FIELDS: tuple[str, ...] = ("ImageList", TRANSLATE_DESCRIPTION_FIELD, DESCRIBER_FIELD)
+#: PICPIK's "Support Language List" (PICPIK-FACTS section 5, DescribeImages): TranslateDescription is one of these.
+DESCRIBE_LANGUAGES: tuple[str, ...] = ("en", "zh", "ja", "ko", "fr", "es", "it", "de", "tr", "ru", "pt", "vi", "id",
+                                       "th", "ms")
+DEFAULT_DESCRIBE_LANGUAGE = "en"
+#: The TaskDetail field of text results: one description per image of DescribeImages, in ImageList's order.
+TXT_LIST_FIELD = "TxtList"
+#: ListModels' extension lists: the Erasers and the Describers (``{ModelCode, Name, ModelType}``; a Describer also
+#: its ``Languages``, the TranslateDescription values it serves).
+ERASERS_FIELD = "Erasers"
+DESCRIBERS_FIELD = "Describers"
+
+
+# --- GenerateImages (PICPIK-FACTS section 5; docs/API.md) ----------------------------------------------------------
+
+GENERATE_IMAGES_ACTION = "GenerateImages"
+#: GenerateImages' ``Tileable`` (Bool, default false): a seamless texture, the image drawn on a torus (circular
+#: padding in the Main model's UNet and VAE convolutions, and in its ControlNets').
+TILEABLE_FIELD = "Tileable"
+#: A Tileable image is drawn at exactly its size, so Width and Height must be multiples of this (the VAE's factor:
+#: the pipeline pads any other size, and the padding would be a seam).
+TILEABLE_MULTIPLE = 8

@@ -42,6 +42,7 @@ from app.contract.limits import (
     DEFAULT_UPSCALE_TILE,
     DEMO_SOURCE_KINDS,
     DEMO_SOURCES,
+    DESCRIBE_LANGUAGES,
     FACE_DETECT_MIN_PX,
     FACE_MODEL_SUFFIXES,
     FACE_SCORE_RANGE,
@@ -112,6 +113,10 @@ CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 #: File suffixes an Upscaler's weights file may have (what spandrel reads: safetensors, or a pickled state dict
 #: that it unpickles restricted to tensors and plain containers).
 UPSCALER_SUFFIXES = (".pth", ".safetensors", ".pt", ".ckpt")
+#: File suffixes an Eraser's weights file may have (what spandrel reads, as an Upscaler's).
+ERASER_SUFFIXES = UPSCALER_SUFFIXES
+#: The kinds whose ``points:`` a models_config may set besides Main models (what one input image costs).
+PRICED_TYPES = (ModelType.UPSCALER, ModelType.ERASER, ModelType.DESCRIBER)
 
 
 #: What ``atelier pull`` answers a served hub source that only it can read (models_config/README.md "Real models").
@@ -500,6 +505,9 @@ class ModelEntry(BaseModel):
                                               " (`path:`, CLIPVisionModelWithProjection) or `demo: clip-vision`")
     face_model: ModelSource | None = Field(None, description="adapter ip-adapter-faceid: the face-recognition ONNX"
                                            " model (`file:` an ArcFace .onnx) or `demo: arcface`")
+    translators: dict[str, ModelSource] = Field(default_factory=dict, description="Describer: per TranslateDescription"
+                                                " language, the folder of a seq2seq model translating English into"
+                                                " it (`path:`) or `demo: translator-en`")
 
     @field_validator("model_code")
     @classmethod
@@ -525,6 +533,8 @@ class ModelEntry(BaseModel):
             raise ValueError("`safety:` is for Main models only")
         if (self.adapter is not None or self.image_encoder is not None) and self.model_type != ModelType.CONTROL_MODEL:
             raise ValueError("`adapter:` and `image_encoder:` are for ControlModel entries only")
+        if self.translators and self.model_type != ModelType.DESCRIBER:
+            raise ValueError("`translators:` is for Describer entries only")
         if self.face_model is not None and self.adapter != IP_ADAPTER_FACEID:
             raise ValueError(f"`face_model:` is for `adapter: {IP_ADAPTER_FACEID}` entries only")
         is_engine = self.model_type in MASK_ENGINE_TYPES
@@ -554,7 +564,7 @@ class ModelEntry(BaseModel):
             for field, value, default in (("default_control", self.default_control, []),
                                           ("default_main", self.default_main, False),
                                           ("points", self.points, DEFAULT_POINTS)):
-                if value != default and not (field == "points" and self.model_type == ModelType.UPSCALER):
+                if value != default and not (field == "points" and self.model_type in PRICED_TYPES):
                     raise ValueError(f"`{field}:` is for Main models only")
         if self.adapter == IP_ADAPTER_FACEID:
             return self._faceid_fits()
@@ -584,6 +594,8 @@ class ModelEntry(BaseModel):
                 raise ValueError("source.config is for single-file Main checkpoints, not Upscaler")
             if self.defaults != ModelDefaults():
                 raise ValueError("`defaults:` are not for Upscaler entries")
+        elif self.model_type in (ModelType.ERASER, ModelType.DESCRIBER):
+            return self._tool_fits(kind)
         else:
             if kind not in ("path", "file", "demo"):
                 raise ValueError(f"a {self.model_type} source must be path, file or demo, not {kind}"
@@ -593,6 +605,37 @@ class ModelEntry(BaseModel):
             if self.defaults.scheduler is not None:
                 raise ValueError("defaults.scheduler applies to Main models only")
         return self
+
+    def _tool_fits(self, kind: str) -> ModelEntry:
+        """An Eraser (a LaMa-family weights file: `file:`, a `hub:` repo holding one, `demo: eraser`) or a
+        Describer (a transformers image-to-text folder: `path:`, `hub:`, `demo: describer`, and its
+        ``translators:``)."""
+        eraser = self.model_type == ModelType.ERASER
+        wanted = ("file", "hub", "demo") if eraser else ("path", "hub", "demo")
+        if kind not in wanted:
+            what = "a weights `file:`, a `hub:` repo holding one" if eraser else "a model folder `path:`, a `hub:` repo"
+            article = "an" if eraser else "a"
+            raise ValueError(f"{article} {self.model_type}'s source is {what}, or `demo:"
+                             f" {DEMO_SOURCES[self.model_type][0]}`, not {kind}")
+        if kind == "file" and self.source.file.suffix.lower() not in ERASER_SUFFIXES:
+            raise ValueError(f"an Eraser's source.file must end in {', '.join(ERASER_SUFFIXES)},"
+                             f" got {self.source.file.name!r}")
+        if self.source.config is not None:
+            raise ValueError(f"source.config is for single-file Main checkpoints, not {self.model_type}")
+        if self.defaults != ModelDefaults():
+            raise ValueError(f"`defaults:` are not for {self.model_type} entries")
+        for language, source in self.translators.items():
+            if language not in DESCRIBE_LANGUAGES or language == DESCRIBE_LANGUAGES[0]:
+                raise ValueError(f"translators: {language!r} is not a TranslateDescription language to translate"
+                                 f" into ({', '.join(DESCRIBE_LANGUAGES[1:])})")
+            if source.kind not in ("path", "demo") or source.demo not in (None, *DEMO_SOURCES["describe_translator"]):
+                raise ValueError(f"translators.{language}: a translation folder (`path:`) or `demo: translator-en`"
+                                 + source.served_hint())
+        return self
+
+    def languages(self) -> list[str]:
+        """A Describer's TranslateDescription values: English (its own) and each of its ``translators:``."""
+        return [lang for lang in DESCRIBE_LANGUAGES if lang == DESCRIBE_LANGUAGES[0] or lang in self.translators]
 
     def _adapter_fits(self) -> ModelEntry:
         """An adapter entry (``adapter: ip-adapter``): a ControlModel whose source is the adapter file (``.safetensors``
@@ -720,6 +763,14 @@ class ModelEntry(BaseModel):
         ``Refine.Upscaler``."""
         return {"ModelCode": self.model_code, "Name": self.name, "ModelType": str(self.model_type)}
 
+    def to_tool(self) -> dict[str, Any]:
+        """A ListModels ``Erasers`` or ``Describers`` entry (an extension): what a request may name as ``Eraser`` or
+        ``Describer``; a Describer's with its ``Languages`` (the TranslateDescription values it serves)."""
+        entry = self.to_upscaler()
+        if self.model_type == ModelType.DESCRIBER:
+            entry["Languages"] = self.languages()
+        return entry
+
     def to_control(self) -> dict[str, Any]:
         """A ListControlNets entry: ``{ModelCode, Name, InferenceParams}``; an adapter's adds (an extension) its
         ``Adapter`` kind and ``Family``, so that a client can tell an IP-Adapter from a ControlNet."""
@@ -797,8 +848,9 @@ class Registry:
             source = e.source.resolved(self.base_dir) if e.source is not None else None
             encoder = e.image_encoder.resolved(self.base_dir) if e.image_encoder is not None else None
             face = e.face_model.resolved(self.base_dir) if e.face_model is not None else None
+            translators = {lang: t.resolved(self.base_dir) for lang, t in e.translators.items()}
             self._by_code[e.model_code] = e.model_copy(update={"source": source, "image_encoder": encoder,
-                                                               "face_model": face,
+                                                               "face_model": face, "translators": translators,
                                                                "safety": e.safety.resolved(self.base_dir)})
         marked = [e.model_code for e in self._by_code.values() if e.default_main]
         if len(marked) > 1:

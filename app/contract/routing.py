@@ -5,10 +5,14 @@ Every worker consumes the shared queue (``ATELIER_QUEUE``) and a direct queue of
 (:func:`direct_queue`), and says which models it holds (:func:`advertise`, with its heartbeat and after each job).
 At submission the gateway picks, among the live workers of the shared queue, the one where the job costs least
 (:func:`choose`): its backlog (the jobs waiting in its direct queue), plus ``switch_jobs`` when it neither holds the
-job's model nor was sent a job of that model lately (:func:`routed_key`: a model routed to a cold worker counts as
-held there from then on, so that a burst of one model's jobs goes to one worker, not to all of them). The job goes
-to that worker's direct queue while its backlog is under ``backlog``; otherwise, and for a job that needs no model,
-to the shared queue, where the next free worker takes it.
+job's model nor was sent a job of that model lately, twice that when other jobs wait in its queue (it switches to the
+model and back). A model that no worker holds, routed to a worker, counts as held there from then on
+(:func:`routed_key`), so that a burst of one model's jobs goes to one worker, not to all of them; so does a model
+that spills from busier workers that hold it to a worker that holds none; a job that spills to a worker that holds
+another model does not count: else the next jobs of the model would spread over both workers and each would switch
+back and forth. The job goes to that worker's direct
+queue while its backlog is under ``backlog``; otherwise, and for a job that needs no model, to the shared queue,
+where the next free worker takes it.
 
 A worker that stops hands its direct queue back to the shared queue (:func:`hand_back`); the gateway's recovery loop
 does it for one that died (:func:`reclaim`), so that no job waits for a worker that is gone. Priorities hold in
@@ -71,14 +75,22 @@ class WorkerView:
     backlog: int
 
 
+def switch_cost(model: str, worker: WorkerView, switch_jobs: float) -> float:
+    """What a job of ``model`` costs ``worker`` beyond its backlog, in jobs: nothing when it holds the model;
+    ``switch_jobs`` (a load) when it does not and its queue is empty; twice that when jobs of the models it holds
+    wait in its queue, as the job is run between them: a load, and another to go back."""
+    if model in worker.models:
+        return 0
+    return switch_jobs * (2 if worker.backlog else 1)
+
+
 def choose(model: str | None, workers: Sequence[WorkerView], *, backlog: int, switch_jobs: float) -> str | None:
     """The worker a job of ``model`` goes to, or None for the shared queue: the one of least
-    ``backlog + (0 if it holds the model else switch_jobs)`` (ties: one that holds it, then the fewest models, then the
-    id), when its backlog
-    is under ``backlog``. A job that needs no model (None) goes to the shared queue."""
+    ``backlog + switch_cost`` (:func:`switch_cost`; ties: one that holds it, then the fewest models, then the id),
+    when its backlog is under ``backlog``. A job that needs no model (None) goes to the shared queue."""
     if model is None or not workers or backlog <= 0:
         return None
-    best = min(workers, key=lambda w: (w.backlog + (0 if model in w.models else switch_jobs), model not in w.models,
+    best = min(workers, key=lambda w: (w.backlog + switch_cost(model, w, switch_jobs), model not in w.models,
                                        len(w.models), w.worker_id))
     return best.worker_id if best.backlog < backlog else None
 
@@ -88,6 +100,15 @@ _LIVE_IDS = """
 local t = redis.call('TIME')
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (tonumber(t[1]) + tonumber(t[2]) / 1000000), '+inf')
 """
+
+
+def waiting_lists(queue: str, direct_ids: Iterable[bytes | str]) -> list[str]:
+    """The Redis lists where ``queue``'s jobs wait: the shared queue's, then the direct queue's of each worker of
+    ``direct_ids`` (the members of :func:`direct_key`, alive or not: a dead worker's jobs wait until reclaimed)."""
+    names = queue_lists(queue)
+    for w in sorted({_text(w) for w in direct_ids}):
+        names += queue_lists(direct_queue(queue, w))
+    return names
 
 
 def live_worker_ids(r: redis.Redis, queue: str) -> list[str]:
@@ -119,17 +140,23 @@ def worker_views(r: redis.Redis, queue: str) -> list[WorkerView]:
 
 
 def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch_jobs: float) -> str:
-    """The queue a job of ``model`` is sent to now: a worker's direct queue (:func:`choose`; the model then counts as
-    routed there), or ``queue``."""
+    """The queue a job of ``model`` is sent to now: a worker's direct queue (:func:`choose`), or ``queue``. The model
+    then counts as routed there (:func:`routed_key`) when that worker holds it already, when no worker does, or when
+    that worker holds no model (it takes the model up: one model's burst spreads over the workers); not when it
+    spills there from busier workers that hold it, to a worker that holds another model (whose cache says so once
+    the job has run: a worker that keeps the model then holds it)."""
     if model is None or backlog <= 0:
         return queue
-    worker = choose(model, worker_views(r, queue), backlog=backlog, switch_jobs=switch_jobs)
+    views = worker_views(r, queue)
+    worker = choose(model, views, backlog=backlog, switch_jobs=switch_jobs)
     if worker is None:
         return queue
-    pipe = r.pipeline(transaction=False)
-    pipe.sadd(routed_key(worker), model)
-    pipe.expire(routed_key(worker), ROUTED_TTL_S)
-    pipe.execute()
+    held = {v.worker_id for v in views if model in v.models}
+    if worker in held or not held or not next(v.models for v in views if v.worker_id == worker):
+        pipe = r.pipeline(transaction=False)
+        pipe.sadd(routed_key(worker), model)
+        pipe.expire(routed_key(worker), ROUTED_TTL_S)
+        pipe.execute()
     return direct_queue(queue, worker)
 
 

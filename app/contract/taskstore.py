@@ -57,26 +57,41 @@ def active_key(owner: str) -> str:
 
 
 LEASES = f"{P}leases"
+#: A new task whose job message was not sent within this many leases (its gateway died between creating the task
+#: and sending it) is sent by the reaper (``TaskStore.create``'s ``send_within_s``; docs/deployment.md "Recovery").
+SEND_GRACE_LEASES = 2
 WEBHOOKS = f"{P}webhooks"
 ENDED = tuple(s.value for s in ENDED_STATUSES)
 
 
-# Atomically: return the TaskUID already created for (owner, request_uuid) (KEYS[3], when given);
-# else refuse when the owner has too many active tasks; else create the record, the idempotency key
-# and the active entry. KEYS: task, active set[, idempotency]. ARGV: uid, retention, limit,
-# record TTL, field, value, ...
+# Atomically: return the TaskUID already created for (owner, request_uuid) (KEYS[4], when given);
+# else refuse when the owner has too many active tasks; else create the record, the idempotency key,
+# the active entry and (a send deadline > 0) the deadline by which its job message must have been sent, in the
+# leases' set (the reaper sends a task still unsent then: its gateway died between the two).
+# KEYS: task, active set, leases[, idempotency]. ARGV: uid, retention, limit, record TTL, send deadline, field,
+# value, ...
 _CREATE = """
-if KEYS[3] then
-  local existing = redis.call('GET', KEYS[3])
+if KEYS[4] then
+  local existing = redis.call('GET', KEYS[4])
   if existing then return {existing, 0} end
 end
 local limit = tonumber(ARGV[3])
 if limit > 0 and redis.call('SCARD', KEYS[2]) >= limit then return {'', -1} end
-if KEYS[3] then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[2]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[1])
+if tonumber(ARGV[5]) > 0 then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1]) end
 return {ARGV[1], 1}
+"""
+
+# KEYS: task, leases. ARGV: uid. A task whose job message was sent leaves the leases' set, unless a worker already
+# started it (its lease is there now) or the reaper already acted on it.
+_SENT = """
+if redis.call('HGET', KEYS[1], 'status') == 'Queuing' and not redis.call('HGET', KEYS[1], 'lease_until') then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+return 1
 """
 
 
@@ -175,6 +190,7 @@ class TaskRecord:
     status: TaskStatus
     seed: int = -1
     images: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # text results (DescribeImages: one per image), TxtList
     error_code: int = 0
     error_message: str = ""
     step: int = 0
@@ -200,6 +216,7 @@ class TaskRecord:
         return cls(
             uid=uid, owner=h["owner"], action=h.get("action", ""), status=TaskStatus(h["status"]),
             seed=int(h.get("seed", -1)), images=orjson.loads(h.get("images", "[]")),
+            texts=orjson.loads(h.get("texts", "[]")),
             error_code=int(h.get("error_code", 0)), error_message=h.get("error_message", ""),
             step=int(h.get("step", 0)), total_steps=int(h.get("total_steps", 0)),
             notes=orjson.loads(h.get("notes", "[]")), points=int(h.get("points", DEFAULT_POINTS)),
@@ -214,9 +231,9 @@ class TaskRecord:
 
     @property
     def consumed_points(self) -> int:
-        """ConsumeApiPoint: the images the task made (a mask task's cut-out and mask count as one) times its
-        model's points."""
-        return len(self.images) // max(1, self.results_per_image) * self.points
+        """ConsumeApiPoint: the images the task made (a mask task's cut-out and mask count as one) and the texts
+        (one per described image) times its model's points."""
+        return (len(self.images) // max(1, self.results_per_image) + len(self.texts)) * self.points
 
     @property
     def progress(self) -> int:
@@ -233,6 +250,7 @@ class TaskStore:
         self.retention_s = retention_s
         self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._create = r.register_script(_CREATE)
+        self._sent = r.register_script(_SENT)
         self._start = r.register_script(_START)
         self._renew = r.register_script(_RENEW)
         self._finish_script = r.register_script(_FINISH)
@@ -244,16 +262,19 @@ class TaskStore:
                max_active: int, *, notes: list[str] | tuple[str, ...] = (),
                points: int = DEFAULT_POINTS, uid: str | None = None,
                job: dict[str, Any] | None = None, callback_url: str | None = None,
-               queue: str = "", results_per_image: int = 1, priority: int = DEFAULT_PRIORITY) -> tuple[str, bool]:
+               queue: str = "", results_per_image: int = 1, priority: int = DEFAULT_PRIORITY,
+               send_within_s: float = 0.0) -> tuple[str, bool]:
         """Create a Queuing task; returns (TaskUID, created). A repeated (owner, request_uuid)
         returns the first TaskUID and created=False. Raises TooManyActiveTasks. ``notes`` start the
         task's Notes; ``points`` is what each image it makes costs (ConsumeApiPoint); ``job`` the job message,
         kept with the task so that the recovery can send it again (its ``task_uid`` must be ``uid``) to
         ``queue``, the Celery queue it was sent to, at ``priority`` (the request's Priority, as capped);
         ``callback_url`` where its webhook goes when it ends; ``results_per_image``: result files per image
-        paid for."""
+        paid for. ``send_within_s`` > 0 (with ``job``): unless :meth:`sent` says its job message was sent within that
+        many seconds, the reaper sends it (the gateway that created it died before it could)."""
         uid = uid or new_task_uid()
-        keys = [task_key(uid), active_key(owner)] + ([f"{P}idem:{owner}:{request_uuid}"] if request_uuid else [])
+        idem = [f"{P}idem:{owner}:{request_uuid}"] if request_uuid else []
+        keys = [task_key(uid), active_key(owner), LEASES, *idem]
         fields: dict[str, Any] = {"owner": owner, "action": action, "status": TaskStatus.QUEUING.value,
                                   "seed": seed, "created_at": time.time(), "request_uuid": request_uuid or "",
                                   "notes": orjson.dumps(list(notes)), "points": int(points)}
@@ -265,7 +286,9 @@ class TaskStore:
             fields["callback_url"] = callback_url
         if results_per_image != 1:
             fields["results_per_image"] = int(results_per_image)
-        argv = [uid, self.retention_s, max_active, 7 * self.retention_s]
+        now = time.time()
+        deadline = now + send_within_s if job is not None and send_within_s > 0 else 0
+        argv = [uid, self.retention_s, max_active, 7 * self.retention_s, deadline]
         for k, v in fields.items():
             argv += [k, v]
         got, flag = self._create(keys=keys, args=argv)
@@ -273,11 +296,16 @@ class TaskStore:
             raise TooManyActiveTasks()
         return got, int(flag) == 1
 
+    def sent(self, uid: str) -> None:
+        """The task's job message was sent: the reaper need not send it (:meth:`create`'s ``send_within_s``)."""
+        self._sent(keys=[task_key(uid), LEASES], args=[uid])
+
     def discard(self, uid: str, owner: str, request_uuid: str | None) -> None:
         """Undo a create whose job could not be enqueued, so that a retry starts afresh."""
         pipe = self.r.pipeline()
         pipe.delete(task_key(uid))
         pipe.srem(active_key(owner), uid)
+        pipe.zrem(LEASES, uid)
         if request_uuid:
             pipe.delete(f"{P}idem:{owner}:{request_uuid}")
         pipe.execute()
@@ -362,16 +390,20 @@ class TaskStore:
         return bool(self._replicated(self._finish_script, [task_key(uid), LEASES, WEBHOOKS], argv))
 
     def mark_finished(self, uid: str, images: list[str], seed: int | None, worker: str | None = None,
-                      pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> bool:
+                      pipeline_s: float = 0.0, steps: tuple[int, int] | None = None,
+                      texts: list[str] | None = None) -> bool:
         """End the task Finished; with ``worker``, only if that worker holds it. True if it ended it. ``seed``:
         the seed the images were drawn with (None: the task keeps the Seed it was created with).
         ``pipeline_s``: the seconds its worker spent inside the diffusion pipeline's calls (their step callbacks
         excepted), kept for ``make bench``: the task's time minus this is what the service added. ``steps``: its
-        last (Step, TotalSteps), written with the mark (the worker does not write its last step's progress)."""
+        last (Step, TotalSteps), written with the mark (the worker does not write its last step's progress).
+        ``texts``: its text results (TaskDetail ``TxtList``), kept like its images."""
         mapping = {"status": TaskStatus.FINISHED.value, "images": orjson.dumps(images),
                    "error_code": int(ErrorCode.NONE), "error_message": "", "pipeline_s": pipeline_s}
         if seed is not None:
             mapping["seed"] = seed
+        if texts:
+            mapping["texts"] = orjson.dumps(texts)
         if steps is not None:
             mapping["step"], mapping["total_steps"] = steps
         return self._finish(uid, mapping, worker)

@@ -74,13 +74,18 @@ CALLBACK_URL_RULE = "must be an http or https URL with a host, e.g. https://exam
 #: The control units' field: PICPIK's name, and the older spelling still accepted (not both in one request).
 CONTROL_UNITS_ALIAS = "ControlNet"  # the field's name itself: limits.CONTROL_UNITS_FIELD
 
+#: PICPIK's shared generation block (PICPIK-FACTS section 4), read by :func:`parse_shared_block`.
+SHARED_BLOCK_FIELDS: tuple[str, ...] = (
+    "MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed", "Width",
+    "Height", "BatchSize", "UseMainModelVAE")
+#: The extensions every generation reads (:func:`parse_extras`, :func:`parse_control_units`).
+GENERATION_EXTENSION_FIELDS: tuple[str, ...] = (CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS, CALLBACK_URL_FIELD,
+                                                 REFINE_FIELD, FACE_REFINE_FIELD)
 #: The top-level fields GenerateFromMannequin reads besides the common ones; any other is ignored and
 #: named in the task's Notes.
 GENERATE_FIELDS: tuple[str, ...] = (
-    "MainModel", "SubModelList", "PositivePrompts", "NegativePrompts", "TranslatePrompts", "Seed", "Width",
-    "Height", "BatchSize", "UseMainModelVAE", "Image2Image", "Mannequin", "ImageAndMaskList", "ImageList",
-    "MaskList", CONTROL_UNITS_FIELD, CONTROL_UNITS_ALIAS, CALLBACK_URL_FIELD, REFINE_FIELD,
-    FACE_REFINE_FIELD,
+    *SHARED_BLOCK_FIELDS, "Image2Image", "Mannequin", "ImageAndMaskList", "ImageList", "MaskList",
+    *GENERATION_EXTENSION_FIELDS,
 )
 
 
@@ -189,7 +194,7 @@ def control_units_field(body: dict[str, Any]) -> str:
     return CONTROL_UNITS_ALIAS if body.get(CONTROL_UNITS_ALIAS) is not None else CONTROL_UNITS_FIELD
 
 
-def _parse_control_units(body: dict[str, Any], images: _ImageLists,
+def parse_control_units(body: dict[str, Any], images: ImageLists,
                          mannequin_index: int) -> list[ControlUnit] | None:
     """``ControlNetList`` (or its alias ``ControlNet``, not both): absent or null = the deployment's default
     control for the main model; ``[]`` = no control at all; else up to MAX_CONTROL_UNITS units."""
@@ -238,7 +243,7 @@ def _parse_control_units(body: dict[str, Any], images: _ImageLists,
 
 
 @dataclass(frozen=True)
-class _ImageLists:
+class ImageLists:
     """The request's images in either style: one ``ImageAndMaskList`` (``masks`` is None: every index points
     into ``images``) or ``ImageList`` + ``MaskList`` (clothes masks point into ``masks``)."""
 
@@ -265,7 +270,7 @@ class _ImageLists:
         return named + [(f"MaskList[{i}]", v) for i, v in enumerate(self.masks or [])]
 
 
-def _parse_image_lists(body: dict[str, Any], max_images: int) -> _ImageLists:
+def parse_image_lists(body: dict[str, Any], max_images: int) -> ImageLists:
     """``ImageAndMaskList``, or ``ImageList`` (required then) with ``MaskList``; never both styles."""
     pair = [name for name in ("ImageList", "MaskList") if body.get(name) is not None]
     if body.get("ImageAndMaskList") is not None and pair:
@@ -275,12 +280,12 @@ def _parse_image_lists(body: dict[str, Any], max_images: int) -> _ImageLists:
         if body.get("ImageAndMaskList") is None:
             raise ApiError.param("ImageAndMaskList", "is required (or ImageList and MaskList)")
         sources = check_list(body["ImageAndMaskList"], "ImageAndMaskList", min_items=1, max_items=max_images)
-        return _ImageLists(sources, None, "ImageAndMaskList")
+        return ImageLists(sources, None, "ImageAndMaskList")
     images = check_list(body.get("ImageList"), "ImageList", min_items=1, max_items=max_images)
     masks = check_list(body.get("MaskList"), "MaskList", max_items=max_images, default=[])
     if len(images) + len(masks) > max_images:
         raise ApiError.param("MaskList", f"ImageList and MaskList together must have at most {max_images} images")
-    return _ImageLists(images, masks, "ImageList")
+    return ImageLists(images, masks, "ImageList")
 
 
 def _parse_face_refine(value: Any) -> tuple[bool | None, float | None]:
@@ -366,6 +371,65 @@ def check_callback_url(value: Any, name: str, *, allow_private: bool) -> str | N
     return url
 
 
+def parse_shared_block(body: Any, max_prompt_chars: int) -> dict[str, Any]:
+    """PICPIK's shared generation block (PICPIK-FACTS section 4), in the reference page's order: MainModel
+    (optional: absent = the deployment's default main model), SubModelList (entry by entry), PositivePrompts,
+    NegativePrompts, TranslatePrompts, Seed, Width, Height, BatchSize, UseMainModelVAE. The
+    :class:`GenerateRequest` fields they give, by name (every action drawing with a Main model reads it)."""
+    if not isinstance(body, dict):
+        raise ApiError.param("body", "must be a JSON object")
+    main = _parse_model(body["MainModel"], "MainModel") if body.get("MainModel") is not None else None
+    sub_models = _parse_sub_models(body.get("SubModelList"))
+    positive = check_str_list(body.get("PositivePrompts"), "PositivePrompts",
+                              max_total_chars=max_prompt_chars, default=[])
+    negative = check_str_list(body.get("NegativePrompts"), "NegativePrompts",
+                              max_total_chars=max_prompt_chars, default=[])
+    translate = check_bool(body.get("TranslatePrompts"), "TranslatePrompts", default=True)
+    seed = check_int(body.get("Seed"), "Seed", lo=SEED_RANGE.lo, hi=SEED_RANGE.hi, default=-1)
+    width = check_int(body.get("Width"), "Width", lo=SIZE_RANGE.lo, hi=SIZE_RANGE.hi, default=DEFAULT_SIZE)
+    height = check_int(body.get("Height"), "Height", lo=SIZE_RANGE.lo, hi=SIZE_RANGE.hi, default=DEFAULT_SIZE)
+    batch_size = check_int(body.get("BatchSize"), "BatchSize",
+                           lo=BATCH_SIZE_RANGE.lo, hi=BATCH_SIZE_RANGE.hi, default=1)
+    use_vae = check_bool(body.get("UseMainModelVAE"), "UseMainModelVAE", default=False)
+    return dict(main_model=main.model_code if main is not None else None, sub_models=sub_models,
+                positive_prompts=positive, negative_prompts=negative, translate_prompts=translate, seed=seed,
+                width=width, height=height, batch_size=batch_size, use_main_model_vae=use_vae)
+
+
+def parse_image2image(body: dict[str, Any], name: str, lists: ImageLists) -> tuple[int | None, float, str]:
+    """An Image2Image object (optional) under ``name``: (ImageIndex (required within it, in bounds; None without
+    the object), ReferStrength, ResizeMode), defaults applied."""
+    image2image = check_object(body.get(name), name, default=None)
+    if image2image is None:
+        return None, DEFAULT_REFER_STRENGTH, DEFAULT_BACKGROUND_RESIZE_MODE
+    index = lists.image_index(image2image.get("ImageIndex"), f"{name}.ImageIndex")
+    strength = check_float(image2image.get("ReferStrength"), f"{name}.ReferStrength", lo=REFER_STRENGTH_RANGE.lo,
+                           hi=REFER_STRENGTH_RANGE.hi, default=DEFAULT_REFER_STRENGTH)
+    mode = check_choice(image2image.get("ResizeMode"), f"{name}.ResizeMode", RESIZE_MODES,
+                        default=DEFAULT_BACKGROUND_RESIZE_MODE)
+    return index, strength, mode
+
+
+def parse_extras(body: dict[str, Any], allow_private_callbacks: bool) -> dict[str, Any]:
+    """The extensions every generation reads after its own fields, in this order: Refine (optional: ``Strength``,
+    ``Upscaler``: a non-empty string, an Upscaler's ModelCode or ``Lanczos``), FaceRefine (optional: ``Enabled``,
+    ``Strength``), CallbackUrl (:func:`check_callback_url`), Priority (:func:`check_priority`). The
+    :class:`GenerateRequest` fields they give, by name."""
+    refine = check_object(body.get(REFINE_FIELD), REFINE_FIELD, default=None)
+    refine_strength = refine_upscaler = None
+    if refine is not None:
+        refine_strength = check_float(refine.get("Strength"), f"{REFINE_FIELD}.Strength", lo=REFINE_STRENGTH_RANGE.lo,
+                                      hi=REFINE_STRENGTH_RANGE.hi, default=None)
+        refine_upscaler = check_str(refine.get(UPSCALER_FIELD), REFINE_UPSCALER_FIELD, non_empty=True, default=None)
+        if refine_upscaler is not None and is_lanczos(refine_upscaler):
+            refine_upscaler = LANCZOS
+    face_refine, face_strength = _parse_face_refine(body.get(FACE_REFINE_FIELD))
+    callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
+                                      allow_private=allow_private_callbacks)
+    return dict(refine_strength=refine_strength, refine_upscaler=refine_upscaler, face_refine=face_refine,
+                face_strength=face_strength, callback_url=callback_url, priority=check_priority(body))
+
+
 def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
                    max_prompt_chars: int, allow_private_callbacks: bool = False,
                    known_images: Callable[[str], bool] | None = None) -> GenerateRequest:
@@ -394,35 +458,10 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     (``Settings.max_images``, ``max_image_pixels``, ``max_prompt_chars``); ``allow_private_callbacks`` is
     ``Settings.webhook_allow_private``.
     """
-    if not isinstance(body, dict):
-        raise ApiError.param("body", "must be a JSON object")
-    main = _parse_model(body["MainModel"], "MainModel") if body.get("MainModel") is not None else None
-    sub_models = _parse_sub_models(body.get("SubModelList"))
-    positive = check_str_list(body.get("PositivePrompts"), "PositivePrompts",
-                              max_total_chars=max_prompt_chars, default=[])
-    negative = check_str_list(body.get("NegativePrompts"), "NegativePrompts",
-                              max_total_chars=max_prompt_chars, default=[])
-    translate = check_bool(body.get("TranslatePrompts"), "TranslatePrompts", default=True)
-    seed = check_int(body.get("Seed"), "Seed", lo=SEED_RANGE.lo, hi=SEED_RANGE.hi, default=-1)
-    width = check_int(body.get("Width"), "Width", lo=SIZE_RANGE.lo, hi=SIZE_RANGE.hi, default=DEFAULT_SIZE)
-    height = check_int(body.get("Height"), "Height", lo=SIZE_RANGE.lo, hi=SIZE_RANGE.hi, default=DEFAULT_SIZE)
-    batch_size = check_int(body.get("BatchSize"), "BatchSize",
-                           lo=BATCH_SIZE_RANGE.lo, hi=BATCH_SIZE_RANGE.hi, default=1)
-    use_vae = check_bool(body.get("UseMainModelVAE"), "UseMainModelVAE", default=False)
+    shared = parse_shared_block(body, max_prompt_chars)
+    lists = parse_image_lists(body, max_images)
 
-    lists = _parse_image_lists(body, max_images)
-
-    background_index = None
-    refer_strength = DEFAULT_REFER_STRENGTH
-    background_resize_mode = DEFAULT_BACKGROUND_RESIZE_MODE
-    image2image = check_object(body.get("Image2Image"), "Image2Image", default=None)
-    if image2image is not None:
-        background_index = lists.image_index(image2image.get("ImageIndex"), "Image2Image.ImageIndex")
-        refer_strength = check_float(image2image.get("ReferStrength"), "Image2Image.ReferStrength",
-                                     lo=REFER_STRENGTH_RANGE.lo, hi=REFER_STRENGTH_RANGE.hi,
-                                     default=DEFAULT_REFER_STRENGTH)
-        background_resize_mode = check_choice(image2image.get("ResizeMode"), "Image2Image.ResizeMode",
-                                              RESIZE_MODES, default=DEFAULT_BACKGROUND_RESIZE_MODE)
+    background_index, refer_strength, background_resize_mode = parse_image2image(body, "Image2Image", lists)
 
     mannequin = check_object(body.get("Mannequin"), "Mannequin")
     mannequin_index = lists.image_index(mannequin.get("ImageIndex"), "Mannequin.ImageIndex")
@@ -441,34 +480,14 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
     if mask_index is not None and (segmenter is not None or classes is not None):
         raise ApiError.param(CLOTHES_SEGMENTER_FIELD if segmenter is not None else GARMENT_CLASSES_FIELD,
                              "is for a request without Mannequin.ClothesMaskIndex (the mask is given)")
-    control_units = _parse_control_units(body, lists, mannequin_index)
-    refine = check_object(body.get(REFINE_FIELD), REFINE_FIELD, default=None)
-    refine_strength = refine_upscaler = None
-    if refine is not None:
-        refine_strength = check_float(refine.get("Strength"), f"{REFINE_FIELD}.Strength", lo=REFINE_STRENGTH_RANGE.lo,
-                                      hi=REFINE_STRENGTH_RANGE.hi, default=None)
-        refine_upscaler = check_str(refine.get(UPSCALER_FIELD), REFINE_UPSCALER_FIELD, non_empty=True, default=None)
-        if refine_upscaler is not None and is_lanczos(refine_upscaler):
-            refine_upscaler = LANCZOS
-    face_refine, face_strength = _parse_face_refine(body.get(FACE_REFINE_FIELD))
-    callback_url = check_callback_url(body.get(CALLBACK_URL_FIELD), CALLBACK_URL_FIELD,
-                                      allow_private=allow_private_callbacks)
-    priority = check_priority(body)
+    control_units = parse_control_units(body, lists, mannequin_index)
+    extras = parse_extras(body, allow_private_callbacks)
 
     images = [decode_image(src, name, max_pixels, known_images) for name, src in lists.sources()]
     known = (*COMMON_FIELDS, *GENERATE_FIELDS, *TASK_FIELDS)
 
     return GenerateRequest(
-        main_model=main.model_code if main is not None else None,
-        sub_models=sub_models,
-        positive_prompts=positive,
-        negative_prompts=negative,
-        translate_prompts=translate,
-        seed=seed,
-        width=width,
-        height=height,
-        batch_size=batch_size,
-        use_main_model_vae=use_vae,
+        **shared,
         images=images,
         mannequin_index=mannequin_index,
         clothes_mask_index=mask_index,
@@ -482,10 +501,5 @@ def parse_generate(body: dict[str, Any], *, max_images: int, max_pixels: int,
         control_units=control_units,
         control_units_field=control_units_field(body),
         ignored_fields=[name for name in body if name not in known],
-        callback_url=callback_url,
-        priority=priority,
-        refine_strength=refine_strength,
-        face_refine=face_refine,
-        face_strength=face_strength,
-        refine_upscaler=refine_upscaler,
+        **extras,
     )

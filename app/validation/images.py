@@ -38,6 +38,8 @@ from app.errors import ApiError
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 """Pillow format names accepted as input images."""
+#: Pillow modes with an alpha channel.
+ALPHA_MODES: tuple[str, ...] = ("RGBA", "LA", "PA", "RGBa", "La")
 
 _DATA_URL = re.compile(r"data:[^,;]*(?:;[^,;]*)*?;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
@@ -60,6 +62,8 @@ class DecodedImage:
     height: int
     format: str
     mode: str
+    #: whether it has an alpha channel (an alpha mode, or a palette or grey image with a transparent entry)
+    alpha: bool = False
 
 
 def _base64_bytes(value: str, field: str) -> bytes:
@@ -139,4 +143,5 @@ def decode_image(value: object, field: str, max_pixels: int,
         height=image.height,
         format=str(image.format),
         mode=image.mode,
+        alpha=image.mode in ALPHA_MODES or "transparency" in image.info,
     )

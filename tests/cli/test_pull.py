@@ -386,3 +386,27 @@ def test_the_recommended_config_is_a_valid_pull_config_with_a_licence_for_every_
     # served directly, it is refused with a message that says to pull it
     with pytest.raises(ValueError, match=r"only `atelier pull` downloads: run `atelier pull"):
         Registry.from_file(RECOMMENDED_CONFIG)
+
+
+def test_a_describers_translators_are_pulled_with_it(tmp_path):
+    """A Describer's `translators:` hub sources are pulled as its own (named by its ModelCode for --only), and become
+    `path:` folders of the written config, which a deployment serves."""
+    doc = yaml.safe_load(textwrap.dedent("""
+        models:
+          - ModelCode: blip
+            Name: BLIP
+            ModelType: Describer
+            source: {hub: Salesforce/blip-image-captioning-base}
+            translators: {fr: {hub: Helsinki-NLP/opus-mt-en-fr}, zh: {path: local/opus-mt-en-zh}}
+    """))
+    found = [(s.label, s.name, s.source.hub) for s in hub_sources(doc, "pull.yaml")]
+    assert found == [("models[0] (ModelCode 'blip')", "blip", "Salesforce/blip-image-captioning-base"),
+                     ("models[0] (ModelCode 'blip'): translators.fr", "blip", "Helsinki-NLP/opus-mt-en-fr")]
+    out = pulled_config(doc, tmp_path / "in" / "pull.yaml", tmp_path / "models", tmp_path / "served.yaml")
+    entry = out["models"][0]
+    assert entry["source"] == {"path": "models/Salesforce/blip-image-captioning-base"}
+    assert entry["translators"] == {"fr": {"path": "models/Helsinki-NLP/opus-mt-en-fr"},
+                                    "zh": {"path": str(tmp_path / "in" / "local" / "opus-mt-en-zh")}}
+    validate_pulled(out, tmp_path / "served.yaml", "served.yaml")
+    served = Registry.from_dict(out, tmp_path, origin="served.yaml").require("blip", ModelType.DESCRIBER)
+    assert served.languages() == ["en", "zh", "fr"]

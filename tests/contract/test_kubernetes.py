@@ -6,8 +6,8 @@
   (tests/data/keda/README.md, tests/data/prometheus-operator/); no kind goes unchecked;
 - what the manifests say about the app against the app: every ``ATELIER_*`` variable they set is a setting, with a
   value Settings accepts; probe paths are routes of the gateway and probe, Service and scrape ports are the port it
-  listens on; the worker's queue, GPU, grace period, metrics port; KEDA's list is the Redis list Celery's transport
-  keeps the queue in, its target the worker Deployment, its Redis the one of ATELIER_REDIS_URL;
+  listens on; the worker's queue, GPU, grace period, metrics port; KEDA reads the gateway Service's ``GET /queue``
+  (a route of the app, the Service's DNS name and port, a field of the answer) and scales the worker Deployment;
 - the models: the ConfigMap's models.yaml is a valid models config, every model it serves lies on the read-only
   volume, and it is exactly what the pull Job's ``atelier pull`` writes.
 
@@ -32,7 +32,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from app.cli.pull import pulled_config, read_config
 from app.contract.registry import Registry
@@ -50,7 +49,6 @@ KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 #: file says from what): KEDA's, and the Prometheus Operator's PodMonitor.
 CRD_SCHEMAS = {
     ("keda.sh/v1alpha1", "ScaledObject"): ROOT / "tests/data/keda/scaledobject.schema.yaml",
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): ROOT / "tests/data/keda/triggerauthentication.schema.yaml",
     ("monitoring.coreos.com/v1", "PodMonitor"): ROOT / "tests/data/prometheus-operator/podmonitor.schema.yaml",
 }
 CRD_KINDS = {kind for _, kind in CRD_SCHEMAS}
@@ -170,7 +168,14 @@ def test_the_base_is_its_resources_only():
     names = [(d["kind"], d["metadata"]["name"]) for _, d in manifests()]
     assert len(names) == len(set(names)), "each object once"
     assert {d["kind"] for d in base()} >= {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap",
-                                           "PersistentVolumeClaim", "ScaledObject", "TriggerAuthentication"}
+                                           "PersistentVolumeClaim", "ScaledObject"}
+
+
+def readme_overlay() -> str:
+    """The example overlay of deploy/kubernetes/README.md "An overlay" (a kustomization.yaml)."""
+    overlay = re.search(r"```yaml\n(# my-atelier/kustomization.yaml\n.*?)```", (K8S / "README.md").read_text(), re.S)
+    assert overlay, "README.md shows no my-atelier/kustomization.yaml"
+    return overlay.group(1)
 
 
 def kubectl_kustomize(folder: Path) -> list[dict[str, Any]]:
@@ -189,9 +194,8 @@ def test_kustomize_renders_the_base_and_the_readme_overlay(tmp_path):
     renders the overlay README.md shows (image, namespace and patches applied) to manifests that still validate."""
     assert canonical(kubectl_kustomize(K8S)) == canonical(base())
     shutil.copytree(K8S, tmp_path / "deploy" / "kubernetes")
-    overlay = re.search(r"```yaml\n(# my-atelier/kustomization.yaml\n.*?)```", (K8S / "README.md").read_text(), re.S)
     (tmp_path / "my-atelier").mkdir()
-    (tmp_path / "my-atelier" / "kustomization.yaml").write_text(overlay.group(1))
+    (tmp_path / "my-atelier" / "kustomization.yaml").write_text(readme_overlay())
     rendered = kubectl_kustomize(tmp_path / "my-atelier")
     assert len(rendered) == len(base())
     for doc in rendered:
@@ -202,6 +206,10 @@ def test_kustomize_renders_the_base_and_the_readme_overlay(tmp_path):
             kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
         if doc["kind"] == "Deployment":
             assert container(doc)["image"] == "registry.mycompany.com/atelier:0.1.0"
+        if doc["kind"] == "ScaledObject":  # the namespace does not reach a URL: the gateway's is the overlay's
+            url = urlsplit(doc["spec"]["triggers"][0]["metadata"]["url"])
+            assert url.hostname == f"atelier-gateway.{doc['metadata']['namespace']}.svc.cluster.local"
+            assert doc["spec"]["maxReplicaCount"] == 4
     [env] = [d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "atelier-env"]
     assert env["data"]["ATELIER_STORAGE_URL"] == "s3://my-bucket/atelier"
 
@@ -267,21 +275,44 @@ def test_keda_schema_refuses_what_keda_would():
         edit(doc)
         return doc
 
+    def metadata(trigger: dict[str, Any] | None = None, **edit: str | int | None) -> dict[str, Any]:
+        """The ScaledObject with its trigger (or ``trigger`` instead) and that trigger's metadata changed (a value
+        None: the parameter removed)."""
+        doc = copy.deepcopy(scaled)
+        if trigger is not None:
+            doc["spec"]["triggers"] = [copy.deepcopy(trigger)]
+        meta = doc["spec"]["triggers"][0]["metadata"]
+        meta.update(edit)
+        for k in [k for k, v in meta.items() if v is None]:
+            del meta[k]
+        return doc
+
+    redis_list = {"type": "redis", "metadata": {"address": "redis.data:6379", "listName": "atelier",
+                                                "listLength": "2"}}
+
+    def redis_trigger(**edit: str | int | None) -> dict[str, Any]:
+        return metadata(redis_list, **edit)
+
+    assert validator.is_valid(redis_trigger()), "the redis scaler's branch accepts a complete trigger"
+    assert validator.is_valid(metadata(targetValue="2.5", activationTargetValue="0", format="json"))
     bad = {
         "an unknown spec field": changed(lambda d: d["spec"].update(minReplicas=1)),
         "no scaleTargetRef name": changed(lambda d: d["spec"]["scaleTargetRef"].pop("name")),
-        "a number where KEDA wants a string": changed(lambda d: d["spec"]["triggers"][0]["metadata"].update(
-            listLength=2)),
-        "a redis trigger without listName": changed(lambda d: d["spec"]["triggers"][0]["metadata"].pop("listName")),
-        "a redis trigger without an address": changed(lambda d: d["spec"]["triggers"][0]["metadata"].pop("address")),
         "a count that is not an integer": changed(lambda d: d["spec"].update(maxReplicaCount="8")),
+        "a number where KEDA wants a string": metadata(targetValue=2),
+        "a metrics-api trigger without url": metadata(url=None),
+        "a metrics-api trigger without valueLocation": metadata(valueLocation=None),
+        "a metrics-api trigger without targetValue": metadata(targetValue=None),
+        "a target of 0": metadata(targetValue="0"),
+        "a target that is not a number": metadata(targetValue="two"),
+        "a url that is not http(s)": metadata(url="atelier-gateway:80/queue"),
+        "an unknown format": metadata(format="csv"),
+        "a redis trigger without listName": redis_trigger(listName=None),
+        "a redis trigger without an address": redis_trigger(address=None),
+        "a redis trigger's length as a number": redis_trigger(listLength=2),
     }
     for what, doc in bad.items():
         assert not validator.is_valid(doc), what
-    auth = copy.deepcopy(one("TriggerAuthentication"))
-    assert crd_validator("TriggerAuthentication").is_valid(auth)
-    auth["spec"]["secretTargetRef"][0].pop("key")
-    assert not crd_validator("TriggerAuthentication").is_valid(auth)
 
 
 def test_every_object_is_checked():
@@ -361,7 +392,8 @@ def test_gateway_probes_and_ports_exist_in_the_app():
     assert [p["containerPort"] for p in c["ports"]] == [port]
     routes = get_routes()
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez", "a liveness probe that reads Redis restarts every" \
+        " gateway during a Redis outage"
     for probe in ("readinessProbe", "livenessProbe"):
         get = c[probe]["httpGet"]
         assert get["path"] in routes, f"{probe}: {get['path']} is not a GET route of app.main"
@@ -439,21 +471,11 @@ def test_worker_gpu_queue_shutdown_and_metrics():
 
 # --- autoscaling ------------------------------------------------------------------------------------------
 
-def celery_queue_key(queue: str) -> str:
-    """The Redis list kombu's Redis transport keeps a queue's messages in, for the messages the gateway sends (no
-    priority: priority 0), as kombu's own ``Channel._q_for_pri`` names it."""
-
-    class Names:  # the attributes _q_for_pri reads, from the transport's own class
-        sep = Channel.sep
-        priority_steps = PRIORITY_STEPS
-        priority = Channel.priority
-        q_for_pri = Channel._q_for_pri
-
-    return Names().q_for_pri(queue, 0)
-
-
-def test_keda_scales_the_workers_on_the_celery_queue():
-    wk = deployment("worker")
+def test_keda_scales_the_workers_on_the_gateways_queue_answer(api):
+    """KEDA's metrics-api scaler reads ``GET /queue`` of the gateway Service, by its cluster DNS name (KEDA runs in
+    its own namespace) in the namespace the README deploys to, at the Service's port; ``valueLocation`` is the field
+    of the answer that counts the waiting jobs (asked here of the app itself)."""
+    wk, gw = deployment("worker"), deployment("gateway")
     scaled = one("ScaledObject")
     target = scaled["spec"]["scaleTargetRef"]
     assert target["name"] == wk["metadata"]["name"]
@@ -462,19 +484,27 @@ def test_keda_scales_the_workers_on_the_celery_queue():
     assert scaled["spec"]["minReplicaCount"] >= 1, "a gateway is ready only while a live worker consumes its queue"
     assert scaled["spec"]["maxReplicaCount"] >= scaled["spec"]["minReplicaCount"]
     [trigger] = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
+    assert trigger["type"] == "metrics-api" and "authenticationRef" not in trigger
     meta = trigger["metadata"]
-    queue = argument(container(wk)["command"], "-Q")
-    assert meta["listName"] == celery_queue_key(queue) == "atelier"
-    # the Redis KEDA reads is the one of ATELIER_REDIS_URL (the example Secret), with its password
-    auth = one("TriggerAuthentication", trigger["authenticationRef"]["name"])
-    url = urlsplit(environment(wk)["ATELIER_REDIS_URL"])
-    assert url.scheme in ("redis", "rediss")
-    assert meta["address"] == f"{url.hostname}:{url.port or 6379}"
-    assert int(meta.get("databaseIndex", "0")) == int(url.path.strip("/") or 0)
-    assert meta.get("enableTLS", "false") == ("true" if url.scheme == "rediss" else "false")
-    [password] = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "password"]
-    assert secret_data(password["name"])[password["key"]] == url.password
+    url = urlsplit(meta["url"])
+    service = one("Service", gw["metadata"]["name"])
+    namespace = yaml.safe_load(readme_overlay())["namespace"]
+    assert url.scheme == "http", "the Service speaks plain HTTP (uvicorn, no TLS)"
+    assert url.hostname == f"{service['metadata']['name']}.{namespace}.svc.cluster.local"
+    [port] = service["spec"]["ports"]
+    assert (url.port or 80) == port["port"], "the Service's port, not the container's"
+    assert port_of(container(gw), port["targetPort"]) == int(argument(container(gw)["command"], "--port"))
+    assert url.path == "/queue" and url.path in get_routes() and not url.query
+    assert float(meta["targetValue"]) > 0 and meta.get("format", "json") == "json"
+    answer = api.client.get(url.path)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert meta["valueLocation"] == "waiting" and meta["valueLocation"] in body  # a top-level key: its GJSON path
+    assert isinstance(body[meta["valueLocation"]], int)
+    # the gateway answers for its ATELIER_QUEUE, which must be the queue the workers consume
+    assert body["queue"] == api.queue
+    gw_queue = environment(gw).get("ATELIER_QUEUE") or Settings.model_fields["queue"].default
+    assert gw_queue == argument(container(wk)["command"], "-Q")
 
 
 # --- models -------------------------------------------------------------------------------------------------

@@ -491,11 +491,12 @@ def test_images_per_call_follows_the_formula(size, options, expected):
 def test_model_types_are_an_enum_equal_to_their_wire_strings():
     assert [str(t) for t in ModelType] == ["Main", "LoRA", "Embedding", "HyperNetwork", "ControlModel",
                                            "PreProcessor", "BackgroundRemover", "PointSegmenter", "ClothesSegmenter",
-                                           "Upscaler"]
+                                           "Upscaler", "Eraser", "Describer"]
     assert MODEL_TYPES == tuple(ModelType) and ModelType.MAIN == "Main" and ModelType("LoRA") is ModelType.LORA
     groups = (SUBMODEL_TYPES, CONTROL_TYPES, MASK_ENGINE_TYPES, GENERATION_TYPES, tuple(LIST_MODELS_FIELDS),
               tuple(MASK_ACTION_ENGINE_TYPE.values()),
-              tuple(k for k in DEMO_SOURCES if k not in ("translator", "image_encoder", "face_model")))
+              tuple(k for k in DEMO_SOURCES if k not in ("translator", "image_encoder", "face_model",
+                                                          "describe_translator")))
     assert all(isinstance(t, ModelType) for group in groups for t in group)
     assert GENERATION_TYPES == (ModelType.MAIN, *SUBMODEL_TYPES)
     e = ModelEntry.model_validate(model("x", ModelType="LoRA", source={"file": "x.safetensors"}))

@@ -41,6 +41,15 @@ def test_to_a_cold_worker_only_when_the_warm_ones_are_switch_jobs_busier():
     assert choose("m", [W("warm", frozenset({"m"}), 5), cold], backlog=32, switch_jobs=4) == "cold"
 
 
+def test_a_spill_between_the_jobs_of_another_model_costs_two_switches():
+    """A worker with jobs of its own model waiting runs the spilled job between them: a load there and one back."""
+    warm = W("warm", frozenset({"m"}), 8)
+    assert choose("m", [warm, W("busy-other", frozenset({"o"}), 1)], backlog=32, switch_jobs=4) == "warm"  # 1+8 > 8
+    assert choose("m", [warm, W("idle-other", frozenset({"o"}), 0)], backlog=32, switch_jobs=4) == "idle-other"
+    assert choose("m", [W("warm", frozenset({"m"}), 10), W("busy-other", frozenset({"o"}), 1)], backlog=32,
+                  switch_jobs=4) == "busy-other"  # 10 > 1 + 8
+
+
 def test_a_model_held_nowhere_goes_to_the_least_busy_worker_preferring_one_that_holds_less():
     workers = [W("a", frozenset({"x"}), 1), W("b", frozenset(), 1), W("c", frozenset({"y", "z"}), 0)]
     assert choose("new", workers, backlog=32, switch_jobs=4) == "c"
@@ -100,6 +109,37 @@ def test_a_burst_of_two_models_on_two_cold_workers_splits_by_model(r, queue):
     assert {t for ts in by_model.values() for t in ts} == {direct_queue(queue, a), direct_queue(queue, b)}
     views = {v.worker_id: v for v in worker_views(r, queue)}
     assert views[a].backlog == views[b].backlog == 10
+
+
+def test_a_spilled_job_does_not_make_its_model_count_as_held_there(r, queue):
+    """A burst whose order runs ahead on one model spills a job of it to the other worker; that worker is not taken
+    for a holder of the model then, so the model's next jobs still go to the worker that holds it (else both
+    workers would take both models' jobs and switch back and forth)."""
+    workers = [_worker(r, queue), _worker(r, queue)]
+    first = _send(r, queue, "m1")
+    a = next(w for w in workers if first == direct_queue(queue, w))  # the tie: by worker id
+    b = next(w for w in workers if w != a)
+    assert _send(r, queue, "m2") == direct_queue(queue, b)
+    sent = [_send(r, queue, "m1") for _ in range(10)]  # a's backlog grows: 11 against b's 1 + 2 switches
+    assert direct_queue(queue, b) in sent, "the burst should spill to the other worker once a is busy enough"
+    spilled = sent.index(direct_queue(queue, b))
+    assert r.smembers(f"atelier:routed:{b}") == {"m2"}
+    for _ in range(3):  # a runs 3 jobs; b has m2 then the spilled m1 waiting: m1 is still a's model
+        r.rpop(queue_lists(direct_queue(queue, a))[4])
+    assert _send(r, queue, "m1") == direct_queue(queue, a), sent[spilled:]
+
+
+def test_a_job_spilled_to_a_worker_holding_nothing_makes_it_take_the_model_up(r, queue):
+    """One model's burst on two workers: once the first is busy enough, the one that holds no model takes the model up
+    (both hold it then, and share the rest of the burst)."""
+    _worker(r, queue, ["m1"])
+    b = _worker(r, queue)
+    sent = [_send(r, queue, "m1") for _ in range(12)]
+    first = sent.index(direct_queue(queue, b))
+    assert first == 5  # a's backlog 5 > b's 0 + one switch
+    assert r.smembers(f"atelier:routed:{b}") == {"m1"}
+    backlogs = sorted(v.backlog for v in worker_views(r, queue))
+    assert backlogs == [6, 6], sent
 
 
 def test_a_job_needing_no_model_and_a_queue_without_live_workers_go_to_the_shared_queue(r, queue):

@@ -53,6 +53,8 @@ def test_models_lists_every_type(live_stack):
     assert out.returncode == 0
     for kind in ("Main", "LoRA", "Embedding", "HyperNetwork", "PreProcessor", "ControlModel"):
         assert kind in out.stdout
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+    assert " Eraser " in lines["demo-eraser"] and " Describer (en, fr) " in lines["demo-describer"]
 
 
 def test_cancel_names_each_task_and_its_status(live_stack, tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from app.contract.limits import PRIORITY_FIELD
 from app.services import get_services
 from support.api import ROOT, TASK_BODIES, signed
+from support.waiting import stop, wait_until
 
 BATCH = 200
 
@@ -32,16 +33,6 @@ def _resize(priority: int) -> dict:
     return signed({**TASK_BODIES["ResizeImage"](), "Width": 1024, "Height": 1024, PRIORITY_FIELD: priority})
 
 
-def _until(what: str, cond, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_a_high_priority_job_passes_a_queued_batch_as_soon_as_the_worker_frees(roomy, api, atelier_env, tmp_path):
     tasks = get_services().tasks
@@ -54,24 +45,19 @@ def test_a_high_priority_job_passes_a_queued_batch_as_soon_as_the_worker_frees(r
         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         # 1. a worker that starts on a queued batch takes the higher Priority first
-        _until("the default-priority job to finish", lambda: tasks.get(default).status == "Finished", 180)
+        wait_until("the default-priority job to finish", lambda: tasks.get(default).status == "Finished", 180)
         first_low = min((tasks.get(u).started_at or float("inf")) for u in batch)
         assert tasks.get(default).started_at < first_low
 
         # 2. while the batch runs, a Priority 9 job starts as soon as the job running when it came ends
-        _until("the batch to be running", lambda: sum(tasks.get(u).status != "Queuing" for u in batch) >= 2)
+        wait_until("the batch to be running", lambda: sum(tasks.get(u).status != "Queuing" for u in batch) >= 2, 120)
         sent_at = time.time()
         high = api(_resize(9))["TaskUID"]
-        _until("the high-priority job to finish", lambda: tasks.get(high).status == "Finished", 60)
+        wait_until("the high-priority job to finish", lambda: tasks.get(high).status == "Finished", 60)
         started = tasks.get(high).started_at
         passed_by = [u for u in batch if sent_at < (tasks.get(u).started_at or float("inf")) < started]
         assert len(passed_by) <= 1, f"{len(passed_by)} batch jobs started between its submission and its start"
         waiting = sum(tasks.get(u).status == "Queuing" for u in batch)
         assert waiting > BATCH / 2, "the batch should still be mostly queued: the test shows nothing otherwise"
     finally:
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
+        stop(worker)

@@ -26,6 +26,8 @@ import pytest
 import redis
 
 from support.api import ROOT, example_inputs, free_port, generate_body, png_b64, signed
+from support.redis_ha import wait_ping
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -55,16 +57,7 @@ class RedisServer:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
              "--dir", str(self.dir), "--save", "", "--logfile", str(self.dir / f"redis.{self.starts}.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_ping(redis.Redis.from_url(self.url), f"redis-server on port {self.port}")
 
     def stop(self) -> None:
         """SIGTERM: Redis writes its AOF out and exits, as on a clean restart."""
@@ -225,16 +218,6 @@ def stack(atelier_env, tmp_path_factory):
         server.stop()
 
 
-def _wait_until(what: str, cond, timeout: float, step: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def test_worker_killed_mid_job_its_task_runs_again_and_every_task_finishes_once(stack):
     stack.ensure_workers()
     uids = stack.submit(20)
@@ -248,12 +231,12 @@ def test_worker_killed_mid_job_its_task_runs_again_and_every_task_finishes_once(
                     return uid, w
         return None
 
-    victim, worker = _wait_until("a task running mid-job", running_mid_job, 60)
+    victim, worker = wait_until("a task running mid-job", running_mid_job, 60)
     worker.kill()
     killed, killed_at = time.monotonic(), time.time()
     worker.start()  # what a supervisor does; the other worker goes on meanwhile
 
-    _wait_until("the killed task sent again", lambda: stack.record(victim).get("deaths") == "1", LEASE_S + 10)
+    wait_until("the killed task sent again", lambda: stack.record(victim).get("deaths") == "1", LEASE_S + 10)
     requeued = time.monotonic() - killed
     details = stack.wait_all(uids, timeout=90 - (time.monotonic() - killed))
     all_done = time.monotonic() - killed
@@ -292,7 +275,7 @@ def test_worker_killed_while_a_job_is_stored_in_the_background_the_job_finishes_
                     return uid, w
         return None
 
-    victim, worker = _wait_until("a task running mid-job", running_mid_job, 60)
+    victim, worker = wait_until("a task running mid-job", running_mid_job, 60)
     block = stack.data_dir / "results" / victim
     block.parent.mkdir(parents=True, exist_ok=True)
     block.write_bytes(b"")  # where its results folder goes: every write of its results fails, and is retried
@@ -303,7 +286,7 @@ def test_worker_killed_while_a_job_is_stored_in_the_background_the_job_finishes_
         return any(u != victim and stack.record(u).get("status") == "Running"
                    and stack.record(u).get("worker") == worker.worker_id for u in uids)
 
-    _wait_until("its worker running the next job while it is stored", next_job_beside_it, 60)
+    wait_until("its worker running the next job while it is stored", next_job_beside_it, 60)
     assert stack.record(victim).get("worker") == worker.worker_id
     worker.kill()
     block.unlink()
@@ -347,7 +330,7 @@ def test_redis_restarted_mid_run_everything_finishes(stack):
         return any(stack.record(u).get("status") == "Running" and int(stack.record(u).get("step", 0)) >= 1
                    for u in uids)
 
-    _wait_until("a task running mid-job", running_mid_job, 60)
+    wait_until("a task running mid-job", running_mid_job, 60)
     stack.redis_server.stop()
     down = time.monotonic()
     time.sleep(1.0)

@@ -28,6 +28,7 @@ from app.main import app
 from app.services import get_services
 from support.api import PUB, ROOT, example_inputs, free_port, generate_body, png_b64, signed
 from support.redis_ha import Processes, SentinelSetup
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -106,16 +107,6 @@ class Submitter(threading.Thread):
         return [uid for t, code, uid in self.got if code == 0 and t > after]
 
 
-def _wait_until(what, cond, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def test_master_killed_mid_run_a_replica_takes_over_and_every_acknowledged_task_finishes(ha):
     setup, procs = ha
     setup.wait_synced()
@@ -133,20 +124,20 @@ def test_master_killed_mid_run_a_replica_takes_over_and_every_acknowledged_task_
                                               Seed=100 + i)))
         assert out["RetCode"] == 0, out
         first.append(out["TaskUID"])
-    _wait_until("a task running mid-job", lambda: any(status(u).get("status") == "Running"
+    wait_until("a task running mid-job", lambda: any(status(u).get("status") == "Running"
                                                       and int(status(u).get("step", 0)) >= 1 for u in first), 60)
     sub = Submitter(procs)
     sub.start()
-    _wait_until("two submissions acknowledged before the kill", lambda: len(sub.acknowledged()) >= 2, 30)
+    wait_until("two submissions acknowledged before the kill", lambda: len(sub.acknowledged()) >= 2, 30)
 
     old_port = setup.master.port
     setup.master.kill()
     killed = time.monotonic()
-    _wait_until("the sentinel to promote a replica", lambda: _master_port(setup) not in (None, old_port), 30)
+    wait_until("the sentinel to promote a replica", lambda: _master_port(setup) not in (None, old_port), 30)
     promoted = time.monotonic() - killed
-    _wait_until("a submission acknowledged by the new master", lambda: sub.acknowledged(after=killed), 60)
+    wait_until("a submission acknowledged by the new master", lambda: sub.acknowledged(after=killed), 60)
     first_ok = min(t for t, code, _ in sub.got if code == 0 and t > killed) - killed
-    _wait_until("two more acknowledged", lambda: len(sub.acknowledged(after=killed)) >= 2, 30)
+    wait_until("two more acknowledged", lambda: len(sub.acknowledged(after=killed)) >= 2, 30)
     sub.stop.set()
     sub.join(60)
 
@@ -174,7 +165,7 @@ def test_master_killed_mid_run_a_replica_takes_over_and_every_acknowledged_task_
     # the gateway and the worker took the new master: one more task goes through
     out = procs.post(signed(generate_body(ImageAndMaskList=SMALL, Seed=99)))
     assert out["RetCode"] == 0, out
-    _wait_until("a task after the failover", lambda: status(out["TaskUID"]).get("status") == "Finished", 60)
+    wait_until("a task after the failover", lambda: status(out["TaskUID"]).get("status") == "Finished", 60)
 
 
 def _master_port(setup: SentinelSetup) -> int | None:

@@ -24,6 +24,7 @@ import yaml
 from app.contract.queue import queue_lists
 from app.contract.routing import direct_key, direct_queue
 from support.api import ROOT, free_port, generate_body, signed
+from support.waiting import answers, stop, wait_until
 from workers.models.sources import demo_path
 
 pytestmark = pytest.mark.slow
@@ -60,17 +61,11 @@ class Deployment:
 
     def wait_ready(self, timeout: float = 120) -> None:
         """The gateway answers and both workers consume their direct queues (advertised in Redis)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                up = httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                up = False
+        def up() -> bool:
             ids = {self.worker_id(i) for i in range(2) if f"worker{i}" in self.procs}
-            if up and ids <= self.r.smembers(direct_key(self.queue)):
-                return
-            time.sleep(0.2)
-        raise AssertionError("the deployment did not come up: " + self.logs())
+            return answers(f"{self.url}/healthz") and ids <= self.r.smembers(direct_key(self.queue))
+
+        wait_until("the deployment to come up", up, timeout, step=0.2, on_fail=self.logs)
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in self.base.glob("*.log"))
@@ -110,11 +105,7 @@ class Deployment:
             if p.poll() is None:
                 p.terminate()
         for p in self.procs.values():
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+            stop(p)
 
 
 @pytest.fixture(scope="module")

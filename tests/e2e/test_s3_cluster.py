@@ -38,6 +38,7 @@ from app.contract.queue import make_celery
 from app.contract.storage_s3 import CLIENT_CONFIG
 from support.api import ROOT, example_inputs, free_port, generate_body, png_b64, signed
 from support.s3 import MotoServer, new_bucket, s3_env, s3_environ
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +99,7 @@ class Gateway(Proc):
         self.data_dir = Path(env["ATELIER_DATA_DIR"])
 
     def wait_up(self) -> None:
-        _wait(f"gateway {self.name} up", lambda: self._healthy(), TIMEOUT_S, on_fail=self.text)
+        wait_until(f"gateway {self.name} up", lambda: self._healthy(), TIMEOUT_S, on_fail=self.text)
 
     def _healthy(self) -> bool:
         try:
@@ -120,7 +121,7 @@ class Gateway(Proc):
         return self.post(signed({"Action": "ListTasksDetails", "TaskUIDList": [uid]}))["TaskDetailList"][0]
 
     def wait_ended(self, uid: str, timeout: float = TIMEOUT_S, on_fail=lambda: "") -> dict:
-        return _wait(f"task {uid} ended", lambda: (d := self.details(uid))["Status"] in ("Finished", "Error",
+        return wait_until(f"task {uid} ended", lambda: (d := self.details(uid))["Status"] in ("Finished", "Error",
                                                                                        "Canceled") and d,
                      timeout, on_fail=on_fail)
 
@@ -138,17 +139,7 @@ class Worker(Proc):
         return f"{socket.gethostname()}:{self.proc.pid}"
 
     def wait_ready(self) -> None:
-        _wait("the worker ready", lambda: " ready." in self.text(), 120, on_fail=self.text)
-
-
-def _wait(what: str, cond, timeout: float, step: float = 0.05, on_fail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_fail()[-3000:]}")
+        wait_until("the worker ready", lambda: " ready." in self.text(), 120, on_fail=self.text)
 
 
 class Cluster:
@@ -269,11 +260,11 @@ def test_a_worker_killed_mid_job_is_recovered_by_the_restarted_worker(cluster):
         h = cluster.record(uid)
         return h.get("status") == "Running" and 1 <= int(h.get("step", 0)) < int(h.get("total_steps", 0))
 
-    _wait("the generation running mid-job", mid_job, TIMEOUT_S, step=0.02, on_fail=cluster.worker.text)
+    wait_until("the generation running mid-job", mid_job, TIMEOUT_S, step=0.02, on_fail=cluster.worker.text)
     cluster.worker.kill()
     killed, killed_at = time.monotonic(), time.time()
     cluster.worker.start()  # what a supervisor does
-    _wait("the killed task sent again", lambda: cluster.record(uid).get("deaths") == "1", LEASE_S + 10,
+    wait_until("the killed task sent again", lambda: cluster.record(uid).get("deaths") == "1", LEASE_S + 10,
           on_fail=cluster.gateway.text)
     requeued = time.monotonic() - killed
     d = cluster.gateway.wait_ended(uid, timeout=120, on_fail=cluster.worker.text)
@@ -310,7 +301,7 @@ def test_a_stopped_bucket_answers_150_retries_running_jobs_and_resumes(cluster):
 
         # the worker takes one: it cannot read its input and tries again; the bucket comes back
         cluster.consuming(True)
-        first = _wait("the worker retrying", lambda: next((uid for uid in queued if cluster.worker_lines(
+        first = wait_until("the worker retrying", lambda: next((uid for uid in queued if cluster.worker_lines(
             f"task {uid}: the storage failed reading inputs")), None), TIMEOUT_S, on_fail=cluster.worker.text)
     finally:
         s3.start()
@@ -353,7 +344,7 @@ def test_retention_deletes_the_objects_from_the_bucket(cluster):
     cluster.procs.append(sweeper)
     started = time.monotonic()
     sweeper.start()
-    _wait("the bucket swept", lambda: not cluster.keys("inputs/") and not cluster.keys("results/"), TIMEOUT_S,
+    wait_until("the bucket swept", lambda: not cluster.keys("inputs/") and not cluster.keys("results/"), TIMEOUT_S,
           step=0.2, on_fail=sweeper.text)
     swept = time.monotonic() - started
     sweeper.kill()

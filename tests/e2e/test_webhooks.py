@@ -18,10 +18,11 @@ import httpx
 import pytest
 import redis
 import yaml
+from PIL import Image
 from standardwebhooks import Webhook
 
 from app.contract.taskstore import WEBHOOKS, TaskStore
-from support.api import ROOT, free_port, generate_body
+from support.api import ROOT, free_port, generate_body, png_b64
 from support.signer import picpik_signature
 from support.webhooks import Receiver, make_secret, private_redis
 
@@ -140,3 +141,17 @@ def test_a_task_that_ends_while_no_gateway_runs_is_delivered_when_one_starts(sta
     assert stack.tasks.r.zscore(WEBHOOKS, uid) is not None  # ... the delivery waits in Redis
     stack.start("gateway")
     _check_delivery(receiver.wait(1, timeout=60)[0], uid)
+
+
+def test_a_described_tasks_texts_are_in_its_webhook(stack, receiver):
+    """DescribeImages' TxtList travels in its webhook like ImgList does (the payload is its TaskDetail)."""
+    image = png_b64(Image.new("RGB", (40, 30), (200, 10, 10)))
+    answer = stack.post({"Action": "DescribeImages", "ImageList": [image, image], "CallbackUrl": receiver.url()})
+    assert answer["RetCode"] == 0, answer
+    uid = answer["TaskUID"]
+    post = receiver.wait(1, timeout=240)[0]
+    payload = Webhook(SECRET).verify(post.body, post.headers)
+    assert (payload["TaskUID"], payload["Status"], payload["ImgList"]) == (uid, "Finished", [])
+    texts = payload["TxtList"]
+    assert len(texts) == 2 and texts[0] and texts[0] == texts[1] and payload["ConsumeApiPoint"] == 2
+    assert stack.post({"Action": "ListTasksDetails", "TaskUIDList": [uid]})["TaskDetailList"] == [payload]

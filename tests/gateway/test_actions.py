@@ -9,6 +9,7 @@ app to that Redis, and the tests read what arrived in the queue."""
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 
 import orjson
@@ -205,3 +206,35 @@ def test_a_lost_task_without_its_job_message_ends_in_error(recovery):
     assert _queued(client, svc.settings.queue) == {}
     rec = svc.tasks.get(uid)
     assert (rec.status, rec.error_message) == ("Error", "Internal error (the task's job message is missing)")
+
+
+# --- a gateway that dies between creating a task and sending its job ------------------------------------------
+
+
+def _created(svc: Services, send_within_s: float) -> tuple[str, dict]:
+    uid = new_task_uid()
+    job = {"v": 1, "task_uid": uid, "marker": "unsent"}
+    assert svc.tasks.create("pk-recovery", None, "ResizeImage", 0, 0, uid=uid, job=job, queue=svc.settings.queue,
+                            send_within_s=send_within_s)[1]
+    return uid, job
+
+
+def test_a_task_whose_job_was_never_sent_is_sent_by_the_reaper_after_the_grace(recovery):
+    svc, client = recovery
+    unsent, job = _created(svc, send_within_s=0.2)
+    sent, _ = _created(svc, send_within_s=0.2)
+    svc.tasks.sent(sent)
+    assert recover_once(svc) == []  # within the grace: nothing to do
+    time.sleep(0.3)
+    assert recover_once(svc) == [(unsent, "resend")]
+    assert _queued(client, svc.settings.queue) == {unsent: (task_name_for("ResizeImage"), job)}
+    assert svc.tasks.get(unsent).status == "Queuing" and svc.tasks.get(unsent).deaths == 0
+
+
+def test_recording_a_job_as_sent_keeps_the_lease_of_a_worker_that_already_started_it(recovery):
+    """The worker may start the task between the gateway's send and its ``sent``: the lease must stay watched."""
+    svc, client = recovery
+    uid, _ = _created(svc, send_within_s=60)
+    assert svc.tasks.start(uid, "host:1", lease_s=-1, total_steps=4) == ("started", 1)
+    svc.tasks.sent(uid)
+    assert recover_once(svc) == [(uid, "requeue")]  # its worker died: found by its lease

@@ -223,6 +223,7 @@ def test_broker_down_is_150_and_service_recovers(api, monkeypatch):
     monkeypatch.setattr(svc.tasks, "_create", svc.tasks.r.register_script("return 1"))
     assert api(signed(generate_body()))["RetCode"] == 150
     assert api.client.get("/healthz").status_code == 503
+    assert api.client.get("/livez").json() == {"status": "alive"}  # the process serves: no restart mends Redis
     monkeypatch.setattr(svc.tasks, "r", real)
     assert api.client.get("/healthz").status_code == 200
 

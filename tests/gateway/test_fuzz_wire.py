@@ -32,7 +32,18 @@ from app.main import app
 from app.resultlinks import make_link
 from app.services import get_services
 from support.api import KEYS, generate_body, signed
-from support.fuzz import GENERATE_BASES, LIST_BASES, RAW_OPS, Case, base_body, cases, sign_as
+from support.fuzz import (
+    ERASE_DESCRIBE_BASES,
+    GENERATE_BASES,
+    IMAGES_BASES,
+    LIST_BASES,
+    RAW_OPS,
+    SCENE_BASES,
+    Case,
+    base_body,
+    cases,
+    sign_as,
+)
 
 DOCUMENTED = {0, 150, 153, 160, 161, 170, 171, 172, 230, 240}
 SIGNATURE_CODES = {170, 171, 172}
@@ -45,6 +56,8 @@ RECURSION_LIMIT = sys.getrecursionlimit()
 
 # Case counts (4,400 in all): the whole module runs in about 70 s on a 2-core machine.
 GENERATE_CASES, LIST_CASES, BYTES_CASES, LINK_CASES = 2500, 1200, 100, 200  # BYTES_CASES per byte-level op
+SCENE_CASES = 800  # GenerateBackgrounds and ModifyMaskedPixels (issue 27)
+ERASE_DESCRIBE_CASES = 600  # RemoveContents and DescribeImages (issue 27)
 
 
 def fuzz_settings(max_examples: int) -> settings:
@@ -97,8 +110,7 @@ class Gateway:
         if case.signed_cleanly():
             self.clean[code] += 1
             assert code not in SIGNATURE_CODES, f"properly signed, yet {answer}\n{context}"
-        if code == 0 and answer.get("Action") == "GenerateFromMannequin":
-            assert isinstance(answer.get("TaskUID"), str), answer
+        if code == 0 and isinstance(answer.get("TaskUID"), str):  # a task-creating action: nobody runs it
             request_uuid = answer["request_uuid"] or None
             self.svc.tasks.discard(answer["TaskUID"], case.body["PublicKey"], request_uuid)
         return answer
@@ -121,7 +133,7 @@ def gateway(api, monkeypatch):
         logger.removeHandler(log)
 
 
-@pytest.mark.parametrize("base", [*GENERATE_BASES, *LIST_BASES])
+@pytest.mark.parametrize("base", [*GENERATE_BASES, *SCENE_BASES, *LIST_BASES, *ERASE_DESCRIBE_BASES, *IMAGES_BASES])
 def test_fuzz_bases_are_valid(gateway, base):
     """Each base body, unmutated and signed, succeeds: the mutations start from a valid request."""
     for key in ("pk-alice", "pk-bob"):
@@ -142,6 +154,31 @@ def test_fuzz_generate_from_mannequin(gateway):
     # the fuzzing reaches every stage: tasks made, parameters refused, models looked up
     assert gateway.clean[0] > 50 and gateway.clean[230] > 200 and gateway.clean[240] > 0, gateway.summary("generate")
     assert sum(gateway.clean.values()) > GENERATE_CASES // 3, gateway.summary("generate")
+
+
+def test_fuzz_scene_actions(gateway):
+    """GenerateBackgrounds and ModifyMaskedPixels: the generation block with another kept area (issue 27)."""
+    @fuzz_settings(SCENE_CASES)
+    @given(cases(tuple(SCENE_BASES)))
+    def run(case):
+        gateway.check(case)
+
+    run()
+    print(gateway.summary("scenes"))
+    assert sum(gateway.codes.values()) >= SCENE_CASES
+    assert gateway.clean[0] > 20 and gateway.clean[230] > 60 and gateway.clean[240] > 0, gateway.summary("scenes")
+
+
+def test_fuzz_remove_contents_and_describe_images(gateway):
+    @fuzz_settings(ERASE_DESCRIBE_CASES)
+    @given(cases(tuple(ERASE_DESCRIBE_BASES)))
+    def run(case):
+        gateway.check(case)
+
+    run()
+    print(gateway.summary("RemoveContents and DescribeImages"))
+    assert sum(gateway.codes.values()) >= ERASE_DESCRIBE_CASES
+    assert gateway.clean[0] > 30 and gateway.clean[230] > 100, gateway.summary("erase")
 
 
 def test_fuzz_listing_actions(api, gateway):
@@ -234,3 +271,19 @@ def test_fuzz_gateway_reports_a_crash_as_500(gateway, monkeypatch):
     monkeypatch.setitem(ACTIONS, "ListModels", crash)
     with pytest.raises(AssertionError, match=r"(?s)RetCode 500.*RuntimeError: boom"):
         gateway.check(Case("list-models", [], "pk-alice", False, "none", body=signed({"Action": "ListModels"})))
+
+
+IMAGES_CASES = 500  # GenerateImages (issue 27)
+
+
+def test_fuzz_generate_images(gateway):
+    """GenerateImages: the generation block with nothing kept, Image2Image, Tileable (issue 27): never a 500."""
+    @fuzz_settings(IMAGES_CASES)
+    @given(cases(tuple(IMAGES_BASES)))
+    def run(case):
+        gateway.check(case)
+
+    run()
+    print(gateway.summary("images"))
+    assert sum(gateway.codes.values()) >= IMAGES_CASES
+    assert gateway.clean[0] > 20 and gateway.clean[230] > 40 and gateway.clean[240] > 0, gateway.summary("images")

@@ -1,6 +1,7 @@
-"""The gateway's /metrics and /readyz against a real Redis: API calls counted and timed by action and RetCode,
-the queue depth and the Queuing tasks read from Redis at scrape time, and readiness from the workers' liveness
-announcements (written here through the very functions a worker uses)."""
+"""The gateway's /metrics, /readyz and /queue against a real Redis: API calls counted and timed by action and RetCode,
+the queue depth (the shared queue's and the workers' direct queues' lists, every priority) and the Queuing tasks read
+from Redis at scrape time, and readiness from the workers' liveness announcements (written here through the very
+functions a worker uses)."""
 from __future__ import annotations
 
 import time
@@ -10,10 +11,13 @@ import redis as redis_lib
 from prometheus_client.parser import text_string_to_metric_families
 
 import app.metrics
+from app.contract.limits import DEFAULT_PRIORITY, PRIORITY_FIELD
+from app.contract.queue import broker_priority, queue_lists
+from app.contract.routing import advertise, direct_key, direct_queue, gone_key, hand_back, routed_key, warm_key
 from app.metrics import queue_depth
 from app.services import get_services
 from support.api import TEST_REDIS_URL, free_port, generate_body, signed
-from workers.metrics import announce_alive, withdraw
+from workers.metrics import ALIVE_TTL_S, announce_alive, withdraw
 
 
 def scrape(api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -78,6 +82,45 @@ def test_queue_depth_and_queuing_tasks_are_read_from_redis(api):
     assert value(canceled, "atelier_queue_depth", queue=api.queue) == 2  # its message stays until a worker skips it
 
 
+def lengths(r, queue: str) -> list[int]:
+    return [r.llen(name) for name in queue_lists(queue)]
+
+
+def test_jobs_waiting_in_a_workers_direct_queue_are_counted(api):
+    """Routed jobs wait in a worker's direct queue, at their priority: /queue, atelier_queue_depth and queue_depth
+    count them there, then still once when the worker is gone, and once handed back to the shared queue."""
+    r = get_services().tasks.r
+    worker = f"test-host:{free_port()}"
+    direct = direct_queue(api.queue, worker)
+    announce_alive(r, worker, [api.queue])  # a live worker of the gateway's queue, as its heartbeat says...
+    advertise(r, api.queue, worker, [], ALIVE_TTL_S)  # ... with a direct queue
+    try:
+        before, shared = queue_depth(r, api.queue), lengths(r, api.queue)
+        for body in (generate_body(Seed=1), generate_body(Seed=2, **{PRIORITY_FIELD: 9})):
+            assert api(signed(body))["RetCode"] == 0
+        want = [0] * len(queue_lists(direct))
+        want[broker_priority(9)] = want[broker_priority(DEFAULT_PRIORITY)] = 1
+        assert lengths(r, direct) == want, "both routed to the worker, each in its priority's list"
+        assert lengths(r, api.queue) == shared  # the shared queue's lists alone would say nothing was queued
+
+        assert queue_depth(r, api.queue) == before + 2
+        got = api.client.get("/queue")  # not signed: for an autoscaler
+        assert got.status_code == 200, got.text
+        assert got.json() == {"queue": api.queue, "waiting": before + 2, "workers": 1}
+        assert value(scrape(api), "atelier_queue_depth", queue=api.queue) == before + 2
+
+        withdraw(r, worker, [api.queue])  # gone with jobs in its queue: they still wait, for the reclaim
+        got = api.client.get("/queue").json()
+        assert got["waiting"] == before + 2 and got["workers"] == 0
+        hand_back(r, api.queue, worker)  # moved (what the recovery loop's reclaim does): counted once
+        assert sum(lengths(r, api.queue)) == sum(shared) + 2 and sum(lengths(r, direct)) == 0
+        assert api.client.get("/queue").json()["waiting"] == queue_depth(r, api.queue) == before + 2
+    finally:
+        withdraw(r, worker, [api.queue])
+        r.srem(direct_key(api.queue), worker)
+        r.delete(*queue_lists(direct), warm_key(worker), routed_key(worker), gone_key(worker))
+
+
 def test_readyz_needs_a_live_worker_on_the_gateways_queue(api):
     r = get_services().tasks.r
     me, other = f"test-host:{free_port()}", f"test-host:{free_port()}"
@@ -114,6 +157,9 @@ def test_readyz_and_metrics_when_redis_does_not_answer(api, monkeypatch):
     monkeypatch.setattr(get_services().tasks, "r", dead)
     got = api.client.get("/readyz")
     assert got.status_code == 503 and got.json()["status"] == "unavailable" and "broker" in got.json()["reason"]
+    got = api.client.get("/queue")  # an autoscaler reading it keeps the count it had (KEDA: the scaler failed)
+    assert got.status_code == 503 and got.json()["status"] == "unavailable" and "broker" in got.json()["reason"]
+    assert "waiting" not in got.json() and got.json()["queue"] == api.queue
 
     monkeypatch.setattr(app.metrics, "get_redis", lambda: dead)
     samples = scrape(api)  # still served: the counters, and the broker down

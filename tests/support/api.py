@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.contract.limits import MASK_ACTIONS
 from app.contract.queue import queue_lists
-from support.bodies import PHOTO
+from support.bodies import PHOTO, backgrounds_body, images_body, modify_body
 from support.signer import picpik_signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,4 +183,9 @@ def _mask_body(action: str) -> dict:
 TASK_BODIES = {"GenerateFromMannequin": generate_body, **{a: (lambda a=a: _mask_body(a)) for a in MASK_ACTIONS},
                "ResizeImage": lambda: {"Action": "ResizeImage", "Image": PHOTO, "Width": 128, "Height": 96},
                "RestoreFaces": lambda: {"Action": "RestoreFaces", "RawImage": PHOTO},
-               "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO}}
+               "SwitchFace": lambda: {"Action": "SwitchFace", "RawImage": PHOTO, "NewFaceImage": PHOTO},
+               "GenerateBackgrounds": lambda: backgrounds_body(MainModel={"ModelCode": "demo-inpaint"}),
+               "ModifyMaskedPixels": lambda: modify_body(MainModel={"ModelCode": "demo-inpaint"}),
+               "RemoveContents": lambda: {"Action": "RemoveContents", "RawImage": PHOTO, "Mask": PHOTO},
+               "DescribeImages": lambda: {"Action": "DescribeImages", "ImageList": [PHOTO, PHOTO]},
+               "GenerateImages": lambda: images_body(MainModel={"ModelCode": "demo-inpaint"})}

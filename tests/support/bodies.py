@@ -26,6 +26,24 @@ def b64(data: bytes) -> str:
 
 PHOTO = b64(image_bytes((8, 8), "RGB"))
 MASK = b64(image_bytes((8, 8), "L"))
+CUTOUT = b64(image_bytes((8, 8), "RGBA"))  # a foreground with an alpha channel (GenerateBackgrounds)
+
+
+def backgrounds_body(**top) -> dict:
+    """A minimal valid GenerateBackgrounds body."""
+    return {"Action": "GenerateBackgrounds", "ImageList": [CUTOUT], "TransparentForeground": {"ImageIndex": 0},
+            "Width": 64, "Height": 64, **top}
+
+
+def modify_body(**top) -> dict:
+    """A minimal valid ModifyMaskedPixels body."""
+    return {"Action": "ModifyMaskedPixels", "ImageAndMaskList": [PHOTO, MASK],
+            "Masked": {"ImageIndex": 0, "MaskIndex": 1}, "Width": 64, "Height": 64, **top}
+
+
+def images_body(**top) -> dict:
+    """A minimal valid GenerateImages body (text-to-image: no image at all)."""
+    return {"Action": "GenerateImages", "PositivePrompts": ["a lookbook backdrop"], "Width": 64, "Height": 64, **top}
 
 
 def body(**top) -> dict:

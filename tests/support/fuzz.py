@@ -142,6 +142,32 @@ GENERATE_BASES: dict[str, Callable[[], dict]] = {
 }
 """Valid GenerateFromMannequin bodies (unsigned), each RetCode 0 as it stands."""
 
+_CUTOUT = Image.new("RGBA", (48, 64), (0, 0, 0, 0))
+_CUTOUT.paste((200, 40, 60, 255), (12, 16, 36, 48))
+CUTOUT = png_b64(_CUTOUT)
+
+def _full_without(*names: str, **fields: Any) -> dict:
+    """:func:`_generate_full` without ``names``, with ``fields``."""
+    return {**{k: v for k, v in _generate_full().items() if k not in names}, **fields}
+
+
+SCENE_BASES: dict[str, Callable[[], dict]] = {
+    "backgrounds-minimal": lambda: {"Action": "GenerateBackgrounds", "ImageList": [CUTOUT],
+                                    "TransparentForeground": {"ImageIndex": 0}, "Width": 64, "Height": 64},
+    "backgrounds-full": lambda: _full_without(
+        "ImageAndMaskList", "Mannequin", "Image2Image", Action="GenerateBackgrounds", ImageList=[CUTOUT, BACKGROUND],
+        BackgroundImage2Image={"ImageIndex": 1, "ReferStrength": 0.4, "ResizeMode": "CropAndResize"},
+        TransparentForeground={"ImageIndex": 0, "ResizeMode": "ResizeAndFill"}, Priority=3, Refine={"Strength": 0.3}),
+    "modify-minimal": lambda: {"Action": "ModifyMaskedPixels", "MainModel": {"ModelCode": "demo-inpaint"},
+                               "ImageAndMaskList": [MAN, MASK], "Masked": {"ImageIndex": 0, "MaskIndex": 1},
+                               "Width": 64, "Height": 64},
+    "modify-full": lambda: _full_without(
+        "Mannequin", Action="ModifyMaskedPixels", Image2Image={"ImageIndex": 0, "ReferStrength": 0.6},
+        Masked={"ImageIndex": 0, "MaskIndex": 1, "InvertMask": True, "MaskBlur": 64, "ResizeMode": "ResizeAndFill"},
+        Width=128, Height=80, FaceRefine={"Strength": 0.2}, Priority=0),
+}
+"""Valid GenerateBackgrounds and ModifyMaskedPixels bodies (unsigned), each RetCode 0 as it stands."""
+
 LIST_BASES: dict[str, Callable[[], dict]] = {
     "list-tasks": lambda: {"Action": "ListTasksDetails", "TaskUIDList": ["no-such-task", "x" * 21]},
     "list-models": lambda: {"Action": "ListModels"},
@@ -151,9 +177,23 @@ LIST_BASES: dict[str, Callable[[], dict]] = {
 """Valid bodies of the listing actions (``list-tasks`` is given real TaskUIDs too: :func:`cases`)."""
 
 
+ERASE_DESCRIBE_BASES: dict[str, Callable[[], dict]] = {
+    "erase-minimal": lambda: {"Action": "RemoveContents", "RawImage": MAN, "Mask": MASK},
+    "erase-full": lambda: {"Action": "RemoveContents", "RawImage": MAN, "Mask": MASK, "InvertMask": True,
+                           "MaskBlur": 64, "Eraser": "demo-eraser", "Priority": 9},
+    "erase-inpaint": lambda: {"Action": "RemoveContents", "RawImage": BACKGROUND, "Mask": MASK, "MaskBlur": 0,
+                              "MainModel": {"ModelCode": "demo-inpaint"}},
+    "describe-minimal": lambda: {"Action": "DescribeImages", "ImageList": [MAN]},
+    "describe-full": lambda: {"Action": "DescribeImages", "ImageList": [MAN, BACKGROUND, MASK],
+                              "TranslateDescription": "fr", "Describer": "demo-describer", "Priority": 0},
+}
+"""Valid RemoveContents and DescribeImages bodies (unsigned), each RetCode 0 as it stands."""
+
+
 def base_body(name: str, task_uids: tuple[str, ...] = ()) -> dict:
     """A fresh copy of the base body ``name``; ``task_uids`` join ``list-tasks``' TaskUIDList."""
-    body = copy.deepcopy({**GENERATE_BASES, **LIST_BASES}[name]())
+    bases = {**GENERATE_BASES, **SCENE_BASES, **LIST_BASES, **ERASE_DESCRIBE_BASES, **IMAGES_BASES}
+    body = copy.deepcopy(bases[name]())
     if name == "list-tasks":
         body["TaskUIDList"] = [*task_uids, *body["TaskUIDList"]]
     return body
@@ -168,6 +208,8 @@ WIRE_FIELDS = (
     "ImageIndex", "ReferStrength", "ResizeMode", "ClothesMaskIndex", "InvertMask", "ModelCode", "Name",
     "IsOfficial", "TriggerWordList", "InferenceParams", "LoraWeight", "PreProcessor", "ControlModel",
     "Resolution", "ControlWeight", "StartingStep", "EndingStep", "TaskUIDList",
+    "TransparentForeground", "BackgroundImage2Image", "Masked", "MaskIndex", "MaskBlur",
+    "Tileable",
 )
 """Field names of the wire, at any level: ``add`` uses them, so absent fields appear in odd places."""
 
@@ -328,7 +370,8 @@ def _apply(body: Any, m: Mutation) -> Any:
     return _set(body, m.path, m.detail)  # replace, number, unicode, image, swap
 
 
-ACTION_VALUES = ("GenerateFromMannequin", "ListTasksDetails", "ListModels", "ListControlNets",
+ACTION_VALUES = ("GenerateFromMannequin", "GenerateBackgrounds", "ModifyMaskedPixels", "ListTasksDetails",
+                 "ListModels", "ListControlNets", "GenerateImages",
                  "ListRunningTasks", "listmodels", "ListModels ", "StartPicpikApp", "")
 
 
@@ -494,3 +537,20 @@ def cases(draw, bases: tuple[str, ...], *, task_uids: tuple[str, ...] = (), max_
     elif raw_op == "deep-array":
         arg = draw(st.sampled_from((1023, 1024, 1000, 1025, 500, 5000, 33, 200)))  # orjson stops at 1024
     return Case(base, applied, signing, draw(st.booleans()), raw_op, arg, body=sign_as(body, signing))
+
+
+# --- GenerateImages (issue 27) ----------------------------------------------------------------------------------
+
+IMAGES_BASES: dict[str, Callable[[], dict]] = {
+    "images-minimal": lambda: {"Action": "GenerateImages", "PositivePrompts": ["a linen texture"], "Width": 64,
+                               "Height": 64},
+    "images-full": lambda: _full_without(
+        "Mannequin", Action="GenerateImages", Image2Image={"ImageIndex": 2, "ReferStrength": 0.6,
+                                                          "ResizeMode": "JustResize"},
+        Tileable=True, Width=128, Height=64, Priority=4, FaceRefine={"Enabled": False}),
+    "images-pair": lambda: {"Action": "GenerateImages", "MainModel": {"ModelCode": "demo-sd15"},
+                            "ImageList": [BACKGROUND], "Image2Image": {"ImageIndex": 0},
+                            "ControlNet": [{"ControlModel": {"ModelCode": "demo-controlnet"}}], "Seed": 3,
+                            "Width": 96, "Height": 64, "Tileable": False},
+}
+"""Valid GenerateImages bodies (unsigned), each RetCode 0 as it stands."""

@@ -11,6 +11,8 @@ import torch
 
 from workers.demo.adapters import ensure_demo_clip_vision, ensure_demo_ip_adapter
 from workers.demo.control import ensure_demo_controlnet, write_demo_annotators
+from workers.demo.describer import ensure_demo_describer, ensure_demo_translator_en
+from workers.demo.eraser import ensure_demo_eraser
 from workers.demo.faceid import ensure_demo_arcface, ensure_demo_faceid
 from workers.demo.masks import ensure_demo_cloth_seg, ensure_demo_sam, ensure_demo_segformer, ensure_demo_u2net
 from workers.demo.model import ensure_demo_model, ensure_demo_model_sd15
@@ -54,6 +56,12 @@ def demo_path(kind: str, demo_dir: Path) -> Path:
         return ensure_demo_segformer(demo_dir / "demo-segformer")
     if kind == "upscaler":  # the weights file inside the folder
         return ensure_demo_upscaler(demo_dir / "demo-upscaler")
+    if kind == "eraser":  # the weights file inside the folder
+        return ensure_demo_eraser(demo_dir / "demo-eraser")
+    if kind == "describer":
+        return ensure_demo_describer(demo_dir / "demo-describer")
+    if kind == "translator-en":
+        return ensure_demo_translator_en(demo_dir / "demo-translator-en")
     raise ValueError(f"unknown demo source {kind!r}")
 
 

@@ -44,6 +44,9 @@ NEUTRAL_GREY: tuple[int, int, int] = (128, 128, 128)
 #: Luminance (0..255) from which a mask pixel counts as white.
 MASK_THRESHOLD = 128
 
+#: The width of the band around the kept pixels where :func:`paste_back` fades them into the drawn image.
+DEFAULT_FEATHER_PX = 4
+
 
 @dataclass(frozen=True)
 class Composition:
@@ -55,11 +58,18 @@ class Composition:
         keep: bool array (height, width); True = clothes, kept bit-exactly; False = redrawn.
         figure: bool array (height, width), True where the mannequin was opaque (alpha > 0) when the
             mannequin had an alpha channel (a cut-out), else None.
+        feather_px: the band :func:`paste_back` fades the kept pixels into (0 for a kind whose ``blend`` makes the
+            seam).
+        blend: None, or (weight, source): uint8 arrays (height, width) and (height, width, 3); the last step of a
+            result (:func:`blend_over`) lays ``source`` over it with that weight (255: ``source`` exactly, 0: the
+            result untouched): a transparent foreground's alpha, a blurred mask's edge.
     """
 
     image: Image.Image
     keep: np.ndarray
     figure: np.ndarray | None
+    feather_px: int = DEFAULT_FEATHER_PX
+    blend: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.image.mode != "RGB":
@@ -252,6 +262,7 @@ def pad_to_multiple(comp: Composition, multiple: int) -> Composition:
         image=Image.fromarray(image, mode="RGB"),
         keep=np.pad(comp.keep, pad, mode="constant", constant_values=False),
         figure=None if comp.figure is None else np.pad(comp.figure, pad, mode="edge"),
+        feather_px=comp.feather_px,
     )
 
 
@@ -265,6 +276,8 @@ def crop_composition(comp: Composition, box: tuple[int, int, int, int]) -> Compo
         image=comp.image.crop(box),
         keep=np.ascontiguousarray(comp.keep[y0:y1, x0:x1]),
         figure=None if comp.figure is None else np.ascontiguousarray(comp.figure[y0:y1, x0:x1]),
+        feather_px=comp.feather_px,
+        blend=None if comp.blend is None else tuple(np.ascontiguousarray(a[y0:y1, x0:x1]) for a in comp.blend),
     )
 
 
@@ -322,7 +335,7 @@ class _Seam:
 def paste_back(
     generated: Image.Image | np.ndarray,
     comp: Composition,
-    feather_px: int = 4,
+    feather_px: int | None = None,
     *,
     keep: np.ndarray | None = None,
     source: Image.Image | None = None,
@@ -334,7 +347,7 @@ def paste_back(
 def paste_back_pixels(
     generated: Image.Image | np.ndarray,
     comp: Composition,
-    feather_px: int = 4,
+    feather_px: int | None = None,
     *,
     keep: np.ndarray | None = None,
     source: Image.Image | None = None,
@@ -354,7 +367,8 @@ def paste_back_pixels(
       gets no halo;
     * everywhere else: the generated pixels, untouched.
 
-    ``feather_px = 0`` gives a hard cut. ``keep`` and ``source`` generalise the garment to any kept area, e.g.
+    ``feather_px = 0`` gives a hard cut; None: the composition's own (:attr:`Composition.feather_px`). ``keep`` and
+    ``source`` generalise the garment to any kept area, e.g.
     the clothes plus a background held exactly (:func:`workers.inference.inpaint.run_inpaint` with ReferStrength 1):
     ``keep`` must then contain ``comp.keep`` and ``source`` must equal ``comp.image`` there, so that the
     clothes stay exact.
@@ -362,6 +376,8 @@ def paste_back_pixels(
     ``overwrite``: ``generated`` (a C-contiguous uint8 array of ``comp``'s size) may be written into and becomes
     the result's memory, instead of a copy of it (what a pipeline's result, converted once, can give).
     """
+    if feather_px is None:
+        feather_px = comp.feather_px
     if feather_px < 0:
         raise ValueError(f"feather_px must be >= 0, got {feather_px}")
     size = (comp.width, comp.height)
@@ -426,7 +442,8 @@ def with_background(comp: Composition, background: Image.Image) -> Composition:
     ``comp``; the clothes pixels are ``comp.image``'s, bit for bit."""
     fitted = np.asarray(fit_background(background, comp.width, comp.height))
     start = np.where(comp.keep[..., None], np.asarray(comp.image), fitted)
-    return Composition(image=Image.fromarray(start, mode="RGB"), keep=comp.keep, figure=comp.figure)
+    return Composition(image=Image.fromarray(start, mode="RGB"), keep=comp.keep, figure=comp.figure,
+                       feather_px=comp.feather_px, blend=comp.blend)
 
 
 def held_exactly(comp: Composition, background: Image.Image) -> tuple[np.ndarray, Image.Image]:
@@ -453,3 +470,96 @@ def redraw_strength(comp: Composition, refer_strength: float) -> np.ndarray:
         strength[comp.figure] = 1.0
     strength[comp.keep] = 0.0
     return strength
+
+
+# --- other kept areas: a transparent foreground (GenerateBackgrounds), a masked image (ModifyMaskedPixels) ---------
+
+def _over_grey(img: Image.Image) -> Image.Image:
+    """``img`` as RGB, a transparent one composited onto :data:`NEUTRAL_GREY`."""
+    if not _has_alpha(img):
+        return img.convert("RGB")
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, NEUTRAL_GREY + (255,)), rgba).convert("RGB")
+
+
+def prepare_foreground(foreground: Image.Image, width: int, height: int,
+                       resize_mode: ResizeMode = DEFAULT_RESIZE_MODE) -> Composition:
+    """A transparent foreground (GenerateBackgrounds) at the output size: the RGBA image fitted by ``resize_mode``
+    (:func:`fit_geometry`, Lanczos on premultiplied alpha as Pillow resizes RGBA; the margins of ``ResizeAndFill``
+    transparent), its pixels of alpha 255 kept (bit for bit the input's when no resizing happens), every other pixel
+    drawn, and the drawn image's last step :func:`blend_over` with the foreground's alpha: a pixel of alpha 1..254 is
+    ``a * foreground + (1 - a) * scene``, a transparent one the scene alone. No feather band: the alpha is the seam.
+    The model starts from the foreground over :data:`NEUTRAL_GREY`."""
+    fitted = fit_geometry(foreground.convert("RGBA"), width, height, resize_mode, Image.Resampling.LANCZOS, fill=0)
+    pixels = np.asarray(fitted)
+    alpha = np.ascontiguousarray(pixels[..., 3])
+    return Composition(image=_over_grey(fitted), keep=alpha == 255, figure=None, feather_px=0,
+                       blend=(alpha, np.ascontiguousarray(pixels[..., :3])))
+
+
+def blur_mask(redraw: np.ndarray, blur_px: int) -> np.ndarray:
+    """A bool redraw mask as uint8 0..255 whose edge fades out over ``2 * blur_px`` pixels outside it: grown by
+    ``blur_px`` (a square of ``2 * blur_px + 1``), then blurred by a Gaussian of the same square (sigma
+    ``blur_px / 2``). Every pixel of the mask stays 255 (what is white is redrawn entirely, however small), and a pixel
+    farther than ``2 * blur_px`` from it (chessboard distance) stays 0. ``blur_px`` 0: the mask as it is."""
+    soft = redraw.astype(np.uint8) * np.uint8(255)
+    if blur_px <= 0:
+        return soft
+    size = 2 * blur_px + 1
+    grown = cv2.dilate(soft, np.ones((size, size), np.uint8))
+    return cv2.GaussianBlur(grown, (size, size), blur_px / 2, borderType=cv2.BORDER_REPLICATE)
+
+
+def prepare_masked(image: Image.Image, mask: Image.Image | None, width: int, height: int,
+                   resize_mode: ResizeMode = DEFAULT_RESIZE_MODE, invert_mask: bool = False,
+                   mask_blur: int = 0) -> Composition:
+    """An image and its mask (ModifyMaskedPixels) at the output size.
+
+    1. The mask (white = redraw; None: nothing) is brought to the image's size (nearest), normalised
+       (:func:`normalize_mask`) and flipped when ``invert_mask``.
+    2. The image (a transparent one over :data:`NEUTRAL_GREY`) and the mask get the same geometry
+       (:func:`fit_geometry`); the margins ``ResizeAndFill`` adds around the image are drawn (outpainting).
+    3. The mask, within the image, fades out over ``2 * mask_blur`` pixels around it (:func:`blur_mask`: its white
+       pixels stay fully redrawn); the margins are drawn fully.
+    4. Kept exactly: every pixel where the blurred mask is 0 (the fitted image's, bit for bit the input's when no
+       resizing happens, as for an outpainting of the image's own height or width). Drawn: the rest, then laid
+       under the image with weight ``255 - blurred mask`` (:func:`blend_over`), so the blur's edge is a blend and
+       no feather band is needed.
+    """
+    redraw = np.zeros((image.height, image.width), dtype=bool)
+    if mask is not None:
+        if mask.size != image.size:
+            mask = mask.resize(image.size, Image.Resampling.NEAREST)
+        redraw = normalize_mask(mask)
+    if invert_mask:
+        redraw = ~redraw
+    rgb = fit_geometry(_over_grey(image), width, height, resize_mode, Image.Resampling.LANCZOS, fill="edge")
+    inside = _fit_bool(np.ones(redraw.shape, dtype=bool), width, height, resize_mode, fill=0)
+    soft = blur_mask(_fit_bool(redraw, width, height, resize_mode, fill=0), mask_blur)
+    soft[~inside] = 255
+    pixels = np.asarray(rgb)
+    return Composition(image=rgb, keep=soft == 0, figure=None, feather_px=0,
+                       blend=(np.ascontiguousarray(255 - soft), pixels))
+
+
+def blend_over(drawn: np.ndarray, comp: Composition) -> np.ndarray:
+    """The last step of a result of ``comp``'s size (uint8, height x width x 3): ``comp.blend``'s source laid over it
+    with its weight, rounded (a weight of 255 gives the source exactly, 0 leaves ``drawn``); ``drawn`` itself
+    without a blend."""
+    if comp.blend is None:
+        return drawn
+    weight, source = comp.blend
+    w = weight.astype(np.uint32)[..., None]
+    mixed = (w * source + (255 - w) * drawn.astype(np.uint32) + 127) // 255
+    return mixed.astype(np.uint8)
+
+
+# --- nothing kept: GenerateImages ----------------------------------------------------------------------------------
+
+def prepare_blank(width: int, height: int) -> Composition:
+    """The composition of a text-to-image (GenerateImages): :data:`NEUTRAL_GREY` of the output size, nothing kept,
+    the whole frame redrawn (the inpainting mask all white: what a 9-channel inpainting model was trained with for
+    an unconditioned frame, and for a 4-channel model exactly text-to-image). An Image2Image reference replaces the
+    grey (:func:`with_background`) and holds the latents at ``1 - ReferStrength``: image-to-image."""
+    return Composition(image=Image.new("RGB", (width, height), NEUTRAL_GREY),
+                       keep=np.zeros((height, width), dtype=bool), figure=None, feather_px=0)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
-from app.contract.jobs import JOB_VERSION, ControlUnitRef, JobMessage
+from app.contract.jobs import JOB_VERSION, ControlUnitRef, ImagesJobMessage, JobMessage
 from app.contract.limits import (
     CONTROL_UNITS_FIELD,
     NO_FACE_MESSAGE,
@@ -51,6 +51,7 @@ from workers.adapters.ip_adapter import (
 from workers.faces.redraw import FaceRedraw, no_step_note, redraw_faces, refined_note, sized
 from workers.inference.compose import (
     Composition,
+    blend_over,
     crop_composition,
     fit_background,
     fit_geometry,
@@ -64,6 +65,7 @@ from workers.inference.inpaint import Sampling, run_inpaint
 from workers.inference.passes import Box, Passes, plan_passes, tile_weights
 from workers.inference.preprocess import preprocess
 from workers.inference.safety import withheld_note
+from workers.inference.tileable import circular_padding
 from workers.inference.upscale import UPSCALE_STEPS, SuperResolution, enlarge, upscale_megapixels, upscale_note
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
@@ -85,10 +87,21 @@ from workers.translate.translator import TranslatorLoadError, translate_prompts
 log = logging.getLogger("atelier.worker")
 
 
+def tileable(job: JobMessage) -> bool:
+    """Whether ``job`` draws a seamless texture (GenerateImages' Tileable): one pass at its size (an upscale and
+    a tiled refine would put seams back), no face redraw, circular padding (:mod:`workers.inference.tileable`)."""
+    return isinstance(job, ImagesJobMessage) and job.tileable
+
+
+#: The task's note of a Tileable job.
+TILEABLE_NOTE = "Tileable: drawn in one pass with circular padding (a seamless texture); faces not redrawn"
+
+
 def passes_of(entry: ModelEntry | None, job: JobMessage) -> Passes:
-    """The passes ``job`` runs on ``entry`` (:mod:`workers.inference.passes`); one pass for an unknown model."""
-    if entry is None:
-        return plan_passes(job.width, job.height, (job.width, job.height), 0.0, 0)
+    """The passes ``job`` runs on ``entry`` (:mod:`workers.inference.passes`); one pass for an unknown model or a
+    Tileable job."""
+    if entry is None or tileable(job):
+        return plan_passes(job.width, job.height, (job.width, job.height), 0.0, entry.defaults.steps if entry else 0)
     strength = job.refine_strength if job.refine_strength is not None else entry.refine.strength
     return plan_passes(job.width, job.height, entry.native_size, strength, entry.defaults.steps,
                        entry.refine.tile_above)
@@ -142,23 +155,61 @@ class Plan:
 def face_strength(entry: ModelEntry, job: JobMessage) -> float | None:
     """The strength the job's faces are redrawn at after its passes (docs/faces.md): the request's
     ``FaceRefine.Strength``, else the model's ``faces.strength``; None when they are not refined (``FaceRefine.Enabled``
-    false, or absent and the model's ``faces.refine`` false)."""
+    false, or absent and the model's ``faces.refine`` false; a Tileable job: a redrawn face is no seamless texture)."""
+    if tileable(job):
+        return None
     if not (job.face_refine if job.face_refine is not None else entry.faces.refine):
         return None
     return job.face_strength if job.face_strength is not None else entry.faces.strength
 
 
+@dataclass(frozen=True)
+class Composer:
+    """How a kind of generation job composes its inputs (what it keeps, what it draws) at each size it draws at:
+    ``key(job, size)``, the key of its composition in the worker's cache (None: not cached); ``reader(rt, held,
+    registry, job)`` reads the job's inputs once and gives the function composing them at a size."""
+
+    key: Callable[[JobMessage, tuple[int, int]], tuple | None]
+    reader: Callable[[WorkerRuntime, Lease, Registry, JobMessage], Callable[[tuple[int, int]], Composition]]
+
+
+def _mannequin_key(job: JobMessage, size: tuple[int, int]) -> tuple | None:
+    if job.clothes_mask is None:  # the clothes segmenter's mask is the job's own result: not cached
+        return None
+    return (job.mannequin_image, job.clothes_mask, *size, job.resize_mode, job.invert_mask)
+
+
+def _mannequin_reader(rt: WorkerRuntime, held: Lease, registry: Registry,
+                      job: JobMessage) -> Callable[[tuple[int, int]], Composition]:
+    mannequin = open_input(rt, job.mannequin_image)
+    if job.clothes_mask is not None:
+        mask = open_input(rt, job.clothes_mask)
+    else:
+        mask = _auto_clothes_mask(rt, held, registry, job, mannequin)
+    return lambda size: prepare(mannequin, mask, *size, job.resize_mode, job.invert_mask)
+
+
+#: GenerateFromMannequin's: the clothes kept (docs/API.md).
+MANNEQUIN = Composer(_mannequin_key, _mannequin_reader)
+
+
 def run_job(rt: WorkerRuntime, message: dict) -> None:
     """Run one GenerateFromMannequin job message to its end (:func:`run_task`)."""
+    run_generation(rt, message, JobMessage, MANNEQUIN)
+
+
+def run_generation(rt: WorkerRuntime, message: dict, message_class: type[JobMessage], composer: Composer) -> None:
+    """Run one generation job message of ``message_class`` (GenerateFromMannequin's, or a kind derived from it that
+    keeps other pixels: ``composer``) to its end (:func:`run_task`)."""
     if not version_ok(rt, message):
         return
-    job = JobMessage.model_validate(message)
+    job = message_class.model_validate(message)
     entry = rt.registry.get(job.main_model)
     steps = entry.defaults.steps if entry is not None else 0
     passes = passes_of(entry, job)
 
     def work(held: Lease, timings: Timings, watch: JobWatch) -> Deferred:
-        return _generate(rt, held, job, timings, watch)
+        return _generate(rt, held, job, timings, watch, composer)
 
     total_steps = (steps + passes.refine_steps * passes.refine_calls) * job.batch_size
     run_task(rt, job.task_uid, label=job.main_model, total_steps=total_steps,
@@ -180,19 +231,20 @@ def prepare_ahead(rt: WorkerRuntime, message: dict, held: Lease) -> None:
     entry = registry.require(job.main_model, ModelType.MAIN)
     passes = passes_of(entry, job)
     if job.clothes_mask is not None and rt.compositions is not None:
-        _compositions(rt, held, registry, job, [passes.draw, passes.final])
+        _compositions(rt, held, registry, job, [passes.draw, passes.final], MANNEQUIN)
     rt.models.pipeline(held, entry, registry, ahead=True)
 
 
-def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings, watch: JobWatch) -> Deferred:
+def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings, watch: JobWatch,
+              composer: Composer = MANNEQUIN) -> Deferred:
     """Plan and run the job, screen its images; what stores them (the worker may run it in the background while
     it takes the next job: :mod:`workers.lifecycle.overlap`)."""
     registry = rt.registry
     entry = registry.require(job.main_model, ModelType.MAIN)
     try:
-        plan = _plan(rt, held, registry, entry, job)
+        plan = _plan(rt, held, registry, entry, job, composer)
         watch.check()
-        images = _run(rt, held, registry, plan, job, timings, watch)
+        images = [blend_over(image, plan.final.comp) for image in _run(rt, held, registry, plan, job, timings, watch)]
         images = _screen(rt, held, entry, job, images)  # last: what is screened is what is stored
     except ModelLoadError as e:
         log.error("task %s: %s", job.task_uid, e)  # the cause (with server paths) stays in the log
@@ -239,10 +291,13 @@ def _screen(rt: WorkerRuntime, held: Lease, entry: ModelEntry, job: JobMessage,
 # --- plan ------------------------------------------------------------------------------------------------
 
 
-def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry, job: JobMessage) -> Plan:
+def _plan(rt: WorkerRuntime, held: Lease, registry: Registry, entry: ModelEntry, job: JobMessage,
+          composer: Composer = MANNEQUIN) -> Plan:
     passes = passes_of(entry, job)
     rt.store.add_note(job.task_uid, passes.note())
-    comps = _compositions(rt, held, registry, job, [passes.draw, passes.final])
+    if tileable(job):
+        rt.store.add_note(job.task_uid, TILEABLE_NOTE)
+    comps = _compositions(rt, held, registry, job, [passes.draw, passes.final], composer)
     raw_background = open_input(rt, job.background_image) if job.background_image else None
     every = [(unit, registry.require(unit.control_model, ModelType.CONTROL_MODEL)) for unit in job.control_units]
     units = [(unit, model) for unit, model in every if model.adapter is None]  # ControlNets: a map per pass
@@ -280,32 +335,29 @@ def _upscaler(rt: WorkerRuntime, registry: Registry, entry: ModelEntry, job: Job
 
 
 def _compositions(rt: WorkerRuntime, held: Lease, registry: Registry, job: JobMessage,
-                  sizes: list[tuple[int, int]]) -> dict[tuple[int, int], Composition]:
-    """The job's mannequin and clothes mask composed at each of ``sizes``: from the worker's cache when a recent
-    job had the same stored inputs and geometry (a shop's variants of one photo), else read and made once (and
-    kept, with read-only arrays). A mask the clothes segmenter makes is made once and not cached (it is the job's
-    own result)."""
+                  sizes: list[tuple[int, int]], composer: Composer = MANNEQUIN) -> dict[tuple[int, int], Composition]:
+    """The job's inputs composed (``composer``) at each of ``sizes``: from the worker's cache when a recent job had
+    the same stored inputs and geometry (a shop's variants of one photo), else read and made once (and kept, with
+    read-only arrays). A mask the clothes segmenter makes is made once and not cached (it is the job's own
+    result)."""
     cache = rt.compositions
     comps: dict[tuple[int, int], Composition] = {}
     keys: dict[tuple[int, int], tuple] = {}
     for size in dict.fromkeys(sizes):
-        if cache is not None and job.clothes_mask is not None:
-            keys[size] = (job.mannequin_image, job.clothes_mask, *size, job.resize_mode, job.invert_mask)
-            comp = cache.get(keys[size])
+        key = composer.key(job, size) if cache is not None else None
+        if key is not None:
+            keys[size] = key
+            comp = cache.get(key)
             if comp is not None:
                 comps[size] = comp
     missing = [size for size in dict.fromkeys(sizes) if size not in comps]
     if not missing:
         return comps
-    mannequin = open_input(rt, job.mannequin_image)
-    if job.clothes_mask is not None:
-        mask = open_input(rt, job.clothes_mask)
-    else:
-        mask = _auto_clothes_mask(rt, held, registry, job, mannequin)
+    compose = composer.reader(rt, held, registry, job)
     for size in missing:
-        comp = comps[size] = prepare(mannequin, mask, *size, job.resize_mode, job.invert_mask)
+        comp = comps[size] = compose(size)
         if size in keys:
-            for array in (comp.keep, comp.figure):
+            for array in (comp.keep, comp.figure, *(comp.blend or ())):
                 if array is not None:
                     array.flags.writeable = False
             cache.put(keys[size], comp)
@@ -454,6 +506,7 @@ def _run(rt: WorkerRuntime, held: Lease, registry: Registry, plan: Plan, job: Jo
         loaded = held.load_seconds
         t0 = time.monotonic()
         with _faceid_loras(pipe, plan, adapters), \
+                circular_padding(pipe.unet, pipe.vae, *nets) if tileable(job) else nullcontext(), \
                 adapters_applied(pipe, adapters, guidance_scale=sampling.guidance_scale) as run:
             if run.compile_off:
                 rt.store.add_note(job.task_uid, COMPILE_OFF_NOTE)

@@ -85,14 +85,15 @@ Work = Callable[[Lease, Timings, JobWatch], "tuple[int, str] | Deferred"]
 
 
 def finish(rt: WorkerRuntime, uid: str, watch: JobWatch, names: list[str], *, seed: int | None = None,
-           pipeline_s: float = 0.0, steps: tuple[int, int] | None = None) -> None:
+           pipeline_s: float = 0.0, steps: tuple[int, int] | None = None, texts: list[str] | None = None) -> None:
     """End a job's task Finished with its stored results ``names`` (what ``work`` does last, once every result is
     written): unless it was canceled or ran out of time meanwhile (the watch raises), and only while this worker
     still holds its lease (else :class:`JobLost`: another worker runs it). ``seed``: what ListTasksDetails reports
-    (None: the Seed the task was created with); ``pipeline_s`` and ``steps``: see ``TaskStore.mark_finished``."""
+    (None: the Seed the task was created with); ``pipeline_s``, ``steps`` and ``texts`` (text results, TxtList): see
+    ``TaskStore.mark_finished``."""
     watch.check()
     if not _through_redis_outage("mark it finished", uid, lambda: rt.store.mark_finished(
-            uid, names, seed, worker=rt.worker_id, pipeline_s=pipeline_s, steps=steps)):
+            uid, names, seed, worker=rt.worker_id, pipeline_s=pipeline_s, steps=steps, texts=texts)):
         raise JobLost(uid)
 
 

@@ -39,6 +39,12 @@ One method per kind says how it is keyed (what makes two requests share one load
 * ``upscaler``: an Upscaler (a super-resolution file), by resolved file, its mtime and size, and dtype (this
   worker's, where the architecture supports it); device; :func:`~workers.inference.upscale.load_upscaler`
   (spandrel detects the architecture).
+* ``eraser``: an Eraser (a LaMa-family inpainting file), by resolved file, its mtime and size, and dtype; device;
+  :func:`~workers.inference.erase.load_eraser` (spandrel detects the architecture).
+* ``describer``: a Describer (a transformers image-to-text folder), by resolved folder and dtype; device;
+  :meth:`~workers.inference.describe.Describer.load`.
+* ``describe-translator``: one of a Describer's ``translators:`` (English into a TranslateDescription language), by
+  resolved folder; host (it runs on the CPU, as the prompt translator); :meth:`Translator.load`.
 
 A job passes its :class:`~workers.models.cache.Lease`: what it gets stays loaded until the job ends.
 """
@@ -54,13 +60,15 @@ from typing import Any
 import torch
 
 from app.contract.limits import IP_ADAPTER_FACEID
-from app.contract.registry import UPSCALER_SUFFIXES, ModelEntry, ModelSource, Registry
+from app.contract.registry import ERASER_SUFFIXES, UPSCALER_SUFFIXES, ModelEntry, ModelSource, Registry
 from workers.adapters.encoder import load_image_encoder
 from workers.adapters.faceid import FaceModelError, load_face_model
 from workers.adapters.files import FACEID_VARIANTS, AdapterFileError, read_adapter_file
 from workers.adapters.ip_adapter import AdapterFitError, build_adapter
 from workers.faces.detect import FaceDetector, load_face_detector
 from workers.inference.control import drop_control_pipelines
+from workers.inference.describe import Describer, DescriberLoadError
+from workers.inference.erase import Eraser, EraserFileError, load_eraser
 from workers.inference.preprocess import detector_key, load_detector
 from workers.inference.safety import SafetyCheckerError, checker_folders, load_safety_checker
 from workers.inference.upscale import SuperResolution, UpscalerFileError, load_upscaler
@@ -72,7 +80,7 @@ from workers.models.speed import apply_speed, load_key, pipeline_dtype, prepare_
 from workers.submodels.apply import read_submodel, submodel_file
 from workers.submodels.kinds import kind_of
 from workers.submodels.spec import SubModelSpec
-from workers.translate.translator import Translator
+from workers.translate.translator import Translator, TranslatorLoadError
 
 
 @dataclass
@@ -92,6 +100,8 @@ class Loaders:
     face_detector: Callable[..., Any] = load_face_detector
     face_model: Callable[..., Any] = load_face_model
     upscaler: Callable[..., Any] = load_upscaler
+    eraser: Callable[..., Any] = load_eraser
+    describer: Callable[..., Any] = Describer.load
 
 
 class WorkerModels:
@@ -379,3 +389,65 @@ class WorkerModels:
         return lease.get(("upscaler", str(path), stamp, str(self.dtype)), load, label=entry.model_code,
                          kind="upscaler", slot=("upscaler", entry.model_code),
                          estimate=lambda: loading.estimate_bytes(ModelSource(file=path), self.dtype))
+
+    def eraser(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Eraser:
+        """The Eraser ``entry`` on the device (:func:`~workers.inference.erase.load_eraser`). A file replaced on disk
+        is read again. Raises :class:`ModelLoadError` for a missing file or one that is not an RGB inpainting model
+        spandrel recognises."""
+        path = local_path(entry, registry, self.models_dir)
+        if path is None:  # hub: the repo's one weights file, in the local Hugging Face cache
+            path = loading.hub_weights_file(entry.model_code, entry.source, ERASER_SUFFIXES)
+
+        def load() -> Eraser:
+            try:
+                return self.loaders.eraser(path, self.device, self.dtype)
+            except EraserFileError as e:
+                raise ModelLoadError(entry.model_code, str(e)) from e
+
+        st = path.stat() if path.is_file() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
+        return lease.get(("eraser", str(path), stamp, str(self.dtype)), load, label=entry.model_code, kind="eraser",
+                         slot=("eraser", entry.model_code),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(file=path), torch.float32))
+
+    def describer(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Describer:
+        """The Describer ``entry`` on the device (:meth:`~workers.inference.describe.Describer.load`). Raises
+        :class:`ModelLoadError`."""
+        path = local_path(entry, registry, self.models_dir) or _hub_folder(entry)
+
+        def load() -> Describer:
+            try:
+                return self.loaders.describer(path, self.device, self.dtype)
+            except DescriberLoadError as e:
+                raise ModelLoadError(entry.model_code, str(e)) from e
+
+        return lease.get(("describer", str(path), str(self.dtype)), load, label=entry.model_code, kind="describer",
+                         slot=("describer", entry.model_code),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(path=path), torch.float32))
+
+    def describe_translator(self, lease: Lease, entry: ModelEntry, language: str, registry: Registry) -> Translator:
+        """The Describer ``entry``'s translator into ``language`` (its ``translators:``), on the host. Raises
+        :class:`ModelLoadError` (labelled ``<ModelCode>:<language>``); KeyError for a language it has none of (the
+        gateway refuses such a request)."""
+        source, label = entry.translators[language], f"{entry.model_code}:{language}"
+        path = local_path(source, registry, self.models_dir)
+
+        def load() -> Translator:
+            try:
+                return self.loaders.translator(path)
+            except TranslatorLoadError as e:
+                raise ModelLoadError(label, str(e)) from e
+
+        return lease.get(("describe-translator", str(path)), load, label=label, kind="describe-translator",
+                         place="host", slot=("describe-translator", label),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(path=path), torch.float32))
+
+
+def _hub_folder(entry: ModelEntry) -> Path:
+    """A ``hub:`` source's folder in the local Hugging Face cache (``HF_HUB_OFFLINE=1``: the cache only)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(entry.source.hub, revision=entry.source.revision))
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, revision: all one answer
+        raise ModelLoadError(entry.model_code, f"hub repo {entry.source.hub}: {e}") from e

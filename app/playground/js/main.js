@@ -3,6 +3,7 @@
 
 import { createClient, localUrl } from "./api.js";
 import { byTestId, fileToBase64 } from "./dom.js";
+import { EraseTool } from "./erase.js";
 import { ErrorSlots } from "./errors.js";
 import { FaceReference } from "./face.js";
 import { GenerationForm } from "./form.js";
@@ -30,6 +31,8 @@ const tasks = new TaskList($("tasks"), $("tasks-empty"), api, () => keys?.public
 });
 
 let mannequin = null; // {b64, url, width, height}
+const eraseTool = new EraseTool(document, { api, errors, editor, tasks, gallery, photo: () => mannequin,
+  mainModel: () => $("main-model").value });
 let background = null; // {b64, url}
 let currentTask = null; // the TaskUID Generate last created
 
@@ -82,6 +85,7 @@ async function connect() {
     face.setModels(controls);
     setMaskEngines(models.MaskEngines || []);
     setUpscalers(models.Upscalers || []);
+    eraseTool.setModels(models);
     tasks.refresh();
     return true;
   } catch (err) {
@@ -291,6 +295,60 @@ $("background-remove").addEventListener("click", () => {
   $("background-preview").hidden = $("background-remove").hidden = true;
 });
 
+// --- what to make: GenerateFromMannequin, or GenerateBackgrounds (a scene behind a cut-out) ------------------
+
+const taskKind = () => $("task-kind").value;
+
+function kindChanged() {
+  for (const part of document.querySelectorAll("[data-for-kind]")) {
+    part.hidden = !part.dataset.forKind.split(" ").includes(taskKind());
+  }
+  errors.clear();
+}
+$("task-kind").addEventListener("change", kindChanged);
+
+/** A GenerateBackgrounds request from the form: the cut-out (its alpha checked by the server: 230 naming
+ *  TransparentForeground, shown at the photo) and the optional background reference. */
+function backgroundsRequest() {
+  const images = [mannequin.b64];
+  const params = { ...form.collect(), ImageList: images,
+    TransparentForeground: { ImageIndex: 0, ResizeMode: form.resizeMode } };
+  if (!params.ControlNetList) params.ControlNetList = []; // the main model's default control is for mannequins
+  if (background) {
+    images.push(background.b64);
+    params.BackgroundImage2Image = { ImageIndex: 1, ReferStrength: form.referStrength };
+  }
+  errors.route("TransparentForeground", "mannequin");
+  errors.route("ImageList[0]", "mannequin");
+  errors.route("ImageList[1]", "background");
+  errors.route("BackgroundImage2Image", "background");
+  return params;
+}
+
+/** A ModifyMaskedPixels request: the photo and, when something is marked, the mask (white = redrawn); an
+ *  Error (shown at the mask) for the automatic clothes mask, which marks what a mannequin photo keeps. */
+function modifyRequest() {
+  const images = [mannequin.b64];
+  const masked = { ImageIndex: 0, ResizeMode: form.resizeMode };
+  if (maskMode() === "auto") throw new Error("Automatic finds clothes to keep: paint (or click) what to redraw.");
+  if (editor.garmentPixels()) {
+    images.push(editor.exportPng());
+    masked.MaskIndex = 1;
+  }
+  const params = { ...form.collect(), ImageAndMaskList: images, Masked: masked };
+  if (!params.ControlNetList) params.ControlNetList = [];
+  if (background) {
+    images.push(background.b64);
+    params.Image2Image = { ImageIndex: images.length - 1, ReferStrength: form.referStrength };
+  }
+  errors.route("Masked", "mask");
+  errors.route("ImageAndMaskList[0]", "mannequin");
+  errors.route("ImageAndMaskList[1]", masked.MaskIndex ? "mask" : "background");
+  errors.route("ImageAndMaskList[2]", "background");
+  errors.route("Image2Image", "background");
+  return params;
+}
+
 // --- generate, progress, cancel ----------------------------------------------------------------------------
 
 function showProgress(d) {
@@ -308,7 +366,21 @@ function showProgress(d) {
 async function generate() {
   errors.clear();
   if (!keys) return errors.show("keys", "Enter your PublicKey and PrivateKey first.");
-  if (!mannequin) return errors.show("mannequin", "Choose a mannequin photo first.");
+  const backgrounds = taskKind() === "backgrounds";
+  if (!mannequin) {
+    const what = { backgrounds: "a transparent cut-out", modify: "a photo" }[taskKind()] || "a mannequin photo";
+    return errors.show("mannequin", `Choose ${what} first.`);
+  }
+  if (backgrounds) return submitAndFollow("GenerateBackgrounds", backgroundsRequest(), "Scene", mannequin.url);
+  if (taskKind() === "modify") {
+    let params;
+    try {
+      params = modifyRequest();
+    } catch (err) {
+      return errors.show("mask", err.message);
+    }
+    return submitAndFollow("ModifyMaskedPixels", params, "Modify", mannequin.url, params.Masked.ResizeMode);
+  }
   const mode = maskMode();
   const images = [mannequin.b64];
   const man = { ImageIndex: 0, ResizeMode: form.resizeMode };
@@ -345,12 +417,18 @@ async function generate() {
     if (faceUnit.ImageIndex !== undefined) errors.route(`ImageAndMaskList[${faceUnit.ImageIndex}]`, "face");
   }
 
+  return submitAndFollow("GenerateFromMannequin", params, "Generate", mannequin.url, man.ResizeMode, mode);
+}
+
+/** Send a generation, follow its progress and put its images in the gallery (compared with `url`). */
+async function submitAndFollow(action, params, label, url, resizeMode = params.TransparentForeground?.ResizeMode,
+  mode = null) {
   const button = $("generate");
   button.disabled = true;
   $("progress-text").textContent = "Sending…";
   let uid;
   try {
-    uid = await api.submit("GenerateFromMannequin", params);
+    uid = await api.submit(action, params);
   } catch (err) {
     $("progress-text").textContent = "Not sent.";
     errors.showError(err, /^Persona \[/.test(err.message) ? "face" : "general", (code) => form.slotForModel(code)
@@ -362,8 +440,8 @@ async function generate() {
   currentTask = uid;
   $("cancel").disabled = false;
   const size = `${params.Width ?? "?"}×${params.Height ?? "?"}`;
-  tasks.add(uid, "GenerateFromMannequin", `Generate ${size}${params.BatchSize > 1 ? ` ×${params.BatchSize}` : ""}`);
-  const before = { url: mannequin.url, resizeMode: man.ResizeMode };
+  tasks.add(uid, action, `${label} ${size}${params.BatchSize > 1 ? ` ×${params.BatchSize}` : ""}`);
+  const before = { url, resizeMode };
   let detail;
   try {
     detail = await tasks.waitFor(uid, (d) => uid === currentTask && showProgress(d));
@@ -462,6 +540,7 @@ async function followUp(kind, image, button) {
 
 maskModeChanged();
 maskChanged();
+kindChanged();
 showKeys(!keys);
 if (!window.isSecureContext) {
   // WebCrypto (the signature) and random request ids exist only in a secure context
