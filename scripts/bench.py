@@ -139,13 +139,14 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--repeats-service", type=int, default=21, help="service jobs (and bare calls) measured")
     ap.add_argument("--target-s", type=float, default=0.3, help="aimed duration of the bare call (a GPU job's)")
+    add_duty_args(ap)
     ap.add_argument("--only", choices=["routing"], help="run only this part (routing: bench_routing, a few minutes)")
     ap.add_argument("--routing-jobs", type=int, default=ROUTING_JOBS, help="routing: jobs per scenario")
     ap.add_argument("--routing-seed", type=int, default=26, help="routing: the seed of the jobs' random order")
     ap.add_argument("--routing-port-base", type=int, default=0, help="routing: the gateway's port, the workers'"
                     " metrics on the next two (0: free ports)")
     args = ap.parse_args()
-    routing = bench_routing(args.routing_jobs, args.routing_seed, args.routing_port_base)
+    routing = {} if args.duty_only else bench_routing(args.routing_jobs, args.routing_seed, args.routing_port_base)
     if args.only == "routing":
         print(json.dumps(routing))
         return 0
@@ -160,6 +161,7 @@ def main() -> int:
            "ATELIER_MODELS_CONFIG": str(models),
            "ATELIER_DEMO_MODELS_DIR": os.environ.get("ATELIER_DEMO_MODELS_DIR",
                                                      str(Path.home() / ".cache" / "atelier" / "test-models"))}
+    env["ATELIER_MAX_ACTIVE_TASKS_PER_KEY"] = str(args.duty_jobs + 10)  # the duty-cycle jobs are queued at once
     # Redis first: the runtime built here reads the completion timestamps from the service's task store
     redis_proc, url = start_embedded_redis(work / "data", env)
     env["ATELIER_REDIS_URL"] = url
@@ -187,8 +189,10 @@ def main() -> int:
                     m["defaults"]["steps"] = steps
             models.write_text(yaml.safe_dump(shipped, sort_keys=False))
             log(f"job: demo-inpaint {size}x{size}, {steps} steps (about {per_step * steps:.2f}s bare)")
-            figures = bench_lora_switch(rt, pipe, comp, steps, guidance, args.repeats, entry, registry)
-            figures |= bench_two_pass(pipe, entry, man, mask, TWO_PASS_STEPS, guidance, max(1, args.repeats // 2))
+            figures = {}
+            if not args.duty_only:
+                figures = bench_lora_switch(rt, pipe, comp, steps, guidance, args.repeats, entry, registry)
+                figures |= bench_two_pass(pipe, entry, man, mask, TWO_PASS_STEPS, guidance, max(1, args.repeats // 2))
             figures |= routing
 
             port = free_port()
@@ -199,7 +203,9 @@ def main() -> int:
                       subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
                                         "--pool", "solo", "-Q", settings.queue, "--loglevel", "WARNING", "-n",
                                         "bench@%h"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)]
-            service = bench_service(rt, pipe, comp, steps, guidance, args.repeats_service, base, man, mask, size)
+            service = {} if args.duty_only else bench_service(rt, pipe, comp, steps, guidance,
+                                                              args.repeats_service, base, man, mask, size)
+            service |= bench_duty(rt, base, procs, env, args.duty_jobs, man, mask, size)
     finally:
         for p in procs:
             p.terminate()
@@ -331,6 +337,79 @@ def bench_service(rt, pipe, comp, steps, guidance, repeats, base, man, mask, siz
     return {**same, "new_inputs": new, "bare_call_s": round(bare, 3),
             "vs_separate_bare": {"overhead_ms": round((same["end_to_end_s"] - bare) * 1000, 1),
                                  "ratio": round(same["end_to_end_s"] / bare, 3)}}
+
+
+def add_duty_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--duty-jobs", type=int, default=50, help="back-to-back jobs of the duty_cycle figure")
+    ap.add_argument("--duty-only", action="store_true", help="measure duty_cycle alone (a quicker run)")
+
+
+def bench_duty(rt, base: str, procs: list[subprocess.Popen], env: dict, jobs: int, man, mask, size: int) -> dict:
+    """duty_cycle (:func:`bench_duty_cycle`) of the worker as it runs (``ATELIER_WORKER_OVERLAP`` on), and in the same
+    run, measured first, of a worker that overlaps nothing (``no_overlap``: each job stored before the next is taken,
+    nothing prepared ahead: the worker before issue 26), the baseline against the same machine's state."""
+    off = bench_duty_cycle(rt, base, procs, {**env, "ATELIER_WORKER_OVERLAP": "false"}, jobs, man, mask, size)
+    on = bench_duty_cycle(rt, base, procs, {**env, "ATELIER_WORKER_OVERLAP": "true"}, jobs, man, mask, size)
+    return {**on, "duty_no_overlap": off}
+
+
+def bench_duty_cycle(rt, base: str, procs: list[subprocess.Popen], env: dict, jobs: int, man, mask, size: int) -> dict:
+    """duty_cycle: ``jobs`` back-to-back jobs on one worker, each on a photo never seen before (a catalogue
+    batch: another content hash each, so every job's inputs are decoded and composed), measured as the sum of
+    the jobs' pipeline calls (``pipeline_s``, timed by the worker) over the wall time from the first measured
+    job's start (the worker taking its task) to the last one's Finished: 1.0 when the device never waits for
+    the CPU between calls (goal >= 0.98).
+
+    The jobs are all queued before a worker takes any (``procs[-1]``, the running worker, is stopped, the jobs
+    sent, a fresh worker started), so the gateway's work on the submissions does not share the CPU with the
+    measured run; a first job, not measured, loads the pipeline. ``duty_gap_ms``: the measured run's time outside
+    the pipeline calls per job ((wall - inside) / jobs): what the device waits for between two calls, less
+    sensitive than the quotient to how fast a loaded CPU runs the calls themselves."""
+    client, overlap = httpx.Client(timeout=60), env.get("ATELIER_WORKER_OVERLAP")
+    for _ in range(300):  # the gateway is up (bench_service may not have run)
+        try:
+            if client.get(f"{base}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    worker = procs.pop()
+    worker.terminate()
+    worker.wait(60)
+
+    def submit(seed: int) -> str:
+        photo = man.copy()
+        photo.putpixel((1, 1), (seed % 256, seed // 256 % 256, 11 if overlap == "true" else 12))  # photos of its own
+        out = client.post(base + "/", json=signed({
+            "Action": "GenerateFromMannequin", "MainModel": {"ModelCode": "demo-inpaint"},
+            "PositivePrompts": ["a woman, studio photo"], "ImageAndMaskList": [b64(photo), b64(mask)],
+            "Mannequin": {"ImageIndex": 0, "ClothesMaskIndex": 1}, "Width": size, "Height": size, "Seed": seed,
+            "TranslatePrompts": False})).json()
+        assert out["RetCode"] == 0, out
+        return out["TaskUID"]
+
+    uids = [submit(10_000 + i) for i in range(jobs + 1)]  # the first loads the pipeline: not measured
+    procs.append(subprocess.Popen(worker.args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
+    deadline = time.monotonic() + 60 + 10 * jobs
+    while True:
+        recs = [rt.store.get(uid) for uid in uids]
+        assert all(r is not None and r.status != "Error" for r in recs), [r and r.status for r in recs]
+        if all(r.status == "Finished" for r in recs):
+            break
+        assert time.monotonic() < deadline, "the duty-cycle jobs did not finish"
+        time.sleep(0.5)
+    measured = sorted(recs[1:], key=lambda r: r.started_at)
+    wall = max(r.finished_at for r in measured) - measured[0].started_at
+    inside = sum(r.pipeline_s for r in measured)
+    by_finish = sorted(recs, key=lambda r: r.finished_at)
+    in_order = [r.uid for r in by_finish] == uids
+    log(f"duty cycle (ATELIER_WORKER_OVERLAP={overlap}): {jobs} jobs, {inside:.2f}s inside the pipeline calls"
+        f" over {wall:.2f}s of wall time:"
+        f" {inside / wall:.3f} (results in submission order: {in_order})")
+    return {"duty_cycle": round(inside / wall, 3), "duty_jobs": jobs, "duty_wall_s": round(wall, 2),
+            "duty_pipeline_s": round(inside, 2), "duty_per_job_ms": round(1000 * wall / jobs, 1),
+            "duty_pipeline_per_job_ms": round(1000 * inside / jobs, 1),
+            "duty_gap_ms": round(1000 * (wall - inside) / jobs, 1), "duty_in_order": in_order}
 
 
 def figures(jobs: list[tuple[float, dict[str, float]]]) -> dict:

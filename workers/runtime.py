@@ -21,6 +21,7 @@ from app.contract.taskstore import TaskStore
 from workers.adapters.encoder import ReferenceEmbeds, embeds_cache
 from workers.inference.compose import Composition
 from workers.inference.preprocess import MapCache
+from workers.lifecycle.overlap import Finisher, LookAhead
 from workers.lifecycle.storage_retry import RetryingStore
 from workers.logs import quiet_libraries
 from workers.lru import Lru
@@ -66,6 +67,11 @@ class WorkerRuntime:
     compositions: Lru[CompositionKey, Composition] | None = None
     #: who holds a task's lease: this process, on this host
     worker_id: str = field(default_factory=this_worker_id)
+    #: the overlap of a job's CPU work with its neighbours' denoising (:mod:`workers.lifecycle.overlap`): set by
+    #: the Celery worker (``workers/tasks.py``, ``ATELIER_WORKER_OVERLAP``); None here: each job stores its results
+    #: itself and nothing is prepared ahead (the tests that run jobs in their own process)
+    finisher: Finisher | None = None
+    lookahead: LookAhead | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, store: TaskStore | None = None,

@@ -21,6 +21,10 @@ Once the worker consumes its queues (``worker_ready``) it announces itself alive
 Model-aware routing (:mod:`app.contract.routing`): the worker also consumes a direct queue of its own
 (``celeryd_after_setup``), says which models it holds with each heartbeat and after each job, and hands the jobs
 waiting in its direct queue back to the shared queue when it shuts down.
+
+The solo worker overlaps its jobs' CPU work with their neighbours' denoising (:mod:`workers.lifecycle.overlap`,
+``ATELIER_WORKER_OVERLAP``): a job's results are stored in the background while it takes the next one (drained
+before it shuts down), and the job it will take next is prepared while one denoises.
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ from app.contract.routing import advertise, direct_queue, hand_back
 from app.contract.settings import get_settings
 from workers.celery_app import celery
 from workers.jobs.describe import run_describe_job
-from workers.jobs.generate import run_job
+from workers.jobs.generate import prepare_ahead, run_job
 from workers.jobs.images import run_images_job
 from workers.jobs.masks import run_mask_job
 from workers.jobs.remove_contents import run_remove_contents_job
@@ -59,6 +63,7 @@ from workers.jobs.resize import run_resize_job
 from workers.jobs.restore_faces import run_restore_faces_job
 from workers.jobs.scenes import run_backgrounds_job, run_modify_job
 from workers.jobs.switch_face import run_switch_face_job
+from workers.lifecycle.overlap import Finisher, LookAhead
 from workers.metrics import ALIVE_TTL_S, Heartbeat, serve_metrics
 from workers.runtime import WorkerRuntime, this_worker_id
 
@@ -114,7 +119,11 @@ def _register(name: str, runner: Callable[[WorkerRuntime, dict], None]) -> Runti
         finally:
             heartbeat = RuntimeTask._heartbeat
             if heartbeat is not None:  # the solo worker: what it holds now, for the next job's routing
-                heartbeat.beat()
+                finisher = self.runtime.finisher
+                if finisher is not None:  # after the job's results, off the path between two denoising calls
+                    finisher.submit(heartbeat.beat)
+                else:
+                    heartbeat.beat()
 
     return run
 
@@ -172,6 +181,15 @@ def _holding() -> Callable[[], list[str]]:
     return lambda: sorted({label for label, _ in runtime.cache.cached()})
 
 
+def _overlap(runtime: WorkerRuntime, r: redis.Redis, queues: list[str]) -> None:
+    """The solo worker overlaps its jobs' CPU work with their neighbours' denoising (``ATELIER_WORKER_OVERLAP``,
+    :mod:`workers.lifecycle.overlap`): results stored in the background, the next job of ``queues`` (the ones it
+    consumes, its direct queue first) prepared ahead."""
+    runtime.finisher = Finisher()
+    runtime.lookahead = LookAhead(r, queues, runtime.cache,
+                                  {GENERATE_TASK.name: lambda message, held: prepare_ahead(runtime, message, held)})
+
+
 @worker_ready.connect
 def _announce_alive(**_) -> None:
     settings = get_settings()
@@ -179,6 +197,10 @@ def _announce_alive(**_) -> None:
     mine = direct_queue(settings.queue, me)
     queues = sorted(q for q in celery.amqp.queues.consume_from if q != mine)
     r = connect(settings.redis_url or broker_url())
+    runtime = RuntimeTask._runtime
+    if runtime is not None and settings.worker_overlap:  # the solo worker (a prefork parent runs no job)
+        mine_first = [mine] if mine in celery.amqp.queues.consume_from else []
+        _overlap(runtime, r, mine_first + queues)
 
     def advertise_holding() -> None:
         if mine in celery.amqp.queues.consume_from:
@@ -189,6 +211,12 @@ def _announce_alive(**_) -> None:
 
 @worker_shutdown.connect
 def _withdraw(**_) -> None:
+    runtime = RuntimeTask._runtime
+    if runtime is not None and runtime.finisher is not None:  # the last job's results, stored before it goes
+        runtime.finisher.drain()
+    if runtime is not None and runtime.lookahead is not None:
+        runtime.lookahead.wait(60)
+        runtime.lookahead.release()
     heartbeat, RuntimeTask._heartbeat = RuntimeTask._heartbeat, None
     if heartbeat is not None:
         heartbeat.stop()

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     route_switch_jobs: float = Field(4.0, ge=0, description="routing: what loading a model a worker does not hold"
                                      " costs, in jobs waiting (a job goes to a cold worker only when the warm ones"
                                      " have this many more waiting)")
+    worker_overlap: bool = Field(True, description="a solo worker overlaps a job's CPU work with the denoising of its"
+                                 " neighbours: the next queued job's inputs composed and models loaded while one"
+                                 " denoises, its results stored while the next one denoises (docs/deployment.md"
+                                 " \"Scheduling\")")
     progress_interval_s: float = Field(0.5, description="min seconds between progress writes to Redis")
     result_png_level: int = Field(1, ge=0, le=9, description="deflate level of the result PNGs (lossless at every"
                                   " level): 0..3 by ISA-L (fast: the default 1, about 7 ms for a 512x512 photo),"

@@ -2,6 +2,7 @@
 Celery workers (solo pool) as subprocesses, killed with SIGKILL as an out-of-memory killer or a lost node would.
 
 - a worker killed mid-job: its task runs again (attempt 2) and every task ends Finished with its images once;
+- a worker killed while a job's results are stored in the background: the job runs again and is Finished once;
 - a job longer than the lease, on a live worker: it is never started a second time;
 - Redis restarted mid-run: gateway and workers reconnect by themselves and nothing is lost;
 - a task whose run kills its worker: Error 502 after ATELIER_MAX_WORKER_DEATHS deaths, the other tasks finish.
@@ -255,6 +256,50 @@ def test_worker_killed_mid_job_its_task_runs_again_and_every_task_finishes_once(
             assert not any("run again" in n for n in d["Notes"]), d
             assert h["attempt"] == "1" and h.get("deaths", "0") == "0", (uid, h)
     assert len(stack.worker_lines(f"task {victim} finished")) == 1  # the killed run logged nothing
+
+
+def test_worker_killed_while_a_job_is_stored_in_the_background_the_job_finishes_once(stack):
+    """A worker stores a job's results in the background while it takes the next job (workers/lifecycle/overlap.py):
+    the job's Celery message is acknowledged by then, so a worker that dies before the job is Finished leaves it to
+    the lease recovery, which sends it again. Here the victim's results folder is a file while it runs, so that its
+    store keeps failing (and retrying) in the background; its worker is killed once it runs another job beside."""
+    stack.ensure_workers()
+    uids = stack.submit(6)
+
+    def running_mid_job():
+        for uid in uids:
+            h = stack.record(uid)
+            if h.get("status") == "Running" and 1 <= int(h.get("step", 0)) < int(h.get("total_steps", 0)):
+                w = stack.by_worker_id(h.get("worker", ""))
+                if w is not None:
+                    return uid, w
+        return None
+
+    victim, worker = wait_until("a task running mid-job", running_mid_job, 60)
+    block = stack.data_dir / "results" / victim
+    block.parent.mkdir(parents=True, exist_ok=True)
+    block.write_bytes(b"")  # where its results folder goes: every write of its results fails, and is retried
+
+    def next_job_beside_it():
+        h = stack.record(victim)
+        assert h.get("status") == "Running", h  # its store cannot have succeeded
+        return any(u != victim and stack.record(u).get("status") == "Running"
+                   and stack.record(u).get("worker") == worker.worker_id for u in uids)
+
+    wait_until("its worker running the next job while it is stored", next_job_beside_it, 60)
+    assert stack.record(victim).get("worker") == worker.worker_id
+    worker.kill()
+    block.unlink()
+    worker.start()
+
+    details = stack.wait_all(uids, timeout=90)
+    for uid in uids:
+        d = details[uid]
+        assert d["Status"] == "Finished", d
+        assert len(d["ImgList"]) == 2 and stack.result_files(uid) == ["0.png", "1.png"], (d, stack.result_files(uid))
+    h = stack.record(victim)
+    assert (h["attempt"], h["deaths"]) == ("2", "1"), h
+    assert len(stack.worker_lines(f"task {victim} finished")) == 1  # Finished once: by the run after the kill
 
 
 def test_job_longer_than_the_lease_on_a_live_worker_runs_once(stack):

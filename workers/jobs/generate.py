@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from app.contract.codes import ErrorCode, withheld_message
-from app.contract.jobs import ControlUnitRef, ImagesJobMessage, JobMessage
+from app.contract.jobs import JOB_VERSION, ControlUnitRef, ImagesJobMessage, JobMessage
 from app.contract.limits import (
     CONTROL_UNITS_FIELD,
     NO_FACE_MESSAGE,
@@ -70,7 +70,7 @@ from workers.inference.upscale import UPSCALE_STEPS, SuperResolution, enlarge, u
 from workers.lifecycle.errors import JobError
 from workers.lifecycle.progress import ProgressWriter
 from workers.lifecycle.stored import open_input, png_bytes
-from workers.lifecycle.task import Timings, finish, run_task, version_ok
+from workers.lifecycle.task import Deferred, Timings, finish, run_task, version_ok
 from workers.lifecycle.watch import JobWatch
 from workers.masks.clothes import NoGarmentFound, clothes_mask
 from workers.masks.engines import EngineError
@@ -208,9 +208,8 @@ def run_generation(rt: WorkerRuntime, message: dict, message_class: type[JobMess
     steps = entry.defaults.steps if entry is not None else 0
     passes = passes_of(entry, job)
 
-    def work(held: Lease, timings: Timings, watch: JobWatch) -> tuple[int, str]:
-        count = _generate(rt, held, job, timings, watch, composer)
-        return count, f"{count} image(s) of {job.width}x{job.height}"
+    def work(held: Lease, timings: Timings, watch: JobWatch) -> Deferred:
+        return _generate(rt, held, job, timings, watch, composer)
 
     total_steps = (steps + passes.refine_steps * passes.refine_calls) * job.batch_size
     run_task(rt, job.task_uid, label=job.main_model, total_steps=total_steps,
@@ -219,8 +218,27 @@ def run_generation(rt: WorkerRuntime, message: dict, message_class: type[JobMess
                          " lower BatchSize or Width/Height")
 
 
+def prepare_ahead(rt: WorkerRuntime, message: dict, held: Lease) -> None:
+    """The worker's look-ahead at the job it will most likely take next (:mod:`workers.lifecycle.overlap`): its
+    stored inputs read, decoded and composed into the composition cache (when it sends its clothes mask: a mask
+    the segmenter makes is the job's own work), its Main model's pipeline loaded (when it fits beside the running
+    job's models) and held through ``held``. Writes
+    nothing to its task. Raises whatever stops it (the job will report its own errors when it runs)."""
+    if message.get("v") != JOB_VERSION:
+        return
+    job = JobMessage.model_validate(message)
+    registry = rt.registry
+    entry = registry.require(job.main_model, ModelType.MAIN)
+    passes = passes_of(entry, job)
+    if job.clothes_mask is not None and rt.compositions is not None:
+        _compositions(rt, held, registry, job, [passes.draw, passes.final], MANNEQUIN)
+    rt.models.pipeline(held, entry, registry, ahead=True)
+
+
 def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings, watch: JobWatch,
-              composer: Composer = MANNEQUIN) -> int:
+              composer: Composer = MANNEQUIN) -> Deferred:
+    """Plan and run the job, screen its images; what stores them (the worker may run it in the background while
+    it takes the next job: :mod:`workers.lifecycle.overlap`)."""
     registry = rt.registry
     entry = registry.require(job.main_model, ModelType.MAIN)
     try:
@@ -235,14 +253,18 @@ def _generate(rt: WorkerRuntime, held: Lease, job: JobMessage, timings: Timings,
         log.error("task %s: %s", job.task_uid, e)
         raise JobError(ErrorCode.MODEL, f"Model [{e.model_code}] could not be applied: {e.message}") from e
     timings.load = held.load_seconds
-    t0 = time.monotonic()
-    names = []
-    for i, img in enumerate(images):
-        names.append(rt.storage.write_result(job.task_uid, i, png_bytes(img, rt.settings.result_png_level)))
-    finish(rt, job.task_uid, watch, names, seed=job.seed, pipeline_s=timings.pipeline.get("pipeline_s", 0.0),
-           steps=timings.steps)
-    timings.store = time.monotonic() - t0
-    return len(names)
+
+    def store() -> tuple[int, str]:
+        t0 = time.monotonic()
+        names = []
+        for i, img in enumerate(images):
+            names.append(rt.storage.write_result(job.task_uid, i, png_bytes(img, rt.settings.result_png_level)))
+        finish(rt, job.task_uid, watch, names, seed=job.seed, pipeline_s=timings.pipeline.get("pipeline_s", 0.0),
+               steps=timings.steps)
+        timings.store = time.monotonic() - t0
+        return len(names), f"{len(names)} image(s) of {job.width}x{job.height}"
+
+    return Deferred(store)
 
 
 def _screen(rt: WorkerRuntime, held: Lease, entry: ModelEntry, job: JobMessage,

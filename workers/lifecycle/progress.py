@@ -27,6 +27,7 @@ class ProgressWriter:
         self.seen = (step, total)
         if self.watch is not None:
             self.watch.check()
+            self.watch.stepping()
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now

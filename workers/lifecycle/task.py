@@ -79,9 +79,9 @@ def version_ok(rt: WorkerRuntime, message: dict) -> bool:
 
 
 #: ``work(held, timings, watch) -> (images stored, what the log line says of them)``; ``held`` is the job's hold on
-#: the model cache (every model it gets through it stays loaded until the job ends). ``work`` stores its results
-#: and ends with :func:`finish`; run_task ends the task in every other case.
-Work = Callable[[Lease, Timings, JobWatch], tuple[int, str]]
+#: the model cache (every model it gets through it stays loaded until ``work`` returns). ``work`` stores its results
+#: and ends with :func:`finish`, or returns a :class:`Deferred` that does; run_task ends the task in every other case.
+Work = Callable[[Lease, Timings, JobWatch], "tuple[int, str] | Deferred"]
 
 
 def finish(rt: WorkerRuntime, uid: str, watch: JobWatch, names: list[str], *, seed: int | None = None,
@@ -121,25 +121,78 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
     if attempt > 1:
         store.add_note(uid, f"run again (attempt {attempt}): the worker running it before stopped")
     watch = JobWatch(store, uid, rt.worker_id, rt.settings.lease_s, budget_s)
+    if rt.lookahead is not None:  # the next job is prepared while this one denoises
+        rt.lookahead.started(uid)
+        watch.at_first_step = rt.lookahead.trigger
     held = rt.cache.lease()  # the job's hold on the model cache (not the task's lease, which the watch renews)
-    me = rt.worker_id
-    count, code = 0, None
+    watch.start()
+    handed_off = False
     try:
-        with watch, held:
-            count, what = work(held, timings, watch)
+        with watch.here(), held:
+            ended = _ended(rt, uid, oom_message, lambda: work(held, timings, watch))
+        if isinstance(ended, Deferred) and rt.finisher is not None:  # stored in the background, in order
+            deferred = ended
+            rt.finisher.submit(lambda: _store_later(rt, uid, label, watch, held, timings, oom_message, deferred))
+            handed_off = True  # the lease is renewed until the background store is done
+            return
+        if isinstance(ended, Deferred):
+            ended = _ended(rt, uid, oom_message, ended.store)
+    finally:
+        if not handed_off:
+            watch.stop()
+    _record(rt, uid, label, held, timings, ended)
+
+
+@dataclass
+class Deferred:
+    """What a job's ``work`` returns when its results remain to be stored: ``store()`` encodes and stores them and
+    ends the task (:func:`finish`), returning what ``work`` would have. A worker with a
+    :class:`~workers.lifecycle.overlap.Finisher` runs it in the background while it takes the next job; otherwise it
+    runs at once."""
+
+    store: Callable[[], tuple[int, str]]
+
+
+#: how a job ended: (outcome, images stored, ErrorCode or None, what the log line says of its images)
+Ended = tuple[str, int, "ErrorCode | None", str]
+
+
+def _store_later(rt: WorkerRuntime, uid: str, label: str, watch: JobWatch, held: Lease, timings: Timings,
+                 oom_message: str, deferred: Deferred) -> None:
+    """The background part of a job (:class:`~workers.lifecycle.overlap.Finisher`'s thread): its results stored
+    and the task ended, its lease renewed until then."""
+    try:
+        with watch.here():
+            ended = _ended(rt, uid, oom_message, deferred.store)
+    finally:
+        watch.stop()
+    _record(rt, uid, label, held, timings, ended)
+
+
+def _ended(rt: WorkerRuntime, uid: str, oom_message: str,
+           fn: Callable[[], tuple[int, str] | Deferred]) -> Ended | Deferred:
+    """Run ``fn`` (a job's work, or the storing of its results) and end the task as it went: Finished by ``fn``
+    itself, else Canceled or Error with a code and a one-line message, or left to the lease recovery."""
+    store, me = rt.store, rt.worker_id
+    code = None
+    try:
+        out = fn()
+        if isinstance(out, Deferred):
+            return out
+        count, what = out
     except JobLost:
         log.warning("task %s: its lease was lost (taken for a dead worker's); dropped here", uid)
-        outcome = "lost"
+        return "lost", 0, None, ""
     except redis.ConnectionError as e:  # not the job's fault: left Running, its lease expires, it runs again
         log.warning("task %s: Redis unreachable (%s); left to the lease recovery", uid, e)
-        outcome = "lost"
+        return "lost", 0, None, ""
     except JobCanceled:
         log.info("task %s canceled by its owner", uid)
-        outcome = "canceled" if store.mark_canceled(uid, worker=me) else "lost"
+        return ("canceled" if store.mark_canceled(uid, worker=me) else "lost"), 0, None, ""
     except (JobError, UnknownModel) as e:  # UnknownModel: Registry.require, a ModelCode the config no longer has
         code, msg = (e.code, e.message) if isinstance(e, JobError) else (ErrorCode.MODEL, str(e))
         log.warning("task %s failed: %s", uid, msg)
-        outcome = "error" if store.mark_error(uid, code, msg, worker=me) else "lost"
+        return ("error" if store.mark_error(uid, code, msg, worker=me) else "lost"), 0, code, ""
     except Exception as e:  # noqa: BLE001 - the task must end in Error, whatever happened
         if is_oom(e):
             torch.cuda.empty_cache()
@@ -149,9 +202,14 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
         else:
             log.exception("task %s: internal error", uid)
             code, msg = ErrorCode.INTERNAL, f"Internal error ({type(e).__name__})"
-        outcome = "error" if store.mark_error(uid, code, msg, worker=me) else "lost"
-    else:
-        outcome = "finished"
+        return ("error" if store.mark_error(uid, code, msg, worker=me) else "lost"), 0, code, ""
+    return "finished", count, None, what
+
+
+def _record(rt: WorkerRuntime, uid: str, label: str, held: Lease, timings: Timings, ended: Ended) -> None:
+    """The job's log line and metrics (:func:`workers.metrics.record_job`)."""
+    outcome, count, code, what = ended
+    if outcome == "finished":
         models = ", ".join(f"{name} ({how})" for name, how in held.used.items()) or "none"
         log.info("task %s finished: %s; models %s; %s", uid, what, models, timings.line())
     done = outcome == "finished"

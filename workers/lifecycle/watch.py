@@ -11,6 +11,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 import redis
@@ -48,6 +50,8 @@ class JobWatch:
         self.canceled = threading.Event()
         self.lost = threading.Event()
         self._token: Token | None = None
+        #: run at the job's first denoising step (:meth:`stepping`); None: nothing
+        self.at_first_step: Callable[[], None] | None = None
 
     def set_budget(self, budget_s: float) -> None:
         """The job's time budget once its work is known (a resize learns its upscaler's factor when it loads the
@@ -55,7 +59,7 @@ class JobWatch:
         self.budget_s = budget_s
 
     def __enter__(self) -> JobWatch:
-        RENEWAL.add(self)
+        self.start()
         self._token = _CURRENT.set(self)
         return self
 
@@ -63,7 +67,32 @@ class JobWatch:
         if self._token is not None:
             _CURRENT.reset(self._token)
             self._token = None
+        self.stop()
+
+    def start(self) -> None:
+        """Renew the lease from now on (until :meth:`stop`): the job may move from thread to thread meanwhile (its
+        results stored in the background, :mod:`workers.lifecycle.overlap`), each entering :meth:`here`."""
+        RENEWAL.add(self)
+
+    def stop(self) -> None:
+        """No more renewals: when this returns, none is under way either."""
         RENEWAL.discard(self)
+
+    @contextmanager
+    def here(self) -> Iterator[JobWatch]:
+        """This thread runs the job for the block: :func:`current_watch` gives this watch (the storage retries)."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+    def stepping(self) -> None:
+        """A denoising step begins (the progress callback): the first one runs :attr:`at_first_step` (the
+        worker's look-ahead at the next job, :mod:`workers.lifecycle.overlap`), once."""
+        hook, self.at_first_step = self.at_first_step, None
+        if hook is not None:
+            hook()
 
     def renew(self) -> bool:
         """Renew the lease once (the renewal thread calls this); False once it must no longer be renewed."""

@@ -50,6 +50,10 @@ PLACES: tuple[Place, ...] = ("device", "host")
 T = TypeVar("T")
 
 
+class NoRoom(Exception):
+    """A look-ahead's load (``ModelCache.get(..., ahead=True)``) that does not fit the budget now: not loaded."""
+
+
 class ModelLoadError(Exception):
     """A model could not be loaded: ``model_code`` says which (a ModelCode or a label such as
     ``vae:sd15``), ``reason`` why."""
@@ -139,14 +143,16 @@ class ModelCache:
 
     def get(self, key: Hashable, load: Callable[[], T], *, label: str, kind: str, place: Place = "device",
             estimate: int | Callable[[], int | None] | None = None, slot: Hashable | None = None,
-            on_evict: Callable[[T], None] | None = None, lease: Lease | None = None) -> T:
+            on_evict: Callable[[T], None] | None = None, lease: Lease | None = None, ahead: bool = False) -> T:
         """The object cached under ``key``; on a miss, ``load()`` after making room for ``estimate`` bytes
         (a number, or a function giving it, called on a miss only: reading files' headers costs a hit nothing).
 
         ``label`` names it in logs and errors, ``kind`` says what it is (``pipeline``, ``vae``, ...).
         ``slot``: see the module doc. ``on_evict(obj)`` runs when the entry is evicted. With ``lease``, the
         entry is held until the lease closes. ``load`` may raise; nothing is cached then. Raises
-        :class:`ModelLoadError` when CUDA runs out of memory even after evicting what it could.
+        :class:`ModelLoadError` when CUDA runs out of memory even after evicting what it could. ``ahead``: a load
+        for a job that is not running yet (the worker's look-ahead, :mod:`workers.lifecycle.overlap`): on a miss,
+        :class:`NoRoom` rather than a load past the budget (beside a running job's models, on its device).
         """
         with self._lock:
             if slot is not None:
@@ -160,7 +166,7 @@ class ModelCache:
                 log.debug("hit %s %s", kind, label)
             else:
                 entry = self._load(key, load, label=label, kind=kind, place=place, estimate=estimate,
-                                   on_evict=on_evict)
+                                   on_evict=on_evict, ahead=ahead)
             if lease is not None:
                 entry.holds += 1
                 lease._keys.append(key)
@@ -185,10 +191,13 @@ class ModelCache:
         self._evict(previous, f"{label} now names other weights or another file version")
 
     def _load(self, key: Hashable, load: Callable[[], Any], *, label: str, kind: str, place: Place,
-              estimate: int | Callable[[], int | None] | None, on_evict: Callable[[Any], None] | None) -> _Entry:
+              estimate: int | Callable[[], int | None] | None, on_evict: Callable[[Any], None] | None,
+              ahead: bool = False) -> _Entry:
         if callable(estimate):
             estimate = estimate()
         self._make_room(place, estimate or 0, label)
+        if ahead and (not estimate or self.used_bytes(place) + estimate > self.budgets[place]):
+            raise NoRoom(f"{kind} {label} does not fit beside the models held now")
         log.info("loading %s %s (estimated %s)", kind, label, fmt_bytes(estimate))
         t0 = time.monotonic()
         try:

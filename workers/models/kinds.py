@@ -121,10 +121,12 @@ class WorkerModels:
         worker's ``dtype``), float32 on the CPU."""
         return pipeline_dtype(entry.speed, self.device, self.dtype)
 
-    def pipeline(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Any:
+    def pipeline(self, lease: Lease, entry: ModelEntry, registry: Registry, *, ahead: bool = False) -> Any:
         """The warm inpainting pipeline of the Main model ``entry``, its ``speed:`` options applied (and
         recorded: :func:`~workers.patching.per_call.speed_of` gives ``entry.speed`` until the next hand-out). Raises
-        :class:`ModelLoadError`."""
+        :class:`ModelLoadError`. ``ahead``: for the worker's look-ahead (:mod:`workers.lifecycle.overlap`): loaded only
+        when it fits the budget beside what the running job holds (else :class:`NoRoom`), and nothing recorded (the
+        pipeline may be the running job's)."""
         dtype = self.dtype_of(entry)
 
         def load() -> Any:
@@ -140,8 +142,9 @@ class WorkerModels:
         pipe = lease.get(
             ("pipeline", entry.source, entry.family, entry.defaults.scheduler, load_key(entry.speed)), load,
             label=entry.model_code, kind="pipeline", estimate=lambda: self._estimate(entry, registry, dtype),
-            slot=("pipeline", entry.model_code))
-        record(pipe, entry.speed)  # this model's per-call options (chunking, VAE tiling) for this job
+            slot=("pipeline", entry.model_code), ahead=ahead)
+        if not ahead:
+            record(pipe, entry.speed)  # this model's per-call options (chunking, VAE tiling) for this job
         return pipe
 
     @contextmanager
