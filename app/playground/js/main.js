@@ -31,6 +31,7 @@ const tasks = new TaskList($("tasks"), $("tasks-empty"), api, () => keys?.public
 });
 
 let mannequin = null; // {b64, url, width, height}
+let photoVersion = 0; // a new photo (chosen, or cut out) makes a running cut-out's result stale
 const eraseTool = new EraseTool(document, { api, errors, editor, tasks, gallery, photo: () => mannequin,
   mainModel: () => $("main-model").value });
 let background = null; // {b64, url}
@@ -111,14 +112,25 @@ async function decodeImage(file) {
 
 async function loadMannequin(file) {
   errors.clear("mannequin");
+  let photo;
   try {
     const img = await decodeImage(file);
-    mannequin = { b64: await fileToBase64(file), url: img.src, width: img.naturalWidth, height: img.naturalHeight };
+    photo = { b64: await fileToBase64(file), url: img.src, width: img.naturalWidth, height: img.naturalHeight };
   } catch (err) {
     errors.show("mannequin", err.message);
     return;
   }
-  $("mannequin-name").textContent = `${file.name}, ${mannequin.width} × ${mannequin.height}`;
+  usePhoto(photo, `${file.name}, ${photo.width} × ${photo.height}`);
+}
+
+/** Make `photo` ({b64, url, width, height}) the one every flow sends, shown on the stage. */
+function usePhoto(photo, name) {
+  photoVersion++;
+  mannequin = photo;
+  errors.clear("cut-out");
+  $("cut-out-status").textContent = "";
+  $("cut-out").disabled = false;
+  $("mannequin-name").textContent = name;
   dropzone.classList.add("has-photo");
   editor.setPhoto(mannequin.url, mannequin.width, mannequin.height);
   form.setPhotoSize(mannequin.width, mannequin.height);
@@ -273,6 +285,61 @@ async function extract() {
   }
 }
 
+// --- cut out the background (RemoveBackground): a product photo made the cut-out GenerateBackgrounds needs ----
+
+/** What the photo's 230 "no alpha channel" error adds in the backgrounds mode. */
+const CUT_OUT_HINT = "For a photo, \u201cCut out the background\u201d (step 1) makes the cut-out.";
+
+/** RemoveBackground on the photo with the deployment's default engine; its cut-out (result 0, an RGBA PNG of the
+ *  photo's size; result 1 is the mask) then replaces the photo, so Generate sends it as TransparentForeground. */
+async function cutOut() {
+  errors.clear("cut-out");
+  errors.clear("mannequin");
+  if (!keys) return errors.show("keys", "Enter your PublicKey and PrivateKey first.");
+  if (!mannequin) return errors.show("cut-out", "Choose a product photo first.");
+  const mine = photoVersion;
+  const source = mannequin;
+  const button = $("cut-out");
+  const status = $("cut-out-status");
+  button.disabled = true;
+  status.textContent = "Sending…";
+  status.dataset.state = "working";
+  try {
+    const TaskUID = await api.submit("RemoveBackground", { RawImage: source.b64 });
+    tasks.add(TaskUID, "RemoveBackground", `Cut out ${source.width}×${source.height}`);
+    status.textContent = "Cutting out the background…";
+    const detail = await tasks.waitFor(TaskUID, (d) => {
+      if (mine !== photoVersion) return;
+      status.textContent = d.Status === "Queuing" ? "Queuing: waiting for a worker…" : "Cutting out the background…";
+    });
+    if (detail.Status !== "Finished") {
+      throw new Error(detail.Status === "Error"
+        ? `${detail.ErrorMessage} (ErrorCode ${detail.ErrorCode})` : `the task was ${detail.Status}`);
+    }
+    const response = await fetch(localUrl(detail.ImgList[0]));
+    if (!response.ok) throw new Error(`the cut-out could not be read (HTTP ${response.status})`);
+    const blob = await response.blob();
+    const img = new Image();
+    img.src = URL.createObjectURL(blob);
+    await img.decode();
+    if (mine !== photoVersion) return; // another photo was chosen meanwhile
+    const name = $("mannequin-name").textContent.replace(/( cut out)?, \d+ × \d+$/, "");
+    usePhoto({ b64: await fileToBase64(blob), url: img.src, width: img.naturalWidth, height: img.naturalHeight },
+      `${name} cut out, ${img.naturalWidth} × ${img.naturalHeight}`);
+    status.textContent = "Cut out: Generate now sends the cut-out (its transparent pixels get the scene).";
+    status.dataset.state = "ready";
+  } catch (err) {
+    if (mine !== photoVersion) return;
+    status.textContent = "";
+    status.dataset.state = "failed";
+    // at the button, not at a field of another flow (RawImage is also the eraser's field)
+    errors.show("cut-out", err.retCode > 0 ? `${err.message} (RetCode ${err.retCode})` : err.message);
+  } finally {
+    if (mine === photoVersion) button.disabled = false;
+  }
+}
+$("cut-out").addEventListener("click", cutOut);
+
 // --- the background reference ------------------------------------------------------------------------------
 
 $("background-input").addEventListener("change", async (e) => {
@@ -368,7 +435,8 @@ async function generate() {
   if (!keys) return errors.show("keys", "Enter your PublicKey and PrivateKey first.");
   const backgrounds = taskKind() === "backgrounds";
   if (!mannequin) {
-    const what = { backgrounds: "a transparent cut-out", modify: "a photo" }[taskKind()] || "a mannequin photo";
+    const what = { backgrounds: "a transparent cut-out or a product photo", modify: "a photo" }[taskKind()]
+      || "a mannequin photo";
     return errors.show("mannequin", `Choose ${what} first.`);
   }
   if (backgrounds) return submitAndFollow("GenerateBackgrounds", backgroundsRequest(), "Scene", mannequin.url);
@@ -431,8 +499,11 @@ async function submitAndFollow(action, params, label, url, resizeMode = params.T
     uid = await api.submit(action, params);
   } catch (err) {
     $("progress-text").textContent = "Not sent.";
-    errors.showError(err, /^Persona \[/.test(err.message) ? "face" : "general", (code) => form.slotForModel(code)
-      || ($("clothes-segmenter").value === code && mode === "auto" ? "mask" : null));
+    const key = errors.showError(err, /^Persona \[/.test(err.message) ? "face" : "general",
+      (code) => form.slotForModel(code) || ($("clothes-segmenter").value === code && mode === "auto" ? "mask" : null));
+    if (action === "GenerateBackgrounds" && key === "mannequin" && /no alpha channel/.test(err.message)) {
+      errors.show(key, `${errors.slot(key).textContent} ${CUT_OUT_HINT}`); // a photo: the button makes its cut-out
+    }
     return;
   } finally {
     button.disabled = false;
