@@ -192,6 +192,17 @@ class Stack:
         raise AssertionError(f"{len(uids) - len(ended)} task(s) did not end in {timeout:.0f}s: {states}\n"
                              + self.gateway_log.read_text()[-2000:])
 
+    def running_mid_job(self, uids: list[str]) -> tuple[str, Worker] | None:
+        """One of ``uids`` that a worker of this stack is running between its first and last denoising step, and that
+        worker; None when there is none now."""
+        for uid in uids:
+            h = self.record(uid)
+            if h.get("status") == "Running" and 1 <= int(h.get("step", 0)) < int(h.get("total_steps", 0)):
+                w = self.by_worker_id(h.get("worker", ""))
+                if w is not None:
+                    return uid, w
+        return None
+
     def result_files(self, uid: str) -> list[str]:
         d = self.data_dir / "results" / uid
         return sorted(p.name for p in d.iterdir()) if d.exists() else []
@@ -222,16 +233,7 @@ def test_worker_killed_mid_job_its_task_runs_again_and_every_task_finishes_once(
     stack.ensure_workers()
     uids = stack.submit(20)
 
-    def running_mid_job():
-        for uid in uids:
-            h = stack.record(uid)
-            if h.get("status") == "Running" and 1 <= int(h.get("step", 0)) < int(h.get("total_steps", 0)):
-                w = stack.by_worker_id(h.get("worker", ""))
-                if w is not None:
-                    return uid, w
-        return None
-
-    victim, worker = wait_until("a task running mid-job", running_mid_job, 60)
+    victim, worker = wait_until("a task running mid-job", lambda: stack.running_mid_job(uids), 60)
     worker.kill()
     killed, killed_at = time.monotonic(), time.time()
     worker.start()  # what a supervisor does; the other worker goes on meanwhile
@@ -266,16 +268,7 @@ def test_worker_killed_while_a_job_is_stored_in_the_background_the_job_finishes_
     stack.ensure_workers()
     uids = stack.submit(6)
 
-    def running_mid_job():
-        for uid in uids:
-            h = stack.record(uid)
-            if h.get("status") == "Running" and 1 <= int(h.get("step", 0)) < int(h.get("total_steps", 0)):
-                w = stack.by_worker_id(h.get("worker", ""))
-                if w is not None:
-                    return uid, w
-        return None
-
-    victim, worker = wait_until("a task running mid-job", running_mid_job, 60)
+    victim, worker = wait_until("a task running mid-job", lambda: stack.running_mid_job(uids), 60)
     block = stack.data_dir / "results" / victim
     block.parent.mkdir(parents=True, exist_ok=True)
     block.write_bytes(b"")  # where its results folder goes: every write of its results fails, and is retried

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -81,6 +81,8 @@ from workers.submodels.apply import read_submodel, submodel_file
 from workers.submodels.kinds import kind_of
 from workers.submodels.spec import SubModelSpec
 from workers.translate.translator import Translator, TranslatorLoadError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -374,41 +376,38 @@ class WorkerModels:
         (:func:`~workers.inference.upscale.load_upscaler`). A file replaced on disk is read again. Raises
         :class:`ModelLoadError` for a missing file, one spandrel does not recognise, or a model that is not
         super-resolution of RGB images."""
-        path = local_path(entry, registry, self.models_dir)
-        if path is None:  # hub: the repo's one weights file, in the local Hugging Face cache
-            path = loading.hub_weights_file(entry.model_code, entry.source, UPSCALER_SUFFIXES)
-
-        def load() -> SuperResolution:
-            try:
-                return self.loaders.upscaler(path, self.device, self.dtype)
-            except UpscalerFileError as e:
-                raise ModelLoadError(entry.model_code, str(e)) from e
-
-        st = path.stat() if path.is_file() else None
-        stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
-        return lease.get(("upscaler", str(path), stamp, str(self.dtype)), load, label=entry.model_code,
-                         kind="upscaler", slot=("upscaler", entry.model_code),
-                         estimate=lambda: loading.estimate_bytes(ModelSource(file=path), self.dtype))
+        return self._weights_file_model(lease, entry, registry, kind="upscaler", suffixes=UPSCALER_SUFFIXES,
+                                        load=self.loaders.upscaler, error=UpscalerFileError, size_dtype=self.dtype)
 
     def eraser(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Eraser:
         """The Eraser ``entry`` on the device (:func:`~workers.inference.erase.load_eraser`). A file replaced on disk
         is read again. Raises :class:`ModelLoadError` for a missing file or one that is not an RGB inpainting model
         spandrel recognises."""
+        return self._weights_file_model(lease, entry, registry, kind="eraser", suffixes=ERASER_SUFFIXES,
+                                        load=self.loaders.eraser, error=EraserFileError, size_dtype=torch.float32)
+
+    def _weights_file_model(self, lease: Lease, entry: ModelEntry, registry: Registry, *, kind: str,
+                            suffixes: tuple[str, ...], load: Callable[[Path, str, Any], T],
+                            error: type[Exception], size_dtype: Any) -> T:
+        """A model of one weights file (a local file, or a hub repo's one file in the Hugging Face cache) loaded by
+        ``load(path, device, dtype)`` through the cache as ``kind``, keyed by the file's stamp (a file replaced on
+        disk is read again); ``error`` from ``load`` becomes :class:`ModelLoadError`; ``size_dtype``: the dtype its
+        size is estimated in (what it is held in)."""
         path = local_path(entry, registry, self.models_dir)
         if path is None:  # hub: the repo's one weights file, in the local Hugging Face cache
-            path = loading.hub_weights_file(entry.model_code, entry.source, ERASER_SUFFIXES)
+            path = loading.hub_weights_file(entry.model_code, entry.source, suffixes)
 
-        def load() -> Eraser:
+        def loaded() -> T:
             try:
-                return self.loaders.eraser(path, self.device, self.dtype)
-            except EraserFileError as e:
+                return load(path, self.device, self.dtype)
+            except error as e:
                 raise ModelLoadError(entry.model_code, str(e)) from e
 
         st = path.stat() if path.is_file() else None
         stamp = (st.st_mtime_ns, st.st_size) if st is not None else None
-        return lease.get(("eraser", str(path), stamp, str(self.dtype)), load, label=entry.model_code, kind="eraser",
-                         slot=("eraser", entry.model_code),
-                         estimate=lambda: loading.estimate_bytes(ModelSource(file=path), torch.float32))
+        return lease.get((kind, str(path), stamp, str(self.dtype)), loaded, label=entry.model_code, kind=kind,
+                         slot=(kind, entry.model_code),
+                         estimate=lambda: loading.estimate_bytes(ModelSource(file=path), size_dtype))
 
     def describer(self, lease: Lease, entry: ModelEntry, registry: Registry) -> Describer:
         """The Describer ``entry`` on the device (:meth:`~workers.inference.describe.Describer.load`). Raises
