@@ -41,6 +41,8 @@ class Deployment:
         self.queue = env["ATELIER_QUEUE"]
         self.r = redis.Redis.from_url(env["ATELIER_REDIS_URL"], decode_responses=True)
         self.procs: dict[str, subprocess.Popen] = {}
+        # each worker's metrics port, free when asked (make run's base + index could fall on a port in use)
+        self.metrics_ports = [free_port() for _ in range(2)]
         self.start("gateway", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port",
                                env["ATELIER_PORT"]])
         for i in range(2):
@@ -54,16 +56,19 @@ class Deployment:
     def start_worker(self, i: int) -> None:
         self.start(f"worker{i}", [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool",
                                   "solo", "-Q", self.queue, "--loglevel", "INFO", "-n",
-                                  f"route{i}-{uuid.uuid4().hex[:6]}@%h"], ATELIER_WORKER_INDEX=str(i))
+                                  f"route{i}-{uuid.uuid4().hex[:6]}@%h"], ATELIER_WORKER_INDEX=str(i),
+                   ATELIER_WORKER_METRICS_PORT=str(self.metrics_ports[i] - i))
 
     def worker_id(self, i: int) -> str:
         return f"{os.uname().nodename}:{self.procs[f'worker{i}'].pid}"
 
     def wait_ready(self, timeout: float = 120) -> None:
-        """The gateway answers and both workers consume their direct queues (advertised in Redis)."""
+        """The gateway answers, and both workers serve their metrics and consume their direct queues (advertised
+        in Redis)."""
         def up() -> bool:
-            ids = {self.worker_id(i) for i in range(2) if f"worker{i}" in self.procs}
-            return answers(f"{self.url}/healthz") and ids <= self.r.smembers(direct_key(self.queue))
+            ids = {self.worker_id(i) for i in range(2)}
+            return (answers(f"{self.url}/healthz") and ids <= self.r.smembers(direct_key(self.queue))
+                    and all(answers(self.metrics_url(i)) for i in range(2)))
 
         wait_until("the deployment to come up", up, timeout, step=0.2, on_fail=self.logs)
 
@@ -91,11 +96,27 @@ class Deployment:
             time.sleep(0.3)
         raise AssertionError(f"not finished: {self.statuses(uids)}\n{self.logs()}")
 
+    def metrics_url(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[i]}/metrics"
+
     def pipeline_loads(self, i: int) -> int:
-        text = httpx.get(f"http://127.0.0.1:{int(self.env['ATELIER_WORKER_METRICS_PORT']) + i}/metrics",
-                         timeout=5).text
+        text = httpx.get(self.metrics_url(i), timeout=5).text
         found = re.search(r'^atelier_model_cache_misses_total\{kind="pipeline"\} (\S+)$', text, re.M)
         return int(float(found.group(1))) if found else 0
+
+    def held_model(self, i: int, timeout: float = 120) -> str:
+        """One of :data:`MODELS` that worker ``i`` holds; when it holds none (the tests run alone, or after a
+        restart), jobs of both are run until it does."""
+        deadline, seed = time.monotonic() + timeout, 1000
+        while True:
+            held = self.r.get(f"atelier:warm:{self.worker_id(i)}") or ""
+            found = next((m for m in MODELS if m in held), None)
+            if found:
+                return found
+            assert time.monotonic() < deadline, f"worker {i} holds none of {MODELS}: {held!r}\n{self.logs()}"
+            uids = [self.submit(MODELS[k % 2], seed + k) for k in range(4)]
+            seed += 4
+            self.wait_finished(uids)
 
     def direct_backlog(self, i: int) -> int:
         return sum(self.r.llen(n) for n in queue_lists(direct_queue(self.queue, self.worker_id(i))))
@@ -124,8 +145,7 @@ def deployment(atelier_env, tmp_path_factory):
     env = {**os.environ, **atelier_env, "PYTHONPATH": str(ROOT), "ATELIER_MODELS_CONFIG": str(base / "models.yaml"),
            "ATELIER_QUEUE": f"atelier-routing-{uuid.uuid4().hex[:8]}", "ATELIER_PORT": str(free_port()),
            # one demo pipeline (4.2 MB) fits, two do not; nothing kept in host memory either
-           "ATELIER_MODEL_CACHE_BYTES": str(6 * 1024**2), "ATELIER_MODEL_CACHE_RAM_BYTES": "0",
-           "ATELIER_WORKER_METRICS_PORT": str(free_port())}
+           "ATELIER_MODEL_CACHE_BYTES": str(6 * 1024**2), "ATELIER_MODEL_CACHE_RAM_BYTES": "0"}
     d = Deployment(base, env)
     try:
         d.wait_ready()
@@ -148,10 +168,9 @@ def test_a_burst_of_two_models_loads_each_pipeline_about_once(deployment):
 
 def test_a_killed_worker_s_routed_jobs_run_on_the_other(deployment):
     d = deployment
-    # the burst above left each worker holding one model: a run of that model's jobs queues on its worker
+    # a worker holding a model: a run of that model's jobs queues on its worker
     victim = 0
-    held = d.r.get(f"atelier:warm:{d.worker_id(victim)}")
-    model = next(m for m in MODELS if m in (held or ""))
+    model = d.held_model(victim)
     uids = [d.submit(model, 100 + i, size=256) for i in range(8)]
     deadline = time.monotonic() + 30
     while d.direct_backlog(victim) < 2 and time.monotonic() < deadline:
@@ -170,8 +189,7 @@ def test_a_killed_worker_s_routed_jobs_run_on_the_other(deployment):
 def test_a_stopped_worker_hands_its_queue_back(deployment):
     d = deployment
     victim = 1
-    held = d.r.get(f"atelier:warm:{d.worker_id(victim)}") or ""
-    model = next((m for m in MODELS if m in held), MODELS[1])
+    model = d.held_model(victim)
     uids = [d.submit(model, 200 + i, size=256) for i in range(8)]
     deadline = time.monotonic() + 30
     while d.direct_backlog(victim) < 2 and time.monotonic() < deadline:
