@@ -13,7 +13,7 @@ from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE, RetCode
 from app.contract.jobs import BaseJob, task_for
 from app.contract.limits import DEFAULT_PRIORITY, MAX_PRIORITY_FIELD, PRIORITY_FIELD
 from app.contract.queue import broker_priority
-from app.contract.routing import route
+from app.contract.routing import route, routing_lock
 from app.contract.taskstore import SEND_GRACE_LEASES, TooManyActiveTasks
 from app.errors import ApiError
 from app.keys import WEBHOOK_SECRET_FIELD
@@ -106,9 +106,10 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
     try:
         # argsrepr: what Celery's logs show of the arguments; its default, a safe repr of the whole job message,
         # costs a few milliseconds per submission and repeats what the task record holds
-        target = route(svc.tasks.r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
-        svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
-                             argsrepr=f"[job of task {got}]", kwargsrepr="{}")
+        with routing_lock(svc.tasks.r, s.queue, active=model is not None and s.route_backlog > 0):
+            target = route(svc.tasks.r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
+            svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
+                                 argsrepr=f"[job of task {got}]", kwargsrepr="{}")
     except Exception:
         log.exception("enqueue failed for task %s", got)
         svc.tasks.discard(got, call.public_key, req_uuid)

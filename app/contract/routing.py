@@ -14,6 +14,10 @@ back and forth. The job goes to that worker's direct
 queue while its backlog is under ``backlog``; otherwise, and for a job that needs no model, to the shared queue,
 where the next free worker takes it.
 
+Gateways route one job at a time per queue (:func:`routing_lock`, a Redis lock held from the choice to the job's
+send): two submissions that chose at once would both see a model held nowhere, and a burst's first jobs would go to
+every worker, each taking up every model.
+
 A worker that stops hands its direct queue back to the shared queue (:func:`hand_back`); the gateway's recovery loop
 does it for one that died (:func:`reclaim`), so that no job waits for a worker that is gone. Priorities hold in
 every queue: each is kombu's ten lists (:func:`app.contract.queue.queue_lists`), moved list to list.
@@ -23,13 +27,15 @@ The keys, with the task store's prefix:
 - ``atelier:direct:<queue>``: a set of the worker ids that have a direct queue of ``queue`` (for :func:`reclaim`);
 - ``atelier:warm:<worker id>``: the models the worker holds (a JSON list), expiring with its liveness;
 - ``atelier:routed:<worker id>``: the models recently routed to it (a set, expiring ``ROUTED_TTL_S`` after the last);
-- ``atelier:gone:<worker id>``: when :func:`reclaim` first found it gone.
+- ``atelier:gone:<worker id>``: when :func:`reclaim` first found it gone;
+- ``atelier:routelock:<queue>``: :func:`routing_lock`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -64,6 +70,19 @@ def routed_key(worker_id: str) -> str:
 
 def gone_key(worker_id: str) -> str:
     return f"{P}gone:{worker_id}"
+
+
+def lock_key(queue: str) -> str:
+    return f"{P}routelock:{queue}"
+
+
+#: The longest a gateway holds :func:`routing_lock` (one that dies holding it delays the others this long at most);
+#: a choice and a send take a few milliseconds.
+LOCK_HOLD_S = 2.0
+#: How long a gateway waits for :func:`routing_lock` before it routes without it (a slow Redis must not stop
+#: submissions), and how often it tries meanwhile.
+LOCK_WAIT_S = 0.5
+LOCK_RETRY_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,30 @@ def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch
         pipe.expire(routed_key(worker), ROUTED_TTL_S)
         pipe.execute()
     return direct_queue(queue, worker)
+
+
+@contextlib.contextmanager
+def routing_lock(r: redis.Redis, queue: str, active: bool = True) -> Iterator[bool]:
+    """Hold the routing of ``queue`` (across every gateway) from :func:`route` to the job's send, so that the next
+    choice sees this one: its model routed (``routed_key``) and its job in the worker's backlog. Yields whether it is
+    held: past :data:`LOCK_WAIT_S`, or when Redis fails here, the job is routed without it (a choice made on
+    slightly older counts; the send then fails or not on its own). ``active`` False (a job that is not routed):
+    nothing taken."""
+    lock = r.lock(lock_key(queue), timeout=LOCK_HOLD_S, sleep=LOCK_RETRY_S, blocking_timeout=LOCK_WAIT_S)
+    held = False
+    if active:
+        try:
+            held = bool(lock.acquire())
+        except redis.RedisError as e:
+            log.debug("routing without the lock: %s", e)
+        if not held:
+            log.debug("routing %s without the lock (not had within %.1fs)", queue, LOCK_WAIT_S)
+    try:
+        yield held
+    finally:
+        if held:
+            with contextlib.suppress(redis.RedisError):  # LockError (expired) is one; it expires on its own
+                lock.release()
 
 
 def advertise(r: redis.Redis, queue: str, worker_id: str, models: Iterable[str], ttl_s: float) -> None:

@@ -4,8 +4,10 @@ them (``workers.metrics.announce_alive``), the direct queues as kombu names thei
 stopping worker's queue and the reclaim of a dead one's. Real workers routed to: tests/e2e/test_routing.py."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -13,14 +15,17 @@ import redis
 from app.contract.queue import queue_lists
 from app.contract.routing import (
     FORGET_AFTER_S,
+    LOCK_WAIT_S,
     WorkerView,
     advertise,
     choose,
     direct_key,
     direct_queue,
     hand_back,
+    lock_key,
     reclaim,
     route,
+    routing_lock,
     worker_views,
 )
 from workers.metrics import announce_alive, withdraw
@@ -80,7 +85,7 @@ def queue(r):
     name = f"atelier-routing-{uuid.uuid4().hex[:8]}"
     yield name
     workers = r.smembers(direct_key(name))
-    keys = [*queue_lists(name), direct_key(name), f"atelier:workers:{name}"]
+    keys = [*queue_lists(name), direct_key(name), f"atelier:workers:{name}", lock_key(name)]
     for w in workers:
         keys += [*queue_lists(direct_queue(name, w)), f"atelier:warm:{w}", f"atelier:routed:{w}", f"atelier:gone:{w}"]
     r.delete(*keys)
@@ -109,6 +114,51 @@ def test_a_burst_of_two_models_on_two_cold_workers_splits_by_model(r, queue):
     assert {t for ts in by_model.values() for t in ts} == {direct_queue(queue, a), direct_queue(queue, b)}
     views = {v.worker_id: v for v in worker_views(r, queue)}
     assert views[a].backlog == views[b].backlog == 10
+
+
+def test_a_burst_sent_by_concurrent_clients_still_splits_by_model(r, queue, redis_url):
+    """Eight clients at once, each with its own connection as gateways have: the lock makes each choice see the
+    ones before it. Without it, the first jobs all saw both models held nowhere and went to both workers (measured:
+    9 loads instead of 2 in the routing bench on an idle machine)."""
+    a, b = _worker(r, queue), _worker(r, queue)
+    clients = [redis.Redis.from_url(redis_url, decode_responses=True) for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def send(i: int) -> tuple[str, str]:
+        c, model = clients[i % 8], ("m1", "m2")[(i * 7 // 3) % 2]  # an irregular mix of the two
+        if i < 8:
+            start.wait(10)  # the first eight at once
+        with routing_lock(c, queue) as held:
+            assert held
+            return model, _send(c, queue, model)
+
+    with ThreadPoolExecutor(8) as pool:
+        sent = list(pool.map(send, range(40)))
+    for c in clients:
+        c.close()
+    by_model = {m: {t for mm, t in sent if mm == m} for m in ("m1", "m2")}
+    assert by_model["m1"] | by_model["m2"] == {direct_queue(queue, a), direct_queue(queue, b)}
+    assert all(len(targets) == 1 for targets in by_model.values()), by_model
+    assert not r.exists(lock_key(queue))
+
+
+def test_the_lock_is_waited_for_a_bounded_time_and_taken_only_for_routed_jobs(r, queue):
+    other = r.lock(lock_key(queue), timeout=30)
+    assert other.acquire()
+    try:
+        t0 = time.monotonic()
+        with routing_lock(r, queue) as held:
+            assert not held  # a gateway stuck holding it does not stop the others' submissions
+        assert 0.9 * LOCK_WAIT_S <= time.monotonic() - t0 < LOCK_WAIT_S + 2  # it waited, then went on
+        with routing_lock(r, queue, active=False) as held:
+            assert not held
+    finally:
+        other.release()
+    with routing_lock(r, queue) as held:
+        assert held and r.exists(lock_key(queue))
+        with routing_lock(r, queue, active=False) as inner:  # a job routed nowhere does not wait
+            assert not inner
+    assert not r.exists(lock_key(queue))
 
 
 def test_a_spilled_job_does_not_make_its_model_count_as_held_there(r, queue):
