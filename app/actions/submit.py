@@ -8,12 +8,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+import redis
+
 from app.actions.base import SignedCall
 from app.contract.codes import STORAGE_UNAVAILABLE_MESSAGE, RetCode
 from app.contract.jobs import BaseJob, task_for
 from app.contract.limits import DEFAULT_PRIORITY, MAX_PRIORITY_FIELD, PRIORITY_FIELD
-from app.contract.queue import broker_priority
-from app.contract.routing import route, routing_lock
+from app.contract.queue import broker_priority, queue_lists
+from app.contract.routing import group, route, routing_headers, routing_lock
 from app.contract.taskstore import SEND_GRACE_LEASES, TooManyActiveTasks
 from app.errors import ApiError
 from app.keys import WEBHOOK_SECRET_FIELD
@@ -106,10 +108,19 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
     try:
         # argsrepr: what Celery's logs show of the arguments; its default, a safe repr of the whole job message,
         # costs a few milliseconds per submission and repeats what the task record holds
-        with routing_lock(svc.tasks.r, s.queue, active=model is not None and s.route_backlog > 0):
-            target = route(svc.tasks.r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
-            svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
-                                 argsrepr=f"[job of task {got}]", kwargsrepr="{}")
+        r = svc.tasks.r
+        with routing_lock(r, s.queue, active=model is not None and s.route_backlog > 0):
+            target = route(r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
+            routed = model is not None and target != s.queue
+            sent = svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
+                                        argsrepr=f"[job of task {got}]", kwargsrepr="{}",
+                                        headers=routing_headers(model) if routed else None)
+            if routed:
+                try:  # an optimisation: a job left where it came stays a job in its worker's queue
+                    group(r, queue_lists(target)[broker_priority(priority)], sent.id, model,
+                          max_wait_s=s.route_group_s, look=s.route_backlog)
+                except redis.RedisError as e:
+                    log.warning("task %s: not grouped with its model's jobs (%s)", got, e)
     except Exception:
         log.exception("enqueue failed for task %s", got)
         svc.tasks.discard(got, call.public_key, req_uuid)

@@ -18,6 +18,11 @@ Gateways route one job at a time per queue (:func:`routing_lock`, a Redis lock h
 send): two submissions that chose at once would both see a model held nowhere, and a burst's first jobs would go to
 every worker, each taking up every model.
 
+In a worker's queue the jobs are grouped by model (:func:`group`): a job routed there is moved, within its Priority,
+to just behind the newest job of its model waiting there, so that a worker given several models switches once per
+group rather than at each change of model in the order they came. It passes only jobs that have waited less than
+``ATELIER_ROUTE_GROUP_S``: none waits longer than that for the grouping.
+
 A worker that stops hands its direct queue back to the shared queue (:func:`hand_back`); the gateway's recovery loop
 does it for one that died (:func:`reclaim`), so that no job waits for a worker that is gone. Priorities hold in
 every queue: each is kombu's ten lists (:func:`app.contract.queue.queue_lists`), moved list to list.
@@ -177,6 +182,56 @@ def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch
         pipe.expire(routed_key(worker), ROUTED_TTL_S)
         pipe.execute()
     return direct_queue(queue, worker)
+
+
+#: The headers the gateway adds to a routed job's message, which :func:`group` reads: its model, and when it was sent
+#: (the gateway's clock, seconds since the epoch).
+MODEL_HEADER = "atelier_model"
+SENT_HEADER = "atelier_sent"
+
+
+def routing_headers(model: str, now: float | None = None) -> dict[str, object]:
+    return {MODEL_HEADER: model, SENT_HEADER: time.time() if now is None else now}
+
+
+# KEYS: the priority list the job was just pushed to (kombu pushes left and pops right: index 0 is the newest).
+# ARGV: the job's Celery task id, its model, the longest a job it passes may have waited (s), how many to look at.
+# -> the jobs it passed (0: left where it was). Passes nothing that is not a routed job (no sent time) or that has
+# waited too long, and never becomes the next job to run (it goes to the left of a job of its model).
+_GROUP = """
+local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[4]))
+local function headers(m)
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' and type(d['headers']) == 'table' then return d['headers'] end
+  return {}
+end
+if #items < 3 or headers(items[1])['id'] ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 2, #items do
+  local h = headers(items[i])
+  if h['""" + MODEL_HEADER + """'] == ARGV[2] then
+    if i == 2 then return 0 end
+    redis.call('LREM', KEYS[1], 1, items[1])
+    redis.call('LINSERT', KEYS[1], 'BEFORE', items[i], items[1])
+    return i - 2
+  end
+  local sent = tonumber(h['""" + SENT_HEADER + """'])
+  if sent == nil or now - sent > tonumber(ARGV[3]) then return 0 end
+end
+return 0
+"""
+
+
+def group(r: redis.Redis, priority_list: str, task_id: str, model: str, *, max_wait_s: float, look: int) -> int:
+    """Move the job ``task_id`` of ``model``, just pushed to ``priority_list`` (a worker's direct queue, one
+    Priority's list), to just behind the newest job of ``model`` among the ``look`` newest waiting there, passing
+    only routed jobs that have waited under ``max_wait_s`` (Redis's clock against the gateway's: a few seconds of
+    skew move that bound as much). The number of jobs it passed. Call it under :func:`routing_lock`, right after
+    the send: it leaves the job where it is unless it is still the newest of the list."""
+    if max_wait_s <= 0:
+        return 0
+    return int(r.eval(_GROUP, 1, priority_list, task_id, model, max_wait_s, max(2, look)))
 
 
 @contextlib.contextmanager

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     route_switch_jobs: float = Field(4.0, ge=0, description="routing: what loading a model a worker does not hold"
                                      " costs, in jobs waiting (a job goes to a cold worker only when the warm ones"
                                      " have this many more waiting)")
+    route_group_s: float = Field(30.0, ge=0, description="routing: a job routed to a worker waits there right behind"
+                                 " the newest waiting job of its model (one load for the group, not one per change of"
+                                 " model), passing only jobs that have waited less than this many seconds; 0 = first"
+                                 " come, first served")
     worker_overlap: bool = Field(True, description="a solo worker overlaps a job's CPU work with the denoising of its"
                                  " neighbours: the next queued job's inputs composed and models loaded while one"
                                  " denoises, its results stored while the next one denoises (docs/deployment.md"

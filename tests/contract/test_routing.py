@@ -9,10 +9,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import pytest
 import redis
+from celery import Celery
 
-from app.contract.queue import queue_lists
+from app.contract.queue import PRIORITY_STEPS, broker_priority, queue_lists
 from app.contract.routing import (
     FORGET_AFTER_S,
     LOCK_WAIT_S,
@@ -21,10 +23,12 @@ from app.contract.routing import (
     choose,
     direct_key,
     direct_queue,
+    group,
     hand_back,
     lock_key,
     reclaim,
     route,
+    routing_headers,
     routing_lock,
     worker_views,
 )
@@ -236,3 +240,72 @@ def test_reclaim_moves_a_dead_worker_s_jobs_and_forgets_it_later(r, queue):
     assert reclaim(r, queue, now=1000.0 + FORGET_AFTER_S + 1) == {dead: 0}
     assert r.smembers(direct_key(queue)) == {live}
     assert [v.worker_id for v in worker_views(r, queue)] == [live]
+
+
+# --- grouping a worker's queue by model --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def sender(redis_url):
+    """Sends job messages as the gateway does (a Celery app with the service's priority lists)."""
+    app = Celery("routing-test", broker=redis_url)
+    app.conf.broker_transport_options = {"priority_steps": list(PRIORITY_STEPS), "queue_order_strategy": "priority"}
+    yield app
+    app.close()
+
+
+def _routed(r, sender, queue: str, model: str, *, priority: int = 5, sent_at: float | None = None,
+            max_wait_s: float = 30) -> tuple[str, int]:
+    """Send a routed job of ``model`` to ``queue`` and group it as the gateway does; its task id and the jobs it
+    passed."""
+    task = sender.send_task("atelier.test", args=[{"model": model}], queue=queue, priority=broker_priority(priority),
+                            headers=routing_headers(model, sent_at))
+    passed = group(r, queue_lists(queue)[broker_priority(priority)], task.id, model, max_wait_s=max_wait_s, look=32)
+    return task.id, passed
+
+
+def _run_order(r, queue: str) -> list[str]:
+    """The models of the waiting jobs in the order a worker pops them (highest Priority first, oldest first)."""
+    out = []
+    for name in queue_lists(queue):
+        out += [orjson.loads(m)["headers"]["atelier_model"] for m in reversed(r.lrange(name, 0, -1))]
+    return out
+
+
+def test_a_worker_s_waiting_jobs_are_grouped_by_model(r, queue, sender):
+    w = direct_queue(queue, "host:1")
+    passed = [_routed(r, sender, w, m)[1] for m in "acacaacc"]
+    assert _run_order(r, w) == list("aaaacccc")  # two switches (a load each) instead of seven
+    assert passed == [0, 0, 1, 0, 2, 2, 0, 0]
+    assert r.delete(*queue_lists(w))
+
+
+def test_grouping_passes_no_job_that_waited_too_long_and_keeps_priorities(r, queue, sender):
+    w = direct_queue(queue, "host:2")
+    now = time.time()
+    _routed(r, sender, w, "a", sent_at=now - 100)
+    _routed(r, sender, w, "c", sent_at=now - 100)  # waited 100 s: nothing passes it any more
+    assert _routed(r, sender, w, "a")[1] == 0  # the c has waited 100 s: not passed
+    assert _routed(r, sender, w, "c", sent_at=now - 5)[1] == 1  # passes the a sent now
+    assert _routed(r, sender, w, "a")[1] == 0  # right behind the newest a already
+    assert _run_order(r, w) == list("accaa")
+    _routed(r, sender, w, "c", priority=9)  # another Priority's list: nothing to group with, and it runs first
+    assert _routed(r, sender, w, "a", priority=1)[1] == 0
+    assert _run_order(r, w) == list("caccaaa")
+    assert _routed(r, sender, w, "c", max_wait_s=0)[1] == 0  # grouping off: first come, first served
+    assert _run_order(r, w) == list("caccaaca")
+    assert r.delete(*queue_lists(w))
+
+
+def test_grouping_never_moves_the_next_job_or_a_job_that_is_not_the_newest(r, queue, sender):
+    w = direct_queue(queue, "host:3")
+    first, _ = _routed(r, sender, w, "a")
+    _routed(r, sender, w, "c")
+    assert _routed(r, sender, w, "a")[1] == 1
+    assert orjson.loads(r.lindex(queue_lists(w)[broker_priority(5)], -1))["headers"]["id"] == first
+    # a job pushed by something else in between (a hand-back, a gateway past the lock's wait): left where it is
+    task = sender.send_task("atelier.test", args=[{}], queue=w, priority=broker_priority(5),
+                            headers=routing_headers("c"))
+    sender.send_task("atelier.test", args=[{}], queue=w, priority=broker_priority(5))  # no headers: not routed
+    assert group(r, queue_lists(w)[broker_priority(5)], task.id, "c", max_wait_s=30, look=32) == 0
+    assert r.delete(*queue_lists(w))
