@@ -110,7 +110,8 @@ def submit(call: SignedCall, svc: Services, *, job: BaseJob, seed: int, notes: l
         # costs a few milliseconds per submission and repeats what the task record holds
         r = svc.tasks.r
         with routing_lock(r, s.queue, active=model is not None and s.route_backlog > 0):
-            target = route(r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs)
+            target = route(r, s.queue, model, backlog=s.route_backlog, switch_jobs=s.route_switch_jobs,
+                           priority=priority)
             routed = model is not None and target != s.queue
             sent = svc.celery.send_task(task.name, args=[wire], queue=target, priority=broker_priority(priority),
                                         argsrepr=f"[job of task {got}]", kwargsrepr="{}",

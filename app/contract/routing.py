@@ -4,15 +4,17 @@ cluster serving several Main models loads each on as few GPUs as it can.
 Every worker consumes the shared queue (``ATELIER_QUEUE``) and a direct queue of its own
 (:func:`direct_queue`), and says which models it holds (:func:`advertise`, with its heartbeat and after each job).
 At submission the gateway picks, among the live workers of the shared queue, the one where the job costs least
-(:func:`choose`): its backlog (the jobs waiting in its direct queue), plus ``switch_jobs`` when it neither holds the
+(:func:`choose`): its backlog (the jobs waiting in its direct queue at the job's Priority or above), plus
+``switch_jobs`` when it neither holds the
 job's model nor was sent a job of that model lately, twice that when other jobs wait in its queue (it switches to the
 model and back). A model that no worker holds, routed to a worker, counts as held there from then on
 (:func:`routed_key`), so that a burst of one model's jobs goes to one worker, not to all of them; so does a model
 that spills from busier workers that hold it to a worker that holds none; a job that spills to a worker that holds
 another model does not count: else the next jobs of the model would spread over both workers and each would switch
 back and forth. The job goes to that worker's direct
-queue while its backlog is under ``backlog``; otherwise, and for a job that needs no model, to the shared queue,
-where the next free worker takes it.
+queue while its backlog is under ``backlog``; otherwise, for a job that needs no model, and for one above the default
+Priority whose model no worker holds (an interactive job: a load wherever it runs), to the shared queue, where the
+next free worker takes it.
 
 Gateways route one job at a time per queue (:func:`routing_lock`, a Redis lock held from the choice to the job's
 send): two submissions that chose at once would both see a model held nowhere, and a burst's first jobs would go to
@@ -46,7 +48,8 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from app.contract.queue import live_workers_key, queue_lists
+from app.contract.limits import DEFAULT_PRIORITY
+from app.contract.queue import broker_priority, live_workers_key, queue_lists
 
 log = logging.getLogger("atelier.routing")
 
@@ -92,11 +95,18 @@ LOCK_RETRY_S = 0.002
 
 @dataclass(frozen=True)
 class WorkerView:
-    """What the gateway knows of a live worker when it routes: the models it holds or was sent, and its backlog."""
+    """What the gateway knows of a live worker when it routes: the models it holds or was sent, its backlog (the
+    jobs waiting in its direct queue) and, when known, that backlog by kombu priority step (0 first)."""
 
     worker_id: str
     models: frozenset[str]
     backlog: int
+    by_step: tuple[int, ...] = ()
+
+    def ahead(self, step: int) -> int:
+        """The waiting jobs a job sent now at kombu priority ``step`` runs after: those of its step and above (a
+        batch queued at a lower Priority does not delay it)."""
+        return sum(self.by_step[:step + 1]) if self.by_step else self.backlog
 
 
 def switch_cost(model: str, worker: WorkerView, switch_jobs: float) -> float:
@@ -108,15 +118,22 @@ def switch_cost(model: str, worker: WorkerView, switch_jobs: float) -> float:
     return switch_jobs * (2 if worker.backlog else 1)
 
 
-def choose(model: str | None, workers: Sequence[WorkerView], *, backlog: int, switch_jobs: float) -> str | None:
-    """The worker a job of ``model`` goes to, or None for the shared queue: the one of least
-    ``backlog + switch_cost`` (:func:`switch_cost`; ties: one that holds it, then the fewest models, then the id),
-    when its backlog is under ``backlog``. A job that needs no model (None) goes to the shared queue."""
+def choose(model: str | None, workers: Sequence[WorkerView], *, backlog: int, switch_jobs: float,
+           priority: int = DEFAULT_PRIORITY) -> str | None:
+    """The worker a job of ``model`` at wire ``priority`` goes to, or None for the shared queue: the one of least
+    ``ahead + switch_cost`` (the jobs it would wait behind there, :meth:`WorkerView.ahead`, and :func:`switch_cost`;
+    ties: one that holds it, then the fewest models, then the id), when its backlog is under ``backlog``. A job that
+    needs no model (None) goes to the shared queue; so does one of a Priority above the default that no worker
+    holds the model of (an interactive job that needs a load wherever it runs: the first worker to free takes it,
+    before the lower Priorities waiting in its own queue)."""
     if model is None or not workers or backlog <= 0:
         return None
-    best = min(workers, key=lambda w: (w.backlog + switch_cost(model, w, switch_jobs), model not in w.models,
+    step = broker_priority(priority)
+    best = min(workers, key=lambda w: (w.ahead(step) + switch_cost(model, w, switch_jobs), model not in w.models,
                                        len(w.models), w.worker_id))
-    return best.worker_id if best.backlog < backlog else None
+    if best.backlog >= backlog or (priority > DEFAULT_PRIORITY and model not in best.models):
+        return None
+    return best.worker_id
 
 
 # KEYS: the live-worker set of the queue. -> the ids of the workers alive now (Redis's clock).
@@ -159,12 +176,14 @@ def worker_views(r: redis.Redis, queue: str) -> list[WorkerView]:
         warm, routed, *lengths = got[i * step:(i + 1) * step]
         models = set(orjson.loads(warm)) if warm else set()
         models |= {_text(m) for m in routed}
-        views.append(WorkerView(w, frozenset(models), sum(lengths)))
+        views.append(WorkerView(w, frozenset(models), sum(lengths), tuple(lengths)))
     return views
 
 
-def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch_jobs: float) -> str:
-    """The queue a job of ``model`` is sent to now: a worker's direct queue (:func:`choose`), or ``queue``. The model
+def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch_jobs: float,
+          priority: int = DEFAULT_PRIORITY) -> str:
+    """The queue a job of ``model`` at wire ``priority`` is sent to now: a worker's direct queue (:func:`choose`), or
+    ``queue``. The model
     then counts as routed there (:func:`routed_key`) when that worker holds it already, when no worker does, or when
     that worker holds no model (it takes the model up: one model's burst spreads over the workers); not when it
     spills there from busier workers that hold it, to a worker that holds another model (whose cache says so once
@@ -172,7 +191,7 @@ def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch
     if model is None or backlog <= 0:
         return queue
     views = worker_views(r, queue)
-    worker = choose(model, views, backlog=backlog, switch_jobs=switch_jobs)
+    worker = choose(model, views, backlog=backlog, switch_jobs=switch_jobs, priority=priority)
     if worker is None:
         return queue
     held = {v.worker_id for v in views if model in v.models}

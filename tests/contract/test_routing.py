@@ -74,6 +74,35 @@ def test_the_shared_queue_over_the_backlog_for_no_model_or_no_worker():
     assert choose("m", [W("a", frozenset({"m"}), 0)], backlog=0, switch_jobs=4) is None  # routing off
 
 
+def _steps(**at: int) -> tuple[int, ...]:
+    """Jobs waiting by kombu step from wire Priorities: _steps(p1=20) is 20 jobs at Priority 1."""
+    out = [0] * 10
+    for name, n in at.items():
+        out[broker_priority(int(name[1:]))] = n
+    return tuple(out)
+
+
+def test_only_the_jobs_of_its_priority_or_above_delay_a_job():
+    """A catalogue batch at Priority 1 waiting in the holder's queue does not send a default job to a cold worker:
+    it runs before the batch."""
+    holder = W("holder", frozenset({"m"}), 20, _steps(p1=20))
+    cold = W("cold", frozenset(), 0, _steps())
+    assert holder.ahead(broker_priority(5)) == 0 and holder.ahead(broker_priority(1)) == 20
+    assert choose("m", [holder, cold], backlog=32, switch_jobs=4) == "holder"
+    assert choose("m", [holder, cold], backlog=32, switch_jobs=4, priority=1) == "cold"  # behind 20 of its own
+    busy = W("holder", frozenset({"m"}), 20, _steps(p5=10, p1=10))
+    assert choose("m", [busy, cold], backlog=32, switch_jobs=4) == "cold"  # 10 ahead > 0 + one switch
+
+
+def test_an_interactive_job_whose_model_is_held_nowhere_goes_to_the_first_free_worker():
+    """Above the default Priority a job needs a load wherever it goes: the shared queue, where the first worker to
+    free takes it before every lower Priority; one whose model a worker holds waits for that worker."""
+    workers = [W("a", frozenset({"m1"}), 8, _steps(p1=8)), W("b", frozenset({"m2"}), 8, _steps(p1=8))]
+    assert choose("new", workers, backlog=32, switch_jobs=4, priority=9) is None
+    assert choose("m2", workers, backlog=32, switch_jobs=4, priority=9) == "b"
+    assert choose("new", workers, backlog=32, switch_jobs=4, priority=5) == "a"  # a burst's first job: routed
+
+
 # --- in Redis ------------------------------------------------------------------------------------------------
 
 

@@ -21,8 +21,10 @@ import pytest
 import redis
 import yaml
 
+from app.contract.limits import DEFAULT_PRIORITY, PRIORITY_FIELD
 from app.contract.queue import queue_lists
 from app.contract.routing import direct_key, direct_queue
+from app.contract.taskstore import TaskStore
 from support.api import ROOT, free_port, generate_body, signed
 from support.waiting import answers, stop, wait_until
 from workers.models.sources import demo_path
@@ -75,8 +77,9 @@ class Deployment:
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in self.base.glob("*.log"))
 
-    def submit(self, model: str, seed: int, size: int = 64) -> str:
-        body = generate_body(MainModel={"ModelCode": model}, Seed=seed, Width=size, Height=size)
+    def submit(self, model: str, seed: int, size: int = 64, priority: int = DEFAULT_PRIORITY) -> str:
+        body = generate_body(MainModel={"ModelCode": model}, Seed=seed, Width=size, Height=size,
+                             **{PRIORITY_FIELD: priority})
         out = httpx.post(self.url + "/", json=signed(body), timeout=30).json()
         assert out["RetCode"] == 0, out
         return out["TaskUID"]
@@ -164,6 +167,25 @@ def test_a_burst_of_two_models_loads_each_pipeline_about_once(deployment):
     d.wait_finished(uids)
     loads = sum(d.pipeline_loads(i) for i in range(2)) - before
     assert loads <= 4, f"{loads} pipeline loads for 20 jobs of 2 models on 2 workers"
+
+
+def test_an_interactive_job_of_a_model_held_nowhere_starts_on_the_first_worker_to_free(deployment):
+    """A catalogue batch at Priority 1 keeps both workers busy; a Priority 9 job of a third model (a load wherever it
+    runs) goes to the shared queue, so the first worker to free takes it: no job of the batch starts between its
+    submission and its start (sent to one worker's own queue, it would wait for that worker while the other went on
+    with the batch)."""
+    d = deployment
+    for i in range(2):
+        d.held_model(i)  # each holds one of MODELS, nothing else (its cache fits one pipeline)
+    batch = [d.submit(MODELS[k % 2], 300 + k, size=256, priority=1) for k in range(12)]
+    high = d.submit("demo-inpaint", 999, priority=9)
+    d.wait_finished([*batch, high])
+    store = TaskStore(d.r, 3600)
+    h = store.get(high)
+    jobs = [store.get(uid) for uid in batch]
+    passed = [rec.uid for rec in jobs if h.created_at < rec.started_at < h.started_at]
+    assert not passed, f"batch jobs started while the high one waited: {passed}"
+    assert any(rec.started_at > h.started_at for rec in jobs), "the batch should still have been waiting"
 
 
 def test_a_killed_worker_s_routed_jobs_run_on_the_other(deployment):
