@@ -119,6 +119,23 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[5])
 return {{'started', attempt}}
 """
 
+# KEYS: task. ARGV: the note as a JSON string, as orjson writes it in the compact list the task's notes are.
+# -> 1 when added; 0 when the task is gone or has that note already. One round trip, and no read of the whole
+# record (which holds the job message) on a worker's path between two jobs.
+_ADD_NOTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local notes = redis.call('HGET', KEYS[1], 'notes') or '[]'
+local n = ARGV[1]
+for _, before in ipairs({'[', ','}) do
+  for _, after in ipairs({',', ']'}) do
+    if string.find(notes, before .. n .. after, 1, true) then return 0 end
+  end
+end
+if notes == '[]' then notes = '[' .. n .. ']' else notes = string.sub(notes, 1, -2) .. ',' .. n .. ']' end
+redis.call('HSET', KEYS[1], 'notes', notes)
+return 1
+"""
+
 # KEYS: task, leases. ARGV: worker, lease deadline, uid. -> 'run' | 'cancel' | 'lost' (no longer ours)
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'Running' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
@@ -253,6 +270,7 @@ class TaskStore:
         self._sent = r.register_script(_SENT)
         self._start = r.register_script(_START)
         self._renew = r.register_script(_RENEW)
+        self._add_note = r.register_script(_ADD_NOTE)
         self._finish_script = r.register_script(_FINISH)
         self._reap = r.register_script(_REAP)
         self._flag_cancel = r.register_script(_FLAG_CANCEL)
@@ -378,9 +396,14 @@ class TaskStore:
         self.r.hset(task_key(uid), mapping={"step": step, "total_steps": total_steps})
 
     def add_note(self, uid: str, note: str) -> None:
-        rec = self.get(uid)
-        if rec is not None and note not in rec.notes:
-            self.r.hset(task_key(uid), "notes", orjson.dumps(rec.notes + [note]))
+        """Add ``note`` to the task's notes (TaskDetail's), unless it has it already or is gone."""
+        self._add_note(keys=[task_key(uid)], args=[orjson.dumps(note)])
+
+    def created_at(self, uid: str) -> float | None:
+        """When the task was created (its record's ``created_at``), or None when it is gone: one field, not the
+        whole record."""
+        value = self.r.hget(task_key(uid), "created_at")
+        return float(value) if value is not None else None
 
     def _finish(self, uid: str, mapping: dict[str, Any], worker: str | None, expect: str = "") -> bool:
         now = time.time()

@@ -116,8 +116,8 @@ def run_task(rt: WorkerRuntime, uid: str, *, label: str, total_steps: int, budge
         log.info("task %s: %s; not run here", uid,
                  {"ended": "already ended", "busy": "running on another worker", "missing": "expired"}[state])
         return
-    rec = store.get(uid)
-    timings = Timings(queue_wait=max(0.0, time.time() - rec.created_at) if rec else 0.0)
+    created = store.created_at(uid)
+    timings = Timings(queue_wait=max(0.0, time.time() - created) if created is not None else 0.0)
     if attempt > 1:
         store.add_note(uid, f"run again (attempt {attempt}): the worker running it before stopped")
     watch = JobWatch(store, uid, rt.worker_id, rt.settings.lease_s, budget_s)
