@@ -5,16 +5,14 @@ Every worker consumes the shared queue (``ATELIER_QUEUE``) and a direct queue of
 (:func:`direct_queue`), and says which models it holds (:func:`advertise`, with its heartbeat and after each job).
 At submission the gateway picks, among the live workers of the shared queue, the one where the job costs least
 (:func:`choose`): its backlog (the jobs waiting in its direct queue at the job's Priority or above), plus
-``switch_jobs`` when it neither holds the
-job's model nor was sent a job of that model lately, twice that when other jobs wait in its queue (it switches to the
-model and back). A model that no worker holds, routed to a worker, counts as held there from then on
-(:func:`routed_key`), so that a burst of one model's jobs goes to one worker, not to all of them; so does a model
-that spills from busier workers that hold it to a worker that holds none; a job that spills to a worker that holds
-another model does not count: else the next jobs of the model would spread over both workers and each would switch
-back and forth. The job goes to that worker's direct
-queue while its backlog is under ``backlog``; otherwise, for a job that needs no model, and for one above the default
-Priority whose model no worker holds (an interactive job: a load wherever it runs), to the shared queue, where the
-next free worker takes it.
+``switch_jobs`` when it neither holds the job's model nor was sent a job of that model lately, twice that when other
+jobs wait in its queue (it switches to the model and back). A model that no worker holds, routed to a worker, counts
+as held there from then on (:func:`routed_key`), so that a burst of one model's jobs goes to one worker, not to all of
+them; so does a model that spills from busier workers that hold it to a worker that holds none; a job that spills to
+a worker that holds another model does not count: else the next jobs of the model would spread over both workers and
+each would switch back and forth. The job goes to that worker's direct queue while its backlog is under
+``backlog``; otherwise, for a job that needs no model, and for one above the default Priority whose model no worker
+holds (an interactive job: a load wherever it runs), to the shared queue, where the next free worker takes it.
 
 Gateways route one job at a time per queue (:func:`routing_lock`, a Redis lock held from the choice to the job's
 send): two submissions that chose at once would both see a model held nowhere, and a burst's first jobs would go to
@@ -183,11 +181,10 @@ def worker_views(r: redis.Redis, queue: str) -> list[WorkerView]:
 def route(r: redis.Redis, queue: str, model: str | None, *, backlog: int, switch_jobs: float,
           priority: int = DEFAULT_PRIORITY) -> str:
     """The queue a job of ``model`` at wire ``priority`` is sent to now: a worker's direct queue (:func:`choose`), or
-    ``queue``. The model
-    then counts as routed there (:func:`routed_key`) when that worker holds it already, when no worker does, or when
-    that worker holds no model (it takes the model up: one model's burst spreads over the workers); not when it
-    spills there from busier workers that hold it, to a worker that holds another model (whose cache says so once
-    the job has run: a worker that keeps the model then holds it)."""
+    ``queue``. The model then counts as routed there (:func:`routed_key`) when that worker holds it already, when no
+    worker does, or when that worker holds no model (it takes the model up: one model's burst spreads over the
+    workers); not when it spills there from busier workers that hold it, to a worker that holds another model (whose
+    cache says so once the job has run: a worker that keeps the model then holds it)."""
     if model is None or backlog <= 0:
         return queue
     views = worker_views(r, queue)
