@@ -270,13 +270,7 @@ def bench_service(rt, pipe, comp, steps, guidance, repeats, base, man, mask, siz
     the bare call timed in this process (``bare_call_s``), the definition before; noisier, as two processes on
     a shared CPU do not run one call equally fast."""
     client = httpx.Client(timeout=60)
-    for _ in range(300):
-        try:
-            if client.get(f"{base}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    wait_gateway(client, base)
 
     def body(mannequin: Image.Image, seed: int) -> dict:
         return {"Action": "GenerateFromMannequin", "MainModel": {"ModelCode": "demo-inpaint"},
@@ -339,6 +333,19 @@ def bench_service(rt, pipe, comp, steps, guidance, repeats, base, man, mask, siz
                                  "ratio": round(same["end_to_end_s"] / bare, 3)}}
 
 
+def wait_gateway(client: httpx.Client, base: str, timeout_s: float = 30) -> None:
+    """Wait (at most ``timeout_s``) for the gateway at ``base`` to answer ``/healthz``; the measurement that follows
+    fails on its own if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.get(f"{base}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
 def add_duty_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--duty-jobs", type=int, default=50, help="back-to-back jobs of the duty_cycle figure")
     ap.add_argument("--duty-only", action="store_true", help="measure duty_cycle alone (a quicker run)")
@@ -366,13 +373,7 @@ def bench_duty_cycle(rt, base: str, procs: list[subprocess.Popen], env: dict, jo
     the pipeline calls per job ((wall - inside) / jobs): what the device waits for between two calls, less
     sensitive than the quotient to how fast a loaded CPU runs the calls themselves."""
     client, overlap = httpx.Client(timeout=60), env.get("ATELIER_WORKER_OVERLAP")
-    for _ in range(300):  # the gateway is up (bench_service may not have run)
-        try:
-            if client.get(f"{base}/healthz").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    wait_gateway(client, base)  # bench_service may not have run
     worker = procs.pop()
     worker.terminate()
     worker.wait(60)
